@@ -1,0 +1,905 @@
+"""Native-layout readers, label vocabularies, patient-level splits and manifest I/O.
+
+Each reader takes a dataset folder as the user downloaded it (``root`` = the data set's own
+folder, e.g. ``DATA/shenzhen`` holding ``ChinaSet_AllFiles/``) and returns one row per image:
+
+* ``image``   absolute path,
+* ``label``   int class index (multi-class) or ``labels`` (``|``-joined class names, multi-label),
+* ``patient`` str (the image id where the data set has no patient ids),
+* ``official_split`` (optional) ``train``/``val``/``test`` or ``""`` where the data set ships a split,
+* extra columns (``label_name``; breakhis ``subtype, slide, magnification``; messidor
+  ``base, macular_edema_risk``; deepdrid ``eye``).
+
+``make_splits`` adds the ``split`` column (patient-level, stratified, seeded, official split
+respected); ``prepare_data.py`` writes the result as ``<key>.csv`` + ``<key>.json`` and the
+training scripts read it back with ``load_manifest`` (or ``aggregate_manifests`` for the
+paper's 22-label "All" set, section 5.2.3).
+
+    from datasets import DATASETS, read_dataset, make_splits, load_manifest
+    df, classes = read_dataset("shenzhen", "DATA/shenzhen")
+    df = make_splits(df, val_frac=0.15, test_frac=0.15, seed=0)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+# Longest first so "x.nii.gz" is not taken for ".gz"; matched case-insensitively.
+IMAGE_EXTENSIONS = (".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii")
+_SKIP_DIRS = {"__MACOSX"}  # resource-fork folders that macOS zips carry along
+
+CHESTXRAY14_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
+                       "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening",
+                       "Pneumonia", "Pneumothorax", "No Finding")
+BREAKHIS_CLASSES = ("benign", "malignant")
+BREAKHIS_SUBTYPES = {  # file-name code -> (class, subtype folder name)
+    "A": ("benign", "adenosis"), "F": ("benign", "fibroadenoma"), "PT": ("benign", "phyllodes_tumor"),
+    "TA": ("benign", "tubular_adenoma"), "DC": ("malignant", "ductal_carcinoma"),
+    "LC": ("malignant", "lobular_carcinoma"), "MC": ("malignant", "mucinous_carcinoma"),
+    "PC": ("malignant", "papillary_carcinoma"),
+}
+BREAKHIS_MAGNIFICATIONS = (40, 100, 200, 400)
+DR_GRADES_5 = tuple(f"grade_{g}" for g in range(5))   # EyePACS, DeepDRiD: ICDR grades 0-4
+DR_GRADES_4 = tuple(f"grade_{g}" for g in range(4))   # Messidor: retinopathy grade 0-3
+SHENZHEN_CLASSES = ("normal", "tuberculosis")
+COVID19_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+KATHER2016_CLASSES = ("TUMOR", "STROMA", "COMPLEX", "LYMPHO", "DEBRIS", "MUCOSA", "ADIPOSE", "EMPTY")
+
+
+# --------------------------------------------------------------------------- file helpers
+
+def _root(root) -> Path:
+    """Absolute path of a dataset folder (symlinks kept), or a clear error."""
+    path = Path(os.path.abspath(os.path.expanduser(str(root))))
+    if not path.is_dir():
+        raise ValueError(f"{path}: dataset folder not found")
+    return path
+
+
+def image_suffix(name: str) -> str | None:
+    """The image extension of a file name (lower case, ``.nii.gz`` whole), or None."""
+    lower = name.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext) and len(lower) > len(ext):
+            return ext
+    return None
+
+
+def _stem(name: str) -> str:
+    ext = image_suffix(name)
+    return name[: -len(ext)] if ext else os.path.splitext(name)[0]
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, str]]:
+    """(file name, path) of every file under `folder`, sorted, skipping hidden and macOS junk."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield name, os.path.join(dirpath, name)
+
+
+def _scan(folder: Path) -> Iterator[tuple[str, str]]:
+    """(file name, path) of the files directly in `folder` (one os.scandir, no per-file stat)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file():
+                yield entry.name, entry.path
+
+
+def _index(pairs: Iterable[tuple[str, str]], *, key=lambda name: name) -> dict[str, str]:
+    """key(file name) -> path; the same key twice is ambiguous and an error naming both files."""
+    index: dict[str, str] = {}
+    for name, path in pairs:
+        k = key(name)
+        if k in index:
+            raise ValueError(f"{path}: same image as {index[k]} (two copies of {k!r}; keep one)")
+        index[k] = path
+    return index
+
+
+def _images_in(folder: Path, *, recursive: bool) -> list[str]:
+    """Sorted paths of the image files in `folder` (by extension, see IMAGE_EXTENSIONS)."""
+    pairs = _walk(folder) if recursive else sorted(_scan(folder))
+    return [path for name, path in pairs if image_suffix(name)]
+
+
+def _read_names(path: Path) -> set[str]:
+    """The non-empty lines of a list file (one image name a line)."""
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read as CSV ({err})") from err
+
+
+def _require_columns(df: pd.DataFrame, columns: Iterable[str], path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def _missing_error(source, rows: pd.DataFrame, row_numbers, what: str) -> ValueError:
+    """One line: how many listed images are missing and the first one (row number + path)."""
+    first = rows.iloc[0]
+    return ValueError(f"{source}: {len(rows)} listed image(s) not found, first: row {row_numbers[0]} "
+                      f"{first['image']} ({what})")
+
+
+def _frame(image, patient, *, label=None, labels=None, classes=None, official_split=None,
+           **extras) -> pd.DataFrame:
+    """Assemble a reader's frame in manifest column order."""
+    columns: dict[str, object] = {"image": list(image)}
+    if labels is not None:
+        columns["labels"] = list(labels)
+    else:
+        label = np.asarray(label, dtype=np.int64)
+        columns["label"] = label
+    columns["patient"] = [str(p) for p in patient]
+    if official_split is not None:
+        columns["official_split"] = list(official_split)
+    if labels is None:
+        columns["label_name"] = [classes[i] for i in label]
+    columns.update({k: list(v) for k, v in extras.items()})
+    df = pd.DataFrame(columns)
+    for name in ("image", "patient", "labels", "official_split", "label_name"):
+        if name in df.columns:
+            df[name] = df[name].astype(str)
+    return df
+
+
+def _no_images(root: Path, what: str) -> ValueError:
+    return ValueError(f"{root}: no images found ({what})")
+
+
+# --------------------------------------------------------------------------- readers
+
+def read_chestxray14(root, *, check_files: bool = True) -> pd.DataFrame:
+    """NIH ChestX-ray14: ``Data_Entry_2017_v2020.csv`` (or ``Data_Entry_2017.csv``, ``.gz`` too),
+    images in ``images/`` or ``images_001/images/`` ... ``images_012/images/``, optional
+    ``train_val_list.txt`` / ``test_list.txt`` (the official, patient-level test split).
+
+    With ``check_files=False`` the metadata alone is read (images that are not there get the
+    path ``<root>/images/<name>``), which is how the full 112,120-row table is tested.
+    """
+    root = _root(root)
+    names = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+    candidates = [root / f"{n}{gz}" for n in names for gz in ("", ".gz")]
+    table = next((p for p in candidates if p.is_file()), None)
+    if table is None:
+        raise ValueError(f"{root}: no {' or '.join(names)} (.gz) found")
+
+    # The header line `OriginalImage[Width,Height]` is unquoted, so data rows have more fields
+    # than the header names; read by position after locating the columns in the header.
+    try:
+        header = pd.read_csv(table, nrows=0).columns.tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{table}: cannot read as CSV ({err})") from err
+    wanted = ("Image Index", "Finding Labels", "Patient ID")
+    header = [str(h).strip() for h in header]
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise ValueError(f"{table}: missing column(s) {missing}; found {header}")
+    positions = [header.index(c) for c in wanted]
+    meta = _read_table(table, header=None, skiprows=1, usecols=positions, dtype=str,
+                       keep_default_na=False)
+    meta.columns = [wanted[positions.index(p)] for p in meta.columns]
+    meta = meta.apply(lambda column: column.str.strip())
+    row_number = meta.index.to_numpy() + 2  # 1-based line in the file, after the header
+    if meta.empty:
+        raise _no_images(root, f"{table.name} has no rows")
+    for column in ("Image Index", "Patient ID"):
+        empty = np.flatnonzero(meta[column].to_numpy() == "")
+        if len(empty):
+            raise ValueError(f"{table}: row {row_number[empty[0]]}: empty {column!r}")
+
+    # Labels: validate and canonicalise each distinct combination once (~800 of them).
+    order = {name: i for i, name in enumerate(CHESTXRAY14_CLASSES)}
+    canonical: dict[str, str] = {}
+    for combo in meta["Finding Labels"].unique():
+        found = [s.strip() for s in combo.split("|") if s.strip()]
+        unknown = [s for s in found if s not in order]
+        if unknown or not found:
+            row = int(np.flatnonzero(meta["Finding Labels"].to_numpy() == combo)[0])
+            problem = f"unknown label {unknown[0]!r}" if unknown else "empty 'Finding Labels'"
+            raise ValueError(f"{table}: row {row_number[row]} ({meta['Image Index'].iloc[row]}): {problem}; "
+                             f"expected {'|'.join(CHESTXRAY14_CLASSES)}")
+        canonical[combo] = "|".join(sorted(set(found), key=order.__getitem__))
+    labels = meta["Finding Labels"].map(canonical)
+
+    # Images: one os.scandir per folder, never a stat per listed file.
+    folders = [root / "images"] + sorted(p for p in root.glob("images_*/images") if p.is_dir())
+    folders = [f for f in folders if f.is_dir()]
+    index = _index(pair for folder in folders for pair in _scan(folder))
+    default = str(root / "images")
+    image = [index.get(n) or os.path.join(default, n) for n in meta["Image Index"]]
+    frame_images = pd.Series(image)
+    if check_files:
+        if not folders:
+            raise ValueError(f"{root}: no images/ or images_*/images/ folder (metadata only? "
+                             f"use --no-check-files)")
+        absent = ~meta["Image Index"].isin(index.keys()).to_numpy()
+        if absent.any():
+            rows = pd.DataFrame({"image": frame_images[absent]})
+            raise _missing_error(table, rows, row_number[absent],
+                                 f"looked in {', '.join(str(f) for f in folders)}")
+
+    # Official split (patient-level): test_list.txt -> test, train_val_list.txt -> train (val is
+    # carved from it by make_splits); rows in neither list stay unassigned ("").
+    official = None
+    test_list, train_list = root / "test_list.txt", root / "train_val_list.txt"
+    if test_list.is_file():
+        is_test = meta["Image Index"].isin(_read_names(test_list)).to_numpy()
+        is_train = (meta["Image Index"].isin(_read_names(train_list)).to_numpy() if train_list.is_file()
+                    else ~is_test)
+        official = np.where(is_test, "test", np.where(is_train, "train", ""))
+    return _frame(image, meta["Patient ID"], labels=labels, official_split=official)
+
+
+_BREAKHIS_NAME = re.compile(r"^SOB_(?P<letter>[BM])_(?P<code>[A-Z]+)-(?P<yy>\d+)-(?P<slide>[0-9A-Za-z]+)"
+                            r"-(?P<mag>\d+)-(?P<seq>\d+)\.png$", re.IGNORECASE)
+
+
+def parse_breakhis_name(name: str, path=None) -> dict:
+    """``SOB_B_A-14-22549AB-40-001.png`` -> label, subtype, slide (= patient), magnification."""
+    match = _BREAKHIS_NAME.match(name)
+    where = path or name
+    if not match:
+        raise ValueError(f"{where}: not a BreakHis name SOB_<B|M>_<TYPE>-<yy>-<slide>-<mag>-<seq>.png")
+    code, letter = match["code"].upper(), match["letter"].upper()
+    if code not in BREAKHIS_SUBTYPES:
+        raise ValueError(f"{where}: unknown BreakHis tumour type {code!r} (expected {sorted(BREAKHIS_SUBTYPES)})")
+    label_name, subtype = BREAKHIS_SUBTYPES[code]
+    if label_name[0].upper() != letter:
+        raise ValueError(f"{where}: type {code} is {label_name} but the name says {letter}")
+    magnification = int(match["mag"])
+    if magnification not in BREAKHIS_MAGNIFICATIONS:
+        raise ValueError(f"{where}: magnification {magnification} not in {BREAKHIS_MAGNIFICATIONS}")
+    slide = f"{match['yy']}-{match['slide']}"
+    return {"label": BREAKHIS_CLASSES.index(label_name), "label_name": label_name, "subtype": subtype,
+            "slide": slide, "magnification": magnification}
+
+
+def read_breakhis(root, *, check_files: bool = True) -> pd.DataFrame:
+    """BreakHis: every ``SOB_*.png`` under root (any depth; the native tree is
+    ``BreaKHis_v1/histology_slides/breast/<class>/SOB/<type>/<slide>/<mag>X/``).
+    Patient = slide (``<yy>-<slide>``, e.g. ``14-22549AB``); label from the B/M letter."""
+    root = _root(root)
+    found = [(n, p) for n, p in _walk(root) if n.upper().startswith("SOB_") and n.lower().endswith(".png")]
+    _index(found)  # the same file name twice (e.g. two extracted copies) is an error
+    if not found:
+        raise _no_images(root, "no SOB_*.png files at any depth")
+    rows = [parse_breakhis_name(n, p) for n, p in found]
+    return _frame([p for _, p in found], [r["slide"] for r in rows], label=[r["label"] for r in rows],
+                  classes=BREAKHIS_CLASSES, subtype=[r["subtype"] for r in rows],
+                  slide=[r["slide"] for r in rows], magnification=[r["magnification"] for r in rows])
+
+
+def _grades(values: pd.Series, n_grades: int, source, row_numbers, column: str) -> np.ndarray:
+    """Integer grades 0..n-1 from ints, int-like floats (3.0) or strings; otherwise a clear error."""
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(numeric) | (numeric != np.round(numeric)) | (numeric < 0) | (numeric > n_grades - 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = values.iloc[i]
+        shown = "(empty)" if pd.isna(value) or str(value).strip() == "" else repr(str(value))
+        raise ValueError(f"{source}: row {row_numbers[i]}: {column} {shown} is not a grade 0..{n_grades - 1}")
+    return numeric.astype(np.int64)
+
+
+_EYEPACS_NAME = re.compile(r"^(?P<patient>\d+)_(?P<eye>left|right)$")
+
+
+def _eyepacs_table(path: Path, folder: Path, index: dict[str, str], check_files: bool) -> pd.DataFrame:
+    table = _read_table(path, dtype=str, keep_default_na=False)
+    table.columns = [str(c).strip() for c in table.columns]
+    _require_columns(table, ("image", "level"), path)
+    row_number = table.index.to_numpy() + 2
+    names = table["image"].str.strip()
+    level = _grades(table["level"], 5, path, row_number, "level")
+    parts = names.str.extract(_EYEPACS_NAME)
+    bad = parts["patient"].isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: row {row_number[i]}: image {names.iloc[i]!r} is not <patient>_<left|right>")
+    image = pd.Series([index.get(n) or str(folder / f"{n}.jpeg") for n in names])
+    if check_files:
+        absent = ~names.isin(index.keys()).to_numpy()
+        if absent.any():
+            raise _missing_error(path, pd.DataFrame({"image": image[absent]}), row_number[absent],
+                                 f"looked in {folder}")
+    return pd.DataFrame({"image": image, "label": level, "patient": parts["patient"], "eye": parts["eye"]})
+
+
+def read_eyepacs(root, *, check_files: bool = True) -> pd.DataFrame:
+    """EyePACS (Kaggle DR 2015): ``trainLabels.csv`` (``image,level``) + ``train/<image>.jpeg``
+    (``images/`` accepted too); with ``retinopathy_solution.csv`` and a ``test/`` folder, those
+    rows form the official test split. Patient = number before ``_left``/``_right``."""
+    root = _root(root)
+    labels_csv = next((root / n for n in ("trainLabels.csv", "trainLabels.csv.zip") if (root / n).is_file()), None)
+    if labels_csv is None:
+        raise ValueError(f"{root}: no trainLabels.csv found")
+    folder = next((root / n for n in ("train", "images") if (root / n).is_dir()), root / "train")
+    # Indexed by stem: the Kaggle images are .jpeg, a user's resized copy may be .png.
+    index = _index(((n, p) for n, p in _walk(folder) if image_suffix(n)), key=_stem) if folder.is_dir() else {}
+    if check_files and not folder.is_dir():
+        raise ValueError(f"{root}: no train/ (or images/) folder next to {labels_csv.name}")
+    parts = [_eyepacs_table(labels_csv, folder, index, check_files)]
+    solution, test_folder = root / "retinopathy_solution.csv", root / "test"
+    has_test = solution.is_file() and test_folder.is_dir()
+    if has_test:
+        test_index = _index(((n, p) for n, p in _walk(test_folder) if image_suffix(n)), key=_stem)
+        parts.append(_eyepacs_table(solution, test_folder, test_index, check_files))
+    df = pd.concat(parts, ignore_index=True)
+    if df.empty:
+        raise _no_images(root, f"{labels_csv.name} has no rows")
+    official = np.repeat(["train", "test"][: len(parts)], [len(p) for p in parts]) if has_test else None
+    return _frame(df["image"], df["patient"], label=df["label"], classes=DR_GRADES_5,
+                  official_split=official, eye=df["eye"])
+
+
+_SHENZHEN_NAME = re.compile(r"^CHNCXR_(?P<id>\d{4})_(?P<label>[01])\.png$", re.IGNORECASE)
+
+
+def read_shenzhen(root, *, check_files: bool = True) -> pd.DataFrame:
+    """Shenzhen (NLM-China) TB set: ``CHNCXR_<nnnn>_<0|1>.png`` (native place
+    ``ChinaSet_AllFiles/CXR_png/``; found at any depth). Last digit = label (0 normal, 1 TB)."""
+    root = _root(root)
+    found = [(n, p, m) for n, p in _walk(root) if (m := _SHENZHEN_NAME.match(n))]
+    _index((n, p) for n, p, _ in found)
+    if not found:
+        raise _no_images(root, "no CHNCXR_<nnnn>_<0|1>.png at any depth")
+    labels = [int(m["label"]) for _, _, m in found]
+    return _frame([p for _, p, _ in found], [f"CHNCXR_{m['id']}" for _, _, m in found], label=labels,
+                  classes=SHENZHEN_CLASSES)
+
+
+def _canonical_folder(name: str, classes: Iterable[str], aliases: dict[str, str] | None = None) -> str | None:
+    """Match a class folder name case-, space-, underscore- and hyphen-insensitively."""
+    def norm(text: str) -> str:
+        return re.sub(r"[\s_\-]+", "", text).lower()
+
+    table = {norm(c): c for c in classes}
+    table.update({norm(k): v for k, v in (aliases or {}).items()})
+    return table.get(norm(name))
+
+
+def _class_folders(root: Path, base_names: Iterable[str], match: Callable[[str], str | None],
+                   what: str) -> tuple[Path, dict[str, Path]]:
+    """Find the folder holding the class sub-folders: root/<base name>, root, or a single
+    sub-folder of root. Returns (base, {class: folder})."""
+    candidates = [root / b for b in base_names] + [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    for base in candidates:
+        if not base.is_dir():
+            continue
+        folders: dict[str, Path] = {}
+        for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+            cls = match(sub.name)
+            if cls is not None:
+                if cls in folders:
+                    raise ValueError(f"{sub}: second folder for class {cls!r} (first: {folders[cls]})")
+                folders[cls] = sub
+        if folders:
+            return base, folders
+    raise ValueError(f"{root}: no class folders found ({what})")
+
+
+def read_covid19_radiography(root, *, check_files: bool = True) -> pd.DataFrame:
+    """COVID-19 Radiography Database: ``COVID-19_Radiography_Dataset/<Class>/images/*.png``
+    (newer; ``masks/`` and metadata files ignored) or ``<Class>/*.png`` (older), with or without
+    the ``COVID-19_Radiography_Dataset/`` level. The four classes are always the canonical ones;
+    a class that is not there is just absent. Patient = image id."""
+    root = _root(root)
+    aliases = {"COVID-19": "COVID", "Lung Opacity": "Lung_Opacity"}
+    _, folders = _class_folders(root, ("COVID-19_Radiography_Dataset", "COVID-19 Radiography Database"),
+                                lambda n: _canonical_folder(n, COVID19_CLASSES, aliases),
+                                f"expected some of {list(COVID19_CLASSES)}")
+    images, labels = [], []
+    for cls, folder in sorted(folders.items(), key=lambda kv: COVID19_CLASSES.index(kv[0])):
+        inner = folder / "images"
+        paths = _images_in(inner if inner.is_dir() else folder, recursive=False)
+        if not paths:
+            raise ValueError(f"{folder}: class folder holds no images")
+        images += paths
+        labels += [COVID19_CLASSES.index(cls)] * len(paths)
+    return _frame(images, [_stem(os.path.basename(p)) for p in images], label=labels, classes=COVID19_CLASSES)
+
+
+def read_kather2016(root, *, check_files: bool = True) -> pd.DataFrame:
+    """Kather 2016 colorectal texture tiles: ``Kather_texture_2016_image_tiles_5000/01_TUMOR`` ...
+    ``08_EMPTY/*.tif`` (or the numbered folders directly under root). Patient = image id."""
+    root = _root(root)
+
+    def match(name: str) -> str | None:
+        m = re.match(r"^\d+_(.+)$", name)
+        return _canonical_folder(m[1], KATHER2016_CLASSES) if m else None
+
+    _, folders = _class_folders(root, ("Kather_texture_2016_image_tiles_5000",), match,
+                                "expected 01_TUMOR ... 08_EMPTY")
+    images, labels = [], []
+    for cls, folder in sorted(folders.items(), key=lambda kv: KATHER2016_CLASSES.index(kv[0])):
+        paths = _images_in(folder, recursive=True)
+        if not paths:
+            raise ValueError(f"{folder}: class folder holds no images")
+        images += paths
+        labels += [KATHER2016_CLASSES.index(cls)] * len(paths)
+    return _frame(images, [_stem(os.path.basename(p)) for p in images], label=labels,
+                  classes=KATHER2016_CLASSES)
+
+
+def parse_messidor_sheet(path) -> pd.DataFrame:
+    """One Messidor annotation sheet (``Annotation_Base<nn>.xls``/``.xlsx``) -> rows with
+    ``image_name``, ``grade`` (int 0-3), ``macular_edema_risk`` (int 0-2), ``row`` (sheet row).
+
+    Column names are stripped (the real header is ``Risk of macular edema `` with a trailing
+    space), unnamed empty columns and blank rows are dropped, float grades (3.0) become ints."""
+    path = Path(path)
+    engine = "xlrd" if path.suffix.lower() == ".xls" else "openpyxl"
+    try:
+        sheet = pd.read_excel(path, sheet_name=0, engine=engine)
+    except Exception as err:  # xlrd/openpyxl raise their own types for corrupt files
+        raise ValueError(f"{path}: cannot read the annotation sheet ({err})") from err
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    sheet = sheet.loc[:, [not (c.startswith("Unnamed") and sheet[c].isna().all()) for c in sheet.columns]]
+    _require_columns(sheet, ("Image name", "Retinopathy grade", "Risk of macular edema"), path)
+    row_number = sheet.index.to_numpy() + 2  # spreadsheet row (header is row 1)
+    keep = ~sheet.isna().all(axis=1).to_numpy()
+    sheet, row_number = sheet[keep].reset_index(drop=True), row_number[keep]
+    names = sheet["Image name"].astype(str).str.strip()
+    empty = np.flatnonzero(sheet["Image name"].isna().to_numpy() | (names == "").to_numpy())
+    if len(empty):
+        raise ValueError(f"{path}: row {row_number[empty[0]]}: empty 'Image name'")
+    return pd.DataFrame({
+        "image_name": names,
+        "grade": _grades(sheet["Retinopathy grade"], 4, path, row_number, "Retinopathy grade"),
+        "macular_edema_risk": _grades(sheet["Risk of macular edema"], 3, path, row_number,
+                                      "Risk of macular edema"),
+        "row": row_number,
+    })
+
+
+def read_messidor(root, *, check_files: bool = True) -> pd.DataFrame:
+    """Messidor: ``Base11`` ... ``Base34`` folders of ``.tif`` images, each with
+    ``Annotation_Base<nn>.xls`` (``.xlsx`` too); images are resolved next to their sheet.
+    Patient = image id (Messidor has no patient ids)."""
+    root = _root(root)
+    sheets = [Path(p) for n, p in _walk(root)
+              if re.match(r"^Annotation_Base.*\.xlsx?$", n, re.IGNORECASE)]
+    if not sheets:
+        raise ValueError(f"{root}: no Base*/Annotation_Base*.xls(x) annotation sheets found")
+    parts = []
+    for sheet in sheets:
+        rows = parse_messidor_sheet(sheet)
+        rows["image"] = [str(sheet.parent / n) for n in rows["image_name"]]
+        rows["base"] = re.sub(r"^Annotation_", "", sheet.stem, flags=re.IGNORECASE)
+        if check_files:
+            present = {n for n, _ in _scan(sheet.parent)}
+            absent = ~rows["image_name"].isin(present).to_numpy()
+            if absent.any():
+                raise _missing_error(sheet, rows[absent], rows["row"].to_numpy()[absent],
+                                     f"expected next to the sheet in {sheet.parent}")
+        parts.append(rows)
+    df = pd.concat(parts, ignore_index=True)
+    if df.empty:
+        raise _no_images(root, "the annotation sheets list no images")
+    # An image listed twice (the real sheets have a few repeats) counts once if the grades agree.
+    repeated = df[df.duplicated("image", keep=False)]
+    for image, rows in repeated.groupby("image", sort=False):
+        if rows[["grade", "macular_edema_risk"]].nunique().max() > 1:
+            raise ValueError(f"{image}: listed {len(rows)} times with different grades "
+                             f"(rows {rows['row'].tolist()} of {rows['base'].tolist()})")
+    df = df.drop_duplicates("image").reset_index(drop=True)
+    return _frame(df["image"], [_stem(n) for n in df["image_name"]], label=df["grade"], classes=DR_GRADES_4,
+                  base=df["base"], macular_edema_risk=df["macular_edema_risk"])
+
+
+def label_deepdrid_rows(table: pd.DataFrame, source="deepdrid csv") -> pd.DataFrame:
+    """DeepDRiD rows -> ``eye`` (left/right, from the ``_l``/``_r`` in image_id) and ``label``.
+
+    The label is the eye's own level (``_l`` -> ``left_eye_DR_Level``, ``_r`` ->
+    ``right_eye_DR_Level``); when that column is empty, the one eye column that is filled
+    (the real row ``56_r3`` fills the left one); when both are empty, ``patient_DR_Level``."""
+    _require_columns(table, ("patient_id", "image_id", "left_eye_DR_Level", "right_eye_DR_Level",
+                             "patient_DR_Level"), source)
+    row_number = table.index.to_numpy() + 2
+    image_id = table["image_id"].astype(str).str.strip()
+    eye = image_id.str.extract(r"_(?P<eye>[lr])\d*$", flags=re.IGNORECASE)["eye"].str.lower()
+    bad = eye.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{source}: row {row_number[i]}: image_id {image_id.iloc[i]!r} has no _l/_r eye tag")
+    left, right, patient = (pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=np.float64)
+                            for c in ("left_eye_DR_Level", "right_eye_DR_Level", "patient_DR_Level"))
+    is_left = (eye == "l").to_numpy()
+    own, other = np.where(is_left, left, right), np.where(is_left, right, left)
+    level = np.where(~np.isnan(own), own, np.where(~np.isnan(other), other, patient))
+    label = _grades(pd.Series(level), 5, source, row_number, "DR level")
+    return pd.DataFrame({"image_id": image_id, "patient": table["patient_id"].astype(str).str.strip(),
+                         "eye": np.where(is_left, "left", "right"), "label": label, "row": row_number})
+
+
+def read_deepdrid(root, *, check_files: bool = True) -> pd.DataFrame:
+    """DeepDRiD regular fundus images: ``regular_fundus_images/regular-fundus-training/*.csv``
+    and ``regular-fundus-validation/*.csv`` (found at any depth); ``image_path`` (Windows paths)
+    is ignored and ``<image_id>.jpg`` is looked up anywhere under the split folder.
+    official_split = train (training) / val (validation); patient = patient_id."""
+    root = _root(root)
+    split_dirs = {"train": "regular-fundus-training", "val": "regular-fundus-validation"}
+    parts, official = [], []
+    for split, dirname in split_dirs.items():
+        folders = sorted(p for p in [root / dirname, *root.rglob(dirname)] if p.is_dir())
+        folders = list(dict.fromkeys(folders))
+        if len(folders) > 1:
+            raise ValueError(f"{root}: {dirname} found twice ({folders[0]}, {folders[1]}); keep one")
+        if not folders:
+            continue
+        folder = folders[0]
+        csvs = sorted(p for p in folder.glob("*.csv") if not p.name.startswith("."))
+        if len(csvs) != 1:
+            raise ValueError(f"{folder}: expected one label CSV, found {[p.name for p in csvs] or 'none'}")
+        table = _read_table(csvs[0], dtype=str)
+        table.columns = [str(c).strip() for c in table.columns]
+        rows = label_deepdrid_rows(table, csvs[0])
+        index = _index(((n, p) for n, p in _walk(folder) if n.lower().endswith(".jpg")), key=_stem)
+        rows["image"] = [index.get(i) or str(folder / "Images" / p / f"{i}.jpg")
+                         for i, p in zip(rows["image_id"], rows["patient"])]
+        if check_files:
+            absent = ~rows["image_id"].isin(index.keys()).to_numpy()
+            if absent.any():
+                raise _missing_error(csvs[0], rows[absent], rows["row"].to_numpy()[absent],
+                                     f"no <image_id>.jpg under {folder}")
+        parts.append(rows)
+        official += [split] * len(rows)
+    if not parts:
+        raise ValueError(f"{root}: no regular-fundus-training/ or regular-fundus-validation/ folder found")
+    df = pd.concat(parts, ignore_index=True)
+    if df.empty:
+        raise _no_images(root, "the DeepDRiD CSVs list no images")
+    return _frame(df["image"], df["patient"], label=df["label"], classes=DR_GRADES_5,
+                  official_split=official, eye=df["eye"])
+
+
+def folder_classes(root) -> list[str]:
+    """Class names of a generic ``<root>/<class>/<image>`` folder: sorted sub-folder names."""
+    root = _root(root)
+    classes = sorted(p.name for p in root.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and p.name not in _SKIP_DIRS)
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders (expected <root>/<class>/<image>)")
+    return classes
+
+
+def read_folder(root, *, check_files: bool = True) -> pd.DataFrame:
+    """A user's own data set ``<root>/<class>/<image>`` (images at any depth below the class
+    folder; extensions png/jpg/jpeg/tif/tiff/bmp/dcm/nii/nii.gz). Classes = sorted sub-folder
+    names; patient = the image's path below root without extension (no patient ids known)."""
+    root = _root(root)
+    classes = folder_classes(root)
+    images, labels = [], []
+    for i, cls in enumerate(classes):
+        paths = _images_in(root / cls, recursive=True)
+        if not paths:
+            raise ValueError(f"{root / cls}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        images += paths
+        labels += [i] * len(paths)
+    patient = [_stem(os.path.relpath(p, root).replace(os.sep, "/")) for p in images]
+    return _frame(images, patient, label=labels, classes=classes)
+
+
+# --------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    key: str
+    domain: str                 # cxr | hwsi | efi ("" for folder: chosen with --domain)
+    task: str                   # multiclass | multilabel
+    classes: tuple[str, ...]    # index order; () for folder (sorted sub-folder names)
+    headline_metric: str        # accuracy | kappa | auroc
+    class_weights: str          # "balanced" | "none": recommended loss weighting (paper 5.2.1/5.3)
+    reader: Callable[..., pd.DataFrame]
+
+
+DATASETS: dict[str, DatasetSpec] = {s.key: s for s in (
+    DatasetSpec("chestxray14", "cxr", "multilabel", CHESTXRAY14_CLASSES, "auroc", "none", read_chestxray14),
+    DatasetSpec("breakhis", "hwsi", "multiclass", BREAKHIS_CLASSES, "accuracy", "none", read_breakhis),
+    DatasetSpec("eyepacs", "efi", "multiclass", DR_GRADES_5, "kappa", "balanced", read_eyepacs),
+    DatasetSpec("shenzhen", "cxr", "multiclass", SHENZHEN_CLASSES, "accuracy", "none", read_shenzhen),
+    DatasetSpec("covid19_radiography", "cxr", "multiclass", COVID19_CLASSES, "accuracy", "none",
+                read_covid19_radiography),
+    DatasetSpec("kather2016", "hwsi", "multiclass", KATHER2016_CLASSES, "accuracy", "none", read_kather2016),
+    DatasetSpec("messidor", "efi", "multiclass", DR_GRADES_4, "kappa", "balanced", read_messidor),
+    DatasetSpec("deepdrid", "efi", "multiclass", DR_GRADES_5, "kappa", "balanced", read_deepdrid),
+    DatasetSpec("folder", "", "multiclass", (), "accuracy", "none", read_folder),
+)}
+
+
+def read_dataset(key: str, root, *, check_files: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """Run the reader of `key` on `root`; returns (frame, classes in index order)."""
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {key!r}; choose from {list(DATASETS)}")
+    spec = DATASETS[key]
+    df = spec.reader(root, check_files=check_files)
+    classes = folder_classes(root) if key == "folder" else list(spec.classes)
+    return df, classes
+
+
+# --------------------------------------------------------------------------- splits
+
+def check_fractions(val_frac: float, test_frac: float) -> None:
+    for name, value in (("val_frac", val_frac), ("test_frac", test_frac)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} = {value}: must be in [0, 1)")
+    if val_frac + test_frac >= 1.0:
+        raise ValueError(f"val_frac + test_frac = {val_frac + test_frac}: must be < 1 (train needs images)")
+
+
+def _indicator(df: pd.DataFrame) -> np.ndarray:
+    """Per-image class membership (n_images, n_classes) bool, from `label` or `labels`."""
+    if "labels" in df.columns:
+        codes, uniques = pd.factorize(df["labels"].fillna("").astype(str))
+        names = sorted({n for u in uniques for n in u.split("|") if n})
+        col = {n: j for j, n in enumerate(names)}
+        table = np.zeros((len(uniques), len(names)), dtype=bool)
+        for i, u in enumerate(uniques):
+            table[i, [col[n] for n in u.split("|") if n]] = True
+        return table[codes]
+    if "label" not in df.columns:
+        raise ValueError("make_splits: the frame needs a 'label' or 'labels' column")
+    label = df["label"].to_numpy(dtype=np.int64)
+    if label.min() < 0:
+        raise ValueError("make_splits: negative class index in 'label'")
+    out = np.zeros((len(df), int(label.max()) + 1), dtype=bool)
+    out[np.arange(len(df)), label] = True
+    return out
+
+
+def _allocate(weights: np.ndarray, cuts: list[tuple[int, float]], n_targets: int) -> np.ndarray:
+    """Split one stratum of (already shuffled) patients by cumulative image count.
+
+    `cuts` = [(target index, fraction)] for the carved splits, train (index n_targets - 1)
+    takes the rest. A patient goes where the midpoint of its images falls. When the stratum
+    has enough patients, every target gets at least one."""
+    cum = np.cumsum(weights)
+    mid = (cum - weights / 2) / cum[-1]
+    out = np.full(len(weights), n_targets - 1)
+    edge = 0.0
+    for target, frac in cuts:
+        out[(mid >= edge) & (mid < edge + frac)] = target
+        edge += frac
+    if len(weights) >= n_targets:
+        for target in range(n_targets):
+            if not (out == target).any():
+                donor = np.bincount(out, minlength=n_targets).argmax()
+                out[np.flatnonzero(out == donor)[0 if donor == n_targets - 1 else -1]] = target
+    return out
+
+
+def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 0.15,
+                seed: int = 0) -> pd.DataFrame:
+    """Add a ``split`` column (train/val/test): patient-level, stratified, seeded.
+
+    * No patient is in two splits; the result depends only on (patients, labels, seed), not on
+      row order.
+    * Stratified on each patient's rarest class (over the pool's images), so rare classes (and,
+      for multi-label data, rare findings) spread over all splits; within a stratum patients are
+      shuffled and cut by cumulative image count, so image fractions follow val_frac/test_frac.
+      Afterwards every class present gets >= 1 image in each split when it has enough patients.
+    * An ``official_split`` column is respected: official test rows stay test, official val stay
+      val. A split the data set does not ship is carved from the remaining rows (official train
+      and unassigned), with its fraction taken of those rows: e.g. ChestX-ray14's official
+      test -> val = val_frac of train_val_list; DeepDRiD's train/val -> test = test_frac of train.
+    """
+    check_fractions(val_frac, test_frac)
+    if df.empty:
+        raise ValueError("make_splits: no images")
+    if df["patient"].isna().any():
+        raise ValueError("make_splits: empty patient id")
+    n = len(df)
+    membership = _indicator(df)
+    patient_code, _ = pd.factorize(df["patient"].astype(str), sort=True)
+    n_patients = int(patient_code.max()) + 1
+    if "official_split" in df.columns:
+        official = df["official_split"].fillna("").astype(str).str.strip().to_numpy()
+        unknown = sorted(set(official) - {"", *SPLITS})
+        if unknown:
+            raise ValueError(f"make_splits: official_split values {unknown} not in {SPLITS} or empty")
+    else:
+        official = np.full(n, "")
+
+    # --- fixed rows (official val/test) and the splits left to carve from the pool
+    official_has = {s: bool((official == s).any()) for s in ("val", "test")}
+    fracs = {"test": test_frac, "val": val_frac}
+    targets = [s for s in ("test", "val") if not official_has[s] and fracs[s] > 0] + ["train"]
+    patient_fixed = np.full(n_patients, -1)  # index into SPLITS, or -1
+    for s in ("val", "test"):  # test wins when a patient has rows in both
+        patient_fixed[patient_code[official == s]] = SPLITS.index(s)
+    pool_rows = patient_fixed[patient_code] < 0
+    pool_patients = np.flatnonzero(np.bincount(patient_code[pool_rows], minlength=n_patients) > 0)
+
+    split_of_patient = patient_fixed.copy()
+    if len(pool_patients):
+        # --- per pool patient: image count and class presence
+        pos = np.full(n_patients, -1)
+        pos[pool_patients] = np.arange(len(pool_patients))
+        prow = pos[patient_code[pool_rows]]
+        weights = np.bincount(prow, minlength=len(pool_patients)).astype(np.float64)
+        presence = np.zeros((len(pool_patients), membership.shape[1]), dtype=np.int64)
+        np.add.at(presence, prow, membership[pool_rows].astype(np.int64))
+        presence = presence > 0
+        class_freq = membership[pool_rows].sum(axis=0)
+        rank = np.empty(len(class_freq), dtype=np.int64)  # rarest class first, ties by index
+        rank[np.lexsort((np.arange(len(class_freq)), class_freq))] = np.arange(len(class_freq))
+        stratum = np.where(presence, rank[None, :], len(rank)).min(axis=1, initial=len(rank))
+
+        # --- shuffle within strata and cut by cumulative image count
+        rng = np.random.default_rng(seed)
+        cuts = [(i, fracs[s]) for i, s in enumerate(targets[:-1])]
+        assigned = np.empty(len(pool_patients), dtype=np.int64)
+        priority = rng.permutation(len(pool_patients))  # tie-breaker for the repair pass
+        for value in np.unique(stratum):
+            members = np.flatnonzero(stratum == value)
+            members = members[rng.permutation(len(members))]
+            assigned[members] = _allocate(weights[members], cuts, len(targets))
+
+        # --- repair: every class present gets a patient in every target split if it can
+        counts = np.stack([presence[assigned == t].sum(axis=0) for t in range(len(targets))])
+        for c in np.argsort(rank):
+            for t in range(len(targets)):
+                if counts[t, c] > 0:
+                    continue
+                donor = int(counts[:, c].argmax())
+                if counts[donor, c] < 2:
+                    break  # the class has a single patient: nothing to spread
+                candidates = np.flatnonzero((assigned == donor) & presence[:, c])
+                for p in candidates[np.argsort(priority[candidates])]:
+                    if (counts[donor, presence[p]] >= 2).all():  # the donor keeps every class it had
+                        assigned[p] = t
+                        counts[donor] -= presence[p]
+                        counts[t] += presence[p]
+                        break
+        split_of_patient[pool_patients] = [SPLITS.index(targets[t]) for t in assigned]
+
+    out = df.copy()
+    out["split"] = np.asarray(SPLITS)[split_of_patient[patient_code]]
+    first = [c for c in ("image", "label", "labels", "patient", "split") if c in out.columns]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
+def split_counts(df: pd.DataFrame, classes: list[str], task: str) -> dict[str, dict[str, int]]:
+    """{split: {class: number of images}} (multi-label: images carrying the class)."""
+    counts = {}
+    for split in SPLITS:
+        part = df[df["split"] == split]
+        if task == "multilabel":
+            names = part["labels"].fillna("").astype(str).str.split("|").explode()
+            found = names[names != ""].value_counts()
+        else:
+            found = part["label"].astype(int).map(dict(enumerate(classes))).value_counts()
+        counts[split] = {c: int(found.get(c, 0)) for c in classes}
+    return counts
+
+
+def count_table(df: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
+    """Class x split image counts with totals, for printing."""
+    table = pd.DataFrame(split_counts(df, classes, task)).reindex(columns=list(SPLITS))
+    table["all"] = table.sum(axis=1)
+    images = df["split"].value_counts().reindex(list(SPLITS), fill_value=0)
+    table.loc["(images)"] = [*images.tolist(), len(df)]
+    patients = df.groupby("split")["patient"].nunique().reindex(list(SPLITS), fill_value=0)
+    table.loc["(patients)"] = [*patients.tolist(), df["patient"].nunique()]
+    return table.astype(int)
+
+
+# --------------------------------------------------------------------------- manifests
+
+def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
+    """Read ``<key>.csv`` and its ``<key>.json`` sidecar (written by prepare_data.py) and check
+    them: required columns, split names, label indices / names against the sidecar's classes."""
+    csv_path = Path(csv_path)
+    json_path = csv_path.with_suffix(".json")
+    if not csv_path.is_file():
+        raise ValueError(f"{csv_path}: manifest not found (write it with prepare_data.py)")
+    if not json_path.is_file():
+        raise ValueError(f"{json_path}: manifest sidecar not found (prepare_data.py writes it next to the CSV)")
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{json_path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{json_path}: expected a JSON object")
+    missing = [k for k in ("key", "domain", "task", "classes") if k not in meta]
+    if missing:
+        raise ValueError(f"{json_path}: missing key(s) {missing}")
+    task, classes = meta["task"], meta["classes"]
+    if task not in ("multiclass", "multilabel"):
+        raise ValueError(f"{json_path}: task {task!r} is not multiclass or multilabel")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{json_path}: 'classes' must be a non-empty list of names")
+
+    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "label_name")}
+    df = _read_table(csv_path, dtype=text_columns, keep_default_na=False, na_values=[""])
+    label_column = "label" if task == "multiclass" else "labels"
+    _require_columns(df, ("image", label_column, "patient", "split"), csv_path)
+    if df.empty:
+        raise ValueError(f"{csv_path}: manifest has no rows")
+    for column in ("labels", "official_split", "label_name"):
+        if column in df.columns:
+            df[column] = df[column].fillna("")
+    row_number = df.index.to_numpy() + 2
+
+    def fail(mask, problem):
+        i = int(np.flatnonzero(mask)[0])
+        raise ValueError(f"{csv_path}: row {row_number[i]}: {problem(i)}")
+
+    for column in ("image", "patient"):
+        if df[column].isna().any():
+            fail(df[column].isna().to_numpy(), lambda i: f"empty {column!r}")
+    bad = ~df["split"].isin(SPLITS).to_numpy()
+    if bad.any():
+        fail(bad, lambda i: f"split {df['split'].iloc[i]!r} is not one of {SPLITS}")
+    if task == "multiclass":
+        label = pd.to_numeric(df["label"], errors="coerce")
+        bad = (label.isna() | (label != label.round()) | (label < 0) | (label >= len(classes))).to_numpy()
+        if bad.any():
+            fail(bad, lambda i: f"label {str(df['label'].iloc[i])!r} is not a class index 0..{len(classes) - 1}")
+        df["label"] = label.astype(np.int64)
+    else:
+        known = set(classes)
+        for value in df["labels"].unique():
+            unknown = [n for n in value.split("|") if n and n not in known]
+            if unknown:
+                fail((df["labels"] == value).to_numpy(),
+                     lambda i: f"label {unknown[0]!r} is not one of the sidecar's classes")
+    return df, meta
+
+
+def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
+    """The paper's "All" set (5.2.3): the manifests' rows as one multi-label set whose labels
+    are prefixed by dataset key (``chestxray14/Effusion``, ``breakhis/malignant``,
+    ``eyepacs/grade_3``): 15 + 2 + 5 = 22 labels for the three sources.
+
+    Multi-class rows become one prefixed label; multi-label rows keep all theirs (prefixed).
+    Patients are prefixed by key, splits are kept; ``domain`` and ``source`` columns say where
+    each row comes from (the transform chain follows ``domain``)."""
+    paths = [Path(p) for p in csv_paths]
+    if not paths:
+        raise ValueError("aggregate_manifests: no manifests given")
+    frames, classes, keys, metas = [], [], [], []
+    for path in paths:
+        df, meta = load_manifest(path)
+        key = meta["key"]
+        if key in keys:
+            raise ValueError(f"{path}: dataset key {key!r} appears twice in the aggregate")
+        prefixed = [f"{key}/{c}" for c in meta["classes"]]
+        if meta["task"] == "multiclass":
+            labels = df["label"].map(dict(enumerate(prefixed)))
+        else:
+            canonical = {v: "|".join(f"{key}/{n}" for n in v.split("|") if n) for v in df["labels"].unique()}
+            labels = df["labels"].map(canonical)
+        frames.append(pd.DataFrame({
+            "image": df["image"], "labels": labels, "patient": f"{key}/" + df["patient"].astype(str),
+            "split": df["split"], "domain": meta["domain"], "source": key,
+        }))
+        classes += prefixed
+        keys.append(key)
+        metas.append(meta)
+    df = pd.concat(frames, ignore_index=True)
+    meta = {
+        "key": "all", "domain": "mixed", "task": "multilabel", "classes": classes,
+        "headline_metric": "auroc", "class_weights": "none", "sources": keys,
+        "domains": {m["key"]: m["domain"] for m in metas},
+        "manifests": [str(p.resolve()) for p in paths],
+        "counts": split_counts(df, classes, "multilabel"),
+    }
+    return df, meta

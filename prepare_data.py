@@ -1,0 +1,124 @@
+"""Native dataset folder -> manifest CSV (+ JSON sidecar) with a patient-level, stratified split.
+
+Reads a data set in the layout it was downloaded in (see datasets.py for each one), splits it
+once (all arms of a target then see the same split) and writes `<out>/<key>.csv` and
+`<out>/<key>.json`, then prints the class x split counts.
+
+    python prepare_data.py --dataset shenzhen --root OUT/demo_data/shenzhen --out OUT/manifests
+    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests --val-frac 0.1
+    python prepare_data.py --dataset folder --root DATA/my_xrays --domain cxr --name my_xrays --out OUT/manifests
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+import datasets
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Data
+    parser.add_argument("--dataset", type=str, required=True, choices=list(datasets.DATASETS),
+                        help="which reader to use (native layout of that data set)")
+    parser.add_argument("--root", type=str, required=True,
+                        help="the data set's own folder as downloaded, e.g. DATA/shenzhen")
+    parser.add_argument("--out", type=str, required=True,
+                        help="manifest folder; writes <out>/<key>.csv and <out>/<key>.json")
+    parser.add_argument("--check-files", default=True, action=argparse.BooleanOptionalAction,
+                        help="check that every image listed in a metadata file exists "
+                             "(--no-check-files: metadata only, e.g. ChestX-ray14 before the images arrive)")
+    # Split
+    parser.add_argument("--val-frac", type=float, default=0.15,
+                        help="fraction of images for validation, in [0, 1); of the official train rows "
+                             "when the data set ships a test split")
+    parser.add_argument("--test-frac", type=float, default=0.15,
+                        help="fraction of images for test, in [0, 1); val + test < 1; ignored where "
+                             "the data set ships an official test split")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
+    # Generic folder data sets
+    parser.add_argument("--domain", type=str, default=None, choices=["cxr", "hwsi", "efi"],
+                        help="--dataset folder only: image area, picks the transform chain")
+    parser.add_argument("--name", type=str, default=None,
+                        help="--dataset folder only: manifest key (default: the root folder's name)")
+    return parser
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via `path.tmp` + os.replace: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def resolve_key_and_domain(args) -> tuple[str, str]:
+    spec = datasets.DATASETS[args.dataset]
+    if args.dataset != "folder":
+        if args.name is not None:
+            raise ValueError(f"--name applies to --dataset folder only (the key of {args.dataset} is fixed)")
+        if args.domain is not None and args.domain != spec.domain:
+            raise ValueError(f"--domain {args.domain}: {args.dataset} is a {spec.domain} data set")
+        return spec.key, spec.domain
+    if args.domain is None:
+        raise ValueError("--dataset folder needs --domain cxr|hwsi|efi (it picks the transform chain)")
+    key = args.name or Path(os.path.abspath(args.root)).name
+    if not key or any(c in key for c in "/\\|") or key in datasets.DATASETS or key == "all":
+        raise ValueError(f"--name {key!r}: use a plain name that is not a built-in dataset key")
+    return key, args.domain
+
+
+def prepare_manifest(args) -> tuple[Path, Path]:
+    """Read, split and write one manifest; returns (csv path, json path). Errors: ValueError."""
+    # --- check the arguments before reading anything
+    datasets.check_fractions(args.val_frac, args.test_frac)
+    root = Path(os.path.abspath(args.root))
+    if not root.is_dir():
+        raise ValueError(f"{root}: --root folder not found")
+    key, domain = resolve_key_and_domain(args)
+    spec = datasets.DATASETS[args.dataset]
+    out_dir = Path(args.out)
+    print(f"dataset {args.dataset} -> key {key} ({domain}, {spec.task}), root {root}")
+
+    # --- read the native layout and split by patient
+    df, classes = datasets.read_dataset(args.dataset, root, check_files=args.check_files)
+    df = datasets.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
+    if "official_split" in df.columns and (df["official_split"] != "").any():
+        shipped = sorted(set(df["official_split"]) - {""})
+        print(f"official split present ({', '.join(shipped)}): kept; missing splits carved from train")
+
+    # --- write <key>.csv and <key>.json (json last: a manifest without sidecar fails to load)
+    meta = {
+        "key": key, "dataset": args.dataset, "domain": domain, "task": spec.task, "classes": classes,
+        "root": str(root), "seed": args.seed, "val_frac": args.val_frac, "test_frac": args.test_frac,
+        "counts": datasets.split_counts(df, classes, spec.task),
+        "n_images": len(df), "n_patients": int(df["patient"].nunique()),
+        "headline_metric": spec.headline_metric, "class_weights": spec.class_weights,
+        "check_files": args.check_files,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / f"{key}.csv", out_dir / f"{key}.json"
+    write_atomic(csv_path, df.to_csv(index=False))
+    write_atomic(json_path, json.dumps(meta, indent=2) + "\n")
+
+    # --- report
+    with pd.option_context("display.max_rows", 200, "display.width", 160):
+        print(datasets.count_table(df, classes, spec.task).to_string())
+    print(f"wrote {csv_path} and {json_path}")
+    return csv_path, json_path
+
+
+def main(args):
+    try:
+        prepare_manifest(args)
+    except ValueError as err:  # one clear line naming the file and the problem
+        raise SystemExit(str(err)) from None
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
