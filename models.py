@@ -1,0 +1,318 @@
+"""DenseNet-121 with the paper's classification head, its three initialisations, checkpoint I/O.
+
+The network (paper Fig. 1): MONAI ``DenseNet121`` features -> ReLU -> global average pool ->
+head ``Linear(1024, hidden_dim) -> BatchNorm1d -> ReLU -> Dropout -> Linear(hidden_dim,
+num_outputs)``. The backbone keeps MONAI's parameter names (``features.*``), so a MONAI
+``DenseNet121`` loads our backbone as it is; the head is ``head.*``.
+
+Initialisations (``initialise``):
+
+* ``"random"``: MONAI's own initialisation (Kaiming convolutions, unit BatchNorm);
+* ``"imagenet"``: torchvision's ImageNet DenseNet-121 file ``densenet121-a639ec97.pth`` from
+  the torch hub cache, an explicit path, or a download; torchvision's key names (both the old
+  ``norm.1`` and the newer ``norm1`` spelling) are mapped to MONAI's explicitly and every
+  backbone tensor must be filled (MONAI's ``pretrained=True`` silently skips what it cannot map);
+* a project checkpoint (``last.pt``/``best.pt`` of an earlier stage): backbone only, the head
+  is always new; the missing keys must be exactly the head's.
+
+Usage::
+
+    from models import build_model, initialise
+    model = build_model(2)                                      # e.g. normal / tuberculosis
+    print(initialise(model, "imagenet", imagenet_weights=None))  # hub cache, else download
+    print(initialise(model, "OUT/pretrain/CXR_RI/last.pt"))      # domain-pretrained backbone
+
+Checkpoints are dicts of tensors and plain values only (``model`` state_dict, ``meta``, ...);
+``save_checkpoint`` writes them atomically and refuses anything ``load_checkpoint``
+(``torch.load(weights_only=True)``) could not read back.
+"""
+import os
+import pickle
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet121
+
+NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
+IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights
+IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
+_SHOW = 5  # offending keys quoted in an error message
+
+
+class ImageNetWeightsUnavailable(RuntimeError):
+    """The ImageNet weights file is neither on disk nor downloadable; the message says how to supply it."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names the file and the problem."""
+
+
+class DenseNetClassifier(nn.Module):
+    """MONAI DenseNet-121 features + the paper's FC-BN-ReLU-Dropout-FC head."""
+
+    def __init__(self, num_outputs, *, hidden_dim=512, dropout=0.5):
+        super().__init__()
+        self.features = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1).features
+        self.head = nn.Sequential(OrderedDict(
+            fc=nn.Linear(NUM_FEATURES, hidden_dim),
+            bn=nn.BatchNorm1d(hidden_dim),
+            relu=nn.ReLU(inplace=True),
+            dropout=nn.Dropout(dropout),
+            out=nn.Linear(hidden_dim, num_outputs),
+        ))
+
+    def forward(self, x):
+        x = F.relu(self.features(x), inplace=True)  # features end with BatchNorm (norm5), as in MONAI
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.head(x)  # logits
+
+
+def build_model(num_outputs, *, hidden_dim=512, dropout=0.5):
+    """DenseNet-121 + head with ``num_outputs`` logits; randomly initialised (MONAI's defaults)."""
+    if not isinstance(num_outputs, int) or num_outputs < 1:
+        raise ValueError(f"num_outputs must be a positive int, got {num_outputs!r}")
+    return DenseNetClassifier(num_outputs, hidden_dim=hidden_dim, dropout=dropout)
+
+
+def backbone_keys(model):
+    """The state-dict keys of the backbone (``features.*``)."""
+    return {key for key in model.state_dict() if key.startswith("features.")}
+
+
+def _first(keys):
+    keys = sorted(keys)
+    more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+# --- checkpoint I/O ----------------------------------------------------------------------------
+
+_PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def _not_plain(obj, where):
+    """The first value under obj that weights_only loading would refuse, as (where, value), or None."""
+    kind = type(obj)
+    if kind in _PLAIN_TYPES or kind in (torch.Tensor, nn.Parameter):
+        return None
+    if kind in (dict, OrderedDict):
+        for key, value in obj.items():
+            if type(key) not in (str, int):
+                return f"{where} key {key!r}", key
+            found = _not_plain(value, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if kind in (list, tuple, set):
+        for index, value in enumerate(obj):
+            found = _not_plain(value, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    return where, obj
+
+
+def save_checkpoint(obj, path):
+    """torch.save ``obj`` to ``path`` atomically: write ``path.tmp`` in the same folder, then rename.
+
+    Refuses (before writing anything) values that ``load_checkpoint`` could not read back:
+    only tensors, numbers, strings, None, torch dtypes/devices/sizes and dicts, lists,
+    tuples and sets of them. An existing ``path`` is left intact if anything fails.
+    """
+    path = Path(path)
+    found = _not_plain(obj, "checkpoint")
+    if found:
+        where, value = found
+        raise CheckpointError(
+            f"{path}: cannot save {where} of type {type(value).__module__}.{type(value).__qualname__}: "
+            "checkpoints hold tensors and plain values only (convert numpy with torch.from_numpy or "
+            ".tolist(), an argparse.Namespace with vars())")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _one_line(err):
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _torch_load(path, what):
+    """torch.load(weights_only=True) with one clear line per failure; returns the object."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused to load a pickled Python object ({found.group(1)}): checkpoints must hold "
+                "tensors and plain values only (state_dicts, numbers, strings, lists, dicts)") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch {what} (corrupt or not a torch.save file: "
+                              f"{_one_line(err)})") from None
+    except Exception as err:  # truncated zip (OSError/RuntimeError), text (KeyError), empty file (EOFError)
+        raise CheckpointError(f"{path}: not a readable PyTorch {what} (truncated, corrupt or not a torch.save "
+                              f"file: {_one_line(err)})") from None
+
+
+def load_checkpoint(path):
+    """A project checkpoint as a dict (``model`` state_dict, ``meta``, ...); weights_only loading."""
+    ckpt = _torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        found = f"a dict with keys {_first(map(str, ckpt))}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a checkpoint of this kit (expected a dict with a 'model' state_dict "
+                              f"and 'meta', found {found})")
+    return ckpt
+
+
+# --- initialisation ----------------------------------------------------------------------------
+
+def _how_to_supply(dst):
+    return (f"Download {IMAGENET_URL} on a machine with internet access and put it at {dst} "
+            "(the torch hub cache; set TORCH_HOME to move it), or pass its path: --imagenet-weights PATH "
+            "to the training scripts, IMAGENET_WEIGHTS=PATH to study.sh.")
+
+
+def find_imagenet_weights(path=None, *, download=True):
+    """The path of torchvision's ImageNet DenseNet-121 weights.
+
+    An explicit ``path`` must exist. Otherwise the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints/densenet121-a639ec97.pth``) is used, downloading the
+    file there when ``download`` is true. Raises ImageNetWeightsUnavailable otherwise.
+    """
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ImageNetWeightsUnavailable(f"{path}: ImageNet weights file not found. {_how_to_supply(dst)}")
+        return path
+    if dst.is_file():
+        return dst
+    if not download:
+        raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found (download disabled). "
+                                         f"{_how_to_supply(dst)}")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(IMAGENET_URL, str(dst), progress=False)  # temp file, then rename
+    except Exception as err:
+        raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found and the download failed "
+                                         f"({_one_line(err)}). {_how_to_supply(dst)}") from None
+    return dst
+
+
+def torchvision_key_map(model):
+    """{torchvision key: model key} for the backbone, in both torchvision spellings.
+
+    torchvision's DenseNet names a dense layer's modules ``norm1, conv1, norm2, conv2``
+    directly under ``denselayerN`` (old files, such as a639ec97: ``norm.1``, ``conv.1``...);
+    MONAI puts them in a ``layers`` Sequential. All other backbone names are the same.
+    """
+    mapping = {}
+    for key in backbone_keys(model):
+        mapping[key.replace(".layers.", ".")] = key  # new: ...denselayer1.norm1.weight
+        mapping[re.sub(r"\.layers\.(norm|relu|conv)([12])\.", r".\1.\2.", key)] = key  # old: ...norm.1.weight
+    return mapping
+
+
+def load_imagenet_backbone(model, path):
+    """Copy torchvision's ImageNet DenseNet-121 weights into ``model.features``, checking every key.
+
+    Accepts a raw state dict or one nested under "state_dict" or "model"; ``classifier.*``
+    is dropped; only ``num_batches_tracked`` buffers may be missing (old files lack them).
+    """
+    state = _torch_load(path, "weights file")
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state dict (found {type(state).__name__})")
+    mapping = torchvision_key_map(model)
+    expected = model.state_dict()
+    features, unexpected, twice = {}, [], []
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            continue  # ImageNet's 1000 classes; our head is new
+        target = mapping.get(key)
+        if target is None or not isinstance(value, torch.Tensor):
+            unexpected.append(key)
+        elif target in features:
+            twice.append(key)  # both spellings of one tensor
+        else:
+            features[target] = value
+    missing = [k for k in expected if k.startswith("features.") and k not in features
+               and not k.endswith("num_batches_tracked")]
+    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in features.items()
+             if v.shape != expected[k].shape]
+    problems = [f"{len(keys)} {label} ({_first(keys)})" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("given twice", twice), ("wrong shape", wrong))
+                if keys]
+    if problems:
+        raise CheckpointError(f"{path}: not torchvision's DenseNet-121 weights: " + "; ".join(problems))
+    prefix = len("features.")
+    result = model.features.load_state_dict({k[prefix:]: v for k, v in features.items()}, strict=False)
+    left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if left or result.unexpected_keys:  # cannot happen after the checks above; never load partially in silence
+        raise CheckpointError(f"{path}: backbone partly loaded: missing {_first(left)}, "
+                              f"unexpected {_first(result.unexpected_keys)}")
+
+
+def load_backbone_from_checkpoint(model, path):
+    """Copy the backbone (``features.*``) of a project checkpoint into ``model``; the head stays new.
+
+    Returns the checkpoint's ``meta`` (an empty dict where it has none).
+    """
+    ckpt = load_checkpoint(path)
+    expected = model.state_dict()
+    features = {k: v for k, v in ckpt["model"].items() if k.startswith("features.")}
+    missing = [k for k in expected if k.startswith("features.") and k not in features]
+    unexpected = [k for k in features if k not in expected]
+    wrong = [f"{k} {tuple(getattr(v, 'shape', ()))} != {tuple(expected[k].shape)}" for k, v in features.items()
+             if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+    problems = [f"{len(keys)} {label} ({_first(keys)})" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    if problems:
+        raise CheckpointError(f"{path}: backbone is not this kit's DenseNet-121: " + "; ".join(problems))
+    result = model.load_state_dict(features, strict=False)
+    # BatchNorm does not report an absent num_batches_tracked buffer as missing
+    head = {k for k in expected if not k.startswith("features.") and not k.endswith("num_batches_tracked")}
+    if set(result.missing_keys) != head or result.unexpected_keys:
+        raise CheckpointError(f"{path}: backbone partly loaded: missing {_first(result.missing_keys)}, "
+                              f"unexpected {_first(result.unexpected_keys)}")
+    meta = ckpt.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def initialise(model, init, *, imagenet_weights=None):
+    """Initialise ``model`` in place and return a short description for logs and ``meta``.
+
+    init: "random" (MONAI's default initialisation, nothing to do), "imagenet" (torchvision's
+    ImageNet weights, see find_imagenet_weights; ``imagenet_weights`` is an explicit path) or
+    the path of a project checkpoint (backbone only; the head stays new).
+    """
+    init = str(init)
+    if init == "random":
+        return "random (MONAI default initialisation)"
+    if init == "imagenet":
+        path = find_imagenet_weights(imagenet_weights)
+        load_imagenet_backbone(model, path)
+        return f"imagenet ({path})"
+    if Path(init).is_file():
+        meta = load_backbone_from_checkpoint(model, init)
+        source = f"; pretrained on {meta['key']}" if isinstance(meta.get("key"), str) else ""
+        return f"checkpoint {Path(init).resolve()} (backbone only, new head{source})"
+    if Path(init).is_dir():
+        raise ValueError(f"{init}: is a folder; --init takes a checkpoint file, e.g. {Path(init) / 'last.pt'}")
+    raise ValueError(f"{init}: unknown init: expected 'random', 'imagenet' or the path of an existing "
+                     "checkpoint file")

@@ -1,0 +1,357 @@
+"""Tests for models.py: the network, ImageNet and checkpoint initialisation, checkpoint I/O."""
+import argparse
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from monai.networks.nets import DenseNet121
+
+import models
+from models import (
+    CheckpointError,
+    ImageNetWeightsUnavailable,
+    backbone_keys,
+    build_model,
+    find_imagenet_weights,
+    initialise,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+IMAGENET_FILE = "densenet121-a639ec97.pth"
+# Names as they appear in the real torchvision file densenet121-a639ec97.pth (old spelling).
+REAL_TORCHVISION_KEYS = [
+    "features.conv0.weight",
+    "features.norm0.running_var",
+    "features.denseblock1.denselayer1.norm.1.weight",
+    "features.denseblock1.denselayer1.conv.1.weight",
+    "features.denseblock2.denselayer12.norm.2.running_mean",
+    "features.denseblock4.denselayer16.conv.2.weight",
+    "features.transition3.norm.bias",
+    "features.transition3.conv.weight",
+    "features.norm5.bias",
+    "classifier.weight",
+]
+
+
+def to_torchvision(key, style):
+    """MONAI backbone key -> torchvision's spelling, written out independently of models.py."""
+    if style == "new":
+        return key.replace(".layers.", ".")
+    for name in ("norm1", "conv1", "norm2", "conv2", "relu1", "relu2"):
+        key = key.replace(f".layers.{name}.", f".{name[:-1]}.{name[-1]}.")
+    return key
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """Random tensors for every backbone key (BatchNorm statistics included), MONAI names."""
+    generator = torch.Generator().manual_seed(0)
+    state = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000).features.state_dict()
+    return {f"features.{k}": (torch.randn(v.shape, generator=generator) if v.is_floating_point()
+                              else torch.full_like(v, 7)) for k, v in state.items()}
+
+
+def standin(backbone, style):
+    """A torchvision-style ImageNet state dict: old style lacks num_batches_tracked, as the real file."""
+    state = {to_torchvision(k, style): v for k, v in backbone.items()
+             if not (style == "old" and k.endswith("num_batches_tracked"))}
+    state["classifier.weight"] = torch.randn(1000, 1024)
+    state["classifier.bias"] = torch.randn(1000)
+    return state
+
+
+def assert_backbone_equals(model, backbone, with_counters=True):
+    state = model.state_dict()
+    for key, value in backbone.items():
+        if key.endswith("num_batches_tracked") and not with_counters:
+            continue
+        assert torch.equal(state[key], value), key
+
+
+def head_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("features.")}
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty TORCH_HOME; downloads fail loudly unless a test replaces them."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch_home"
+
+
+# --- the network --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: extra threads only add synchronisation (and stall badly on a busy shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_build_model_shapes_and_parts():
+    model = build_model(5, hidden_dim=64, dropout=0.25)
+    assert [type(m) for m in model.head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert model.head[0].in_features == 1024 and model.head[0].out_features == 64
+    assert model.head[3].p == 0.25 and model.head[4].out_features == 5
+    x = torch.randn(2, 3, 64, 64)
+    assert model(x).shape == (2, 5)  # train mode (BatchNorm needs batch > 1)
+    model.eval()
+    with torch.no_grad():
+        assert model(x[:1]).shape == (1, 5)
+
+
+def test_backbone_keys_are_monai_native():
+    model = build_model(3)
+    monai_keys = {k for k in DenseNet121(spatial_dims=2, in_channels=3, out_channels=1).state_dict()
+                  if k.startswith("features.")}
+    assert backbone_keys(model) == monai_keys
+    assert set(model.state_dict()) - monai_keys == {k for k in model.state_dict() if k.startswith("head.")}
+
+
+def test_key_map_covers_real_torchvision_names():
+    mapping = models.torchvision_key_map(build_model(1))
+    assert mapping["features.denseblock1.denselayer1.norm.1.weight"] == \
+        "features.denseblock1.denselayer1.layers.norm1.weight"
+    assert mapping["features.denseblock1.denselayer1.norm1.weight"] == \
+        "features.denseblock1.denselayer1.layers.norm1.weight"
+    assert all(k in mapping for k in REAL_TORCHVISION_KEYS if not k.startswith("classifier."))
+
+
+def test_bad_num_outputs():
+    with pytest.raises(ValueError, match="num_outputs"):
+        build_model(0)
+
+
+# --- ImageNet initialisation --------------------------------------------------------------------
+
+@pytest.mark.parametrize("style", ["old", "new"])
+def test_imagenet_from_torch_home(style, backbone, torch_home):
+    state = standin(backbone, style)
+    assert all(k in state for k in REAL_TORCHVISION_KEYS) or style == "new"
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, torch_home / "hub" / "checkpoints" / IMAGENET_FILE)
+    model = build_model(3)
+    head = head_state(model)
+    description = initialise(model, "imagenet")
+    assert "imagenet" in description and IMAGENET_FILE in description
+    assert_backbone_equals(model, backbone, with_counters=style == "new")
+    for key, value in head.items():
+        assert torch.equal(model.state_dict()[key], value), f"head changed: {key}"
+
+
+@pytest.mark.parametrize("nest", [None, "state_dict", "model"])
+@pytest.mark.parametrize("style", ["old", "new"])
+def test_imagenet_explicit_path(style, nest, backbone, torch_home, tmp_path):
+    state = standin(backbone, style)
+    path = tmp_path / "weights.pth"
+    torch.save({nest: state} if nest else state, path)
+    model = build_model(2)
+    assert str(path) in initialise(model, "imagenet", imagenet_weights=path)
+    assert_backbone_equals(model, backbone, with_counters=style == "new")
+    assert find_imagenet_weights(path, download=False) == path
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("drop", "1 missing (features.denseblock3.denselayer5.layers.conv2.weight)"),
+    ("shape", "wrong shape (features.norm5.weight (3,) != (1024,))"),
+    ("extra", "1 unexpected (features.extra.weight)"),
+    ("resnet", "unexpected (conv1.weight"),
+])
+def test_imagenet_bad_file_fails_loudly(damage, words, backbone, tmp_path):
+    state = standin(backbone, "old")
+    if damage == "drop":
+        del state["features.denseblock3.denselayer5.conv.2.weight"]
+    elif damage == "shape":
+        state["features.norm5.weight"] = torch.ones(3)
+    elif damage == "extra":
+        state["features.extra.weight"] = torch.ones(3)
+    else:
+        state = {"conv1.weight": torch.ones(64, 3, 7, 7), "fc.weight": torch.ones(1000, 2048)}
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        initialise(build_model(2), "imagenet", imagenet_weights=path)
+    assert str(path) in str(info.value) and words in str(info.value)
+
+
+def test_imagenet_unavailable_without_download(torch_home):
+    with pytest.raises(ImageNetWeightsUnavailable) as info:
+        find_imagenet_weights(download=False)
+    message = str(info.value)
+    expected = torch_home / "hub" / "checkpoints" / IMAGENET_FILE
+    for hint in (f"https://download.pytorch.org/models/{IMAGENET_FILE}", str(expected),
+                 "--imagenet-weights PATH", "IMAGENET_WEIGHTS=PATH", "TORCH_HOME"):
+        assert hint in message
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_imagenet_download_failure_explains(torch_home):
+    with pytest.raises(ImageNetWeightsUnavailable, match="download failed.*URLError.*--imagenet-weights PATH"):
+        initialise(build_model(2), "imagenet")
+    assert not (torch_home / "hub" / "checkpoints" / IMAGENET_FILE).exists()
+
+
+def test_imagenet_download_goes_to_hub_cache(torch_home, monkeypatch):
+    calls = []
+
+    def fake_download(url, dst, **kwargs):
+        calls.append(url)
+        torch.save({}, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    path = find_imagenet_weights()
+    assert path == torch_home / "hub" / "checkpoints" / IMAGENET_FILE and path.is_file()
+    assert calls == [f"https://download.pytorch.org/models/{IMAGENET_FILE}"]
+    assert find_imagenet_weights() == path and len(calls) == 1  # cached now
+
+
+def test_imagenet_explicit_path_missing(torch_home, tmp_path):
+    with pytest.raises(ImageNetWeightsUnavailable, match="nowhere.pth: ImageNet weights file not found"):
+        initialise(build_model(2), "imagenet", imagenet_weights=tmp_path / "nowhere.pth")
+
+
+# --- checkpoint initialisation -------------------------------------------------------------------
+
+def randomised(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(torch.randn(value.shape, generator=generator))
+    return model
+
+
+def test_checkpoint_init_copies_backbone_only(tmp_path):
+    source = randomised(build_model(7), seed=1)
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": source.state_dict(), "meta": {"key": "chestxray14", "classes": ["a"] * 7}}, path)
+    model = build_model(7)
+    head = head_state(model)
+    description = initialise(model, str(path))
+    assert "backbone only" in description and "chestxray14" in description
+    assert_backbone_equals(model, {k: v for k, v in source.state_dict().items() if k.startswith("features.")})
+    for key, value in head.items():
+        assert torch.equal(model.state_dict()[key], value), f"head not new: {key}"
+    assert not torch.equal(model.state_dict()["head.out.weight"], source.state_dict()["head.out.weight"])
+
+
+def test_checkpoint_init_other_head_size(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model": build_model(22).state_dict(), "meta": {}}, path)
+    initialise(build_model(2, hidden_dim=64), path)  # a 22-label All model -> a 2-class target
+
+
+@pytest.mark.parametrize("state,words", [
+    ({"features.conv0.weight": torch.zeros(64, 3, 7, 7)}, "backbone is not this kit's DenseNet-121: "),
+    ({"conv1.weight": torch.zeros(1)}, "missing (features."),
+])
+def test_checkpoint_of_another_architecture(state, words, tmp_path):
+    path = tmp_path / "other.pt"
+    save_checkpoint({"model": state, "meta": {}}, path)
+    with pytest.raises(CheckpointError) as info:
+        initialise(build_model(2), path)
+    assert str(path) in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("obj,words", [
+    ([1, 2], "found list"),
+    ({"state_dict": {}}, "found a dict with keys state_dict"),
+])
+def test_not_a_checkpoint(obj, words, tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match=words):
+        load_checkpoint(path)
+
+
+def test_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": build_model(2).state_dict(), "meta": {"args": argparse.Namespace(lr=0.1)}}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "argparse.Namespace" in message
+    assert "tensors and plain values only" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("content", ["truncated", "text", "empty"])
+def test_unreadable_file_is_one_clear_line(content, tmp_path):
+    path = tmp_path / "broken.pt"
+    if content == "truncated":
+        save_checkpoint({"model": build_model(2).state_dict(), "meta": {}}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_text("" if content == "empty" else "epoch,loss\n1,0.5\n")
+    with pytest.raises(CheckpointError) as info:
+        initialise(build_model(2), path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable PyTorch checkpoint") and "\n" not in message
+
+
+def test_unknown_init(tmp_path):
+    with pytest.raises(ValueError, match="imagnet: unknown init: expected 'random', 'imagenet' or the path"):
+        initialise(build_model(2), "imagnet")
+    with pytest.raises(ValueError, match="is a folder.*last.pt"):
+        initialise(build_model(2), tmp_path)
+    assert initialise(build_model(2), "random").startswith("random")
+
+
+# --- save_checkpoint ------------------------------------------------------------------------------
+
+def test_save_round_trip_plain_values(tmp_path):
+    obj = {"model": build_model(2).state_dict(), "epoch": 3, "best_metric": 0.5, "name": "x", "none": None,
+           "flag": True, "tuple": (1, 2.0), "list": [torch.ones(2)], "set": {1, 2}, "bytes": b"ab",
+           "param": nn.Parameter(torch.ones(2)), "dtype": torch.float16, "device": torch.device("cpu"), "size": torch.Size([2, 3]),
+           "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+           "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()[:4]}}
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(obj, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    loaded = load_checkpoint(path)
+    assert loaded.keys() == obj.keys() and loaded["set"] == {1, 2} and loaded["size"] == torch.Size([2, 3])
+    assert torch.equal(loaded["model"]["head.out.weight"], obj["model"]["head.out.weight"])
+
+
+def test_save_failure_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "meta": {"epoch": 1}}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "meta": {"epoch": 2}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no last.pt.tmp left behind
+    monkeypatch.undo()
+    assert load_checkpoint(path)["meta"] == {"epoch": 1}
+
+
+@pytest.mark.parametrize("value,words", [
+    (argparse.Namespace(lr=0.1), "checkpoint['meta']['args'] of type argparse.Namespace"),
+    (np.zeros(3), "numpy.ndarray"),
+    (np.float64(0.5), "numpy.float64"),
+    (frozenset([1]), "builtins.frozenset"),
+])
+def test_save_refuses_what_cannot_be_loaded(value, words, tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {}, "meta": {}}, path)
+    with pytest.raises(CheckpointError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        save_checkpoint({"model": {}, "meta": {"args": value}}, path)
+    assert load_checkpoint(path)["meta"] == {}
+    torch.save({"model": {}, "meta": {"args": value}}, tmp_path / "raw.pt")
+    with pytest.raises(CheckpointError, match="plain values only"):  # the guard matches what loading refuses
+        load_checkpoint(tmp_path / "raw.pt")

@@ -1,0 +1,376 @@
+"""Tests for transforms.py: shapes, orientation, channels, file formats, eye crop, pickling."""
+import pickle
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from transforms import (
+    DOMAINS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transforms,
+    preprocess_transforms,
+    train_transforms,
+)
+
+S = 32  # image_size of the tests
+H, W = 48, 80  # a landscape picture: transposing it would change its shape and its pattern
+CHAINS = {"train": train_transforms, "eval": eval_transforms}
+
+
+def bar_picture(h=H, w=W, low=0, high=255, dtype=np.uint8):
+    """Grey picture with a bright bar over the top third, left half only."""
+    a = np.full((h, w), low, dtype)
+    a[: h // 3, : w // 2] = high
+    return a
+
+
+def assert_bar(x, bright=0.8, dark=0.2):
+    """x (C, rows, cols) shows the bar of bar_picture: top third, left half (2-pixel margins for blur)."""
+    rows, cols = x.shape[-2:]
+    assert x[:, : rows // 3 - 2, : cols // 2 - 2].min() > bright, "bar not at the top left"
+    assert x[:, :, cols // 2 + 2:].max() < dark, "right half not dark"
+    assert x[:, rows // 3 + 2:, :].max() < dark, "below the bar not dark"
+
+
+def unnormalise(x):
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return x * std + mean
+
+
+def save_png(path, array, mode=None):
+    Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
+    return str(path)
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2"):
+    """A minimal valid Secondary Capture DICOM file with 12-bit MONOCHROME pixels in uint16."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "OT", "Test^Phantom", "0"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).pixel_array.shape == pixels.shape
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def noise_png(tmp_path_factory):
+    """An RGB picture of uniform noise: every chain must normalise it to roughly zero mean."""
+    rng = np.random.default_rng(0)
+    return save_png(tmp_path_factory.mktemp("noise") / "noise.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+
+
+# --- chains: shapes, dtypes, normalisation ----------------------------------------------------
+
+@pytest.mark.parametrize("chain", CHAINS)
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_chain_output(domain, chain, noise_png):
+    x = CHAINS[chain](domain, image_size=S)({"image": noise_png})["image"]
+    assert type(x) is torch.Tensor  # plain tensor, no MetaTensor, for the DataLoader
+    assert x.shape == (3, S, S) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+    assert abs(float(x.mean())) < 1.0 and 0.3 < float(x.std()) < 3.0
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_eval_is_preprocess_normalised(domain, noise_png):
+    head = preprocess_transforms(domain, image_size=S)({"image": noise_png})["image"]
+    assert head.dtype == torch.float32 and head.shape[0] == 3 and 0.0 <= head.min() and head.max() <= 1.0
+    x = eval_transforms(domain, image_size=S)({"image": noise_png})["image"]
+    top, left = (head.shape[1] - S) // 2, (head.shape[2] - S) // 2  # hwsi: centre crop
+    torch.testing.assert_close(unnormalise(x), torch.as_tensor(head)[:, top:top + S, left:left + S],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(x, eval_transforms(domain, image_size=S)({"image": noise_png})["image"])
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_train_is_random(domain, tmp_path):
+    rng = np.random.default_rng(1)
+    path = save_png(tmp_path / "x.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    t = train_transforms(domain, image_size=S)
+    outputs = [t({"image": path})["image"] for _ in range(6)]
+    assert any(not torch.equal(outputs[0], other) for other in outputs[1:])
+
+
+# --- orientation and channels -------------------------------------------------------------------
+
+def test_orientation_cxr_non_square(tmp_path):
+    path = save_png(tmp_path / "bar.png", bar_picture())
+    assert_bar(preprocess_transforms("cxr", image_size=S)({"image": path})["image"])
+    assert_bar(unnormalise(eval_transforms("cxr", image_size=S)({"image": path})["image"]))
+
+
+def test_orientation_and_aspect_hwsi(tmp_path):
+    path = save_png(tmp_path / "bar.png", np.stack([bar_picture()] * 3, -1))
+    head = preprocess_transforms("hwsi", image_size=S)({"image": path})["image"]
+    assert head.shape == (3, S, int(S * W / H))  # shorter side = S, aspect kept (torchvision's rounding)
+    assert_bar(head)
+    portrait = save_png(tmp_path / "portrait.png", np.zeros((60, 40, 3), np.uint8))
+    assert preprocess_transforms("hwsi", image_size=S)({"image": portrait})["image"].shape == (3, 48, S)
+
+
+def test_hwsi_breakhis_size_as_in_paper(tmp_path):
+    """Paper 5.2.1: BreakHis 700x460 -> 340x224, then 224x224 crops."""
+    path = save_png(tmp_path / "breakhis.png", np.full((460, 700, 3), 200, np.uint8))
+    assert preprocess_transforms("hwsi", image_size=224)({"image": path})["image"].shape == (3, 224, 340)
+    assert train_transforms("hwsi", image_size=224)({"image": path})["image"].shape == (3, 224, 224)
+
+
+def test_orientation_efi(tmp_path):
+    """Grey background (no eye crop), bright bar top left; the centre crop keeps the picture's top left."""
+    path = save_png(tmp_path / "bar.png", np.stack([bar_picture(low=128)] * 3, -1))
+    x = preprocess_transforms("efi", image_size=S)({"image": path})["image"]
+    assert x.shape == (3, S, S)
+    assert x[:, : S // 3 - 2, : 4].min() > 0.9  # bar, top left
+    assert (x[:, S // 3 + 2:, :] - 128 / 255).abs().max() < 0.02  # background below
+    assert (x[:, :, -4:] - 128 / 255).abs().max() < 0.02  # background on the right
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16"])
+def test_cxr_any_channels_to_grey(mode, tmp_path):
+    grey = bar_picture()
+    if mode == "I;16":
+        image = Image.fromarray(grey.astype(np.uint16) * 16)  # 12-bit values in a 16-bit PNG
+    else:
+        image = Image.fromarray(grey).convert(mode)
+    image.save(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").mode == image.mode
+    x = preprocess_transforms("cxr", image_size=S)({"image": str(tmp_path / "x.png")})["image"]
+    assert x.shape == (3, S, S)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])  # one grey channel repeated
+    assert float(x.max()) == pytest.approx(1.0) and float(x.min()) == pytest.approx(0.0)  # min-max
+    assert_bar(x)
+
+
+def test_cxr_rgb_uses_luma(tmp_path):
+    """A red bar on black is still a bright bar after RGB -> grey and min-max."""
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 0] = bar_picture()
+    x = preprocess_transforms("cxr", image_size=S)({"image": save_png(tmp_path / "red.png", rgb)})["image"]
+    assert_bar(x)
+
+
+def test_colour_8bit_divided_not_stretched(tmp_path):
+    """hwsi/efi 8-bit: /255, so a dull image stays dull (cxr would stretch it by min-max)."""
+    path = save_png(tmp_path / "dull.png", np.stack([bar_picture(low=50, high=100)] * 3, -1))
+    x = preprocess_transforms("hwsi", image_size=S)({"image": path})["image"]
+    assert float(x.min()) == pytest.approx(50 / 255, abs=1e-4)
+    assert float(x.max()) == pytest.approx(100 / 255, abs=1e-4)
+    c = preprocess_transforms("cxr", image_size=S)({"image": path})["image"]
+    assert float(c.min()) == pytest.approx(0.0) and float(c.max()) == pytest.approx(1.0)
+
+
+def test_colour_rgba_drops_alpha_and_grey_becomes_rgb(tmp_path):
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 0] = bar_picture()  # red bar
+    rgba[..., 3] = 77  # translucent: alpha must not leak into the colours
+    x = preprocess_transforms("hwsi", image_size=S)({"image": save_png(tmp_path / "rgba.png", rgba)})["image"]
+    assert x.shape[0] == 3
+    assert_bar(x[:1])
+    assert float(x[1:].max()) == 0.0
+    grey = preprocess_transforms("efi", image_size=S)({"image": save_png(tmp_path / "g.png", bar_picture(low=128))})
+    assert torch.equal(grey["image"][0], grey["image"][2])
+
+
+def test_colour_16bit_is_min_max_scaled(tmp_path):
+    path = save_png(tmp_path / "g16.png", bar_picture(high=40000, dtype=np.uint16))
+    x = preprocess_transforms("hwsi", image_size=S)({"image": path})["image"]
+    assert float(x.max()) == pytest.approx(1.0) and float(x.min()) == pytest.approx(0.0)
+    assert_bar(x)
+
+
+# --- file formats --------------------------------------------------------------------------------
+
+def _write(fmt, tmp_path):
+    grey = bar_picture()
+    if fmt == "png":
+        return save_png(tmp_path / "x.png", grey)
+    if fmt == "jpeg":
+        path = tmp_path / "x.jpeg"
+        Image.fromarray(np.stack([grey] * 3, -1)).save(path, quality=95)
+        return str(path)
+    if fmt == "tiff_rgb":
+        tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey] * 3, -1), photometric="rgb")
+        return str(tmp_path / "rgb.tif")
+    if fmt == "tiff_grey":
+        tifffile.imwrite(tmp_path / "grey.tif", grey)
+        return str(tmp_path / "grey.tif")
+    if fmt == "dicom":
+        return write_dicom(tmp_path / "x.dcm", bar_picture(high=4095, dtype=np.uint16))
+    if fmt == "dicom_monochrome1":  # 0 = white: the bar is stored as 0 on a 4095 background
+        return write_dicom(tmp_path / "x.dcm", bar_picture(low=4095, high=0, dtype=np.uint16), "MONOCHROME1")
+    if fmt == "nifti":  # NIfTI's first axis is x (columns): store the transpose of the picture
+        nib.save(nib.Nifti1Image(grey.T.astype(np.float32), np.eye(4)), tmp_path / "x.nii.gz")
+        return str(tmp_path / "x.nii.gz")
+    if fmt == "nifti_3d_one_slice":
+        nib.save(nib.Nifti1Image(grey.T[:, :, None].astype(np.int16), np.eye(4)), tmp_path / "x.nii")
+        return str(tmp_path / "x.nii")
+    raise AssertionError(fmt)
+
+
+FORMATS = ["png", "jpeg", "tiff_rgb", "tiff_grey", "dicom", "dicom_monochrome1", "nifti", "nifti_3d_one_slice"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("domain", ["cxr", "hwsi"])
+def test_formats_load_upright(fmt, domain, tmp_path):
+    path = _write(fmt, tmp_path)
+    head = preprocess_transforms(domain, image_size=S)({"image": path})["image"]
+    assert head.shape == ((3, S, S) if domain == "cxr" else (3, S, int(S * W / H)))
+    assert_bar(head)
+    x = eval_transforms(domain, image_size=S)({"image": path})["image"]
+    assert x.shape == (3, S, S) and x.dtype == torch.float32
+
+
+def test_dicom_goes_through_itk(tmp_path):
+    path = _write("dicom", tmp_path)
+    loaded = preprocess_transforms("cxr").transforms[0]({"image": path})["image"]
+    assert loaded.meta["0028|0004"].strip() == "MONOCHROME2"  # ITK's tag naming
+
+
+def test_volume_is_refused(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((8, 6, 4), np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
+    with pytest.raises(RuntimeError) as info:
+        preprocess_transforms("cxr", image_size=S)({"image": str(tmp_path / "vol.nii.gz")})
+    assert "vol.nii.gz" in str(info.value.__cause__) and "2-D" in str(info.value.__cause__)
+
+
+# --- eye crop -------------------------------------------------------------------------------------
+
+def test_eye_crop_removes_black_border(tmp_path):
+    """A small off-centre disc on black fills the output; stray bright pixels do not widen the box."""
+    rows, cols = np.mgrid[:96, :128]
+    disc = (rows - 30) ** 2 + (cols - 40) ** 2 <= 16 ** 2
+    rgb = np.zeros((96, 128, 3), np.uint8)
+    rgb[disc] = (180, 90, 40)
+    rgb[90, 120] = rgb[2, 125] = (255, 255, 255)  # specks far from the eye
+    x = preprocess_transforms("efi", image_size=S)({"image": save_png(tmp_path / "eye.png", rgb)})["image"]
+    eye = x.mean(0) > 0.1
+    assert x.shape == (3, S, S)
+    assert float(eye.float().mean()) > 0.7  # disc in its bounding square: pi / 4
+    r, c = torch.nonzero(eye).float().mean(0)
+    assert abs(float(r) - (S - 1) / 2) < 1.5 and abs(float(c) - (S - 1) / 2) < 1.5  # centred
+
+
+def test_black_image_does_not_crash(tmp_path):
+    path = save_png(tmp_path / "black.png", np.zeros((40, 50, 3), np.uint8))
+    x = preprocess_transforms("efi", image_size=S)({"image": path})["image"]
+    assert x.shape == (3, S, S) and float(x.abs().max()) == 0.0
+
+
+# --- dictionaries, pickling, errors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("chain", ["preprocess", "train", "eval"])
+def test_other_keys_pass_through(chain, noise_png):
+    make = {"preprocess": preprocess_transforms, **CHAINS}[chain]
+    item = {"image": noise_png, "label": 3, "labels": "cxr/Edema|efi/grade_2", "patient": "p1"}
+    out = make("hwsi", image_size=S)(item)
+    assert {k: out[k] for k in ("label", "labels", "patient")} == {"label": 3, "labels": "cxr/Edema|efi/grade_2",
+                                                                     "patient": "p1"}
+    assert set(out) == set(item)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_chains_pickle(domain, noise_png):
+    for make in (preprocess_transforms, train_transforms, eval_transforms):
+        pickle.loads(pickle.dumps(make(domain, image_size=S)))({"image": noise_png})
+    t = eval_transforms(domain, image_size=S)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(t))({"image": noise_png})["image"],
+                               t({"image": noise_png})["image"])
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_head_is_cacheable(domain):
+    """MONAI's CacheDataset caches up to the first random transform: that must be the end of the head."""
+    from monai.transforms import Randomizable
+    head = preprocess_transforms(domain, image_size=S).transforms
+    assert not any(isinstance(t, Randomizable) for t in head)
+    train = train_transforms(domain, image_size=S)
+    assert train.get_index_of_first(lambda t: isinstance(t, Randomizable)) == len(head)
+    assert [type(t) for t in train.transforms[:len(head)]] == [type(t) for t in head]
+
+
+def test_dataloader_with_workers(noise_png):
+    from monai.data import CacheDataset
+    items = [{"image": noise_png, "label": i} for i in range(4)]
+    data = CacheDataset(items, transform=train_transforms("cxr", image_size=S), progress=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert [b["image"].shape for b in batches] == [(2, 3, S, S)] * 2
+    assert torch.cat([b["label"] for b in batches]).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("make", [preprocess_transforms, train_transforms, eval_transforms])
+def test_bad_arguments(make):
+    with pytest.raises(ValueError, match="cxr, hwsi, efi"):
+        make("ct")
+    with pytest.raises(ValueError, match="image_size"):
+        make("cxr", image_size=0)
+    with pytest.raises(TypeError):
+        make("cxr", 224)  # keyword-only
+
+
+# --- real files -----------------------------------------------------------------------------------------
+
+REAL = [
+    ("eyepacs/images/10_left.jpeg", "efi"),
+    ("eyepacs/images/16_left.jpeg", "efi"),
+    ("breakhis/SOB_B_A-14-22549AB-40-001.png", "hwsi"),
+    ("nct_crc_he/ADI-AAQEFMRI.tif", "hwsi"),
+    ("chestxray14/images/00000001_000.png", "cxr"),
+    ("covid19_radiography/COVID/COVID-1.png", "cxr"),
+]
+
+
+@pytest.mark.parametrize("name,domain", REAL)
+def test_real_samples(shared_data, name, domain):
+    path = str(shared_data / name)
+    head = preprocess_transforms(domain, image_size=64)({"image": path})["image"]
+    assert head.dtype == torch.float32 and 0.0 <= float(head.min()) and float(head.max()) <= 1.0
+    for make in CHAINS.values():
+        x = make(domain, image_size=64)({"image": path, "label": 1})["image"]
+        assert x.shape == (3, 64, 64) and torch.isfinite(x).all()
+        assert abs(float(x.mean())) < 2.5
+
+
+def test_real_breakhis_is_340_by_224(shared_data):
+    path = str(shared_data / "breakhis/SOB_B_F-14-25197-100-001.png")
+    assert preprocess_transforms("hwsi", image_size=224)({"image": path})["image"].shape == (3, 224, 340)
+
+
+def test_real_fundus_border_cropped(shared_data):
+    """16_left.jpeg has a wide black border left and right; the crop leaves little black."""
+    path = shared_data / "eyepacs/images/16_left.jpeg"
+    raw = np.asarray(Image.open(path), np.float32).mean(-1) / 255
+    x = preprocess_transforms("efi", image_size=64)({"image": str(path)})["image"]
+    assert (raw < 0.04).mean() > 0.25
+    assert float((x.mean(0) < 0.04).float().mean()) < 0.1
+
+
+def test_real_chest_xray_upright(shared_data):
+    """A real film comes out as PIL shows it (upright), not transposed."""
+    path = shared_data / "chestxray14/images/00000001_000.png"
+    grey = preprocess_transforms("cxr", image_size=64)({"image": str(path)})["image"][0]
+    pil = np.asarray(Image.open(path).resize((64, 64), Image.BILINEAR), np.float32)
+    pil = (pil - pil.min()) / (pil.max() - pil.min())
+    assert np.corrcoef(grey.numpy().ravel(), pil.ravel())[0, 1] > 0.98  # same picture as PIL shows it
+    assert np.corrcoef(grey.numpy().T.ravel(), pil.ravel())[0, 1] < 0.9  # and not its transpose
