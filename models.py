@@ -29,6 +29,7 @@ Checkpoints are dicts of tensors and plain values only (``model`` state_dict, ``
 import os
 import pickle
 import re
+import socket
 from collections import OrderedDict
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from monai.networks.nets import DenseNet121
 
 NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
 IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights
+DOWNLOAD_TIMEOUT = 30  # seconds without an answer before the download counts as failed
 IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
 _SHOW = 5  # offending keys quoted in an error message
 
@@ -204,12 +206,16 @@ def find_imagenet_weights(path=None, *, download=True):
     if not download:
         raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found (download disabled). "
                                          f"{_how_to_supply(dst)}")
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # an offline machine that drops packets must not hang the study
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(IMAGENET_URL, str(dst), progress=False)  # temp file, then rename
     except Exception as err:
         raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found and the download failed "
                                          f"({_one_line(err)}). {_how_to_supply(dst)}") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     return dst
 
 

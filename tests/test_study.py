@@ -1,0 +1,127 @@
+"""Smoke test: study.sh end to end on a tiny demo (32 px, one epoch), all five arms.
+
+A stand-in for torchvision's ImageNet DenseNet-121 file (real key names and shapes, old key
+style like densenet121-a639ec97.pth, freshly initialised values) is written into a temporary
+TORCH_HOME, so the IN-based models and arms run through the real loading path.
+"""
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from monai.networks.nets import DenseNet121
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["shenzhen", "covid19_radiography", "kather2016", "messidor", "deepdrid"]
+ARMS = ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"]
+PRETRAINED = ["CXR_RI", "CXR_IN", "HWSI_RI", "HWSI_IN", "EFI_RI", "EFI_IN", "All_RI", "All_IN"]
+SOURCES = ["chestxray14", "breakhis", "eyepacs"]
+
+
+def write_imagenet_standin(torch_home: Path) -> Path:
+    torch.manual_seed(123)
+    features = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000).features.state_dict()
+    state = {}
+    for key, value in features.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # the real file has none
+        for name in ("norm1", "conv1", "norm2", "conv2"):  # MONAI 'layers.norm1' -> torchvision 'norm.1'
+            key = key.replace(f".layers.{name}.", f".{name[:-1]}.{name[-1]}.")
+        state[f"features.{key}"] = value
+    state["classifier.weight"] = torch.zeros(1000, 1024)
+    state["classifier.bias"] = torch.zeros(1000)
+    path = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return path
+
+
+def run_study(out: Path, torch_home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUT": str(out), "TORCH_HOME": str(torch_home), "IMAGE_SIZE": "32",
+           "EPOCHS_PRETRAIN": "1", "EPOCHS_FINETUNE": "2", "BATCH_SIZE": "16", "DEMO_SCALE": "0.3",
+           "WORKERS": "0", "DEVICE": "cpu"}
+    env.pop("DATA", None)
+    env.pop("IMAGENET_WEIGHTS", None)
+    return subprocess.run(["bash", str(ROOT / "study.sh")], env=env, capture_output=True, text=True,
+                          timeout=3000)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    write_imagenet_standin(base / "torch_home")
+    result = run_study(base / "out", base / "torch_home")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return base, result
+
+
+def test_every_stage_wrote_its_files(study):
+    base, _ = study
+    out = base / "out"
+    for key in SOURCES + TARGETS:
+        assert (out / "manifests" / f"{key}.csv").is_file()
+        assert (out / "manifests" / f"{key}.json").is_file()
+    for name in PRETRAINED:
+        for f in ("args.json", "metrics.csv", "last.pt", "best.pt", "summary.json"):
+            assert (out / "pretrain" / name / f).is_file(), f"pretrain/{name}/{f}"
+    for target in TARGETS:
+        assert (out / "figures" / f"{target}.png").stat().st_size > 10_000
+        for arm in ARMS:
+            run = out / "finetune" / target / arm
+            for f in ("args.json", "metrics.csv", "last.pt", "best.pt"):
+                assert (run / f).is_file(), f"finetune/{target}/{arm}/{f}"
+            for f in ("predictions.csv", "metrics.csv"):
+                assert (out / "eval" / target / arm / f).is_file(), f"eval/{target}/{arm}/{f}"
+    assert (out / "tables" / "table2.md").is_file()
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.tmp.*"))
+
+
+def test_metrics_csv_columns(study):
+    base, _ = study
+    out = base / "out"
+    multiclass = ["epoch", "split", "loss", "accuracy", "balanced_accuracy", "kappa", "qwk", "auroc", "seconds", "lr"]
+    multilabel = ["epoch", "split", "loss", "auroc", "map", "seconds", "lr"]
+    assert list(pd.read_csv(out / "pretrain" / "CXR_RI" / "metrics.csv").columns) == multilabel
+    assert list(pd.read_csv(out / "pretrain" / "All_IN" / "metrics.csv").columns) == multilabel
+    assert list(pd.read_csv(out / "pretrain" / "EFI_RI" / "metrics.csv").columns) == multiclass
+    log = pd.read_csv(out / "finetune" / "messidor" / "Domain_IN" / "metrics.csv")
+    assert list(log.columns) == multiclass
+    assert log[["epoch", "split"]].values.tolist() == [[1, "train"], [1, "val"], [2, "train"], [2, "val"]]
+    evaluation = pd.read_csv(out / "eval" / "shenzhen" / "IN" / "metrics.csv")
+    assert evaluation.loc[0, "split"] == "test" and evaluation.loc[0, "n"] > 0
+    predictions = pd.read_csv(out / "eval" / "shenzhen" / "IN" / "predictions.csv")
+    assert {"image", "patient", "target", "pred", "prob_normal", "prob_tuberculosis"} <= set(predictions.columns)
+    assert len(predictions) == evaluation.loc[0, "n"]
+
+
+def test_table2_has_25_finite_values(study):
+    base, _ = study
+    table = pd.read_csv(base / "out" / "tables" / "table2.csv")
+    assert list(table.columns[:5]) == ["target", "arm", "metric", "train", "val"]
+    assert len(table) == 25
+    assert sorted(zip(table.target, table.arm)) == sorted((t, a) for t in TARGETS for a in ARMS)
+    assert all(math.isfinite(v) for v in table["val"]) and all(math.isfinite(v) for v in table["train"])
+    assert set(table.loc[table.target == "messidor", "metric"]) == {"kappa"}
+    assert set(table.loc[table.target == "shenzhen", "metric"]) == {"accuracy"}
+
+
+def test_the_in_arm_really_started_from_the_standin(study):
+    base, _ = study
+    args = (base / "out" / "finetune" / "kather2016" / "IN" / "args.json").read_text()
+    assert "densenet121-a639ec97.pth" in args
+    source = torch.load(base / "out" / "finetune" / "kather2016" / "Domain_RI" / "last.pt",
+                        weights_only=True)["meta"]["source_checkpoint"]
+    assert source.endswith(os.path.join("pretrain", "HWSI_RI", "last.pt"))
+
+
+def test_second_run_skips_finished_stages(study):
+    base, _ = study
+    before = (base / "out" / "pretrain" / "CXR_RI" / "last.pt").stat().st_mtime_ns
+    result = run_study(base / "out", base / "torch_home")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pretrain CXR_RI: done, skipped" in result.stdout
+    assert "finetune deepdrid/All_IN: done, skipped" in result.stdout
+    assert (base / "out" / "pretrain" / "CXR_RI" / "last.pt").stat().st_mtime_ns == before
