@@ -19,14 +19,15 @@ if [[ -z "$DATA" ]]; then           # demo defaults: tiny images, a few epochs
   EPOCHS_PRETRAIN=${EPOCHS_PRETRAIN:-3}
   EPOCHS_FINETUNE=${EPOCHS_FINETUNE:-6}
   BATCH_SIZE=${BATCH_SIZE:-16}
+  WORKERS=${WORKERS:-0}             # tiny images decode faster than worker processes start
 else                                # paper defaults (Section 5.2: 224 x 224)
   IMAGE_SIZE=${IMAGE_SIZE:-224}
   EPOCHS_PRETRAIN=${EPOCHS_PRETRAIN:-30}
   EPOCHS_FINETUNE=${EPOCHS_FINETUNE:-30}
   BATCH_SIZE=${BATCH_SIZE:-32}
+  WORKERS=${WORKERS:-8}             # decoding full-size images needs several processes per GPU
 fi
 DEVICE=${DEVICE:-auto}              # auto | cpu | cuda
-WORKERS=${WORKERS:-2}               # data-loading processes per run
 SEED=${SEED:-0}                     # fixes splits, init, augmentation and data order
 DEMO_SCALE=${DEMO_SCALE:-1}         # demo size multiplier
 IMAGENET_WEIGHTS=${IMAGENET_WEIGHTS:-}  # torchvision densenet121-a639ec97.pth; unset -> torch hub cache / download
@@ -39,9 +40,22 @@ declare -A AREA=([chestxray14]=CXR [breakhis]=HWSI [eyepacs]=EFI
                  [shenzhen]=CXR [covid19_radiography]=CXR [kather2016]=HWSI [messidor]=EFI [deepdrid]=EFI)
 TRAIN_FLAGS=(--image-size "$IMAGE_SIZE" --batch-size "$BATCH_SIZE" --device "$DEVICE" --workers "$WORKERS" --seed "$SEED")
 
-# done FILE: true when FILE exists and FORCE is not set (the make-like skip)
-done_already() { [[ "$FORCE" != 1 && -e "$1" ]]; }
+# done_already OUTPUT [INPUT...]: the make-like skip. True when OUTPUT exists, no INPUT is newer
+# than it (a re-run pretraining redoes the arms built on it) and FORCE is not set.
+done_already() {
+  local output=$1 input; shift
+  [[ "$FORCE" != 1 && -e "$output" ]] || return 1
+  for input in "$@"; do [[ "$input" -nt "$output" ]] && return 1; done
+  return 0
+}
 say() { printf '\n=== %s\n' "$*"; }
+# Check what can be checked before any work starts.
+if [[ -n "$IMAGENET_WEIGHTS" && ! -f "$IMAGENET_WEIGHTS" ]]; then
+  echo "error: IMAGENET_WEIGHTS=$IMAGENET_WEIGHTS is not a file" >&2; exit 2
+fi
+if [[ -n "$DATA" && ! -d "$DATA" ]]; then
+  echo "error: DATA=$DATA is not a folder (it must hold one folder per dataset; see README, 'Full data')" >&2; exit 2
+fi
 start=$(date +%s)
 mkdir -p "$OUT"
 
@@ -76,11 +90,9 @@ if WEIGHTS=$("$PYTHON" -c 'import sys, models; print(models.find_imagenet_weight
   say "ImageNet weights: $WEIGHTS"
 else
   HAVE_IN=0
-  echo
-  echo "!!! NO IMAGENET WEIGHTS: skipping CXR_IN, HWSI_IN, EFI_IN, All_IN and the IN, Domain_IN, All_IN arms."
-  echo "!!! $(tail -n 1 "$OUT/imagenet_weights.log")"
-  echo "!!! To run all five arms: download https://download.pytorch.org/models/densenet121-a639ec97.pth"
-  echo "!!! and re-run with IMAGENET_WEIGHTS=/path/to/densenet121-a639ec97.pth bash study.sh"
+  echo "!!! NO IMAGENET WEIGHTS (offline and no densenet121-a639ec97.pth; details in $OUT/imagenet_weights.log):" \
+       "skipping CXR_IN HWSI_IN EFI_IN All_IN and the IN Domain_IN All_IN arms (n/a in Table 2). To run all five arms," \
+       "download https://download.pytorch.org/models/densenet121-a639ec97.pth and rerun with IMAGENET_WEIGHTS=/path/to/densenet121-a639ec97.pth" >&2
 fi
 INITS=(RI); [[ $HAVE_IN == 1 ]] && INITS=(RI IN)
 init_flag() { [[ $1 == RI ]] && echo random || echo imagenet; }
@@ -89,7 +101,9 @@ init_flag() { [[ $1 == RI ]] && echo random || echo imagenet; }
 for key in "${SOURCES[@]}"; do
   for init in "${INITS[@]}"; do
     run="$OUT/pretrain/${AREA[$key]}_$init"
-    if done_already "$run/summary.json"; then say "pretrain ${AREA[$key]}_$init: done, skipped"; continue; fi
+    if done_already "$run/summary.json" "$OUT/manifests/$key.csv"; then
+      say "pretrain ${AREA[$key]}_$init: done, skipped"; continue
+    fi
     say "pretrain ${AREA[$key]}_$init on $key"
     "$PYTHON" pretrain_source.py --manifest "$OUT/manifests/$key.csv" --init "$(init_flag "$init")" \
       "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}"
@@ -99,7 +113,7 @@ SOURCE_MANIFESTS=()
 for key in "${SOURCES[@]}"; do SOURCE_MANIFESTS+=("$OUT/manifests/$key.csv"); done
 for init in "${INITS[@]}"; do
   run="$OUT/pretrain/All_$init"
-  if done_already "$run/summary.json"; then say "pretrain All_$init: done, skipped"; continue; fi
+  if done_already "$run/summary.json" "${SOURCE_MANIFESTS[@]}"; then say "pretrain All_$init: done, skipped"; continue; fi
   say "pretrain All_$init on ${SOURCES[*]}"
   "$PYTHON" pretrain_all.py --manifests "${SOURCE_MANIFESTS[@]}" --init "$(init_flag "$init")" \
     "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}"
@@ -116,7 +130,10 @@ for target in "${TARGETS[@]}"; do
   fi
   for arm in "${ARMS[@]}"; do
     run="$OUT/finetune/$target/$arm"
-    if done_already "$run/summary.json"; then say "finetune $target/$arm: done, skipped"; continue; fi
+    init_file=${ARM_INIT[$arm]}; [[ $init_file == imagenet ]] && init_file=${WEIGHTS:-}
+    if done_already "$run/summary.json" "$OUT/manifests/$target.csv" $init_file; then
+      say "finetune $target/$arm: done, skipped"; continue
+    fi
     say "finetune $target/$arm (init ${ARM_INIT[$arm]})"
     "$PYTHON" finetune_target.py --manifest "$OUT/manifests/$target.csv" --init "${ARM_INIT[$arm]}" \
       "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_FINETUNE" "${TRAIN_FLAGS[@]}"
@@ -126,7 +143,7 @@ for target in "${TARGETS[@]}"; do
   # --- held-out test split, best-validation checkpoint of every arm, one process per target
   todo=()
   for arm in "${ARMS[@]}"; do
-    done_already "$OUT/eval/$target/$arm/metrics.csv" || todo+=("$OUT/finetune/$target/$arm/best.pt")
+    done_already "$OUT/eval/$target/$arm/metrics.csv" "$OUT/finetune/$target/$arm/best.pt" || todo+=("$OUT/finetune/$target/$arm/best.pt")
   done
   if (( ${#todo[@]} )); then
     say "evaluate $target on the test split (${#todo[@]} arms)"

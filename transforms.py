@@ -43,6 +43,7 @@ The head's output is float32 in [0, 1] with shape (3, H, W); train and eval chai
 plain ``torch.Tensor`` of shape (3, image_size, image_size). All transforms are module-level
 classes and functions, so the chains pickle into DataLoader workers.
 """
+import logging
 import math
 import warnings
 
@@ -248,9 +249,15 @@ def _check(domain, image_size):
 
 def _head(domain, image_size):
     """The deterministic transforms of :func:`preprocess_transforms`, as a list."""
-    with warnings.catch_warnings():  # MONAI builds every reader; the GPU DICOM codec's absence is harmless
+    # MONAI builds every reader; the absence of the optional GPU DICOM codec is harmless, so
+    # neither its warning nor its log line should greet every run.
+    codec_logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = codec_logger.level
+    codec_logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
         load = LoadImaged(keys="image", image_only=True, ensure_channel_first=True, dtype=None)
+    codec_logger.setLevel(level)
     load.register(PILReader(converter=pil_standard_mode))  # tried first for PNG, JPEG, BMP
     head = [load, PictureOrderd(keys="image"), UnitRanged(keys="image", grey=domain == "cxr")]
     if domain == "cxr":

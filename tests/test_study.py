@@ -125,3 +125,35 @@ def test_second_run_skips_finished_stages(study):
     assert "pretrain CXR_RI: done, skipped" in result.stdout
     assert "finetune deepdrid/All_IN: done, skipped" in result.stdout
     assert (base / "out" / "pretrain" / "CXR_RI" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_without_imagenet_weights_the_in_arms_are_skipped_not_faked(study, tmp_path):
+    base, _ = study
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "DATA": str(base / "out" / "demo_data"),
+           "TORCH_HOME": str(tmp_path / "empty_torch_home"), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1",
+           "EPOCHS_FINETUNE": "1", "BATCH_SIZE": "16", "WORKERS": "0", "DEVICE": "cpu",
+           # offline for certain: the download attempt is refused at once
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env.pop("IMAGENET_WEIGHTS", None)
+    result = subprocess.run(["bash", str(ROOT / "study.sh")], env=env, capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    loud = [line for line in result.stderr.splitlines() if line.startswith("!!! NO IMAGENET WEIGHTS")]
+    assert len(loud) == 1 and "IMAGENET_WEIGHTS=" in loud[0]
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["All_RI", "CXR_RI", "EFI_RI", "HWSI_RI"]
+    assert sorted(p.name for p in (out / "finetune" / "messidor").iterdir()) == ["All_RI", "Domain_RI"]
+    table = pd.read_csv(out / "tables" / "table2.csv")
+    assert len(table) == 25
+    ran = table.arm.isin(["Domain_RI", "All_RI"])
+    assert table.loc[ran, "val"].notna().all() and table.loc[~ran, ["train", "val"]].isna().all().all()
+    markdown = (out / "tables" / "table2.md").read_text()
+    assert markdown.count("n/a") >= 30  # 3 missing arms x 2 rows x 5 targets in Table 2
+
+
+def test_a_given_but_missing_weights_file_is_an_error(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
+           "IMAGENET_WEIGHTS": str(tmp_path / "nope.pth")}
+    (tmp_path / "data").mkdir()
+    result = subprocess.run(["bash", str(ROOT / "study.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "nope.pth is not a file" in result.stderr
