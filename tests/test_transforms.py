@@ -241,6 +241,16 @@ def test_formats_load_upright(fmt, domain, tmp_path):
     assert x.shape == (3, S, S) and x.dtype == torch.float32
 
 
+def test_tiff_goes_through_pil_when_pil_can_decode_it(tmp_path):
+    from transforms import PictureReader
+    load = preprocess_transforms("hwsi").transforms[0]
+    assert isinstance(load._loader.readers[-1], PictureReader)  # the last registered is tried first
+    assert PictureReader().verify_suffix(_write("tiff_rgb", tmp_path))
+    assert not PictureReader().verify_suffix("scan.dcm")
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")
+    assert not PictureReader().verify_suffix(str(tmp_path / "broken.tif"))  # left to ITK
+
+
 def test_dicom_goes_through_itk(tmp_path):
     path = _write("dicom", tmp_path)
     loaded = preprocess_transforms("cxr").transforms[0]({"image": path})["image"]
