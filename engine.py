@@ -351,6 +351,14 @@ def image_size(text: str) -> int:
     return value
 
 
+def dropout_rate(text: str) -> float:
+    """argparse type: a probability in [0, 1)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def run_meta(data_meta: dict, args, *, init_description: str) -> dict:
     """What a checkpoint must carry so that later stages rebuild model and eval transforms."""
     return {
@@ -379,6 +387,30 @@ def split_datasets(df: pd.DataFrame, data_meta: dict, image_size: int) -> tuple[
         sets.append(ImageDataset(part, task=data_meta["task"], classes=data_meta["classes"],
                                  image_size=image_size, train=train, domain=data_meta["domain"]))
     return sets[0], sets[1]
+
+
+def add_model_args(parser, *, hidden_dim: int, dropout: float) -> None:
+    """`# Model` flags of the training scripts; each script passes its defaults, so they stay
+    visible (and editable) in its get_args_parser()."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--imagenet-weights", type=str, default=None,
+                       help="torchvision densenet121-a639ec97.pth for --init imagenet "
+                            "(default: the torch hub cache, else download)")
+    group.add_argument("--hidden-dim", type=positive_int, default=hidden_dim, help="width of the head's FC layer")
+    group.add_argument("--dropout", type=dropout_rate, default=dropout, help="dropout in the head, in [0, 1)")
+
+
+def add_optimisation_args(parser, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+                          class_weights: tuple[str, ...] = ("auto", "balanced", "none")) -> None:
+    """`# Optimisation` flags of the training scripts, with the script's defaults."""
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the train split")
+    group.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step (per process)")
+    group.add_argument("--lr", type=float, default=lr, help="peak AdamW learning rate (cosine decay to 0)")
+    group.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
+    group.add_argument("--class-weights", type=str, default=class_weights[0], choices=list(class_weights),
+                       help="cross-entropy class weights; auto = what the manifest recommends "
+                            "(balanced for EyePACS, Messidor and DeepDRiD, as in the paper)")
 
 
 def add_runtime_args(parser, *, workers: int = 2) -> None:

@@ -300,6 +300,12 @@ def load_backbone_from_checkpoint(model, path):
     return meta if isinstance(meta, dict) else {}
 
 
+def create_model(num_outputs, init, *, hidden_dim=512, dropout=0.5, imagenet_weights=None):
+    """build_model + initialise: (model, description of the initialisation)."""
+    model = build_model(num_outputs, hidden_dim=hidden_dim, dropout=dropout)
+    return model, initialise(model, init, imagenet_weights=imagenet_weights)
+
+
 def initialise(model, init, *, imagenet_weights=None):
     """Initialise ``model`` in place and return a short description for logs and ``meta``.
 

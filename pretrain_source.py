@@ -25,17 +25,9 @@ def get_args_parser():
     # Model
     parser.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
                         help="random -> <AREA>_RI, imagenet -> <AREA>_IN")
-    parser.add_argument("--imagenet-weights", type=str, default=None,
-                        help="torchvision densenet121-a639ec97.pth (default: the torch hub cache, else download)")
-    parser.add_argument("--hidden-dim", type=engine.positive_int, default=512, help="width of the head's FC layer")
-    parser.add_argument("--dropout", type=float, default=0.5, help="dropout in the head, 0..1")
+    engine.add_model_args(parser, hidden_dim=512, dropout=0.5)
     # Optimisation
-    parser.add_argument("--epochs", type=engine.positive_int, default=30, help="passes over the train split")
-    parser.add_argument("--batch-size", type=engine.positive_int, default=32, help="images per step (per process)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (cosine decay to 0)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    parser.add_argument("--class-weights", type=str, default="auto", choices=["auto", "balanced", "none"],
-                        help="cross-entropy class weights; auto = what the manifest recommends (balanced for EyePACS)")
+    engine.add_optimisation_args(parser, epochs=30, batch_size=32, lr=3e-4, weight_decay=1e-4)
     # Checkpointing
     parser.add_argument("--out", type=str, required=True, help="run folder, e.g. OUT/pretrain/CXR_RI")
     engine.add_runtime_args(parser)
@@ -50,13 +42,13 @@ def main(args):
     train_set, val_set = engine.split_datasets(df, data_meta, args.image_size)
 
     # --- model
-    model = models.build_model(len(data_meta["classes"]), hidden_dim=args.hidden_dim, dropout=args.dropout)
-    init_description = models.initialise(model, args.init, imagenet_weights=args.imagenet_weights)
+    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
+                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
     print(f"model: DenseNet-121, {init_description}")
 
     # --- train
-    meta = engine.run_meta(data_meta, args, init_description=init_description)
-    engine.fit(model, train_set, val_set, meta=meta, args=args)
+    engine.fit(model, train_set, val_set, meta=engine.run_meta(data_meta, args, init_description=init_description),
+               args=args)
 
 
 if __name__ == "__main__":
