@@ -203,7 +203,7 @@ def _run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_la
     """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, probs, targets).
 
     Losses and logits stay on the device until the end of the pass: no host synchronisation
-    per step except the progress-bar refresh every 20 steps.
+    per step, except the progress-bar refresh every 20 steps when a terminal shows it.
     """
     training = optimizer is not None
     model.train(training)
@@ -229,7 +229,7 @@ def _run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_la
             seen += len(images)
             all_logits.append(logits.detach())
             all_targets.append(targets.detach())
-            if step % 20 == 0:
+            if step % 20 == 0 and not bar.disable:  # .item() waits for the device: only for a visible bar
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     if seen == 0:
         raise RuntimeError(f"{desc}: the loader produced no batches")
