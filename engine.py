@@ -363,7 +363,9 @@ def run_meta(data_meta: dict, args, *, init_description: str) -> dict:
     """What a checkpoint must carry so that later stages rebuild model and eval transforms."""
     return {
         "key": data_meta["key"], "domain": data_meta["domain"], "task": data_meta["task"],
-        "classes": list(data_meta["classes"]), "headline_metric": data_meta["headline_metric"],
+        "classes": list(data_meta["classes"]),
+        "headline_metric": data_meta.get("headline_metric",
+                                         "accuracy" if data_meta["task"] == "multiclass" else "auroc"),
         "class_weights": data_meta.get("class_weights", "none"),
         "domains": data_meta.get("domains", {data_meta["key"]: data_meta["domain"]}),
         "arch": "densenet121", "num_outputs": len(data_meta["classes"]),
