@@ -160,7 +160,13 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        image = self.chains[self.chain_of[i]]({"image": self.images[i]})["image"]
+        try:
+            image = self.chains[self.chain_of[i]]({"image": self.images[i]})["image"]
+        except Exception as err:  # MONAI wraps reader errors in RuntimeError("applying transform ...")
+            while err.__cause__ is not None:
+                err = err.__cause__
+            raise ValueError(f"{self.images[i]}: cannot read the image ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
         return torch.as_tensor(image), torch.as_tensor(self.targets[i])
 
 
@@ -246,9 +252,9 @@ def predict(model, loader, criterion, device, *, task, amp=True, channels_last=T
 
 
 def _score(row: dict, headline: str) -> float:
-    """Model-selection score: the headline metric, or minus the loss where it is undefined."""
+    """Model-selection score: the validation headline metric; -inf where it is undefined (NaN)."""
     value = row.get(headline, math.nan)
-    return value if value is not None and math.isfinite(value) else -row["loss"]
+    return value if value is not None and math.isfinite(value) else -math.inf
 
 
 def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, meta: dict, args) -> dict:
@@ -271,6 +277,8 @@ def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, met
     meta = {**meta, "loss_weights": class_weights}
     criterion = make_criterion(task, class_weights).to(device)
 
+    for stale in ("summary.json", "best.pt"):  # a previous run's: never mistaken for this run's
+        (out_dir / stale).unlink(missing_ok=True)
     write_json({"args": vars(args), "meta": meta, "versions": library_versions(), "git_sha": git_sha(),
                 "command": sys.argv, "device": str(device),
                 "started": datetime.datetime.now().isoformat(timespec="seconds")}, out_dir / "args.json")
@@ -319,7 +327,7 @@ def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, met
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                       "best_metric": max(score, best_score), "rng": rng_state(), "meta": meta}
         save_checkpoint(checkpoint, out_dir / "last.pt")
-        if score > best_score:
+        if score > best_score or best_epoch == 0:  # epoch 1 always gives a best.pt
             best_score, best_epoch = score, epoch
             save_checkpoint(checkpoint, out_dir / "best.pt")
         print(f"{out_dir.name} epoch {epoch}/{args.epochs}: "
@@ -327,7 +335,8 @@ def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, met
               f"val loss {val_row['loss']:.4f} {headline} {val_row.get(headline, math.nan):.4f} | "
               f"{train_row['seconds'] + val_row['seconds']:.1f} s", flush=True)
 
-    summary = {"epochs": args.epochs, "best_epoch": best_epoch, "best_val_score": best_score,
+    summary = {"epochs": args.epochs, "best_epoch": best_epoch,
+               "best_val_score": best_score if math.isfinite(best_score) else None,
                "headline_metric": headline, "last_val": rows[-1], "seconds": round(time.time() - run_start, 2)}
     write_json(summary, out_dir / "summary.json")
     return summary
@@ -438,4 +447,7 @@ def user_errors():
     except (ValueError, FileNotFoundError, ImageNetWeightsUnavailable) as err:
         if os.environ.get("STUDY_DEBUG"):
             raise
-        raise SystemExit(f"error: {err}") from None
+        message = str(err)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original's last line
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        raise SystemExit(f"error: {message}") from None

@@ -16,6 +16,7 @@ Every arm of a target in one process (outputs go to OUT_DIR/<run folder name>/):
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -50,15 +51,12 @@ def load_data(manifests: list[str]) -> tuple[pd.DataFrame, dict]:
 def evaluate_checkpoint(path: Path, df: pd.DataFrame, data_meta: dict, args, out_dir: Path,
                         device: torch.device) -> dict:
     """One checkpoint on the selected rows: writes predictions.csv and metrics.csv, returns the metrics row."""
-    checkpoint = models.load_checkpoint(path)
-    meta = checkpoint["meta"]
+    model, meta, checkpoint = models.model_from_checkpoint(path)
     if list(meta["classes"]) != list(data_meta["classes"]):
         raise ValueError(f"{path}: the checkpoint's classes {meta['classes']} differ from the manifest's "
                          f"{data_meta['classes']}; evaluate it on the manifest it was trained on")
 
     # --- model and data exactly as the checkpoint was trained
-    model = models.build_model(meta["num_outputs"], hidden_dim=meta["hidden_dim"], dropout=meta["dropout"])
-    model.load_state_dict(checkpoint["model"])
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -81,7 +79,7 @@ def evaluate_checkpoint(path: Path, df: pd.DataFrame, data_meta: dict, args, out
         predictions["target"] = ["|".join(c for c, t in zip(classes, row) if t) for row in targets]
         predictions["pred"] = ["|".join(c for c, p in zip(classes, row) if p >= 0.5) for row in probs]
     for i, name in enumerate(classes):
-        predictions[f"prob_{name}"] = probs[:, i].round(6)
+        predictions[f"prob_{name}"] = probs[:, i].astype(np.float64).round(6)
 
     row = {"split": args.split, "checkpoint": str(path.resolve()), "epoch": checkpoint.get("epoch"),
            "loss": loss, **metrics_lib.compute_metrics(meta["task"], probs, targets), "n": len(df)}

@@ -180,6 +180,30 @@ def load_checkpoint(path):
     return ckpt
 
 
+META_KEYS = ("classes", "task", "domain", "image_size", "num_outputs", "hidden_dim", "dropout", "headline_metric")
+
+
+def model_from_checkpoint(path):
+    """Rebuild the trained model a checkpoint describes: (model in eval mode, meta, checkpoint).
+
+    ``meta`` carries what downstream code needs (classes, task, domain, image size, head
+    size), so evaluation and clinical code use exactly the model and transforms of training.
+    """
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta")
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint has no model description ('meta' lacks {', '.join(missing)}); "
+                              "was it written by this kit's training scripts?")
+    model = build_model(meta["num_outputs"], hidden_dim=meta["hidden_dim"], dropout=meta["dropout"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model its meta describes "
+                              f"({' '.join(line.strip() for line in str(err).splitlines()[:2])})") from None
+    return model.eval(), meta, ckpt
+
+
 # --- initialisation ----------------------------------------------------------------------------
 
 def _how_to_supply(dst):

@@ -3,17 +3,23 @@
 # FORCE=1 redoes everything. Configure with environment variables:
 #
 #   bash study.sh                                   # the demo: generated data, CPU, minutes
-#   DATA=/data/study OUT=runs/full bash study.sh    # the real study (see README, "Full data")
+#   DATA=/data/study bash study.sh                  # the real study into runs/full (README, "Full data")
 #   IMAGENET_WEIGHTS=~/densenet121-a639ec97.pth bash study.sh
 #
 # Stages: demo data -> manifests -> 8 pretrained models -> 25 fine-tuned arms -> test-split
 # evaluation -> figures and Table 2.
 set -euo pipefail
+# Paths given by the caller are taken relative to the caller's folder; the defaults live in the repo.
+absolute() { [[ -z "$1" || "$1" == /* ]] && printf '%s' "$1" || printf '%s/%s' "$PWD" "$1"; }
+DATA=$(absolute "${DATA:-}")
+OUT=$(absolute "${OUT:-}")
+IMAGENET_WEIGHTS=$(absolute "${IMAGENET_WEIGHTS:-}")
 cd "$(dirname "$0")"
 
 # --------------------------------------------------------------------------- configuration
-DATA=${DATA:-}                      # folder holding the 8 dataset folders; unset -> demo data
-OUT=${OUT:-runs/demo}               # everything the study writes goes here
+# DATA: folder holding the 8 dataset folders; unset -> demo data generated into $OUT/demo_data
+# OUT:  everything the study writes goes here
+if [[ -z "$DATA" ]]; then OUT=${OUT:-runs/demo}; else OUT=${OUT:-runs/full}; fi
 if [[ -z "$DATA" ]]; then           # demo defaults: tiny images, a few epochs
   IMAGE_SIZE=${IMAGE_SIZE:-64}
   EPOCHS_PRETRAIN=${EPOCHS_PRETRAIN:-3}
@@ -30,7 +36,7 @@ fi
 DEVICE=${DEVICE:-auto}              # auto | cpu | cuda
 SEED=${SEED:-0}                     # fixes splits, init, augmentation and data order
 DEMO_SCALE=${DEMO_SCALE:-1}         # demo size multiplier
-IMAGENET_WEIGHTS=${IMAGENET_WEIGHTS:-}  # torchvision densenet121-a639ec97.pth; unset -> torch hub cache / download
+# IMAGENET_WEIGHTS: torchvision's densenet121-a639ec97.pth; unset -> torch hub cache / download
 FORCE=${FORCE:-0}                   # 1 = redo stages whose outputs exist
 PYTHON=${PYTHON:-python}
 
@@ -58,6 +64,16 @@ if [[ -n "$DATA" && ! -d "$DATA" ]]; then
 fi
 start=$(date +%s)
 mkdir -p "$OUT"
+# Skipping finished stages is only right while the settings stay the same: a study folder
+# remembers its settings and refuses others (a demo run must never pass for the real study).
+SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
+SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE seed=$SEED"
+if [[ "$FORCE" != 1 && -f "$OUT/study_settings.txt" && "$(cat "$OUT/study_settings.txt")" != "$SETTINGS" ]]; then
+  echo "error: $OUT holds a study with other settings (was: $(cat "$OUT/study_settings.txt"); now: $SETTINGS)." \
+       "Use another OUT=..., or FORCE=1 to redo every stage there." >&2
+  exit 2
+fi
+echo "$SETTINGS" > "$OUT/study_settings.txt"
 
 # --------------------------------------------------------------------------- data
 if [[ -z "$DATA" ]]; then
@@ -131,7 +147,7 @@ for target in "${TARGETS[@]}"; do
   for arm in "${ARMS[@]}"; do
     run="$OUT/finetune/$target/$arm"
     init_file=${ARM_INIT[$arm]}; [[ $init_file == imagenet ]] && init_file=${WEIGHTS:-}
-    if done_already "$run/summary.json" "$OUT/manifests/$target.csv" $init_file; then
+    if done_already "$run/summary.json" "$OUT/manifests/$target.csv" ${init_file:+"$init_file"}; then
       say "finetune $target/$arm: done, skipped"; continue
     fi
     say "finetune $target/$arm (init ${ARM_INIT[$arm]})"

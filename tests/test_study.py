@@ -157,3 +157,14 @@ def test_a_given_but_missing_weights_file_is_an_error(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "study.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "nope.pth is not a file" in result.stderr
+
+
+def test_other_settings_in_the_same_folder_are_refused(study):
+    base, _ = study
+    env = {**os.environ, "OUT": str(base / "out"), "TORCH_HOME": str(base / "torch_home"), "IMAGE_SIZE": "48",
+           "EPOCHS_PRETRAIN": "1", "EPOCHS_FINETUNE": "2", "BATCH_SIZE": "16", "DEMO_SCALE": "0.3"}
+    env.pop("DATA", None)
+    result = subprocess.run(["bash", str(ROOT / "study.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "holds a study with other settings" in result.stderr and "image_size=48" in result.stderr
+    assert (base / "out" / "study_settings.txt").read_text().split()[3] == "image_size=32"
