@@ -803,6 +803,18 @@ def count_table(df: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame
 
 # --------------------------------------------------------------------------- manifests
 
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` via `path.tmp` in the same folder + os.replace: a reader sees the
+    old file or the new one, never half of one; a failed write leaves no .tmp behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
     """Read ``<key>.csv`` and its ``<key>.json`` sidecar (written by prepare_data.py) and check
     them: required columns, split names, label indices / names against the sidecar's classes."""

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import io
 import json
 import math
 import os
@@ -34,6 +35,8 @@ from tqdm import tqdm
 
 import metrics as metrics_lib
 import transforms
+from datasets import write_text_atomic
+import models
 from models import ImageNetWeightsUnavailable, save_checkpoint
 
 SPLITS = ("train", "val", "test")
@@ -97,22 +100,16 @@ def git_sha() -> str | None:
 
 
 def write_json(obj, path: Path) -> None:
-    """Atomic JSON write: a temporary name in the same folder, then rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_csv(rows: list[dict], path: Path, columns: list[str]) -> None:
-    """Atomic CSV write of whole rows (metrics files are small: rewriting beats appending)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Whole rows at once (metrics files are small: rewriting beats appending, and never duplicates)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- data
@@ -385,6 +382,16 @@ def run_meta(data_meta: dict, args, *, init_description: str) -> dict:
         "manifests": [str(Path(p).resolve()) for p in
                       (args.manifests if hasattr(args, "manifests") else [args.manifest])],
     }
+
+
+def train(df: pd.DataFrame, data_meta: dict, args) -> dict:
+    """What every training script does once it has chosen its data: the train/val datasets,
+    DenseNet-121 initialised from --init (random, ImageNet or a pretrain checkpoint), fit."""
+    train_set, val_set = split_datasets(df, data_meta, args.image_size)
+    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
+                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
+    print(f"model: DenseNet-121, {init_description}")
+    return fit(model, train_set, val_set, meta=run_meta(data_meta, args, init_description=init_description), args=args)
 
 
 def split_datasets(df: pd.DataFrame, data_meta: dict, image_size: int) -> tuple[ImageDataset, ImageDataset]:

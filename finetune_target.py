@@ -22,7 +22,6 @@ import argparse
 
 import datasets
 import engine
-import models
 
 
 def get_args_parser():
@@ -45,18 +44,11 @@ def get_args_parser():
 def main(args):
     engine.seed_everything(args.seed)
 
-    # --- data
+    # --- data: the target manifest (every arm of a target reads the same one)
     df, data_meta = datasets.load_manifest(args.manifest)
-    train_set, val_set = engine.split_datasets(df, data_meta, args.image_size)
 
-    # --- model: new head on a random, ImageNet or project-pretrained backbone
-    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
-                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
-    print(f"model: DenseNet-121, {init_description}")
-
-    # --- train
-    engine.fit(model, train_set, val_set, meta=engine.run_meta(data_meta, args, init_description=init_description),
-               args=args)
+    # --- model from --init (random, imagenet or a pretrain checkpoint; the head is always new), then training
+    engine.train(df, data_meta, args)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import datasets
+
 # Paper order (Section 5.1): D1..D5 with the metric Table 2 reports for each (5.3: accuracy for
 # D1-D3, Cohen kappa for the graded eye data sets D4-D5). Kept local on purpose: this script
 # reads files, not the data set registry.
@@ -204,17 +206,6 @@ def arm_legend_label(target, arm):
     return arm
 
 
-def write_text(path, text):
-    """Write `text` to `path` atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_figure(fig, path, dpi):
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -380,11 +371,11 @@ def main(args):
 
     tables_dir = Path(args.out) / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
-    write_text(tables_dir / "table2.csv", table.to_csv(index=False))
+    datasets.write_text_atomic(tables_dir / "table2.csv", table.to_csv(index=False))
     if tests is not None:
-        write_text(tables_dir / "test_results.csv", tests.to_csv(index=False))
+        datasets.write_text_atomic(tables_dir / "test_results.csv", tests.to_csv(index=False))
     markdown = table2_markdown(table, tests, table_arms, notes)
-    write_text(tables_dir / "table2.md", markdown + "\n")
+    datasets.write_text_atomic(tables_dir / "table2.md", markdown + "\n")
 
     # --- figures (Agg: no display needed; set here so importing this file changes nothing)
     import matplotlib

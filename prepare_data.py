@@ -46,17 +46,6 @@ def get_args_parser():
     return parser
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via `path.tmp` + os.replace: never a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def resolve_key_and_domain(args) -> tuple[str, str]:
     spec = datasets.DATASETS[args.dataset]
     if args.dataset != "folder":
@@ -103,8 +92,8 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out_dir / f"{key}.csv", out_dir / f"{key}.json"
-    write_atomic(csv_path, df.to_csv(index=False))
-    write_atomic(json_path, json.dumps(meta, indent=2) + "\n")
+    datasets.write_text_atomic(csv_path, df.to_csv(index=False))
+    datasets.write_text_atomic(json_path, json.dumps(meta, indent=2) + "\n")
 
     # --- report
     with pd.option_context("display.max_rows", 200, "display.width", 160):

@@ -16,7 +16,6 @@ import argparse
 
 import datasets
 import engine
-import models
 
 
 def get_args_parser():
@@ -43,17 +42,10 @@ def main(args):
 
     # --- data: the union of the source manifests, their own train/val splits kept
     df, data_meta = datasets.aggregate_manifests(args.manifests)
-    train_set, val_set = engine.split_datasets(df, data_meta, args.image_size)
     print(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(df)} images")
 
-    # --- model
-    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
-                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
-    print(f"model: DenseNet-121, {init_description}")
-
-    # --- train
-    engine.fit(model, train_set, val_set, meta=engine.run_meta(data_meta, args, init_description=init_description),
-               args=args)
+    # --- model from --init (random -> All_RI, imagenet -> All_IN), then training
+    engine.train(df, data_meta, args)
 
 
 if __name__ == "__main__":

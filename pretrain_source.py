@@ -14,7 +14,6 @@ import argparse
 
 import datasets
 import engine
-import models
 
 
 def get_args_parser():
@@ -37,18 +36,11 @@ def get_args_parser():
 def main(args):
     engine.seed_everything(args.seed)
 
-    # --- data
+    # --- data: one source manifest, its own train/val split
     df, data_meta = datasets.load_manifest(args.manifest)
-    train_set, val_set = engine.split_datasets(df, data_meta, args.image_size)
 
-    # --- model
-    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
-                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
-    print(f"model: DenseNet-121, {init_description}")
-
-    # --- train
-    engine.fit(model, train_set, val_set, meta=engine.run_meta(data_meta, args, init_description=init_description),
-               args=args)
+    # --- model from --init (random -> <AREA>_RI, imagenet -> <AREA>_IN), then training
+    engine.train(df, data_meta, args)
 
 
 if __name__ == "__main__":
