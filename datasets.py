@@ -8,12 +8,19 @@ folder, e.g. ``DATA/shenzhen`` holding ``ChinaSet_AllFiles/``) and returns one r
 * ``patient`` str (the image id where the data set has no patient ids),
 * ``official_split`` (optional) ``train``/``val``/``test`` or ``""`` where the data set ships a split,
 * extra columns (``label_name``; breakhis ``subtype, slide, magnification``; messidor
-  ``base, macular_edema_risk``; deepdrid ``eye``).
+  ``base, macular_edema_risk``; eyepacs, deepdrid ``eye``),
+* ``origin`` (the metadata file and row the label came from, "" where the file name is the
+  label) and ``problem`` (why the row cannot be used, "" when it can): for error messages and
+  the skipped list, not written to the manifest. A reader raises on the first row with a
+  problem unless called with ``skip_bad=True``.
 
-``make_splits`` adds the ``split`` column (patient-level, stratified, seeded, official split
-respected); ``prepare_data.py`` writes the result as ``<key>.csv`` + ``<key>.json`` and the
-training scripts read it back with ``load_manifest`` (or ``aggregate_manifests`` for the
-paper's 22-label "All" set, section 5.2.3).
+``check_images`` adds the problems of images that are missing, empty or not images (a header
+check), ``bad_rows`` lists the rows with a problem; ``cap_per_class`` thins huge sets for quick
+runs; ``make_splits`` adds the ``split`` column
+(patient-level, stratified, seeded, official split respected); ``nested_fraction`` takes the
+nested train subsets of a label-efficiency study. ``prepare_data.py`` writes the result as
+``<key>.csv`` + ``<key>.json`` and the training scripts read it back with ``load_manifest``
+(or ``aggregate_manifests`` for the paper's 22-label "All" set, section 5.2.3).
 
     from datasets import DATASETS, read_dataset, make_splits, load_manifest
     df, classes = read_dataset("shenzhen", "DATA/shenzhen")
@@ -22,8 +29,10 @@ paper's 22-label "All" set, section 5.2.3).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -35,6 +44,13 @@ SPLITS = ("train", "val", "test")
 # Longest first so "x.nii.gz" is not taken for ".gz"; matched case-insensitively.
 IMAGE_EXTENSIONS = (".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii")
 _SKIP_DIRS = {"__MACOSX"}  # resource-fork folders that macOS zips carry along
+# Reader column naming the metadata file and row each label came from ("" where the file name
+# is the label); used in error messages and the skipped list, not written to the manifest.
+ORIGIN = "origin"
+# Reader column saying why a row cannot be used ("" when it can): an unknown label value, a bad
+# name, and (after check_images) a missing, empty or unreadable file. Readers raise on the first
+# such row unless called with skip_bad=True; prepare_data.py --skip-bad lists and drops them.
+PROBLEM = "problem"
 
 CHESTXRAY14_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
                        "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening",
@@ -137,9 +153,25 @@ def _missing_error(source, rows: pd.DataFrame, row_numbers, what: str) -> ValueE
                       f"{first['image']} ({what})")
 
 
-def _frame(image, patient, *, label=None, labels=None, classes=None, official_split=None,
-           **extras) -> pd.DataFrame:
-    """Assemble a reader's frame in manifest column order."""
+def _note(problem: np.ndarray, mask, describe: Callable[[int], str]) -> None:
+    """Give each row in `mask` that has no problem yet the problem describe(row position)."""
+    for i in np.flatnonzero(np.asarray(mask, dtype=bool) & (problem == "")):
+        problem[i] = describe(i)
+
+
+def _no_problems(n: int) -> np.ndarray:
+    return np.full(n, "", dtype=object)
+
+
+def _origin(path, row_numbers) -> list[str]:
+    """Where each row's label came from: ``<metadata file>: row <n>``, for error messages."""
+    return [f"{path}: row {n}" for n in row_numbers]
+
+
+def _frame(image, patient, *, label=None, labels=None, classes=None, official_split=None, origin=None,
+           problem=None, skip_bad: bool = False, **extras) -> pd.DataFrame:
+    """Assemble a reader's frame in manifest column order (``origin`` and ``problem`` last: they
+    are not written to the manifest). A row with a problem is an error unless skip_bad."""
     columns: dict[str, object] = {"image": list(image)}
     if labels is not None:
         columns["labels"] = list(labels)
@@ -152,10 +184,15 @@ def _frame(image, patient, *, label=None, labels=None, classes=None, official_sp
     if labels is None:
         columns["label_name"] = [classes[i] for i in label]
     columns.update({k: list(v) for k, v in extras.items()})
+    n = len(columns["image"])
+    columns[ORIGIN] = [""] * n if origin is None else list(origin)
+    columns[PROBLEM] = _no_problems(n) if problem is None else list(problem)
     df = pd.DataFrame(columns)
-    for name in ("image", "patient", "labels", "official_split", "label_name"):
+    for name in ("image", "patient", "labels", "official_split", "label_name", ORIGIN, PROBLEM):
         if name in df.columns:
             df[name] = df[name].astype(str)
+    if not skip_bad and (df[PROBLEM] != "").any():
+        raise bad_rows_error(bad_rows(df), len(df))
     return df
 
 
@@ -165,7 +202,7 @@ def _no_images(root: Path, what: str) -> ValueError:
 
 # --------------------------------------------------------------------------- readers
 
-def read_chestxray14(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_chestxray14(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """NIH ChestX-ray14: ``Data_Entry_2017_v2020.csv`` (or ``Data_Entry_2017.csv``, ``.gz`` too),
     images in ``images/`` or ``images_001/images/`` ... ``images_012/images/``, optional
     ``train_val_list.txt`` / ``test_list.txt`` (the official, patient-level test split).
@@ -199,10 +236,9 @@ def read_chestxray14(root, *, check_files: bool = True) -> pd.DataFrame:
     row_number = meta.index.to_numpy() + 2  # 1-based line in the file, after the header
     if meta.empty:
         raise _no_images(root, f"{table.name} has no rows")
+    problem = _no_problems(len(meta))
     for column in ("Image Index", "Patient ID"):
-        empty = np.flatnonzero(meta[column].to_numpy() == "")
-        if len(empty):
-            raise ValueError(f"{table}: row {row_number[empty[0]]}: empty {column!r}")
+        _note(problem, meta[column].to_numpy() == "", lambda i: f"empty {column!r}")
 
     # Labels: validate and canonicalise each distinct combination once (~800 of them).
     order = {name: i for i, name in enumerate(CHESTXRAY14_CLASSES)}
@@ -211,11 +247,10 @@ def read_chestxray14(root, *, check_files: bool = True) -> pd.DataFrame:
         found = [s.strip() for s in combo.split("|") if s.strip()]
         unknown = [s for s in found if s not in order]
         if unknown or not found:
-            row = int(np.flatnonzero(meta["Finding Labels"].to_numpy() == combo)[0])
-            problem = f"unknown label {unknown[0]!r}" if unknown else "empty 'Finding Labels'"
-            raise ValueError(f"{table}: row {row_number[row]} ({meta['Image Index'].iloc[row]}): {problem}; "
-                             f"expected {'|'.join(CHESTXRAY14_CLASSES)}")
-        canonical[combo] = "|".join(sorted(set(found), key=order.__getitem__))
+            text = (f"unknown label {unknown[0]!r}" if unknown else "empty 'Finding Labels'") + \
+                f"; expected {'|'.join(CHESTXRAY14_CLASSES)}"
+            _note(problem, meta["Finding Labels"].to_numpy() == combo, lambda i: text)
+        canonical[combo] = "|".join(sorted(set(found) & set(order), key=order.__getitem__))
     labels = meta["Finding Labels"].map(canonical)
 
     # Images: one os.scandir per folder, never a stat per listed file.
@@ -229,7 +264,7 @@ def read_chestxray14(root, *, check_files: bool = True) -> pd.DataFrame:
         if not folders:
             raise ValueError(f"{root}: no images/ or images_*/images/ folder (metadata only? "
                              f"use --no-check-files)")
-        absent = ~meta["Image Index"].isin(index.keys()).to_numpy()
+        absent = ~meta["Image Index"].isin(index.keys()).to_numpy() & (problem == "")
         if absent.any():
             rows = pd.DataFrame({"image": frame_images[absent]})
             raise _missing_error(table, rows, row_number[absent],
@@ -244,34 +279,42 @@ def read_chestxray14(root, *, check_files: bool = True) -> pd.DataFrame:
         is_train = (meta["Image Index"].isin(_read_names(train_list)).to_numpy() if train_list.is_file()
                     else ~is_test)
         official = np.where(is_test, "test", np.where(is_train, "train", ""))
-    return _frame(image, meta["Patient ID"], labels=labels, official_split=official)
+    return _frame(image, meta["Patient ID"], labels=labels, official_split=official,
+                  origin=_origin(table, row_number), problem=problem, skip_bad=skip_bad)
 
 
 _BREAKHIS_NAME = re.compile(r"^SOB_(?P<letter>[BM])_(?P<code>[A-Z]+)-(?P<yy>\d+)-(?P<slide>[0-9A-Za-z]+)"
                             r"-(?P<mag>\d+)-(?P<seq>\d+)\.png$", re.IGNORECASE)
 
 
-def parse_breakhis_name(name: str, path=None) -> dict:
-    """``SOB_B_A-14-22549AB-40-001.png`` -> label, subtype, slide (= patient), magnification."""
+def _breakhis_fields(name: str) -> tuple[dict, str]:
+    """(label, subtype, slide, magnification of a BreakHis file name, problem or "")."""
     match = _BREAKHIS_NAME.match(name)
-    where = path or name
+    fields = {"label": 0, "label_name": BREAKHIS_CLASSES[0], "subtype": "", "slide": name, "magnification": 0}
     if not match:
-        raise ValueError(f"{where}: not a BreakHis name SOB_<B|M>_<TYPE>-<yy>-<slide>-<mag>-<seq>.png")
+        return fields, "not a BreakHis name SOB_<B|M>_<TYPE>-<yy>-<slide>-<mag>-<seq>.png"
     code, letter = match["code"].upper(), match["letter"].upper()
     if code not in BREAKHIS_SUBTYPES:
-        raise ValueError(f"{where}: unknown BreakHis tumour type {code!r} (expected {sorted(BREAKHIS_SUBTYPES)})")
+        return fields, f"unknown BreakHis tumour type {code!r} (expected {sorted(BREAKHIS_SUBTYPES)})"
     label_name, subtype = BREAKHIS_SUBTYPES[code]
     if label_name[0].upper() != letter:
-        raise ValueError(f"{where}: type {code} is {label_name} but the name says {letter}")
+        return fields, f"type {code} is {label_name} but the name says {letter}"
     magnification = int(match["mag"])
     if magnification not in BREAKHIS_MAGNIFICATIONS:
-        raise ValueError(f"{where}: magnification {magnification} not in {BREAKHIS_MAGNIFICATIONS}")
-    slide = f"{match['yy']}-{match['slide']}"
+        return fields, f"magnification {magnification} not in {BREAKHIS_MAGNIFICATIONS}"
     return {"label": BREAKHIS_CLASSES.index(label_name), "label_name": label_name, "subtype": subtype,
-            "slide": slide, "magnification": magnification}
+            "slide": f"{match['yy']}-{match['slide']}", "magnification": magnification}, ""
 
 
-def read_breakhis(root, *, check_files: bool = True) -> pd.DataFrame:
+def parse_breakhis_name(name: str, path=None) -> dict:
+    """``SOB_B_A-14-22549AB-40-001.png`` -> label, subtype, slide (= patient), magnification."""
+    fields, problem = _breakhis_fields(name)
+    if problem:
+        raise ValueError(f"{path or name}: {problem}")
+    return fields
+
+
+def read_breakhis(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """BreakHis: every ``SOB_*.png`` under root (any depth; the native tree is
     ``BreaKHis_v1/histology_slides/breast/<class>/SOB/<type>/<slide>/<mag>X/``).
     Patient = slide (``<yy>-<slide>``, e.g. ``14-22549AB``); label from the B/M letter."""
@@ -280,22 +323,25 @@ def read_breakhis(root, *, check_files: bool = True) -> pd.DataFrame:
     _index(found)  # the same file name twice (e.g. two extracted copies) is an error
     if not found:
         raise _no_images(root, "no SOB_*.png files at any depth")
-    rows = [parse_breakhis_name(n, p) for n, p in found]
+    rows, problem = zip(*(_breakhis_fields(n) for n, _ in found))
     return _frame([p for _, p in found], [r["slide"] for r in rows], label=[r["label"] for r in rows],
-                  classes=BREAKHIS_CLASSES, subtype=[r["subtype"] for r in rows],
+                  classes=BREAKHIS_CLASSES, problem=problem, skip_bad=skip_bad, subtype=[r["subtype"] for r in rows],
                   slide=[r["slide"] for r in rows], magnification=[r["magnification"] for r in rows])
 
 
-def _grades(values: pd.Series, n_grades: int, source, row_numbers, column: str) -> np.ndarray:
-    """Integer grades 0..n-1 from ints, int-like floats (3.0) or strings; otherwise a clear error."""
+def _grades(values: pd.Series, n_grades: int, column: str, problem: np.ndarray) -> np.ndarray:
+    """Integer grades 0..n-1 from ints, int-like floats (3.0) or strings; any other value is
+    noted in `problem` (and gets grade 0 there)."""
     numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.isnan(numeric) | (numeric != np.round(numeric)) | (numeric < 0) | (numeric > n_grades - 1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+
+    def describe(i: int) -> str:
         value = values.iloc[i]
         shown = "(empty)" if pd.isna(value) or str(value).strip() == "" else repr(str(value))
-        raise ValueError(f"{source}: row {row_numbers[i]}: {column} {shown} is not a grade 0..{n_grades - 1}")
-    return numeric.astype(np.int64)
+        return f"{column} {shown} is not a grade 0..{n_grades - 1}"
+
+    _note(problem, bad, describe)
+    return np.where(bad, 0, numeric).astype(np.int64)
 
 
 _EYEPACS_NAME = re.compile(r"^(?P<patient>\d+)_(?P<eye>left|right)$")
@@ -307,22 +353,22 @@ def _eyepacs_table(path: Path, folder: Path, index: dict[str, str], check_files:
     _require_columns(table, ("image", "level"), path)
     row_number = table.index.to_numpy() + 2
     names = table["image"].str.strip()
-    level = _grades(table["level"], 5, path, row_number, "level")
-    parts = names.str.extract(_EYEPACS_NAME)
-    bad = parts["patient"].isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path}: row {row_number[i]}: image {names.iloc[i]!r} is not <patient>_<left|right>")
+    problem = _no_problems(len(table))
+    parts = names.str.extract(_EYEPACS_NAME).fillna("")
+    _note(problem, parts["patient"].to_numpy() == "",
+          lambda i: f"image {names.iloc[i]!r} is not <patient>_<left|right>")
+    level = _grades(table["level"], 5, "level", problem)
     image = pd.Series([index.get(n) or str(folder / f"{n}.jpeg") for n in names])
     if check_files:
-        absent = ~names.isin(index.keys()).to_numpy()
+        absent = ~names.isin(index.keys()).to_numpy() & (problem == "")
         if absent.any():
             raise _missing_error(path, pd.DataFrame({"image": image[absent]}), row_number[absent],
                                  f"looked in {folder}")
-    return pd.DataFrame({"image": image, "label": level, "patient": parts["patient"], "eye": parts["eye"]})
+    return pd.DataFrame({"image": image, "label": level, "patient": parts["patient"], "eye": parts["eye"],
+                         ORIGIN: _origin(path, row_number), PROBLEM: problem})
 
 
-def read_eyepacs(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_eyepacs(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """EyePACS (Kaggle DR 2015): ``trainLabels.csv`` (``image,level``) + ``train/<image>.jpeg``
     (``images/`` accepted too); with ``retinopathy_solution.csv`` and a ``test/`` folder, those
     rows form the official test split. Patient = number before ``_left``/``_right``."""
@@ -345,14 +391,14 @@ def read_eyepacs(root, *, check_files: bool = True) -> pd.DataFrame:
     if df.empty:
         raise _no_images(root, f"{labels_csv.name} has no rows")
     official = np.repeat(["train", "test"][: len(parts)], [len(p) for p in parts]) if has_test else None
-    return _frame(df["image"], df["patient"], label=df["label"], classes=DR_GRADES_5,
-                  official_split=official, eye=df["eye"])
+    return _frame(df["image"], df["patient"], label=df["label"], classes=DR_GRADES_5, official_split=official,
+                  origin=df[ORIGIN], problem=df[PROBLEM], skip_bad=skip_bad, eye=df["eye"])
 
 
 _SHENZHEN_NAME = re.compile(r"^CHNCXR_(?P<id>\d{4})_(?P<label>[01])\.png$", re.IGNORECASE)
 
 
-def read_shenzhen(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_shenzhen(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """Shenzhen (NLM-China) TB set: ``CHNCXR_<nnnn>_<0|1>.png`` (native place
     ``ChinaSet_AllFiles/CXR_png/``; found at any depth). Last digit = label (0 normal, 1 TB)."""
     root = _root(root)
@@ -395,7 +441,7 @@ def _class_folders(root: Path, base_names: Iterable[str], match: Callable[[str],
     raise ValueError(f"{root}: no class folders found ({what})")
 
 
-def read_covid19_radiography(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_covid19_radiography(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """COVID-19 Radiography Database: ``COVID-19_Radiography_Dataset/<Class>/images/*.png``
     (newer; ``masks/`` and metadata files ignored) or ``<Class>/*.png`` (older), with or without
     the ``COVID-19_Radiography_Dataset/`` level. The four classes are always the canonical ones;
@@ -416,7 +462,7 @@ def read_covid19_radiography(root, *, check_files: bool = True) -> pd.DataFrame:
     return _frame(images, [_stem(os.path.basename(p)) for p in images], label=labels, classes=COVID19_CLASSES)
 
 
-def read_kather2016(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_kather2016(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """Kather 2016 colorectal texture tiles: ``Kather_texture_2016_image_tiles_5000/01_TUMOR`` ...
     ``08_EMPTY/*.tif`` (or the numbered folders directly under root). Patient = image id."""
     root = _root(root)
@@ -440,7 +486,8 @@ def read_kather2016(root, *, check_files: bool = True) -> pd.DataFrame:
 
 def parse_messidor_sheet(path) -> pd.DataFrame:
     """One Messidor annotation sheet (``Annotation_Base<nn>.xls``/``.xlsx``) -> rows with
-    ``image_name``, ``grade`` (int 0-3), ``macular_edema_risk`` (int 0-2), ``row`` (sheet row).
+    ``image_name``, ``grade`` (int 0-3), ``macular_edema_risk`` (int 0-2), ``row`` (sheet row)
+    and ``problem`` (why the row cannot be used: an empty name or a value that is no grade; "").
 
     Column names are stripped (the real header is ``Risk of macular edema `` with a trailing
     space), unnamed empty columns and blank rows are dropped, float grades (3.0) become ints."""
@@ -456,20 +503,19 @@ def parse_messidor_sheet(path) -> pd.DataFrame:
     row_number = sheet.index.to_numpy() + 2  # spreadsheet row (header is row 1)
     keep = ~sheet.isna().all(axis=1).to_numpy()
     sheet, row_number = sheet[keep].reset_index(drop=True), row_number[keep]
-    names = sheet["Image name"].astype(str).str.strip()
-    empty = np.flatnonzero(sheet["Image name"].isna().to_numpy() | (names == "").to_numpy())
-    if len(empty):
-        raise ValueError(f"{path}: row {row_number[empty[0]]}: empty 'Image name'")
+    names = sheet["Image name"].fillna("").astype(str).str.strip()
+    problem = _no_problems(len(sheet))
+    _note(problem, names.to_numpy() == "", lambda i: "empty 'Image name'")
     return pd.DataFrame({
         "image_name": names,
-        "grade": _grades(sheet["Retinopathy grade"], 4, path, row_number, "Retinopathy grade"),
-        "macular_edema_risk": _grades(sheet["Risk of macular edema"], 3, path, row_number,
-                                      "Risk of macular edema"),
+        "grade": _grades(sheet["Retinopathy grade"], 4, "Retinopathy grade", problem),
+        "macular_edema_risk": _grades(sheet["Risk of macular edema"], 3, "Risk of macular edema", problem),
         "row": row_number,
+        PROBLEM: problem,
     })
 
 
-def read_messidor(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_messidor(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """Messidor: ``Base11`` ... ``Base34`` folders of ``.tif`` images, each with
     ``Annotation_Base<nn>.xls`` (``.xlsx`` too); images are resolved next to their sheet.
     Patient = image id (Messidor has no patient ids)."""
@@ -483,9 +529,10 @@ def read_messidor(root, *, check_files: bool = True) -> pd.DataFrame:
         rows = parse_messidor_sheet(sheet)
         rows["image"] = [str(sheet.parent / n) for n in rows["image_name"]]
         rows["base"] = re.sub(r"^Annotation_", "", sheet.stem, flags=re.IGNORECASE)
+        rows[ORIGIN] = _origin(sheet, rows["row"])
         if check_files:
             present = {n for n, _ in _scan(sheet.parent)}
-            absent = ~rows["image_name"].isin(present).to_numpy()
+            absent = ~rows["image_name"].isin(present).to_numpy() & (rows[PROBLEM] == "").to_numpy()
             if absent.any():
                 raise _missing_error(sheet, rows[absent], rows["row"].to_numpy()[absent],
                                      f"expected next to the sheet in {sheet.parent}")
@@ -493,15 +540,19 @@ def read_messidor(root, *, check_files: bool = True) -> pd.DataFrame:
     df = pd.concat(parts, ignore_index=True)
     if df.empty:
         raise _no_images(root, "the annotation sheets list no images")
-    # An image listed twice (the real sheets have a few repeats) counts once if the grades agree.
-    repeated = df[df.duplicated("image", keep=False)]
+    # An image listed twice (the real sheets have a few repeats) counts once if the grades agree;
+    # with different grades every copy is a problem.
+    problem = df[PROBLEM].to_numpy().copy()
+    repeated = df[df.duplicated("image", keep=False) & (problem == "")]
     for image, rows in repeated.groupby("image", sort=False):
         if rows[["grade", "macular_edema_risk"]].nunique().max() > 1:
-            raise ValueError(f"{image}: listed {len(rows)} times with different grades "
-                             f"(rows {rows['row'].tolist()} of {rows['base'].tolist()})")
-    df = df.drop_duplicates("image").reset_index(drop=True)
+            text = f"listed {len(rows)} times with different grades (rows {rows['row'].tolist()} of " \
+                   f"{rows['base'].tolist()})"
+            _note(problem, df.index.isin(rows.index), lambda i: text)
+    df = df.assign(**{PROBLEM: problem})[~(df.duplicated("image") & (problem == ""))].reset_index(drop=True)
     return _frame(df["image"], [_stem(n) for n in df["image_name"]], label=df["grade"], classes=DR_GRADES_4,
-                  base=df["base"], macular_edema_risk=df["macular_edema_risk"])
+                  origin=df[ORIGIN], problem=df[PROBLEM], skip_bad=skip_bad, base=df["base"],
+                  macular_edema_risk=df["macular_edema_risk"])
 
 
 def label_deepdrid_rows(table: pd.DataFrame, source="deepdrid csv") -> pd.DataFrame:
@@ -509,27 +560,27 @@ def label_deepdrid_rows(table: pd.DataFrame, source="deepdrid csv") -> pd.DataFr
 
     The label is the eye's own level (``_l`` -> ``left_eye_DR_Level``, ``_r`` ->
     ``right_eye_DR_Level``); when that column is empty, the one eye column that is filled
-    (the real row ``56_r3`` fills the left one); when both are empty, ``patient_DR_Level``."""
+    (the real row ``56_r3`` fills the left one); when both are empty, ``patient_DR_Level``.
+    ``problem`` says why a row cannot be used (no eye tag, a level that is no grade), else ""."""
     _require_columns(table, ("patient_id", "image_id", "left_eye_DR_Level", "right_eye_DR_Level",
                              "patient_DR_Level"), source)
     row_number = table.index.to_numpy() + 2
     image_id = table["image_id"].astype(str).str.strip()
     eye = image_id.str.extract(r"_(?P<eye>[lr])\d*$", flags=re.IGNORECASE)["eye"].str.lower()
-    bad = eye.isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{source}: row {row_number[i]}: image_id {image_id.iloc[i]!r} has no _l/_r eye tag")
+    problem = _no_problems(len(table))
+    _note(problem, eye.isna().to_numpy(), lambda i: f"image_id {image_id.iloc[i]!r} has no _l/_r eye tag")
     left, right, patient = (pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=np.float64)
                             for c in ("left_eye_DR_Level", "right_eye_DR_Level", "patient_DR_Level"))
     is_left = (eye == "l").to_numpy()
     own, other = np.where(is_left, left, right), np.where(is_left, right, left)
     level = np.where(~np.isnan(own), own, np.where(~np.isnan(other), other, patient))
-    label = _grades(pd.Series(level), 5, source, row_number, "DR level")
+    label = _grades(pd.Series(level), 5, "DR level", problem)
     return pd.DataFrame({"image_id": image_id, "patient": table["patient_id"].astype(str).str.strip(),
-                         "eye": np.where(is_left, "left", "right"), "label": label, "row": row_number})
+                         "eye": np.where(is_left, "left", "right"), "label": label, "row": row_number,
+                         PROBLEM: problem})
 
 
-def read_deepdrid(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_deepdrid(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """DeepDRiD regular fundus images: ``regular_fundus_images/regular-fundus-training/*.csv``
     and ``regular-fundus-validation/*.csv`` (found at any depth); ``image_path`` (Windows paths)
     is ignored and ``<image_id>.jpg`` is looked up anywhere under the split folder.
@@ -551,11 +602,12 @@ def read_deepdrid(root, *, check_files: bool = True) -> pd.DataFrame:
         table = _read_table(csvs[0], dtype=str)
         table.columns = [str(c).strip() for c in table.columns]
         rows = label_deepdrid_rows(table, csvs[0])
+        rows[ORIGIN] = _origin(csvs[0], rows["row"])
         index = _index(((n, p) for n, p in _walk(folder) if n.lower().endswith(".jpg")), key=_stem)
         rows["image"] = [index.get(i) or str(folder / "Images" / p / f"{i}.jpg")
                          for i, p in zip(rows["image_id"], rows["patient"])]
         if check_files:
-            absent = ~rows["image_id"].isin(index.keys()).to_numpy()
+            absent = ~rows["image_id"].isin(index.keys()).to_numpy() & (rows[PROBLEM] == "").to_numpy()
             if absent.any():
                 raise _missing_error(csvs[0], rows[absent], rows["row"].to_numpy()[absent],
                                      f"no <image_id>.jpg under {folder}")
@@ -566,8 +618,8 @@ def read_deepdrid(root, *, check_files: bool = True) -> pd.DataFrame:
     df = pd.concat(parts, ignore_index=True)
     if df.empty:
         raise _no_images(root, "the DeepDRiD CSVs list no images")
-    return _frame(df["image"], df["patient"], label=df["label"], classes=DR_GRADES_5,
-                  official_split=official, eye=df["eye"])
+    return _frame(df["image"], df["patient"], label=df["label"], classes=DR_GRADES_5, official_split=official,
+                  origin=df[ORIGIN], problem=df[PROBLEM], skip_bad=skip_bad, eye=df["eye"])
 
 
 def folder_classes(root) -> list[str]:
@@ -580,7 +632,7 @@ def folder_classes(root) -> list[str]:
     return classes
 
 
-def read_folder(root, *, check_files: bool = True) -> pd.DataFrame:
+def read_folder(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
     """A user's own data set ``<root>/<class>/<image>`` (images at any depth below the class
     folder; extensions png/jpg/jpeg/tif/tiff/bmp/dcm/nii/nii.gz). Classes = sorted sub-folder
     names; patient = the image's path below root without extension (no patient ids known)."""
@@ -624,14 +676,82 @@ DATASETS: dict[str, DatasetSpec] = {s.key: s for s in (
 )}
 
 
-def read_dataset(key: str, root, *, check_files: bool = True) -> tuple[pd.DataFrame, list[str]]:
-    """Run the reader of `key` on `root`; returns (frame, classes in index order)."""
+def read_dataset(key: str, root, *, check_files: bool = True,
+                 skip_bad: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Run the reader of `key` on `root`; returns (frame, classes in index order).
+
+    check_files: the reader's own check that listed images exist (one error with the count).
+    skip_bad: rows that cannot be labelled stay in the frame with their ``problem`` instead of
+    raising (prepare_data.py drops and lists them)."""
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {key!r}; choose from {list(DATASETS)}")
     spec = DATASETS[key]
-    df = spec.reader(root, check_files=check_files)
+    df = spec.reader(root, check_files=check_files, skip_bad=skip_bad)
     classes = folder_classes(root) if key == "folder" else list(spec.classes)
     return df, classes
+
+
+# --------------------------------------------------------------------------- image checks
+
+# Leading bytes of each image format (what `file` and PIL's identify look at); a file with none
+# of them is no image MONAI can load, whatever its extension says.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",
+               b"BM", b"\x1f\x8b")  # PNG, JPEG, TIFF, BigTIFF, BMP, gzip (.nii.gz)
+_HEADER_BYTES = 132  # DICOM's "DICM" sits at bytes 128-131, after the preamble
+
+
+def image_problem(path) -> str | None:
+    """Why `path` is not a loadable image (not found, zero bytes, unknown header), or None.
+
+    Reads the first 132 bytes only: a cheap check of the header, not a decode. Accepted: PNG,
+    JPEG, TIFF, BMP, DICOM (``DICM`` after the preamble, or a preamble-less file starting with
+    a group-0008 tag), NIfTI-1/2 (header size 348/540) and gzip (``.nii.gz``)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not head:
+        return "zero-byte file"
+    if head.startswith(_SIGNATURES) or head[128:132] == b"DICM" or head[:2] == b"\x08\x00":
+        return None
+    if len(head) >= 4 and {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} & {348, 540}:
+        return None
+    return "not an image (header not PNG, JPEG, TIFF, BMP, DICOM or NIfTI)"
+
+
+def check_images(df: pd.DataFrame, *, threads: int = 8) -> pd.DataFrame:
+    """A copy of a reader's frame whose ``problem`` column also names the images that are
+    missing, empty or no image (image_problem), for the rows that had no problem yet. Opens
+    each file once for its first bytes, from a few threads (the work is I/O): ~112k in seconds."""
+    problem = (df[PROBLEM] if PROBLEM in df.columns else pd.Series("", index=df.index)).to_numpy().copy()
+    todo = np.flatnonzero(problem == "")
+    paths = df["image"].astype(str).to_numpy()[todo]
+    chunks = [paths[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for i, found in enumerate(pool.map(lambda chunk: [image_problem(p) or "" for p in chunk], chunks)):
+            problem[todo[i::threads]] = found
+    return df.assign(**{PROBLEM: problem})
+
+
+def bad_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a reader's frame that have a problem: ``image``, ``origin``, ``reason`` (the
+    columns of the ``<key>_skipped.csv`` list; engine's ``skipped.csv`` also says ``reason``)."""
+    origin = df[ORIGIN] if ORIGIN in df.columns else pd.Series("", index=df.index)
+    bad = (df[PROBLEM] != "").to_numpy()
+    return pd.DataFrame({"image": df["image"], ORIGIN: origin, "reason": df[PROBLEM]})[bad]
+
+
+def bad_rows_error(bad: pd.DataFrame, n_rows: int) -> ValueError:
+    """One line naming the first of the bad_rows: its metadata file and row (where the label
+    came from, if any), the image and the reason, with the count."""
+    first = bad.iloc[0]
+    where = f"{first[ORIGIN]}: " if first[ORIGIN] else ""
+    hint = " (metadata only? use --no-check-files)" if len(bad) == n_rows and first["reason"] == "not found" else ""
+    return ValueError(f"{where}{first['image']}: {first['reason']} ({len(bad)} of {n_rows} rows bad{hint}; "
+                      f"--skip-bad leaves them out and lists them)")
 
 
 # --------------------------------------------------------------------------- splits
@@ -662,6 +782,77 @@ def _indicator(df: pd.DataFrame) -> np.ndarray:
     out = np.zeros((len(df), int(label.max()) + 1), dtype=bool)
     out[np.arange(len(df)), label] = True
     return out
+
+
+def _patient_strata(membership: np.ndarray, code: np.ndarray, n_patients: int):
+    """Per patient (rows coded 0..n_patients-1 by `code`): image count, images per class
+    (n_patients, n_classes), the classes' rank (rarest first over these rows, ties by index) and
+    the stratum = rank of the patient's rarest class (n_classes for a patient without labels)."""
+    weights = np.bincount(code, minlength=n_patients).astype(np.float64)
+    class_counts = np.zeros((n_patients, membership.shape[1]), dtype=np.int64)
+    np.add.at(class_counts, code, membership.astype(np.int64))
+    class_freq = membership.sum(axis=0)
+    rank = np.empty(len(class_freq), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(class_freq)), class_freq))] = np.arange(len(class_freq))
+    stratum = np.where(class_counts > 0, rank[None, :], len(rank)).min(axis=1, initial=len(rank))
+    return weights, class_counts, rank, stratum
+
+
+def _seeded_patient_order(df: pd.DataFrame, rows: np.ndarray, seed: int):
+    """The patients of df's `rows` in the order subsets take them: strata (as in make_splits)
+    rarest first, shuffled within each by one seeded draw over the sorted patient ids, so the
+    order depends on (patients, labels, seed) only, not on row order.
+
+    Returns (patient code per row of df, -1 outside `rows`; patient codes in that order; stratum
+    per patient; images per patient and class, plus a last column for images without a label)."""
+    code = np.full(len(df), -1)
+    code[rows], _ = pd.factorize(df["patient"].astype(str).to_numpy()[rows], sort=True)
+    n_patients = int(code.max()) + 1
+    weights, class_counts, _, stratum = _patient_strata(_indicator(df)[rows], code[rows], n_patients)
+    unlabelled = np.where(class_counts.any(axis=1), 0, weights).astype(np.int64)
+    key = np.random.default_rng(seed).permutation(n_patients)
+    return code, np.lexsort((key, stratum)), stratum, np.column_stack([class_counts, unlabelled])
+
+
+def nested_fraction(df: pd.DataFrame, fraction: float, *, seed: int) -> pd.DataFrame:
+    """About `fraction` of the train patients (whole patients, stratified on each patient's
+    rarest class as make_splits does, seeded), with every val/test row kept: the label-
+    efficiency subsets. Nested: for one seed, the subset at a smaller fraction is inside the
+    one at a larger fraction. Every stratum keeps ceil(fraction x its patients) >= 1 patients.
+    fraction = 1.0 returns df unchanged; rows keep their order."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction = {fraction}: must be in (0, 1]")
+    if "split" not in df.columns:
+        raise ValueError("nested_fraction: the frame needs a 'split' column (use make_splits first)")
+    is_train = (df["split"] == "train").to_numpy()
+    if fraction == 1.0 or not is_train.any():
+        return df.copy()
+    code, order, stratum, _ = _seeded_patient_order(df, np.flatnonzero(is_train), seed)
+    keep = np.zeros(len(stratum), dtype=bool)
+    ordered = stratum[order]
+    for value in np.unique(ordered):
+        members = order[ordered == value]  # the stratum's patients in the seeded order
+        keep[members[:math.ceil(fraction * len(members))]] = True
+    return df[~is_train | keep[code]].copy()
+
+
+def cap_per_class(df: pd.DataFrame, max_images: int, *, seed: int) -> pd.DataFrame:
+    """At most about `max_images` images per class, for quick runs on huge sets. Whole patients
+    are taken in nested_fraction's seeded order (rarest stratum first) when every class they
+    carry stays <= max_images, or when they bring a class that has no image yet (so every class
+    keeps one patient). Multi-label images count for each of their labels. Applied before
+    make_splits; rows keep their order and official_split."""
+    if max_images < 1:
+        raise ValueError(f"max per class = {max_images}: must be >= 1")
+    code, order, _, counts = _seeded_patient_order(df, np.arange(len(df)), seed)
+    totals = np.zeros(counts.shape[1], dtype=np.int64)
+    keep = np.zeros(len(counts), dtype=bool)
+    for p in order:
+        has = counts[p] > 0
+        if (totals[has] + counts[p, has] <= max_images).all() or (totals[has] == 0).any():
+            keep[p] = True
+            totals += counts[p]
+    return df[keep[code]].copy()
 
 
 def _allocate(weights: np.ndarray, cuts: list[tuple[int, float]], n_targets: int) -> np.ndarray:
@@ -732,15 +923,9 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
         # --- per pool patient: image count and class presence
         pos = np.full(n_patients, -1)
         pos[pool_patients] = np.arange(len(pool_patients))
-        prow = pos[patient_code[pool_rows]]
-        weights = np.bincount(prow, minlength=len(pool_patients)).astype(np.float64)
-        presence = np.zeros((len(pool_patients), membership.shape[1]), dtype=np.int64)
-        np.add.at(presence, prow, membership[pool_rows].astype(np.int64))
-        presence = presence > 0
-        class_freq = membership[pool_rows].sum(axis=0)
-        rank = np.empty(len(class_freq), dtype=np.int64)  # rarest class first, ties by index
-        rank[np.lexsort((np.arange(len(class_freq)), class_freq))] = np.arange(len(class_freq))
-        stratum = np.where(presence, rank[None, :], len(rank)).min(axis=1, initial=len(rank))
+        weights, class_counts, rank, stratum = _patient_strata(
+            membership[pool_rows], pos[patient_code[pool_rows]], len(pool_patients))
+        presence = class_counts > 0
 
         # --- shuffle within strata and cut by cumulative image count
         rng = np.random.default_rng(seed)
@@ -883,11 +1068,14 @@ def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
 
     Multi-class rows become one prefixed label; multi-label rows keep all theirs (prefixed).
     Patients are prefixed by key, splits are kept; ``domain`` and ``source`` columns say where
-    each row comes from (the transform chain follows ``domain``)."""
+    each row comes from (the transform chain follows ``domain``). ``meta["label_groups"]`` maps
+    each source key to its prefixed label names, in ``classes`` order: a row's own labels are
+    ``label_groups[row.source]``, which is what a masked loss (``--label-mask``) keeps; the
+    paper's plain BCE counts the other sources' labels as negatives."""
     paths = [Path(p) for p in csv_paths]
     if not paths:
         raise ValueError("aggregate_manifests: no manifests given")
-    frames, classes, keys, metas = [], [], [], []
+    frames, classes, keys, metas, groups = [], [], [], [], {}
     for path in paths:
         df, meta = load_manifest(path)
         key = meta["key"]
@@ -904,12 +1092,13 @@ def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
             "split": df["split"], "domain": meta["domain"], "source": key,
         }))
         classes += prefixed
+        groups[key] = prefixed
         keys.append(key)
         metas.append(meta)
     df = pd.concat(frames, ignore_index=True)
     meta = {
         "key": "all", "domain": "mixed", "task": "multilabel", "classes": classes,
-        "headline_metric": "auroc", "class_weights": "none", "sources": keys,
+        "headline_metric": "auroc", "class_weights": "none", "sources": keys, "label_groups": groups,
         "domains": {m["key"]: m["domain"] for m in metas},
         "manifests": [str(p.resolve()) for p in paths],
         "counts": split_counts(df, classes, "multilabel"),

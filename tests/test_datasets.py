@@ -102,9 +102,11 @@ def test_chestxray14_native_tree_official_split(tmp_path):
 def test_chestxray14_unknown_label(tmp_path):
     root = write_chestxray14(tmp_path / "cxr", [("00000001_000.png", "Effusion", 1),
                                                  ("00000002_000.png", "Pneumonia|COVID", 2)])
-    message = r"Data_Entry_2017_v2020\.csv: row 3 \(00000002_000\.png\): unknown label 'COVID'"
+    message = r"Data_Entry_2017_v2020\.csv: row 3: .*/00000002_000\.png: unknown label 'COVID'; expected .*\(1 of 2"
     with pytest.raises(ValueError, match=message):
         datasets.read_chestxray14(root)
+    df = datasets.read_chestxray14(root, skip_bad=True)  # kept, flagged, for prepare_data to list
+    assert df["problem"].str[:21].tolist() == ["", "unknown label 'COVID'"]
 
 
 # --------------------------------------------------------------------------- breakhis
@@ -153,6 +155,11 @@ def test_breakhis_bad_name(tmp_path):
     write_image(tmp_path / "b" / "SOB_B_XX-14-1-40-001.png")
     with pytest.raises(ValueError, match="SOB_B_XX-14-1-40-001.png: unknown BreakHis tumour type 'XX'"):
         datasets.read_breakhis(tmp_path / "b")
+    write_image(tmp_path / "b" / "SOB_M_DC-14-2523-40-010.png")
+    df = datasets.read_breakhis(tmp_path / "b", skip_bad=True)
+    assert df["problem"].tolist() == ["unknown BreakHis tumour type 'XX' (expected ['A', 'DC', 'F', 'LC', 'MC', "
+                                      "'PC', 'PT', 'TA'])", ""]
+    assert df["slide"].iloc[1] == "14-2523"
 
 
 # --------------------------------------------------------------------------- eyepacs
@@ -200,8 +207,13 @@ def test_eyepacs_official_test_and_bad_level(shared_data, tmp_path):
     assert df["official_split"].value_counts().to_dict() == {"train": 10, "test": 2}
     assert df.loc[df["official_split"] == "test", "label"].tolist() == [0, 3]
     (root / "retinopathy_solution.csv").write_text("image,level,Usage\n1_left,7,Private\n")
-    with pytest.raises(ValueError, match=r"retinopathy_solution\.csv: row 2: level '7' is not a grade 0\.\.4"):
+    with pytest.raises(ValueError, match=r"retinopathy_solution\.csv: row 2: .*/test/1_left\.jpeg: level '7' is not "
+                                         r"a grade 0\.\.4 \(1 of 11 rows bad"):
         datasets.read_eyepacs(root)
+    (root / "retinopathy_solution.csv").write_text("image,level,Usage\n1_left,7,Private\n1-right,2,Public\n")
+    df = datasets.read_eyepacs(root, skip_bad=True, check_files=False)
+    assert df["problem"].tolist()[-2:] == ["level '7' is not a grade 0..4",
+                                           "image '1-right' is not <patient>_<left|right>"]
 
 
 # --------------------------------------------------------------------------- shenzhen, covid19, kather2016
@@ -271,7 +283,8 @@ def test_kather2016_generated_tree(tmp_path):
 def test_messidor_real_sheet(shared_data):
     rows = datasets.parse_messidor_sheet(shared_data / "messidor" / "grades.xlsx")
     assert len(rows) == 32  # blank separator rows and the unnamed empty column dropped
-    assert list(rows.columns) == ["image_name", "grade", "macular_edema_risk", "row"]
+    assert list(rows.columns) == ["image_name", "grade", "macular_edema_risk", "row", "problem"]
+    assert (rows["problem"] == "").all()
     assert rows["grade"].dtype == np.int64 and rows["macular_edema_risk"].dtype == np.int64
     first = rows.set_index("image_name").loc["20051020_57566_0100_PP.tif"]
     assert (first["grade"], first["macular_edema_risk"], first["row"]) == (3, 1, 4)
@@ -314,8 +327,16 @@ def test_messidor_generated_tree(tmp_path):
     write_xls(root / "Base11" / "Annotation_Base11.xls", header, base11 + [base11[1]])
     assert len(datasets.read_messidor(root)) == 5
     write_xls(root / "Base11" / "Annotation_Base11.xls", header, base11 + [base11[1][:2] + (3.0, 0.0)])
-    with pytest.raises(ValueError, match=r"38551_0100_PP\.tif: listed 2 times with different grades"):
+    with pytest.raises(ValueError, match=r"Annotation_Base11\.xls: row 3: .*38551_0100_PP\.tif: listed 2 times with "
+                                         r"different grades \(rows \[3, 6\]"):
         datasets.read_messidor(root)
+    flagged = datasets.read_messidor(root, skip_bad=True)  # both copies flagged, for --skip-bad to list
+    assert len(flagged) == 6 and (flagged["problem"] != "").sum() == 2
+    header[2] = "Retinopathy Grade (0-3)"
+    write_xls(root / "Base11" / "Annotation_Base11.xls", header, base11)
+    with pytest.raises(ValueError, match=r"Annotation_Base11\.xls: missing column\(s\) \['Retinopathy grade'\]"):
+        datasets.read_messidor(root, skip_bad=True)
+    header[2] = "Retinopathy grade"
     write_xls(root / "Base11" / "Annotation_Base11.xls", header, base11)
     (root / "Base11" / base11[2][0]).unlink()
     with pytest.raises(ValueError, match=r"Annotation_Base11\.xls: 1 listed image.*row 4 .*38552_0100_PP\.tif"):
@@ -336,6 +357,11 @@ def test_deepdrid_excerpt_labels(shared_data):
     assert rows.loc[["4_r1", "57_r1"], "label"].tolist() == [4, 4]
     assert rows["patient"].nunique() == 12
     assert rows["label"].dtype == np.int64
+    # own eye column, else the one filled eye column, else the patient level
+    table = pd.DataFrame({"patient_id": ["9"] * 4, "image_id": ["9_l1", "9_r1", "9_l2", "9_r2"],
+                          "left_eye_DR_Level": ["1", "3", None, None], "right_eye_DR_Level": ["2", None, "4", None],
+                          "patient_DR_Level": ["0", "0", "0", "2"]})
+    assert datasets.label_deepdrid_rows(table)["label"].tolist() == [1, 3, 4, 2]
 
 
 def test_deepdrid_generated_tree(shared_data, tmp_path):
@@ -475,6 +501,107 @@ def test_split_fraction_errors():
             datasets.make_splits(df, val_frac=val, test_frac=test, seed=0)
 
 
+def test_nested_fraction_nested_patient_level_stratified_seeded():
+    df = datasets.make_splits(synthetic(n_patients=400, images_per_patient=2), seed=0)
+    train_patients = lambda part: set(part.loc[part["split"] == "train", "patient"])
+    subsets = {f: datasets.nested_fraction(df, f, seed=5) for f in (0.05, 0.1, 0.25, 0.5, 1.0)}
+    for small, large in ((0.05, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.0)):
+        assert train_patients(subsets[small]) < train_patients(subsets[large])  # nested, strictly
+    assert subsets[1.0].equals(df)
+    all_train = df[df["split"] == "train"]
+    per_class = all_train.groupby("label")["patient"].nunique()
+    for fraction, part in subsets.items():
+        held_out = part[part["split"] != "train"]
+        assert held_out.equals(df[df["split"] != "train"])  # val/test untouched
+        train = part[part["split"] == "train"]
+        # whole patients: a kept patient keeps all its train images
+        assert train.groupby("patient").size().eq(all_train.groupby("patient").size()[train["patient"].unique()]).all()
+        # stratified: ceil(fraction x patients) of every class
+        kept = train.groupby("label")["patient"].nunique().reindex(per_class.index, fill_value=0)
+        assert kept.tolist() == [int(np.ceil(fraction * n)) for n in per_class], fraction
+    assert train_patients(datasets.nested_fraction(df, 0.25, seed=5)) == train_patients(subsets[0.25])
+    assert train_patients(datasets.nested_fraction(df, 0.25, seed=6)) != train_patients(subsets[0.25])
+    shuffled = datasets.nested_fraction(df.sample(frac=1, random_state=1), 0.25, seed=5)
+    assert train_patients(shuffled) == train_patients(subsets[0.25])  # row order does not matter
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+            datasets.nested_fraction(df, bad, seed=0)
+    with pytest.raises(ValueError, match="needs a 'split' column"):
+        datasets.nested_fraction(df.drop(columns="split"), 0.5, seed=0)
+
+
+def test_nested_fraction_multilabel_keeps_rare_label():
+    labels = ["No Finding"] * 200 + ["Effusion"] * 60 + ["Effusion|Hernia"] * 3
+    df = pd.DataFrame({"image": range(len(labels)), "labels": labels, "patient": [f"p{i}" for i in range(len(labels))],
+                       "split": "train"})
+    part = datasets.nested_fraction(df, 0.1, seed=0)
+    assert part["labels"].value_counts().to_dict() == {"No Finding": 20, "Effusion": 6, "Effusion|Hernia": 1}
+
+
+def test_cap_per_class():
+    df = synthetic(n_patients=300, images_per_patient=2)
+    df.loc[df["patient"] == "p0000", "label"] = [0, 3]  # a patient with two classes (two eyes)
+    capped = datasets.cap_per_class(df, 40, seed=0)
+    counts = capped["label"].value_counts()
+    assert counts.max() <= 40 and counts.min() >= 38 and sorted(counts.index) == [0, 1, 2, 3]
+    assert capped.groupby("patient").size().eq(2).all()  # whole patients
+    assert capped.equals(datasets.cap_per_class(df, 40, seed=0))
+    assert not capped.equals(datasets.cap_per_class(df, 40, seed=1))
+    shuffled = datasets.cap_per_class(df.sample(frac=1, random_state=2), 40, seed=0)
+    assert set(shuffled["patient"]) == set(capped["patient"])
+    assert datasets.cap_per_class(df, 10_000, seed=0).equals(df)
+    # multi-label: every label counts; the rare one is kept although its images carry a full label
+    labels = ["Effusion"] * 100 + ["Effusion|Hernia"] * 3 + ["No Finding"] * 50
+    multi = pd.DataFrame({"image": range(len(labels)), "labels": labels, "patient": [f"p{i}" for i in range(len(labels))]})
+    names = datasets.cap_per_class(multi, 10, seed=0)["labels"].str.split("|").explode().value_counts()
+    assert names.to_dict() == {"Effusion": 10, "No Finding": 10, "Hernia": 3}
+    with pytest.raises(ValueError, match="must be >= 1"):
+        datasets.cap_per_class(df, 0, seed=0)
+
+
+# --------------------------------------------------------------------------- image checks
+
+def test_image_problem(tmp_path):
+    good = {
+        "a.png": lambda p: Image.new("L", (4, 4)).save(p),
+        "a.jpeg": lambda p: Image.new("RGB", (4, 4)).save(p),
+        "a.tif": lambda p: Image.new("RGB", (4, 4)).save(p),
+        "a.bmp": lambda p: Image.new("RGB", (4, 4)).save(p),
+        "a.dcm": lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 8),
+        "a.nii": lambda p: p.write_bytes((348).to_bytes(4, "little") + b"\0" * 344),
+        "a.nii.gz": lambda p: p.write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 20),
+        "png_named.jpeg": lambda p: Image.new("L", (4, 4)).save(p, format="PNG"),
+    }
+    for name, write in good.items():
+        write(tmp_path / name)
+        assert datasets.image_problem(tmp_path / name) is None, name
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "page.jpeg").write_text("<html>404 Not Found</html>")
+    (tmp_path / "folder.png").mkdir()
+    assert datasets.image_problem(tmp_path / "empty.png") == "zero-byte file"
+    assert datasets.image_problem(tmp_path / "page.jpeg").startswith("not an image (header not PNG")
+    assert datasets.image_problem(tmp_path / "folder.png").startswith("cannot be read (")
+    assert datasets.image_problem(tmp_path / "gone.png") == "not found"
+
+
+def test_find_bad_images_names_origin(shared_data, tmp_path):
+    root = eyepacs_tree(shared_data, tmp_path / "eyepacs")
+    df = datasets.read_eyepacs(root)
+    labels_csv = root / "trainLabels.csv"
+    assert df["origin"].tolist() == [f"{labels_csv}: row {i}" for i in range(2, 12)]
+    assert datasets.bad_rows(datasets.check_images(df)).empty
+    (root / "train" / "15_left.jpeg").unlink()
+    (root / "train" / "15_left.jpeg").write_bytes(b"")
+    os.remove(root / "train" / "17_right.jpeg")
+    bad = datasets.bad_rows(datasets.check_images(df))
+    rows = {Path(p).name: (o, r) for p, o, r in zip(bad["image"], bad["origin"], bad["reason"])}
+    assert rows == {"15_left.jpeg": (f"{labels_csv}: row 6", "zero-byte file"),
+                    "17_right.jpeg": (f"{labels_csv}: row 11", "not found")}
+    assert bad.index.tolist() == [4, 9]
+    message = str(datasets.bad_rows_error(bad, len(df)))
+    assert message.startswith(f"{labels_csv}: row 6: {root / 'train' / '15_left.jpeg'}: zero-byte file (2 of 10")
+
+
 # --------------------------------------------------------------------------- manifests
 
 def write_manifest(folder: Path, key: str, df: pd.DataFrame, **meta) -> Path:
@@ -530,6 +657,11 @@ def test_aggregate_manifests(tmp_path):
     assert df["domain"].tolist() == ["cxr"] * 3 + ["hwsi"] * 2 + ["efi"]
     assert df["split"].tolist() == ["train", "train", "test", "val", "train", "test"]
     assert meta["counts"]["test"]["eyepacs/grade_3"] == 1
+    # per source, the labels a masked loss keeps for its rows (--label-mask)
+    assert list(meta["label_groups"]) == ["chestxray14", "breakhis", "eyepacs"]
+    assert meta["label_groups"]["breakhis"] == ["breakhis/benign", "breakhis/malignant"]
+    assert sum(meta["label_groups"].values(), []) == meta["classes"]
+    assert df["source"].tolist() == ["chestxray14"] * 3 + ["breakhis"] * 2 + ["eyepacs"]
     with pytest.raises(ValueError, match="appears twice"):
         datasets.aggregate_manifests([cxr, cxr])
 

@@ -74,17 +74,126 @@ def test_folder_dataset_needs_domain_and_uses_name(tmp_path):
     assert pd.read_csv(csv_path)["label_name"].tolist() == ["a"] * 10 + ["b"] * 10
 
 
-def test_missing_listed_image_is_an_error_and_writes_nothing(tmp_path):
-    root = tmp_path / "eyepacs"
+def eyepacs_tree(root: Path) -> Path:
     (root / "train").mkdir(parents=True)
-    for name in ("1_left", "1_right", "2_left"):
+    for name in ("1_left", "1_right", "2_left", "2_right", "3_left", "3_right"):
         Image.new("RGB", (4, 4)).save(root / "train" / f"{name}.jpeg")
-    (root / "trainLabels.csv").write_text("image,level\n1_left,0\n1_right,1\n2_left,2\n2_right,0\n")
+    (root / "trainLabels.csv").write_text("image,level\n1_left,0\n1_right,1\n2_left,2\n2_right,0\n"
+                                          "3_left,4\n3_right,3\n")
+    return root
+
+
+def make_missing(path: Path) -> None:
+    path.unlink()
+
+
+def make_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def make_not_an_image(path: Path) -> None:
+    path.write_text("<html>Kaggle: please log in</html>")
+
+
+@pytest.mark.parametrize("spoil, reason", [(make_missing, "not found"), (make_empty, "zero-byte file"),
+                                           (make_not_an_image, r"not an image \(header")])
+def test_bad_image_is_one_error_naming_file_and_row(tmp_path, spoil, reason):
+    root = eyepacs_tree(tmp_path / "eyepacs")
+    spoil(root / "train" / "2_right.jpeg")
     out = tmp_path / "manifests"
-    message = r"trainLabels\.csv: 1 listed image\(s\) not found, first: row 5 .*2_right\.jpeg"
+    message = rf"^error: {root}/trainLabels\.csv: row 5: {root}/train/2_right\.jpeg: {reason}.*\(1 of 6 rows bad"
     with pytest.raises(SystemExit, match=message):
         run("--dataset", "eyepacs", "--root", str(root), "--out", str(out))
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_skip_bad_counts_lists_and_leaves_out(tmp_path, capsys):
+    root = eyepacs_tree(tmp_path / "eyepacs")
+    make_missing(root / "train" / "1_right.jpeg")
+    make_empty(root / "train" / "2_left.jpeg")
+    make_not_an_image(root / "train" / "3_right.jpeg")
+    out = tmp_path / "manifests"
+    csv_path, json_path = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad")
+    assert "skipped 3 bad row(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["eyepacs.csv", "eyepacs.json", "eyepacs_skipped.csv"]
+    skipped = pd.read_csv(out / "eyepacs_skipped.csv")
+    assert list(skipped.columns) == ["image", "origin", "reason"]
+    assert [Path(p).name for p in skipped["image"]] == ["1_right.jpeg", "2_left.jpeg", "3_right.jpeg"]
+    assert skipped["origin"].tolist() == [f"{root}/trainLabels.csv: row {r}" for r in (3, 4, 7)]
+    assert skipped["reason"].str[:12].tolist() == ["not found", "zero-byte fi", "not an image"]
+    df = pd.read_csv(csv_path)
+    assert [Path(p).name for p in df["image"]] == ["1_left.jpeg", "2_right.jpeg", "3_left.jpeg"]
+    assert "origin" not in df.columns
+    meta = json.loads(json_path.read_text())
+    assert (meta["n_skipped"], meta["skip_bad"], meta["n_images"]) == (3, True, 3)
+    # repaired: the next run lists nothing, and the old list goes
+    for name in ("1_right", "2_left", "3_right"):
+        Image.new("RGB", (4, 4)).save(root / "train" / f"{name}.jpeg")
+    run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad")
+    assert sorted(p.name for p in out.iterdir()) == ["eyepacs.csv", "eyepacs.json"]
+    # a data set labelled by file names: the file itself is named, no row
+    shenzhen = shenzhen_tree(tmp_path / "shenzhen", n=12)
+    bad_png = shenzhen / "ChinaSet_AllFiles" / "CXR_png" / "CHNCXR_0003_1.png"
+    make_empty(bad_png)
+    with pytest.raises(SystemExit, match=rf"^error: {bad_png}: zero-byte file \(1 of 12"):
+        run("--dataset", "shenzhen", "--root", str(shenzhen), "--out", str(out))
+    # --skip-bad never writes an empty manifest
+    for png in bad_png.parent.iterdir():
+        make_empty(png)
+    with pytest.raises(SystemExit, match=r"zero-byte file \(12 of 12 rows bad"):
+        run("--dataset", "shenzhen", "--root", str(shenzhen), "--out", str(out), "--skip-bad")
+    assert not (out / "shenzhen.csv").exists()
+
+
+def test_metadata_only_without_images_says_so(shared_data, tmp_path):
+    # ../shared/data holds 2 of the 112,120 images: the first missing one is named
+    with pytest.raises(SystemExit, match=r"v2020\.csv\.gz: row 3: .*/images/00000001_001\.png: not found "
+                                         r"\(112118 of 112120 rows bad;"):
+        run("--dataset", "chestxray14", "--root", str(shared_data / "chestxray14"), "--out", str(tmp_path / "m"))
+    root = tmp_path / "chestxray14"
+    root.mkdir()
+    (root / "Data_Entry_2017_v2020.csv.gz").symlink_to(shared_data / "chestxray14" / "Data_Entry_2017_v2020.csv.gz")
+    with pytest.raises(SystemExit, match=r"row 2: .*00000001_000\.png: not found \(112120 of 112120 rows bad "
+                                         r"\(metadata only\? use --no-check-files\)"):
+        run("--dataset", "chestxray14", "--root", str(root), "--out", str(tmp_path / "m"))
+
+
+def test_max_per_class_on_the_real_eyepacs_labels(shared_data, tmp_path, capsys):
+    argv = ["--dataset", "eyepacs", "--root", str(shared_data / "eyepacs"), "--no-check-files",
+            "--max-per-class", "60", "--seed", "2"]
+    csv_path, json_path = run(*argv, "--out", str(tmp_path / "a"))
+    printed = capsys.readouterr().out
+    assert "--max-per-class 60: kept" in printed and "grade_4" in printed
+    df = pd.read_csv(csv_path)
+    counts = df["label"].value_counts().sort_index()
+    assert counts.index.tolist() == [0, 1, 2, 3, 4] and counts.max() <= 60 and counts.min() >= 55
+    full = pd.read_csv(shared_data / "eyepacs" / "trainLabels.csv")
+    eyes = full["image"].str.split("_").str[0].value_counts()
+    kept = df["patient"].astype(str).value_counts()
+    assert (kept == eyes[kept.index]).all()  # whole patients: both eyes or neither
+    assert df.groupby("patient")["split"].nunique().max() == 1
+    assert json.loads(json_path.read_text())["max_per_class"] == 60
+    again, _ = run(*argv, "--out", str(tmp_path / "b"))
+    assert pd.read_csv(again).equals(df)
+    with pytest.raises(SystemExit, match="--max-per-class 0: must be >= 1"):
+        run(*argv[:-4], "--max-per-class", "0", "--out", str(tmp_path / "c"))
+
+
+def test_count_table_shows_empty_classes(shared_data, tmp_path, capsys):
+    base = tmp_path / "covid19_radiography" / "COVID-19_Radiography_Dataset"
+    for cls in ("COVID", "Normal"):
+        for src in (shared_data / "covid19_radiography" / cls).glob("*.png"):
+            (base / cls).mkdir(parents=True, exist_ok=True)
+            (base / cls / src.name).symlink_to(src)
+    _, json_path = run("--dataset", "covid19_radiography", "--root", str(tmp_path / "covid19_radiography"),
+                       "--out", str(tmp_path / "m"))
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.startswith(("COVID", "Lung", "Normal", "Viral"))}
+    assert rows["Lung_Opacity"] == ["0", "0", "0", "0"] and rows["Viral"] == ["Pneumonia", "0", "0", "0", "0"]
+    assert rows["COVID"][-1] == "25" and rows["Normal"][-1] == "25"
+    meta = json.loads(json_path.read_text())
+    assert meta["classes"] == list(datasets.COVID19_CLASSES)
+    assert sum(meta["counts"][s]["Lung_Opacity"] for s in ("train", "val", "test")) == 0
 
 
 def test_failed_run_keeps_the_previous_manifest(tmp_path):
@@ -124,3 +233,39 @@ def test_chestxray14_metadata_only(shared_data, tmp_path):
     assert meta["task"] == "multilabel" and len(meta["classes"]) == 15 and meta["check_files"] is False
     assert sum(meta["counts"]["test"].values()) == sum(
         (df.loc[df["split"] == "test", "labels"].str.count(r"\|") + 1))
+
+
+def test_skip_bad_unknown_label_values(tmp_path, capsys):
+    root = eyepacs_tree(tmp_path / "eyepacs")
+    (root / "trainLabels.csv").write_text("image,level\n1_left,0\n1_right,7\n2_left,2\n2_right,0\n"
+                                          "3-left,4\n3_right,\n")
+    out = tmp_path / "manifests"
+    with pytest.raises(SystemExit, match=rf"^error: {root}/trainLabels\.csv: row 3: .*1_right\.jpeg: level '7' is not "
+                                         r"a grade 0\.\.4 \(3 of 6 rows bad"):
+        run("--dataset", "eyepacs", "--root", str(root), "--out", str(out))
+    assert not out.exists()
+    csv_path, _ = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad")
+    assert "skipped 3 bad row(s)" in capsys.readouterr().out
+    skipped = pd.read_csv(out / "eyepacs_skipped.csv")
+    assert skipped["origin"].str.extract(r"row (\d+)$")[0].astype(int).tolist() == [3, 6, 7]
+    assert skipped["reason"].tolist() == ["level '7' is not a grade 0..4", "image '3-left' is not <patient>_<left|right>",
+                                          "level (empty) is not a grade 0..4"]
+    assert pd.read_csv(csv_path)["label"].tolist() == [0, 2, 0]
+
+
+@pytest.mark.parametrize("dataset, write, message", [
+    ("eyepacs", lambda root: (root / "trainLabels.csv").write_text("image,grade\n1_left,0\n"),
+     r"trainLabels\.csv: missing column\(s\) \['level'\]; found \['image', 'grade'\]"),
+    ("chestxray14", lambda root: (root / "Data_Entry_2017.csv").write_text("Image Index,Labels,Patient ID\nx.png,Mass,1\n"),
+     r"Data_Entry_2017\.csv: missing column\(s\) \['Finding Labels'\]"),
+    ("deepdrid", lambda root: (root / "regular-fundus-training").mkdir() or (
+        root / "regular-fundus-training" / "regular-fundus-training.csv").write_text(
+        "patient_id,image_id,left_eye_DR_level,right_eye_DR_Level,patient_DR_Level\n1,1_l1,0,,0\n"),
+     r"regular-fundus-training\.csv: missing column\(s\) \['left_eye_DR_Level'\]"),
+])
+def test_renamed_column_is_one_error(tmp_path, dataset, write, message):
+    root = tmp_path / dataset
+    root.mkdir()
+    write(root)
+    with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+        run("--dataset", dataset, "--root", str(root), "--out", str(tmp_path / "m"), "--skip-bad")
