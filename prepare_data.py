@@ -6,6 +6,7 @@ once (all arms of a target then see the same split) and writes `<out>/<key>.csv`
 
     python prepare_data.py --dataset shenzhen --root OUT/demo_data/shenzhen --out OUT/manifests
     python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests --val-frac 0.1
+    python prepare_data.py --dataset eyepacs --root DATA/eyepacs --out OUT/quick --max-per-class 200 --skip-bad
     python prepare_data.py --dataset folder --root DATA/my_xrays --domain cxr --name my_xrays --out OUT/manifests
 """
 import argparse
@@ -18,6 +19,14 @@ import pandas as pd
 import datasets
 
 
+def cache_size(text: str) -> int:
+    """argparse type for --cache-size: the training --image-size, >= 32 px."""
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be >= 32 px (the smallest --image-size), got {value}")
+    return value
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Data
@@ -28,8 +37,16 @@ def get_args_parser():
     parser.add_argument("--out", type=str, required=True,
                         help="manifest folder; writes <out>/<key>.csv and <out>/<key>.json")
     parser.add_argument("--check-files", default=True, action=argparse.BooleanOptionalAction,
-                        help="check that every image listed in a metadata file exists "
-                             "(--no-check-files: metadata only, e.g. ChestX-ray14 before the images arrive)")
+                        help="check that every image exists, is not empty and has an image header "
+                             "(first bytes only, ~112k files in seconds; --no-check-files: metadata only, "
+                             "e.g. ChestX-ray14 before the images arrive)")
+    parser.add_argument("--skip-bad", default=False, action=argparse.BooleanOptionalAction,
+                        help="leave out rows with an unknown label value or an image that is missing, empty "
+                             "or unreadable instead of stopping; they are listed in <out>/<key>_skipped.csv "
+                             "(columns image, origin = metadata file and row, reason)")
+    parser.add_argument("--max-per-class", type=int, default=None,
+                        help="quick runs on huge sets: at most about N images per class (whole patients, "
+                             "stratified, seeded with --seed), taken before the split; default: all images")
     # Split
     parser.add_argument("--val-frac", type=float, default=0.15,
                         help="fraction of images for validation, in [0, 1); of the official train rows "
@@ -43,6 +60,13 @@ def get_args_parser():
                         help="--dataset folder only: image area, picks the transform chain")
     parser.add_argument("--name", type=str, default=None,
                         help="--dataset folder only: manifest key (default: the root folder's name)")
+    # Preprocessing cache
+    parser.add_argument("--cache-size", type=cache_size, default=None,
+                        help="also build the preprocessing cache (cache.py) for training at this --image-size, "
+                             "e.g. 224: images decoded, cropped and resized once, stored as uint8 next to the "
+                             "manifest; training and evaluate.py use it automatically; default: no cache")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes that build the cache (default: all cores)")
     return parser
 
 
@@ -66,6 +90,8 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     """Read, split and write one manifest; returns (csv path, json path). Errors: ValueError."""
     # --- check the arguments before reading anything
     datasets.check_fractions(args.val_frac, args.test_frac)
+    if args.max_per_class is not None and args.max_per_class < 1:
+        raise ValueError(f"--max-per-class {args.max_per_class}: must be >= 1")
     root = Path(os.path.abspath(args.root))
     if not root.is_dir():
         raise ValueError(f"{root}: --root folder not found")
@@ -74,8 +100,20 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     out_dir = Path(args.out)
     print(f"dataset {args.dataset} -> key {key} ({domain}, {spec.task}), root {root}")
 
-    # --- read the native layout and split by patient
-    df, classes = datasets.read_dataset(args.dataset, root, check_files=args.check_files)
+    # --- read the native layout, check the images (one pass, first bytes of each file)
+    df, classes = datasets.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad)
+    if args.check_files:
+        df = datasets.check_images(df)
+    bad = datasets.bad_rows(df)
+    if len(bad) and (not args.skip_bad or len(bad) == len(df)):  # --skip-bad never leaves nothing
+        raise datasets.bad_rows_error(bad, len(df))
+    df = df.drop(index=bad.index, columns=[datasets.ORIGIN, datasets.PROBLEM])
+
+    # --- optionally thin to --max-per-class, then split by patient
+    if args.max_per_class is not None:
+        n_before = len(df)
+        df = datasets.cap_per_class(df, args.max_per_class, seed=args.seed)
+        print(f"--max-per-class {args.max_per_class}: kept {len(df)} of {n_before} images")
     df = datasets.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
     if "official_split" in df.columns and (df["official_split"] != "").any():
         shipped = sorted(set(df["official_split"]) - {""})
@@ -88,10 +126,18 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         "counts": datasets.split_counts(df, classes, spec.task),
         "n_images": len(df), "n_patients": int(df["patient"].nunique()),
         "headline_metric": spec.headline_metric, "class_weights": spec.class_weights,
-        "check_files": args.check_files,
+        "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
+        "max_per_class": args.max_per_class,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out_dir / f"{key}.csv", out_dir / f"{key}.json"
+    skipped_path = out_dir / f"{key}_skipped.csv"
+    if len(bad):
+        datasets.write_text_atomic(skipped_path, bad.to_csv(index=False))
+        print(f"skipped {len(bad)} bad row(s) (unknown label, missing, empty or unreadable image): "
+              f"listed in {skipped_path}")
+    else:
+        skipped_path.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
     datasets.write_text_atomic(csv_path, df.to_csv(index=False))
     datasets.write_text_atomic(json_path, json.dumps(meta, indent=2) + "\n")
 
@@ -99,6 +145,16 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(datasets.count_table(df, classes, spec.task).to_string())
     print(f"wrote {csv_path} and {json_path}")
+
+    # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)
+    if args.cache_size:
+        import cache  # here, not at the top: torch and MONAI take seconds to import, manifests alone do not
+        built = cache.build_cache(csv_path, image_size=args.cache_size, workers=args.workers)
+        print(f"{'built' if built['built'] else 'up to date:'} preprocessing cache {built['pixels']} "
+              f"({built['images']} images at {args.cache_size} px, {built['seconds']} s)")
+        if built["bad"]:
+            print(f"{len(built['bad'])} image(s) could not be decoded and are not in the cache, e.g. "
+                  f"{built['bad'][0][0]}: {built['bad'][0][1]}; train with --skip-bad to leave them out")
     return csv_path, json_path
 
 
@@ -106,7 +162,7 @@ def main(args):
     try:
         prepare_manifest(args)
     except ValueError as err:  # one clear line naming the file and the problem
-        raise SystemExit(str(err)) from None
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Tests for transforms.py: shapes, orientation, channels, file formats, eye crop, pickling."""
+import math
 import pickle
 
 import nibabel as nib
@@ -84,7 +85,9 @@ def noise_png(tmp_path_factory):
 @pytest.mark.parametrize("chain", CHAINS)
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_chain_output(domain, chain, noise_png):
-    x = CHAINS[chain](domain, image_size=S)({"image": noise_png})["image"]
+    t = CHAINS[chain](domain, image_size=S)
+    t.set_random_state(seed=0)  # a fixed draw: a strong zoom-in on noise can have std < 0.3
+    x = t({"image": noise_png})["image"]
     assert type(x) is torch.Tensor  # plain tensor, no MetaTensor, for the DataLoader
     assert x.shape == (3, S, S) and x.dtype == torch.float32
     assert torch.isfinite(x).all()
@@ -259,9 +262,78 @@ def test_dicom_goes_through_itk(tmp_path):
 
 def test_volume_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 6, 4), np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ValueError, match=r"vol\.nii\.gz: expected a 2-D image"):
         preprocess_transforms("cxr", image_size=S)({"image": str(tmp_path / "vol.nii.gz")})
-    assert "vol.nii.gz" in str(info.value.__cause__) and "2-D" in str(info.value.__cause__)
+
+
+# --- bad data: one ValueError naming the file, or a documented conversion --------------------------
+
+def _bad_file(kind, tmp_path):
+    png = save_png(tmp_path / "ok.png", bar_picture())
+    jpeg = _write("jpeg", tmp_path)
+    if kind == "zero_bytes":
+        (tmp_path / "bad.png").write_bytes(b"")
+    elif kind == "truncated_png":
+        (tmp_path / "bad.png").write_bytes(open(png, "rb").read()[:60])
+    elif kind == "truncated_jpeg":
+        (tmp_path / "bad.jpeg").write_bytes(open(jpeg, "rb").read()[:300])
+        return str(tmp_path / "bad.jpeg")
+    elif kind == "not_an_image":
+        (tmp_path / "bad.png").write_text("this is text")
+    elif kind == "all_nan_tiff":
+        tifffile.imwrite(tmp_path / "bad.tif", np.full((H, W), np.nan, np.float32))
+        return str(tmp_path / "bad.tif")
+    return str(tmp_path / "bad.png")  # "missing": never written
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "truncated_png", "truncated_jpeg", "not_an_image", "missing",
+                                  "all_nan_tiff"])
+@pytest.mark.parametrize("make", [preprocess_transforms, train_transforms, eval_transforms])
+def test_unreadable_file_is_one_error_naming_it(kind, make, tmp_path):
+    path = _bad_file(kind, tmp_path)
+    with pytest.raises(ValueError) as info:
+        make("hwsi", image_size=S)({"image": path})
+    message = str(info.value)
+    assert message.startswith(path + ": ") and "\n" not in message
+    assert ("no finite pixel" if kind == "all_nan_tiff" else "cannot read the image") in message
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "nifti"])
+@pytest.mark.parametrize("domain", ["cxr", "hwsi"])
+def test_nan_pixels_become_the_minimum(fmt, domain, tmp_path):
+    """NaN / inf (no data) -> the smallest finite value before scaling: black, not a NaN tensor."""
+    picture = bar_picture(low=10, high=200).astype(np.float32)
+    picture[-6:, -6:] = np.nan  # a corner without data
+    picture[-1, 0] = np.inf
+    if fmt == "tiff":
+        tifffile.imwrite(tmp_path / "nan.tif", picture)
+        path = str(tmp_path / "nan.tif")
+    else:
+        nib.save(nib.Nifti1Image(picture.T.copy(), np.eye(4)), tmp_path / "nan.nii.gz")
+        path = str(tmp_path / "nan.nii.gz")
+    head = preprocess_transforms(domain, image_size=S)({"image": path})["image"]
+    assert torch.isfinite(head).all() and float(head.min()) == 0.0 and float(head.max()) == pytest.approx(1.0)
+    assert float(head[:, -2:, -2:].max()) < 1e-6  # the NaN corner is as dark as the darkest pixel
+    assert_bar(head)
+    assert torch.isfinite(train_transforms(domain, image_size=S)({"image": path})["image"]).all()
+
+
+@pytest.mark.parametrize("domain,mode,channels", [("cxr", "RGBA", 1), ("cxr", "I;16", 1), ("hwsi", "L", 1),
+                                                  ("efi", "LA", 1), ("hwsi", "RGBA", 3), ("efi", "I;16", 1)])
+def test_modes_are_converted_for_every_domain(domain, mode, channels, tmp_path):
+    """Colour where grey is expected and the reverse, alpha, 16 bit: converted, never refused.
+    The cached head keeps grey as one channel; every chain ends with 3."""
+    from transforms import cache_transforms
+    grey = bar_picture()
+    image = Image.fromarray(grey.astype(np.uint16) * 200) if mode == "I;16" else Image.fromarray(grey).convert(mode)
+    image.save(tmp_path / "x.png")
+    path = str(tmp_path / "x.png")
+    stored = cache_transforms(domain, image_size=S)({"image": path})["image"]
+    assert stored.dtype == torch.uint8 and stored.shape[0] == channels
+    head = preprocess_transforms(domain, image_size=S)({"image": path})["image"]
+    assert head.shape[:2] == (3, S) and torch.equal(head[0], head[2])
+    if domain != "efi":  # efi crops to the eye: here, to the bar
+        assert_bar(head)
 
 
 # --- eye crop -------------------------------------------------------------------------------------
@@ -384,3 +456,21 @@ def test_real_chest_xray_upright(shared_data):
     pil = (pil - pil.min()) / (pil.max() - pil.min())
     assert np.corrcoef(grey.numpy().ravel(), pil.ravel())[0, 1] > 0.98  # same picture as PIL shows it
     assert np.corrcoef(grey.numpy().T.ravel(), pil.ravel())[0, 1] < 0.9  # and not its transpose
+
+
+# --- augmentation geometry -----------------------------------------------------------------------------
+
+def test_chest_affine_geometry():
+    """RandChestAffined.apply: identity, shift right, zoom about the centre, rotation keeps the
+    distance to the centre."""
+    from transforms import RandChestAffined
+    x = torch.zeros(1, 32, 32)
+    x[0, 8, 20] = 1.0  # 7.5 px above and 4.5 px right of the centre (15.5, 15.5)
+    where = lambda y: divmod(int(y.argmax()), 32)  # noqa: E731
+    assert torch.equal(RandChestAffined.apply(x, 0.0, (1.0, 1.0), (0.0, 0.0)), x)
+    assert where(RandChestAffined.apply(x, 0.0, (1.0, 1.0), (0.25, 0.0))) == (8, 28)  # 0.25 x 32 px right
+    assert where(RandChestAffined.apply(x, 0.0, (2.0, 2.0), (0.0, 0.0))) == (0, 24)  # offsets doubled
+    row, col = where(RandChestAffined.apply(x, math.pi / 2, (1.0, 1.0), (0.0, 0.0)))
+    assert (row - 15.5) ** 2 + (col - 15.5) ** 2 == pytest.approx(7.5 ** 2 + 4.5 ** 2)
+    t = train_transforms("cxr", image_size=S).transforms[-2]
+    assert isinstance(t, RandChestAffined) and t.prob == pytest.approx(0.8)
