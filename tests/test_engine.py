@@ -31,11 +31,15 @@ def test_balanced_class_weights_match_sklearn_formula():
 
 
 def test_argparse_types_reject_impossible_values():
-    assert engine.positive_int("3") == 3
-    with pytest.raises(ValueError):
-        engine.positive_int("0")
-    with pytest.raises(ValueError):
-        engine.image_size("16")
+    assert engine.positive_int("3") == 3 and engine.fraction("1") == 1.0 and engine.dropout_rate("0") == 0.0
+    for parse, text, words in ((engine.positive_int, "0", "must be >= 1, got 0"),
+                               (engine.positive_int, "2.5", "expected an integer"),
+                               (engine.image_size, "16", "must be >= 32 px, got 16"),
+                               (engine.fraction, "0", "must be > 0 and <= 1, got 0"),
+                               (engine.positive_float, "inf", "must be > 0"),
+                               (engine.dropout_rate, "1", "must be >= 0 and < 1")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            parse(text)
 
 
 def _tiny_manifest(tmp_path, n_per_class=10):
@@ -57,7 +61,8 @@ def _tiny_manifest(tmp_path, n_per_class=10):
 def _args(out, **overrides):
     values = dict(out=str(out), epochs=2, batch_size=4, lr=1e-3, weight_decay=0.0, workers=0, seed=0,
                   device="cpu", amp=True, channels_last=True, class_weights="auto", hidden_dim=32, dropout=0.1,
-                  image_size=32, init="random", manifest=str(out / "m.csv"))
+                  image_size=32, init="random", manifest=str(out / "m.csv"), resume=True, skip_bad=False,
+                  compile=False, log_every=50, sync_bn=False, imagenet_weights=None)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -108,3 +113,36 @@ def test_split_datasets_needs_two_images(tmp_path):
     df["split"] = ["train", "val"]
     with pytest.raises(SystemExit, match="train split has 1 images"):
         engine.split_datasets(df, data_meta, 32)
+
+
+def test_label_mask_marks_other_datasets_labels_unknown_and_the_loss_ignores_them():
+    df = pd.DataFrame({"labels": ["a/x", "", "b/z"], "source": ["a", "a", "b"]})
+    meta = {"label_groups": {"a": ["a/x", "a/y"], "b": ["b/z"]}}
+    classes = ["a/x", "a/y", "b/z"]
+    plain = engine.encode_targets(df, "multilabel", classes)
+    masked = engine.encode_targets(engine.mask_unknown_labels(df, meta), "multilabel", classes)
+    assert plain.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    assert np.isnan(masked).tolist() == [[False, False, True], [False, False, True], [True, True, False]]
+    assert np.nan_to_num(masked).tolist() == plain.tolist()
+
+    logits = torch.tensor([[2.0, -1.0, 3.0], [0.5, 0.1, -4.0], [9.0, 9.0, 1.0]])
+    criterion = engine.make_criterion("multilabel", None)
+    # without NaN it is exactly BCEWithLogitsLoss; with NaN only the known entries count
+    assert criterion(logits, torch.tensor(plain)).item() == pytest.approx(
+        torch.nn.BCEWithLogitsLoss()(logits, torch.tensor(plain)).item())
+    known = ~np.isnan(masked)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[torch.tensor(known)], torch.tensor(masked[known]))
+    assert criterion(logits, torch.tensor(masked)).item() == pytest.approx(expected.item())
+    logits.requires_grad_(True)
+    criterion(logits, torch.tensor(masked)).backward()
+    assert logits.grad[torch.tensor(~known)].abs().max() == 0  # unknown labels get no gradient
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    engine.seed_everything(3)
+    models.save_checkpoint({"model": {}, "rng": engine.rng_state()}, tmp_path / "c.pt")
+    expected = (engine.random.random(), np.random.rand(), torch.rand(1).item())
+    engine.seed_everything(99)
+    engine.set_rng_state(models.load_checkpoint(tmp_path / "c.pt")["rng"])
+    assert (engine.random.random(), np.random.rand(), torch.rand(1).item()) == expected

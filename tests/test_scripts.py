@@ -83,11 +83,14 @@ def test_a_checkpoint_without_meta_is_one_clear_error(finetuned, tmp_path):
         models.model_from_checkpoint(bare)
 
 
-def test_finetune_from_a_pretrained_checkpoint_and_pretrain_all(tmp_path):
+def test_finetune_from_a_pretrained_checkpoint_and_pretrain_all(tmp_path, capsys):
     first = _manifest(tmp_path, "first", ["a", "b"])
     second = _manifest(tmp_path, "second", ["x", "y", "z"], domain="efi")
     pretrain_all.main(pretrain_all.get_args_parser().parse_args(
-        ["--manifests", str(first), str(second), "--init", "random", "--out", str(tmp_path / "All_RI"), *TINY]))
+        ["--manifests", str(first), str(second), "--init", "random", "--out", str(tmp_path / "All_RI"),
+         "--label-mask", *TINY]))
+    assert "own dataset labels only (--label-mask)" in capsys.readouterr().out
+    assert pd.read_json(tmp_path / "All_RI" / "args.json", typ="series")["args"]["label_mask"] is True
     checkpoint = torch.load(tmp_path / "All_RI" / "last.pt", weights_only=True)
     assert checkpoint["meta"]["classes"] == ["first/a", "first/b", "second/x", "second/y", "second/z"]
     assert checkpoint["meta"]["task"] == "multilabel"
@@ -120,9 +123,22 @@ def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, capsys):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
-def test_scripts_reject_impossible_arguments(tmp_path):
+def test_scripts_reject_impossible_arguments(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,label,patient,split\n")
     parser = finetune_target.get_args_parser()
-    for bad in (["--epochs", "0"], ["--image-size", "16"], ["--dropout", "1.0"], ["--batch-size", "-2"]):
+    base = ["--manifest", str(manifest), "--init", "random", "--out", str(tmp_path / "o")]
+    for bad, words in ((["--epochs", "0"], "--epochs"), (["--epochs", "-3"], "--epochs"),
+                       (["--image-size", "16"], "--image-size"), (["--dropout", "1.0"], "--dropout"),
+                       (["--batch-size", "-2"], "--batch-size"), (["--lr", "-1e-4"], "--lr"),
+                       (["--lr", "nan"], "--lr"), (["--weight-decay", "-1"], "--weight-decay"),
+                       (["--workers", "-1"], "--workers"), (["--train-fraction", "0"], "--train-fraction"),
+                       (["--train-fraction", "1.5"], "--train-fraction"), (["--log-every", "0"], "--log-every"),
+                       (["--manifest", str(tmp_path / "missing.csv")], "no such file"),
+                       (["--init", str(tmp_path / "CXR_RI" / "last.pt")], "no such file"),
+                       (["--imagenet-weights", str(tmp_path / "w.pth")], "no such file")):
         with pytest.raises(SystemExit):
-            parser.parse_args(["--manifest", "m.csv", "--init", "random", "--out", str(tmp_path), *bad])
-    assert math.isclose(parser.parse_args(["--manifest", "m", "--init", "random", "--out", "o"]).lr, 1e-4)
+            parser.parse_args([*base, *bad])
+        assert words in capsys.readouterr().err, bad
+    assert math.isclose(parser.parse_args(base).lr, 1e-4)
+    assert parser.parse_args(base).resume and not parser.parse_args([*base, "--no-resume"]).resume
