@@ -1,22 +1,36 @@
-"""Classification metrics for the study: one function per task, plain NumPy in, plain floats out.
+"""Classification metrics and the statistics a reviewer asks for: plain NumPy in, plain floats out.
 
 Multi-class (targets are class indices, scores are softmax probabilities):
-    accuracy, balanced_accuracy, kappa (Cohen), qwk (quadratic-weighted Cohen kappa, for the
-    ordered diabetic-retinopathy grades), auroc (macro one-vs-rest over the classes present).
+    accuracy, balanced_accuracy, kappa (Cohen), qwk (quadratic-weighted Cohen kappa over the
+    full ordered class range, for the diabetic-retinopathy grades), auroc (macro one-vs-rest
+    over the classes present). Computed from the confusion matrix and ranks (no per-call
+    scikit-learn overhead), because the bootstrap below calls them thousands of times.
 Multi-label (targets are 0/1 matrices, scores are sigmoid probabilities):
     auroc (macro over labels with both positives and negatives), map (mean average precision).
+Per class: confusion_matrix, per_class_report (precision, recall, F1, support).
 
 A metric that is undefined on the given data (AUROC with a single class present, kappa when
 both raters use one class) is NaN rather than an exception: a tiny validation split should
 not stop a run, and NaN shows up as an empty cell in the CSVs.
+
+Statistics (the test split is small: a few hundred images, often several per patient):
+    resample_indices      the (cluster) bootstrap: whole patients are drawn with replacement,
+                          so every image of a drawn patient comes along (images of one patient
+                          are not independent); without patient ids, every image is its own patient
+    bootstrap_ci          percentile interval of any statistic of the selected rows
+    paired_bootstrap      difference of two statistics on the same resamples (two arms scored on
+                          the same test images): percentile CI and a two-sided p-value
+    delong_test           DeLong's test for two correlated binary AUROCs on the same images
+    convergence           epochs to reach 95 % of the best validation value; area under the curve
 """
 
 import math
 import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
-from sklearn.metrics import (average_precision_score, balanced_accuracy_score, cohen_kappa_score,
-                             roc_auc_score)
+from scipy.stats import norm, rankdata
+from sklearn.metrics import average_precision_score
 
 MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "kappa", "qwk", "auroc")
 MULTILABEL_METRICS = ("auroc", "map")
@@ -31,44 +45,76 @@ def metric_names(task: str) -> tuple[str, ...]:
     raise ValueError(f"unknown task {task!r}; expected 'multiclass' or 'multilabel'")
 
 
-def _kappa(targets: np.ndarray, preds: np.ndarray, weights: str | None) -> float:
-    # sklearn returns NaN (with a warning) when both raters use a single identical class.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = cohen_kappa_score(targets, preds, weights=weights)
-    return float(value)
+# --------------------------------------------------------------------------- point metrics
+
+def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    targets = np.asarray(targets, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    return np.bincount(targets * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def _kappa(confusion: np.ndarray, weights: str | None) -> float:
+    """Cohen's kappa, 1 - observed / chance-expected (weighted) disagreement; NaN when no
+    disagreement is possible by chance (both raters use one class). Quadratic weights use the
+    class index distance over all C classes, also those absent from this sample."""
+    n = confusion.sum()
+    if n == 0:
+        return math.nan
+    i, j = np.indices(confusion.shape)
+    w = (i != j).astype(np.float64) if weights is None else (i - j).astype(np.float64) ** 2
+    expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0)) / n
+    chance = float((w * expected).sum())
+    return 1.0 - float((w * confusion).sum()) / chance if chance > 0 else math.nan
+
+
+def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count one half); NaN without both positives and negatives."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _macro_auroc(onehot: np.ndarray, scores: np.ndarray) -> float:
     """Mean over columns that hold both a positive and a negative; NaN if none does."""
-    values = []
-    for c in range(onehot.shape[1]):
-        positives = onehot[:, c].sum()
-        if 0 < positives < len(onehot):
-            values.append(roc_auc_score(onehot[:, c], scores[:, c]))
+    values = [binary_auroc(onehot[:, c], scores[:, c]) for c in range(onehot.shape[1])]
+    values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
 
-def multiclass_metrics(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """probs: (N, C) class probabilities; targets: (N,) integer class indices."""
+def multiclass_metrics(probs: np.ndarray, targets: np.ndarray,
+                       names: tuple[str, ...] = MULTICLASS_METRICS) -> dict[str, float]:
+    """probs: (N, C) class probabilities; targets: (N,) integer class indices. `names` picks a
+    subset (the bootstrap asks for the one it needs)."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
     if probs.ndim != 2 or len(probs) != len(targets):
         raise ValueError(f"probs must be (N, C) and targets (N,); got {probs.shape} and {targets.shape}")
     if len(targets) == 0:
-        return {name: math.nan for name in MULTICLASS_METRICS}
+        return {name: math.nan for name in names}
+    num_classes = probs.shape[1]
     preds = probs.argmax(axis=1)
-    onehot = np.eye(probs.shape[1], dtype=np.int64)[targets]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-        balanced = balanced_accuracy_score(targets, preds)
-    return {
-        "accuracy": float((preds == targets).mean()),
-        "balanced_accuracy": float(balanced),
-        "kappa": _kappa(targets, preds, None),
-        "qwk": _kappa(targets, preds, "quadratic"),
-        "auroc": _macro_auroc(onehot, probs),
-    }
+    confusion = confusion_matrix(targets, preds, num_classes)
+    support = confusion.sum(axis=1)
+    values = {}
+    for name in names:
+        if name == "accuracy":
+            values[name] = float(np.trace(confusion) / len(targets))
+        elif name == "balanced_accuracy":  # mean recall over the classes present in targets
+            values[name] = float(np.mean(np.diag(confusion)[support > 0] / support[support > 0]))
+        elif name == "kappa":
+            values[name] = _kappa(confusion, None)
+        elif name == "qwk":
+            values[name] = _kappa(confusion, "quadratic")
+        elif name == "auroc":
+            values[name] = _macro_auroc(np.eye(num_classes, dtype=np.int64)[targets], probs)
+        else:
+            raise ValueError(f"unknown multi-class metric {name!r}; expected one of {MULTICLASS_METRICS}")
+    return values
 
 
 def multilabel_metrics(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -92,3 +138,179 @@ def compute_metrics(task: str, probs: np.ndarray, targets: np.ndarray) -> dict[s
     if task == "multilabel":
         return multilabel_metrics(probs, targets)
     raise ValueError(f"unknown task {task!r}; expected 'multiclass' or 'multilabel'")
+
+
+def per_class_report(targets: np.ndarray, preds: np.ndarray) -> list[dict]:
+    """Precision, recall, F1 and support per class (or label), from 0/1 matrices (N, C) of the
+    truth and of the decisions (argmax for multi-class, p >= 0.5 for multi-label). 0/0 is NaN."""
+    targets = np.asarray(targets, dtype=bool)
+    preds = np.asarray(preds, dtype=bool)
+    true_pos = (targets & preds).sum(axis=0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = true_pos / preds.sum(axis=0)
+        recall = true_pos / targets.sum(axis=0)
+        f1 = 2 * true_pos / (preds.sum(axis=0) + targets.sum(axis=0))
+    return [{"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for p, r, f, s in zip(precision, recall, f1, targets.sum(axis=0))]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+def ci_level(text: str) -> float:
+    """argparse type of --ci (evaluate.py, plot_results.py): a confidence level in (0, 1)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def resample_indices(groups, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of `n_resamples` cluster-bootstrap samples.
+
+    `groups` holds one cluster id (the patient) per row, or is an int N for N independent rows.
+    Each sample draws as many clusters as there are, with replacement, and takes all rows of
+    each drawn cluster, so a patient's images always move together.
+    """
+    groups = np.arange(groups) if isinstance(groups, (int, np.integer)) else np.asarray(groups)
+    _, inverse = np.unique(groups, return_inverse=True)
+    counts = np.bincount(inverse)
+    order = np.argsort(inverse, kind="stable")           # rows grouped by cluster
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(counts), len(counts))
+        lengths = counts[drawn]
+        block_start = np.cumsum(lengths) - lengths      # where each drawn cluster lands in the sample
+        yield order[np.repeat(starts[drawn] - block_start, lengths) + np.arange(lengths.sum())]
+
+
+def bootstrap_distribution(statistic: Callable[[np.ndarray], float | np.ndarray], groups, *,
+                           n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """`statistic(rows)` on every resample: shape (n_resamples,) or (n_resamples, *statistic shape)."""
+    return np.array([statistic(rows) for rows in resample_indices(groups, n_resamples, seed)], dtype=np.float64)
+
+
+def percentile_interval(distribution: np.ndarray, ci: float = 0.95) -> tuple:
+    """The central `ci` percentile interval over axis 0, ignoring NaN resamples (a kappa can be
+    undefined on a resample); NaN where every resample is NaN."""
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        low, high = np.nanpercentile(distribution, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
+    return low, high
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], groups, *, n_resamples: int = 1000,
+                 ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(point estimate on all rows, ci_low, ci_high): percentile bootstrap over clusters."""
+    n = groups if isinstance(groups, (int, np.integer)) else len(groups)
+    point = float(statistic(np.arange(n)))
+    low, high = percentile_interval(bootstrap_distribution(statistic, groups, n_resamples=n_resamples, seed=seed), ci)
+    return point, float(low), float(high)
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided p-value for 'the difference is 0' from its bootstrap distribution: twice the
+    smaller tail beyond 0 (resamples exactly at 0 count in both tails, add-one smoothed), at
+    most 1. The smallest level at which the percentile interval would exclude 0."""
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return math.nan
+    below = (1 + np.count_nonzero(d <= 0)) / (d.size + 1)
+    above = (1 + np.count_nonzero(d >= 0)) / (d.size + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+def paired_bootstrap(statistic_a: Callable[[np.ndarray], float], statistic_b: Callable[[np.ndarray], float],
+                     groups, *, n_resamples: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
+    """A - B for two statistics of the same rows (two models on the same test images), both
+    evaluated on each resample: point difference, percentile CI and two-sided p-value."""
+    n = groups if isinstance(groups, (int, np.integer)) else len(groups)
+    everything = np.arange(n)
+    a, b = float(statistic_a(everything)), float(statistic_b(everything))
+    both = bootstrap_distribution(lambda rows: (statistic_a(rows), statistic_b(rows)), groups,
+                                  n_resamples=n_resamples, seed=seed)
+    differences = both[:, 0] - both[:, 1]
+    low, high = percentile_interval(differences, ci)
+    return {"a": a, "b": b, "difference": a - b, "ci_low": float(low), "ci_high": float(high),
+            "p_value": bootstrap_p_value(differences)}
+
+
+# --------------------------------------------------------------------------- DeLong
+
+def _delong_components(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components via midranks (Sun & Xu 2014): V10 (one per positive, the
+    share of negatives it outscores) and V01 (one per negative, the share of positives above it)."""
+    pos, neg = scores[positive], scores[~positive]
+    m, n = len(pos), len(neg)
+    combined = rankdata(np.concatenate([pos, neg]))
+    v10 = (combined[:m] - rankdata(pos)) / n
+    v01 = 1.0 - (combined[m:] - rankdata(neg)) / m
+    return v10, v01
+
+
+def delong_test(positive: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, ci: float = 0.95) -> dict:
+    """DeLong, DeLong & Clarke-Pearson (1988): are two AUROCs on the same images different?
+
+    positive: (N,) 0/1 truth; scores_a, scores_b: (N,) scores of the positive class, or (S, N)
+    for S seeds of each model: the AUROC is then the mean over seeds (a mean of U-statistics is
+    a U-statistic whose structural components are the means of the seeds' components), so one
+    test covers the seed-averaged difference. Images are taken as independent (DeLong's
+    assumption). Returns auroc_a, auroc_b, difference, se, ci_low, ci_high (normal approximation,
+    clipped to [-1, 1]), z, p_value (NaN where the variance estimate is 0 but the AUROCs differ).
+    """
+    positive = np.asarray(positive).astype(bool)
+    if positive.all() or not positive.any():
+        raise ValueError("DeLong's test needs both positive and negative images")
+    components = []
+    for scores in (scores_a, scores_b):
+        scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+        parts = [_delong_components(positive, row) for row in scores]
+        components.append((np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)))
+    (v10_a, v01_a), (v10_b, v01_b) = components
+    auroc_a, auroc_b = float(v10_a.mean()), float(v10_b.mean())
+    m, n = len(v10_a), len(v01_a)
+    # var(A - B) = var(V10_A - V10_B) / m + var(V01_A - V01_B) / n (sample variances)
+    variance = ((np.var(v10_a - v10_b, ddof=1) if m > 1 else 0.0) / m
+                + (np.var(v01_a - v01_b, ddof=1) if n > 1 else 0.0) / n)
+    difference = auroc_a - auroc_b
+    se = math.sqrt(max(variance, 0.0))
+    if se > 0:
+        z = difference / se
+        p_value = float(2 * norm.sf(abs(z)))
+    elif difference == 0:  # the same ranking: no evidence of a difference
+        z, p_value = 0.0, 1.0
+    else:  # zero variance estimate with a difference (both AUROCs at 0 or 1, e.g. a tiny test set): undefined
+        z, p_value = math.nan, math.nan
+    half = norm.ppf(0.5 + ci / 2) * se
+    return {"auroc_a": auroc_a, "auroc_b": auroc_b, "difference": difference, "se": se,
+            "ci_low": float(max(-1.0, difference - half)), "ci_high": float(min(1.0, difference + half)),
+            "z": z, "p_value": p_value}
+
+
+# --------------------------------------------------------------------------- learning curves
+
+def convergence(epochs, values, fraction: float = 0.95) -> dict:
+    """How fast a validation curve gets there (the paper's convergence claim, Section 5.3).
+
+    epochs_to_target: first epoch whose value reaches `fraction` of the curve's best (for a best
+    <= 0, e.g. a kappa, the threshold is best - (1 - fraction) * |best|); curve_auc: the area
+    under the curve (trapezoids over the epochs logged) divided by the epoch span, i.e. the
+    curve's mean height in metric units (one epoch: that value). NaN values are left out.
+    """
+    epochs = np.asarray(epochs, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    epochs, values = epochs[keep], values[keep]
+    if len(values) == 0:
+        return {"best": math.nan, "best_epoch": math.nan, "epochs_to_target": math.nan, "curve_auc": math.nan}
+    order = np.argsort(epochs, kind="stable")
+    epochs, values = epochs[order], values[order]
+    best = float(values.max())
+    threshold = best - (1 - fraction) * abs(best)
+    span = epochs[-1] - epochs[0]
+    area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(epochs)) / span) if span > 0 else float(values[0])
+    return {"best": best, "best_epoch": int(epochs[values.argmax()]),
+            "epochs_to_target": int(epochs[np.argmax(values >= threshold)]), "curve_auc": area}

@@ -3,11 +3,30 @@
 # FORCE=1 redoes everything. Configure with environment variables:
 #
 #   bash study.sh                                   # the demo: generated data, CPU, minutes
-#   DATA=/data/study bash study.sh                  # the real study into runs/full (README, "Full data")
+#   DATA=/data/study SEEDS="0 1 2" bash study.sh    # the real study into runs/full (README, "Full data")
+#   DATA=/data/study SEEDS="0 1 2" TRAIN_FRACTIONS="0.05 0.1 0.25 1" bash study.sh   # + label efficiency
+#   LAUNCH="torchrun --nproc_per_node=8" DATA=/data/study bash study.sh              # training on 8 GPUs
 #   IMAGENET_WEIGHTS=~/densenet121-a639ec97.pth bash study.sh
 #
-# Stages: demo data -> manifests -> 8 pretrained models -> 25 fine-tuned arms -> test-split
-# evaluation -> figures and Table 2.
+# Stages: demo data -> manifests -> 8 pretrained models per seed -> 25 fine-tuned arms per seed and
+# train fraction -> test-split evaluation of each run's best and last checkpoint (with bootstrap
+# CIs) -> figures, tables (Table 2 with CIs, paired comparisons, convergence) and OUT/report.md.
+#
+# Run layout (plot_results.py finds runs by walking these folders and reading args.json):
+#   OUT/pretrain/<NAME>/seed<S>/                      NAME = CXR_RI ... All_IN
+#   OUT/finetune/<target>/<arm>/seed<S>/              the full train split
+#   OUT/finetune/<target>/<arm>/frac<F>_seed<S>/      a nested, stratified, patient-level fraction F < 1
+#   OUT/eval/<target>/<arm>/<run>/{best,last}/        evaluate.py outputs of that run's two checkpoints
+# A seed seeds the whole pipeline: the arms of seed S fine-tune from the models pretrained with
+# seed S, so the spread across seeds includes the pretraining's (the paper's question is about
+# pretraining; holding it fixed would understate the noise). Pretraining is the expensive part:
+# PRETRAIN_SEED=S pretrains once, with seed S, and every seed's arms start from those models.
+# The splits do not depend on SEEDS (SPLIT_SEED), so every run is tested on the same images and
+# arms can be compared image by image.
+#
+# LAUNCH is the command that starts the training scripts (default: $PYTHON); e.g.
+# LAUNCH="torchrun --nproc_per_node=8" runs each pretraining and fine-tuning with DDP on 8 GPUs.
+# Data preparation, evaluation and plotting always run as one $PYTHON process.
 set -euo pipefail
 # Paths given by the caller are taken relative to the caller's folder; the defaults live in the repo.
 absolute() { [[ -z "$1" || "$1" == /* ]] && printf '%s' "$1" || printf '%s/%s' "$PWD" "$1"; }
@@ -34,17 +53,25 @@ else                                # paper defaults (Section 5.2: 224 x 224)
   WORKERS=${WORKERS:-8}             # decoding full-size images needs several processes per GPU
 fi
 DEVICE=${DEVICE:-auto}              # auto | cpu | cuda
-SEED=${SEED:-0}                     # fixes splits, init, augmentation and data order
+SEEDS=${SEEDS:-${SEED:-0}}          # training seeds (init, augmentation, data order), e.g. "0 1 2"; SEED = one seed
+SPLIT_SEED=${SPLIT_SEED:-0}         # fixes the demo data and the train/val/test splits (same for every seed)
+PRETRAIN_SEED=${PRETRAIN_SEED:-}    # unset: pretrain per seed; S: pretrain once with seed S for all seeds
+TRAIN_FRACTIONS=${TRAIN_FRACTIONS:-1}  # fine-tuning train-split fractions in (0, 1], e.g. "0.05 0.1 0.25 1"
 DEMO_SCALE=${DEMO_SCALE:-1}         # demo size multiplier
+CACHE=${CACHE:-1}                   # 1: decode + resize every image once into a uint8 cache (cache.py); 0: decode each epoch
 # IMAGENET_WEIGHTS: torchvision's densenet121-a639ec97.pth; unset -> torch hub cache / download
 FORCE=${FORCE:-0}                   # 1 = redo stages whose outputs exist
 PYTHON=${PYTHON:-python}
+LAUNCH=${LAUNCH:-$PYTHON}           # starts the training scripts, e.g. "torchrun --nproc_per_node=8"
+read -ra LAUNCH_CMD <<< "$LAUNCH"
+read -ra SEED_LIST <<< "$SEEDS"
+read -ra FRACTION_LIST <<< "$TRAIN_FRACTIONS"
 
 SOURCES=(chestxray14 breakhis eyepacs)
 TARGETS=(shenzhen covid19_radiography kather2016 messidor deepdrid)   # D1..D5
 declare -A AREA=([chestxray14]=CXR [breakhis]=HWSI [eyepacs]=EFI
                  [shenzhen]=CXR [covid19_radiography]=CXR [kather2016]=HWSI [messidor]=EFI [deepdrid]=EFI)
-TRAIN_FLAGS=(--image-size "$IMAGE_SIZE" --batch-size "$BATCH_SIZE" --device "$DEVICE" --workers "$WORKERS" --seed "$SEED")
+TRAIN_FLAGS=(--image-size "$IMAGE_SIZE" --batch-size "$BATCH_SIZE" --device "$DEVICE" --workers "$WORKERS")
 
 # done_already OUTPUT [INPUT...]: the make-like skip. True when OUTPUT exists, no INPUT is newer
 # than it (a re-run pretraining redoes the arms built on it) and FORCE is not set.
@@ -59,6 +86,16 @@ say() { printf '\n=== %s\n' "$*"; }
 if [[ -n "$IMAGENET_WEIGHTS" && ! -f "$IMAGENET_WEIGHTS" ]]; then
   echo "error: IMAGENET_WEIGHTS=$IMAGENET_WEIGHTS is not a file" >&2; exit 2
 fi
+for seed in "${SEED_LIST[@]}" $PRETRAIN_SEED; do
+  [[ "$seed" =~ ^[0-9]+$ ]] || { echo "error: seed '$seed' in SEEDS/PRETRAIN_SEED is not a whole number >= 0" >&2; exit 2; }
+done
+(( ${#SEED_LIST[@]} )) || { echo "error: SEEDS is empty" >&2; exit 2; }
+for fraction in "${FRACTION_LIST[@]}"; do
+  awk -v f="$fraction" 'BEGIN { exit !(f ~ /^[0-9]*\.?[0-9]+$/ && f > 0 && f <= 1) }' \
+    || { echo "error: train fraction '$fraction' in TRAIN_FRACTIONS is not a number in (0, 1]" >&2; exit 2; }
+done
+(( ${#FRACTION_LIST[@]} )) || { echo "error: TRAIN_FRACTIONS is empty" >&2; exit 2; }
+is_one() { awk -v f="$1" 'BEGIN { exit !(f == 1) }'; }
 if [[ -n "$DATA" && ! -d "$DATA" ]]; then
   echo "error: DATA=$DATA is not a folder (it must hold one folder per dataset; see README, 'Full data')" >&2; exit 2
 fi
@@ -66,8 +103,10 @@ start=$(date +%s)
 mkdir -p "$OUT"
 # Skipping finished stages is only right while the settings stay the same: a study folder
 # remembers its settings and refuses others (a demo run must never pass for the real study).
+# SEEDS and TRAIN_FRACTIONS are not among them: more seeds or fractions add runs to a study.
 SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
-SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE seed=$SEED"
+SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE split_seed=$SPLIT_SEED"
+SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed}"
 if [[ "$FORCE" != 1 && -f "$OUT/study_settings.txt" && "$(cat "$OUT/study_settings.txt")" != "$SETTINGS" ]]; then
   echo "error: $OUT holds a study with other settings (was: $(cat "$OUT/study_settings.txt"); now: $SETTINGS)." \
        "Use another OUT=..., or FORCE=1 to redo every stage there." >&2
@@ -82,7 +121,7 @@ if [[ -z "$DATA" ]]; then
     say "demo data: $DATA exists, skipped"
   else
     say "demo data -> $DATA"
-    "$PYTHON" make_demo_data.py --out "$DATA" --seed "$SEED" --scale "$DEMO_SCALE" --overwrite
+    "$PYTHON" make_demo_data.py --out "$DATA" --seed "$SPLIT_SEED" --scale "$DEMO_SCALE" --overwrite
   fi
 fi
 
@@ -91,9 +130,20 @@ for key in "${SOURCES[@]}" "${TARGETS[@]}"; do
     say "manifest $key: exists, skipped"
   else
     say "manifest $key"
-    "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SEED"
+    "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SPLIT_SEED"
   fi
 done
+
+# --------------------------------------------------------------------------- preprocessing cache
+# Load, crop and resize each image once at IMAGE_SIZE (what limits a GPU at paper scale is
+# decoding); training and evaluation find the cache next to the manifests. Up-to-date caches
+# are kept, so this costs a second when nothing changed.
+if [[ "$CACHE" == 1 ]]; then
+  say "preprocessing cache at $IMAGE_SIZE px"
+  MANIFESTS=()
+  for key in "${SOURCES[@]}" "${TARGETS[@]}"; do MANIFESTS+=("$OUT/manifests/$key.csv"); done
+  "$PYTHON" cache.py --manifest "${MANIFESTS[@]}" --image-size "$IMAGE_SIZE" --no-progress
+fi
 
 # --------------------------------------------------------------------------- ImageNet weights
 # The IN-based models need torchvision's DenseNet-121 weights. Never faked: without them the
@@ -113,65 +163,71 @@ fi
 INITS=(RI); [[ $HAVE_IN == 1 ]] && INITS=(RI IN)
 init_flag() { [[ $1 == RI ]] && echo random || echo imagenet; }
 
-# --------------------------------------------------------------------------- pretraining (8 models)
-for key in "${SOURCES[@]}"; do
-  for init in "${INITS[@]}"; do
-    run="$OUT/pretrain/${AREA[$key]}_$init"
-    if done_already "$run/summary.json" "$OUT/manifests/$key.csv"; then
-      say "pretrain ${AREA[$key]}_$init: done, skipped"; continue
-    fi
-    say "pretrain ${AREA[$key]}_$init on $key"
-    "$PYTHON" pretrain_source.py --manifest "$OUT/manifests/$key.csv" --init "$(init_flag "$init")" \
-      "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}"
-  done
-done
+# --------------------------------------------------------------------------- pretraining (8 models per seed)
+# pretrain NAME SEED SCRIPT FLAG INPUT...: one pretrained model into OUT/pretrain/NAME/seedSEED, skipped when
+# done; NAME ends in _RI or _IN (the init), FLAG INPUT... are the script's manifest flag and files.
+pretrain() {
+  local name=$1 seed=$2 script=$3 flag=$4; shift 4
+  local run="$OUT/pretrain/$name/seed$seed"
+  if done_already "$run/summary.json" "$@"; then say "pretrain $name seed $seed: done, skipped"; return; fi
+  say "pretrain $name seed $seed"
+  "${LAUNCH_CMD[@]}" "$script" "$flag" "$@" --init "$(init_flag "${name##*_}")" "${IMAGENET_FLAGS[@]}" \
+    --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}" --seed "$seed"
+}
+PRETRAIN_SEEDS=("${SEED_LIST[@]}"); [[ -n "$PRETRAIN_SEED" ]] && PRETRAIN_SEEDS=("$PRETRAIN_SEED")
 SOURCE_MANIFESTS=()
 for key in "${SOURCES[@]}"; do SOURCE_MANIFESTS+=("$OUT/manifests/$key.csv"); done
-for init in "${INITS[@]}"; do
-  run="$OUT/pretrain/All_$init"
-  if done_already "$run/summary.json" "${SOURCE_MANIFESTS[@]}"; then say "pretrain All_$init: done, skipped"; continue; fi
-  say "pretrain All_$init on ${SOURCES[*]}"
-  "$PYTHON" pretrain_all.py --manifests "${SOURCE_MANIFESTS[@]}" --init "$(init_flag "$init")" \
-    "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}"
+for seed in "${PRETRAIN_SEEDS[@]}"; do
+  for init in "${INITS[@]}"; do
+    for key in "${SOURCES[@]}"; do
+      pretrain "${AREA[$key]}_$init" "$seed" pretrain_source.py --manifest "$OUT/manifests/$key.csv"
+    done
+    pretrain "All_$init" "$seed" pretrain_all.py --manifests "${SOURCE_MANIFESTS[@]}"
+  done
 done
 
-# --------------------------------------------------------------------------- fine-tuning (5 targets x 5 arms)
+# --------------------------------------------------------------------------- fine-tuning (5 targets x 5 arms x seeds x fractions)
+pretrained() { printf '%s' "$OUT/pretrain/$1/seed${PRETRAIN_SEED:-$seed}/last.pt"; }  # NAME -> the init of seed $seed
 for target in "${TARGETS[@]}"; do
   area=${AREA[$target]}
-  declare -A ARM_INIT=([Domain_RI]="$OUT/pretrain/${area}_RI/last.pt" [All_RI]="$OUT/pretrain/All_RI/last.pt")
-  ARMS=(Domain_RI All_RI)
-  if [[ $HAVE_IN == 1 ]]; then
-    ARM_INIT+=([IN]=imagenet [Domain_IN]="$OUT/pretrain/${area}_IN/last.pt" [All_IN]="$OUT/pretrain/All_IN/last.pt")
-    ARMS=(IN Domain_RI Domain_IN All_RI All_IN)
-  fi
-  for arm in "${ARMS[@]}"; do
-    run="$OUT/finetune/$target/$arm"
-    init_file=${ARM_INIT[$arm]}; [[ $init_file == imagenet ]] && init_file=${WEIGHTS:-}
-    if done_already "$run/summary.json" "$OUT/manifests/$target.csv" ${init_file:+"$init_file"}; then
-      say "finetune $target/$arm: done, skipped"; continue
-    fi
-    say "finetune $target/$arm (init ${ARM_INIT[$arm]})"
-    "$PYTHON" finetune_target.py --manifest "$OUT/manifests/$target.csv" --init "${ARM_INIT[$arm]}" \
-      "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_FINETUNE" "${TRAIN_FLAGS[@]}"
+  ARMS=(Domain_RI All_RI); [[ $HAVE_IN == 1 ]] && ARMS=(IN Domain_RI Domain_IN All_RI All_IN)
+  todo=()   # checkpoints to evaluate
+  for seed in "${SEED_LIST[@]}"; do
+    declare -A ARM_INIT=([IN]=imagenet [Domain_RI]=$(pretrained "${area}_RI") [Domain_IN]=$(pretrained "${area}_IN")
+                         [All_RI]=$(pretrained All_RI) [All_IN]=$(pretrained All_IN))
+    for fraction in "${FRACTION_LIST[@]}"; do
+      if is_one "$fraction"; then name="seed$seed" fraction_flags=()
+      else name="frac${fraction}_seed$seed" fraction_flags=(--train-fraction "$fraction"); fi
+      for arm in "${ARMS[@]}"; do
+        run="$OUT/finetune/$target/$arm/$name"
+        init_file=${ARM_INIT[$arm]}; [[ $init_file == imagenet ]] && init_file=${WEIGHTS:-}
+        if done_already "$run/summary.json" "$OUT/manifests/$target.csv" ${init_file:+"$init_file"}; then
+          say "finetune $target/$arm/$name: done, skipped"
+        else
+          say "finetune $target/$arm/$name (init ${ARM_INIT[$arm]})"
+          "${LAUNCH_CMD[@]}" finetune_target.py --manifest "$OUT/manifests/$target.csv" --init "${ARM_INIT[$arm]}" \
+            "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_FINETUNE" "${TRAIN_FLAGS[@]}" --seed "$seed" \
+            "${fraction_flags[@]}"
+        fi
+        for kind in best last; do
+          done_already "$OUT/eval/$target/$arm/$name/$kind/metrics.csv" "$run/$kind.pt" || todo+=("$run/$kind.pt")
+        done
+      done
+    done
+    unset ARM_INIT
   done
-  unset ARM_INIT
 
-  # --- held-out test split, best-validation checkpoint of every arm, one process per target
-  todo=()
-  for arm in "${ARMS[@]}"; do
-    done_already "$OUT/eval/$target/$arm/metrics.csv" "$OUT/finetune/$target/$arm/best.pt" || todo+=("$OUT/finetune/$target/$arm/best.pt")
-  done
+  # --- held-out test split: best-validation and last checkpoint of every run, one process per target
   if (( ${#todo[@]} )); then
-    say "evaluate $target on the test split (${#todo[@]} arms)"
-    if (( ${#todo[@]} == 1 )); then eval_out="$OUT/eval/$target/$(basename "$(dirname "${todo[0]}")")"
-    else eval_out="$OUT/eval/$target"; fi
-    "$PYTHON" evaluate.py --checkpoint "${todo[@]}" --manifest "$OUT/manifests/$target.csv" --split test \
-      --out "$eval_out" --device "$DEVICE" --workers "$WORKERS" --seed "$SEED"
+    say "evaluate $target on the test split (${#todo[@]} checkpoints)"
+    "$PYTHON" evaluate.py --checkpoint "${todo[@]}" --relative-to "$OUT/finetune/$target" \
+      --manifest "$OUT/manifests/$target.csv" --split test --out "$OUT/eval/$target" \
+      --device "$DEVICE" --workers "$WORKERS"
   fi
 done
 
-# --------------------------------------------------------------------------- figures and Table 2
-say "figures and tables"
+# --------------------------------------------------------------------------- figures, tables, report
+say "figures, tables and report"
 "$PYTHON" plot_results.py --runs "$OUT" --out "$OUT"
 
-say "study finished in $(( $(date +%s) - start )) s: $OUT/tables/table2.md, $OUT/figures/"
+say "study finished in $(( $(date +%s) - start )) s: $OUT/report.md, $OUT/tables/, $OUT/figures/"

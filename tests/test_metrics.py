@@ -61,3 +61,35 @@ def test_bad_shapes_and_task():
         metrics.compute_metrics("regression", np.zeros((2, 2)), np.zeros(2))
     with pytest.raises(ValueError, match="probs"):
         metrics.multiclass_metrics(np.zeros((3, 2)), np.zeros(2))
+
+
+def test_fast_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for num_classes in (2, 5):
+        probs = rng.dirichlet(np.ones(num_classes), 300)
+        targets = rng.integers(0, num_classes, 300)
+        preds = probs.argmax(axis=1)
+        m = metrics.multiclass_metrics(probs, targets)
+        assert m["kappa"] == pytest.approx(cohen_kappa_score(targets, preds))
+        assert m["qwk"] == pytest.approx(cohen_kappa_score(targets, preds, weights="quadratic"))
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(targets, preds))
+        expected_auroc = (roc_auc_score(targets, probs[:, 1]) if num_classes == 2
+                          else roc_auc_score(targets, probs, multi_class="ovr"))
+        assert m["auroc"] == pytest.approx(expected_auroc)
+    assert metrics.multiclass_metrics(probs, targets, ("kappa",)) == {"kappa": m["kappa"]}
+    with pytest.raises(ValueError, match="unknown multi-class metric"):
+        metrics.multiclass_metrics(probs, targets, ("map",))
+
+
+def test_confusion_matrix_and_per_class_report_hand_case():
+    targets = np.array([0, 0, 1, 1])
+    preds = np.array([0, 1, 1, 1])
+    assert metrics.confusion_matrix(targets, preds, 3).tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    eye = np.eye(3, dtype=bool)
+    report = metrics.per_class_report(eye[targets], eye[preds])
+    # class 0: 1 of 1 predicted right, 1 of 2 found; class 1: 2 of 3, 2 of 2; class 2: never seen
+    assert report[0] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert report[1] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    assert math.isnan(report[2]["precision"]) and math.isnan(report[2]["f1"]) and report[2]["support"] == 0

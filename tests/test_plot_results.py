@@ -77,7 +77,7 @@ def study(tmp_path_factory):
 def test_table2_csv_values(study):
     root, written = study
     table = pd.read_csv(root / "tables" / "table2.csv")
-    assert list(table.columns) == ["target", "arm", "metric", "train", "val", "epoch"]
+    assert list(table.columns)[:6] == ["target", "arm", "metric", "train", "val", "epoch"]
     # Every target found lists all five arms, in paper order, targets in paper order (D1, D3, D4).
     assert list(table["target"]) == [t for t in ("shenzhen", "kather2016", "messidor") for _ in ALL_ARMS]
     assert list(table["arm"]) == ALL_ARMS * 3
@@ -111,13 +111,17 @@ def test_table2_markdown(study):
 
 def test_test_results(study):
     root, _ = study
-    tests = pd.read_csv(root / "tables" / "test_results.csv")
-    assert list(tests.columns)[:5] == ["target", "arm", "metric", "test", "n"]
-    assert list(tests["target"]) == ["shenzhen"] * 5 and list(tests["arm"]) == ALL_ARMS
-    by_arm = tests.set_index("arm")
+    table = pd.read_csv(root / "tables" / "table2.csv")
+    shenzhen = table[table["target"] == "shenzhen"]
+    assert list(shenzhen["arm"]) == ALL_ARMS
+    by_arm = shenzhen.set_index("arm")
     assert by_arm.at["IN", "test"] == pytest.approx(81.25) and by_arm.at["All_IN", "test"] == pytest.approx(90.0)
-    assert by_arm.at["IN", "n"] == 160
+    assert by_arm.at["IN", "n_test"] == 160
     assert math.isnan(by_arm.at["Domain_RI", "test"])
+    summary = pd.read_csv(root / "tables" / "test_summary.csv")
+    assert list(summary.columns) == ["target", "arm", "train_fraction", "checkpoint", "metric", "n_seeds", "test",
+                                     "test_sd", "ci_low", "ci_high", "n_images", "n_patients"]
+    assert sorted(summary["arm"]) == ["All_IN", "IN"] and set(summary["checkpoint"]) == {"best"}
 
 
 def test_figures_are_real_images(study):
@@ -154,7 +158,7 @@ def test_metric_override_and_unknown_target_and_arm(tmp_path):
     assert custom.at["my_folder", "val"] == pytest.approx(
         last(written["my_folder", "zz_custom"], "val", "balanced_accuracy"), abs=0.006)
     assert not (tmp_path / "auto" / "figures" / "deepdrid_loss.png").exists()
-    assert not (tmp_path / "auto" / "tables" / "test_results.csv").exists()
+    assert not (tmp_path / "auto" / "tables" / "test_summary.csv").exists()
 
     run(tmp_path, tmp_path / "qwk", "--metric", "qwk")
     table = pd.read_csv(tmp_path / "qwk" / "tables" / "table2.csv").set_index(["target", "arm"])
@@ -203,3 +207,149 @@ def test_error_on_malformed_csv(tmp_path, problem):
         run(tmp_path, tmp_path)
     assert str(bad) in str(info.value)
     assert not (tmp_path / "tables" / "table2.csv").exists()  # nothing half-written
+
+
+# --- a fabricated study with seeds, train fractions and test predictions -------------------------
+
+SEEDS = (0, 1)
+SHENZHEN = ["normal", "tuberculosis"]
+MESSIDOR = ["grade_0", "grade_1", "grade_2", "grade_3"]
+# Validation accuracy per epoch of shenzhen/IN at fraction 1 (both seeds): best 0.8, 95 % of it
+# = 0.76 first reached at epoch 3; trapezoid area over epochs 1-4 / 3 = (0.55 + 0.74 + 0.79) / 3
+HAND_CURVE = [0.4, 0.7, 0.78, 0.8]
+
+
+def write_run(root, target, arm, seed, fraction, classes, val_curve, predictions, rng):
+    """A run folder as study.sh lays it out, with its evaluate.py outputs for best.pt and last.pt."""
+    name = f"seed{seed}" if fraction == 1 else f"frac{fraction}_seed{seed}"
+    run = root / "finetune" / target / arm / name
+    run.mkdir(parents=True)
+    rows = []
+    for epoch, value in enumerate(val_curve, start=1):
+        rows.append([epoch, "train", 0.5, min(1, value + 0.1), value, value, value, 0.9, 1.0, 1e-3])
+        rows.append([epoch, "val", 0.6, value, value, value - 0.1, value, 0.8, 1.0, 1e-3])
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(run / "metrics.csv", index=False)
+    (run / "args.json").write_text(json.dumps({"args": {"seed": seed, "train_fraction": fraction}, "meta": {}}))
+    for kind in ("best", "last"):
+        out = root / "eval" / target / arm / name / kind
+        out.mkdir(parents=True)
+        probs = np.clip(predictions + rng.normal(0, 0.02, predictions.shape) * (kind == "last"), 1e-3, None)
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        frame = pd.DataFrame({"image": [f"img{i:03d}.png" for i in range(len(probs))],
+                              "patient": [f"p{i // 2:03d}" for i in range(len(probs))], "split": "test"})
+        frame["target"] = [classes[t] for t in TRUTH[target]]
+        frame["pred"] = [classes[p] for p in probs.argmax(axis=1)]
+        for c, name_c in enumerate(classes):
+            frame[f"prob_{name_c}"] = probs[:, c]
+        frame.sample(frac=1, random_state=seed).to_csv(out / "predictions.csv", index=False)  # any row order
+        accuracy = float((probs.argmax(axis=1) == TRUTH[target]).mean())
+        pd.DataFrame([{"split": "test", "checkpoint": str(run / f"{kind}.pt"), "epoch": len(val_curve), "loss": 0.5,
+                       "accuracy": accuracy, "kappa": 0.5, "n": len(probs), "n_patients": len(probs) // 2}]
+                     ).to_csv(out / "metrics.csv", index=False)
+
+
+TRUTH = {"shenzhen": np.repeat([0, 1], 30), "messidor": np.tile([0, 1, 2, 3], 15)}
+
+
+def noisy_predictions(truth, classes, correct, rng):
+    """One-hot-ish probabilities, right on the images where `correct` is True."""
+    wrong = (truth + 1) % len(classes)
+    chosen = np.where(correct, truth, wrong)
+    probs = np.full((len(truth), len(classes)), 0.1) + rng.uniform(0, 0.05, (len(truth), len(classes)))
+    probs[np.arange(len(truth)), chosen] += 0.6
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeded")
+    rng = np.random.default_rng(0)
+    accuracy = {"IN": 0.6, "Domain_RI": 0.75, "All_IN": 0.9}
+    stored = {}
+    for target, classes in (("shenzhen", SHENZHEN), ("messidor", MESSIDOR)):
+        truth = TRUTH[target]
+        for seed in SEEDS:
+            fractions = (0.25, 1.0) if target == "shenzhen" else (1.0,)
+            for fraction in fractions:
+                for arm, acc in accuracy.items():
+                    correct = rng.uniform(size=len(truth)) < acc * (0.8 if fraction < 1 else 1.0)
+                    predictions = noisy_predictions(truth, classes, correct, rng)
+                    if arm == "All_IN" and target == "messidor":  # the same model as IN: no difference at all
+                        predictions = stored["messidor", "IN", seed]
+                    stored[target, arm, seed] = predictions
+                    curve = HAND_CURVE if (target, arm) == ("shenzhen", "IN") else list(rng.uniform(0.3, 0.9, 4))
+                    write_run(root, target, arm, seed, fraction, classes, curve, predictions, rng)
+    (root / "manifests").mkdir()
+    (root / "manifests" / "shenzhen.json").write_text(json.dumps(
+        {"key": "shenzhen", "counts": {"train": {"normal": 100, "tuberculosis": 100}, "val": {"normal": 10,
+                                       "tuberculosis": 10}, "test": {"normal": 30, "tuberculosis": 30}}}))
+    run(root, root, "--bootstrap", "400")
+    return root, stored
+
+
+def hand_accuracy(probs, target):
+    return 100 * float((probs.argmax(axis=1) == TRUTH[target]).mean())
+
+
+def test_seeds_aggregate_to_mean_sd_and_ci(seeded):
+    root, stored = seeded
+    table = pd.read_csv(root / "tables" / "table2.csv").set_index(["target", "arm"])
+    row = table.loc[("shenzhen", "Domain_RI")]
+    per_seed = [hand_accuracy(stored["shenzhen", "Domain_RI", s], "shenzhen") for s in SEEDS]
+    assert row["n_seeds"] == 2 and row["train_fraction"] == 1.0
+    assert row["test"] == pytest.approx(np.mean(per_seed), abs=1e-3)
+    assert row["test_sd"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-3)
+    assert row["test_ci_low"] < row["test"] < row["test_ci_high"]
+    assert row["test_ci_high"] - row["test_ci_low"] < 40  # 30 patients of two images: wide, not absurd
+    assert table.loc[("shenzhen", "IN"), "val"] == pytest.approx(80.0) and table.loc[("shenzhen", "IN"), "val_sd"] == 0
+    runs = pd.read_csv(root / "tables" / "runs.csv")
+    assert len(runs) == 2 * (2 * 3 + 3)  # seeds x (shenzhen: 2 fractions x 3 arms + messidor: 3 arms)
+    assert set(runs["seed"]) == set(SEEDS) and set(runs["train_fraction"]) == {0.25, 1.0}
+    markdown = (root / "tables" / "table2.md").read_text()
+    cell = f"{row['test']:.1f} ± {row['test_sd']:.1f} [{row['test_ci_low']:.1f}, {row['test_ci_high']:.1f}]"
+    assert cell in markdown
+
+
+def test_paired_comparisons(seeded):
+    root, _ = seeded
+    paired = pd.read_csv(root / "tables" / "paired.csv")
+    best = paired[(paired["checkpoint"] == "best") & (paired["train_fraction"] == 1.0)]
+    pairs = {(r.target, r.arm, r.reference, r.method) for r in best.itertuples()}
+    bootstrap = "paired bootstrap over patients"
+    for target in ("shenzhen", "messidor"):
+        assert {(target, a, "IN", bootstrap) for a in ("Domain_RI", "All_IN")} <= pairs
+        assert (target, "All_IN", "Domain_RI", bootstrap) in pairs
+        assert (target, "IN", "Domain_RI", bootstrap) not in pairs  # Domain_RI - IN, negated: not repeated
+    assert ("shenzhen", "All_IN", "IN", "DeLong") in pairs and ("messidor", "All_IN", "IN", "DeLong") not in pairs
+    same = best[(best["target"] == "messidor") & (best["arm"] == "All_IN") & (best["reference"] == "IN")].iloc[0]
+    assert same["metric"] == "kappa" and same["difference"] == 0 and same["p_value"] == pytest.approx(1.0)
+    assert same["ci_low"] == 0 and same["ci_high"] == 0
+    clear = best[(best["target"] == "shenzhen") & (best["arm"] == "All_IN") & (best["reference"] == "IN")
+                 & (best["method"] == bootstrap)].iloc[0]
+    assert clear["difference"] > 15 and clear["ci_low"] > 0 and clear["p_value"] < 0.05
+    assert clear["n_seeds"] == 2 and clear["n_images"] == 60 and clear["n_patients"] == 30
+    assert clear["difference"] == pytest.approx(clear["arm_value"] - clear["reference_value"], abs=1e-3)
+
+
+def test_convergence_table(seeded):
+    root, _ = seeded
+    convergence = pd.read_csv(root / "tables" / "convergence.csv").set_index(["target", "arm"])
+    row = convergence.loc[("shenzhen", "IN")]
+    assert row["best_val"] == pytest.approx(80.0) and row["epochs_to_95"] == 3 and row["epochs_to_95_sd"] == 0
+    assert row["val_auc"] == pytest.approx(100 * (0.55 + 0.74 + 0.79) / 3, abs=1e-3)
+
+
+def test_figures_and_report(seeded):
+    root, _ = seeded
+    for name in ("forest", "label_efficiency", "learning_curves", "shenzhen"):
+        with Image.open(root / "figures" / f"{name}.png") as image:
+            assert image.width > 500 and image.height > 300, name
+    report = (root / "report.md").read_text()
+    for part in ("## Data", "Table 2", "### Held-out test", "## Paired comparisons", "## Convergence",
+                 "(figures/forest.png)", "(figures/label_efficiency.png)", "seeds 0, 1", "train fractions 0.25, 1"):
+        assert part in report, part
+    data = [line for line in report.splitlines() if line.startswith("| D1 Shenzhen CXR | Accuracy")][0]
+    assert [c.strip() for c in data.strip("|").split("|")][2:] == ["200", "20", "60", "30"]
+    summary = pd.read_csv(root / "tables" / "test_summary.csv")
+    fractions = summary[(summary["target"] == "shenzhen") & (summary["checkpoint"] == "best")]
+    assert sorted(set(fractions["train_fraction"])) == [0.25, 1.0]

@@ -1,9 +1,11 @@
-"""Smoke test: study.sh end to end on a tiny demo (32 px, one epoch), all five arms.
+"""Smoke test: study.sh end to end on a tiny demo (32 px, one epoch), all five arms, one seed; the
+run without ImageNet weights also covers a second train fraction, another seed and LAUNCH.
 
 A stand-in for torchvision's ImageNet DenseNet-121 file (real key names and shapes, old key
 style like densenet121-a639ec97.pth, freshly initialised values) is written into a temporary
 TORCH_HOME, so the IN-based models and arms run through the real loading path.
 """
+import json
 import math
 import os
 import subprocess
@@ -66,16 +68,19 @@ def test_every_stage_wrote_its_files(study):
         assert (out / "manifests" / f"{key}.json").is_file()
     for name in PRETRAINED:
         for f in ("args.json", "metrics.csv", "last.pt", "best.pt", "summary.json"):
-            assert (out / "pretrain" / name / f).is_file(), f"pretrain/{name}/{f}"
+            assert (out / "pretrain" / name / "seed0" / f).is_file(), f"pretrain/{name}/seed0/{f}"
     for target in TARGETS:
         assert (out / "figures" / f"{target}.png").stat().st_size > 10_000
         for arm in ARMS:
-            run = out / "finetune" / target / arm
+            run = out / "finetune" / target / arm / "seed0"
             for f in ("args.json", "metrics.csv", "last.pt", "best.pt"):
-                assert (run / f).is_file(), f"finetune/{target}/{arm}/{f}"
-            for f in ("predictions.csv", "metrics.csv"):
-                assert (out / "eval" / target / arm / f).is_file(), f"eval/{target}/{arm}/{f}"
-    assert (out / "tables" / "table2.md").is_file()
+                assert (run / f).is_file(), f"finetune/{target}/{arm}/seed0/{f}"
+            for kind in ("best", "last"):
+                for f in ("predictions.csv", "metrics.csv", "per_class.csv", "confusion.csv", "confusion.png"):
+                    assert (out / "eval" / target / arm / "seed0" / kind / f).is_file(), f"eval/{target}/{arm}/{kind}/{f}"
+    for f in ("table2.md", "table2.csv", "paired.csv", "convergence.csv", "runs.csv", "test_summary.csv"):
+        assert (out / "tables" / f).is_file(), f
+    assert (out / "figures" / "forest.png").is_file() and (out / "report.md").is_file()
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.tmp.*"))
 
 
@@ -84,15 +89,17 @@ def test_metrics_csv_columns(study):
     out = base / "out"
     multiclass = ["epoch", "split", "loss", "accuracy", "balanced_accuracy", "kappa", "qwk", "auroc", "seconds", "lr"]
     multilabel = ["epoch", "split", "loss", "auroc", "map", "seconds", "lr"]
-    assert list(pd.read_csv(out / "pretrain" / "CXR_RI" / "metrics.csv").columns) == multilabel
-    assert list(pd.read_csv(out / "pretrain" / "All_IN" / "metrics.csv").columns) == multilabel
-    assert list(pd.read_csv(out / "pretrain" / "EFI_RI" / "metrics.csv").columns) == multiclass
-    log = pd.read_csv(out / "finetune" / "messidor" / "Domain_IN" / "metrics.csv")
+    assert list(pd.read_csv(out / "pretrain" / "CXR_RI" / "seed0" / "metrics.csv").columns) == multilabel
+    assert list(pd.read_csv(out / "pretrain" / "All_IN" / "seed0" / "metrics.csv").columns) == multilabel
+    assert list(pd.read_csv(out / "pretrain" / "EFI_RI" / "seed0" / "metrics.csv").columns) == multiclass
+    log = pd.read_csv(out / "finetune" / "messidor" / "Domain_IN" / "seed0" / "metrics.csv")
     assert list(log.columns) == multiclass
     assert log[["epoch", "split"]].values.tolist() == [[1, "train"], [1, "val"], [2, "train"], [2, "val"]]
-    evaluation = pd.read_csv(out / "eval" / "shenzhen" / "IN" / "metrics.csv")
+    evaluation = pd.read_csv(out / "eval" / "shenzhen" / "IN" / "seed0" / "best" / "metrics.csv")
     assert evaluation.loc[0, "split"] == "test" and evaluation.loc[0, "n"] > 0
-    predictions = pd.read_csv(out / "eval" / "shenzhen" / "IN" / "predictions.csv")
+    assert evaluation.loc[0, "accuracy_ci_low"] <= evaluation.loc[0, "accuracy"] <= evaluation.loc[0, "accuracy_ci_high"]
+    assert evaluation.loc[0, "checkpoint"].endswith(os.path.join("IN", "seed0", "best.pt"))
+    predictions = pd.read_csv(out / "eval" / "shenzhen" / "IN" / "seed0" / "best" / "predictions.csv")
     assert {"image", "patient", "target", "pred", "prob_normal", "prob_tuberculosis"} <= set(predictions.columns)
     assert len(predictions) == evaluation.loc[0, "n"]
 
@@ -106,33 +113,54 @@ def test_table2_has_25_finite_values(study):
     assert all(math.isfinite(v) for v in table["val"]) and all(math.isfinite(v) for v in table["train"])
     assert set(table.loc[table.target == "messidor", "metric"]) == {"kappa"}
     assert set(table.loc[table.target == "shenzhen", "metric"]) == {"accuracy"}
+    assert table["test"].notna().all() and (table["test_ci_low"] <= table["test"]).all()
+    assert (table["test"] <= table["test_ci_high"]).all() and table["test_last"].notna().all()
+    paired = pd.read_csv(base / "out" / "tables" / "paired.csv")
+    headline = paired[(paired["checkpoint"] == "best") & (paired["method"] != "DeLong")]
+    assert len(headline) == 5 * (4 + 3)  # per target: 4 arms vs IN, 3 more vs Domain_RI
+    assert set(paired.loc[paired["method"] == "DeLong", "target"]) == {"shenzhen"}  # the one binary target
+    assert headline["p_value"].between(0, 1).all()  # DeLong's is NaN where its variance estimate is 0 (4 images)
+    convergence = pd.read_csv(base / "out" / "tables" / "convergence.csv")
+    assert len(convergence) == 25 and convergence["epochs_to_95"].between(1, 2).all()
+    report = (base / "out" / "report.md").read_text()
+    assert "## Paired comparisons" in report and "(figures/forest.png)" in report
 
 
 def test_the_in_arm_really_started_from_the_standin(study):
     base, _ = study
-    args = (base / "out" / "finetune" / "kather2016" / "IN" / "args.json").read_text()
+    args = (base / "out" / "finetune" / "kather2016" / "IN" / "seed0" / "args.json").read_text()
     assert "densenet121-a639ec97.pth" in args
-    source = torch.load(base / "out" / "finetune" / "kather2016" / "Domain_RI" / "last.pt",
+    source = torch.load(base / "out" / "finetune" / "kather2016" / "Domain_RI" / "seed0" / "last.pt",
                         weights_only=True)["meta"]["source_checkpoint"]
-    assert source.endswith(os.path.join("pretrain", "HWSI_RI", "last.pt"))
+    assert source.endswith(os.path.join("pretrain", "HWSI_RI", "seed0", "last.pt"))
 
 
 def test_second_run_skips_finished_stages(study):
     base, _ = study
-    before = (base / "out" / "pretrain" / "CXR_RI" / "last.pt").stat().st_mtime_ns
+    before = (base / "out" / "pretrain" / "CXR_RI" / "seed0" / "last.pt").stat().st_mtime_ns
     result = run_study(base / "out", base / "torch_home")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "pretrain CXR_RI: done, skipped" in result.stdout
-    assert "finetune deepdrid/All_IN: done, skipped" in result.stdout
-    assert (base / "out" / "pretrain" / "CXR_RI" / "last.pt").stat().st_mtime_ns == before
+    assert "pretrain CXR_RI seed 0: done, skipped" in result.stdout
+    assert "finetune deepdrid/All_IN/seed0: done, skipped" in result.stdout
+    assert "evaluate" not in result.stdout
+    assert (base / "out" / "pretrain" / "CXR_RI" / "seed0" / "last.pt").stat().st_mtime_ns == before
 
 
 def test_without_imagenet_weights_the_in_arms_are_skipped_not_faked(study, tmp_path):
+    """Also: a second train fraction (nested subsets, label-efficiency figure), a seed other than 0 and a
+    LAUNCH prefix that starts the training scripts (a recording stand-in for torchrun)."""
     base, _ = study
     out = tmp_path / "out"
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text("import os, runpy, sys\n"
+                        f"open({str(tmp_path / 'launched.txt')!r}, 'a').write(sys.argv[1] + '\\n')\n"
+                        "sys.argv = sys.argv[1:]\n"
+                        "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))\n"
+                        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     env = {**os.environ, "OUT": str(out), "DATA": str(base / "out" / "demo_data"),
            "TORCH_HOME": str(tmp_path / "empty_torch_home"), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1",
-           "EPOCHS_FINETUNE": "1", "BATCH_SIZE": "16", "WORKERS": "0", "DEVICE": "cpu",
+           "EPOCHS_FINETUNE": "1", "BATCH_SIZE": "16", "WORKERS": "0", "DEVICE": "cpu", "SEEDS": "3",
+           "TRAIN_FRACTIONS": "0.5 1", "LAUNCH": f"python {launcher}",
            # offline for certain: the download attempt is refused at once
            "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     env.pop("IMAGENET_WEIGHTS", None)
@@ -142,12 +170,24 @@ def test_without_imagenet_weights_the_in_arms_are_skipped_not_faked(study, tmp_p
     assert len(loud) == 1 and "IMAGENET_WEIGHTS=" in loud[0]
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["All_RI", "CXR_RI", "EFI_RI", "HWSI_RI"]
     assert sorted(p.name for p in (out / "finetune" / "messidor").iterdir()) == ["All_RI", "Domain_RI"]
+    assert sorted(p.name for p in (out / "finetune" / "messidor" / "All_RI").iterdir()) == ["frac0.5_seed3", "seed3"]
+    launched = (tmp_path / "launched.txt").read_text().split()
+    assert launched.count("pretrain_source.py") == 3 and launched.count("pretrain_all.py") == 1
+    assert launched.count("finetune_target.py") == 5 * 2 * 2  # targets x arms x fractions
+    half = json.loads((out / "finetune" / "messidor" / "All_RI" / "frac0.5_seed3" / "args.json").read_text())["args"]
+    full = json.loads((out / "finetune" / "messidor" / "All_RI" / "seed3" / "args.json").read_text())["args"]
+    assert (half["train_fraction"], half["seed"], full["train_fraction"], full["seed"]) == (0.5, 3, 1.0, 3)
+    assert half["init"].endswith(os.path.join("pretrain", "All_RI", "seed3", "last.pt"))
     table = pd.read_csv(out / "tables" / "table2.csv")
-    assert len(table) == 25
+    assert len(table) == 25 and set(table["train_fraction"]) == {1.0}
     ran = table.arm.isin(["Domain_RI", "All_RI"])
     assert table.loc[ran, "val"].notna().all() and table.loc[~ran, ["train", "val"]].isna().all().all()
     markdown = (out / "tables" / "table2.md").read_text()
     assert markdown.count("n/a") >= 30  # 3 missing arms x 2 rows x 5 targets in Table 2
+    summary = pd.read_csv(out / "tables" / "test_summary.csv")
+    assert sorted(set(summary["train_fraction"])) == [0.5, 1.0]
+    assert (out / "figures" / "label_efficiency.png").is_file()
+    assert "(figures/label_efficiency.png)" in (out / "report.md").read_text()
 
 
 def test_a_given_but_missing_weights_file_is_an_error(tmp_path):

@@ -1,0 +1,95 @@
+"""evaluate.py: metrics with bootstrap CIs over patients, per-class report, confusion matrix, and the
+output folders of several checkpoints (how study.sh evaluates best.pt and last.pt of every run)."""
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import evaluate
+import finetune_target
+from test_scripts import TINY, _manifest
+
+EVAL = ["--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny fine-tuned run on a manifest whose test images come two per patient."""
+    tmp_path = tmp_path_factory.mktemp("evaluate")
+    manifest = _manifest(tmp_path, "pairs", ["blue", "red"])
+    df = pd.read_csv(manifest)
+    test = df.index[df["split"] == "test"]
+    df.loc[test, "patient"] = [f"patient{i // 2}" for i in range(len(test))]
+    df.to_csv(manifest, index=False)
+    out = tmp_path / "finetune" / "pairs" / "IN" / "seed0"
+    finetune_target.main(finetune_target.get_args_parser().parse_args(
+        ["--manifest", str(manifest), "--init", "random", "--out", str(out), *TINY]))
+    return tmp_path, manifest, out
+
+
+def test_best_and_last_with_cis_per_class_and_confusion(run):
+    tmp_path, manifest, out = run
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--checkpoint", str(out / "best.pt"), str(out / "last.pt"), "--relative-to", str(tmp_path / "finetune" / "pairs"),
+         "--manifest", str(manifest), "--out", str(tmp_path / "eval" / "pairs"), "--bootstrap", "300", *EVAL]))
+    for kind in ("best", "last"):
+        folder = tmp_path / "eval" / "pairs" / "IN" / "seed0" / kind
+        row = pd.read_csv(folder / "metrics.csv").iloc[0]
+        predictions = pd.read_csv(folder / "predictions.csv")
+        n = len(predictions)
+        assert row["checkpoint"] == str((out / f"{kind}.pt").resolve())
+        assert row["n"] == n and row["n_patients"] == math.ceil(n / 2) and row["bootstrap"] == 300
+        assert predictions["patient"].str.startswith("patient").all()
+        for metric in ("accuracy", "balanced_accuracy", "auroc"):
+            assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"], metric
+        assert row["accuracy"] == pytest.approx((predictions["target"] == predictions["pred"]).mean())
+
+        per_class = pd.read_csv(folder / "per_class.csv")
+        assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
+        assert list(per_class["class"]) == ["blue", "red"] and per_class["support"].sum() == n
+        confusion = pd.read_csv(folder / "confusion.csv").set_index("true")
+        assert list(confusion.columns) == ["blue", "red"] and confusion.to_numpy().sum() == n
+        expected = pd.crosstab(predictions["target"], predictions["pred"]).reindex(
+            index=["blue", "red"], columns=["blue", "red"], fill_value=0)
+        assert (confusion.to_numpy() == expected.to_numpy()).all()
+        recall = confusion.loc["red", "red"] / confusion.loc["red"].sum()
+        assert per_class.set_index("class").at["red", "recall"] == pytest.approx(recall)
+        with Image.open(folder / "confusion.png") as image:
+            assert image.width > 200 and image.height > 200
+
+
+def test_intervals_resample_patients_and_none_without_bootstrap():
+    # 10 patients x 4 images, a patient's images all right or all wrong: wider than 40 images alone
+    probs = np.eye(2)[np.repeat(np.arange(10) % 2, 4)] * 0.8 + 0.1
+    targets = np.zeros(40, dtype=np.int64)
+    args = argparse.Namespace(bootstrap=500, ci=0.95, seed=0)
+    by_patient = evaluate.metrics_with_ci("multiclass", probs, targets, np.repeat(np.arange(10), 4), args)
+    by_image = evaluate.metrics_with_ci("multiclass", probs, targets, np.arange(40), args)
+    assert by_patient["accuracy"] == by_image["accuracy"] == 0.5
+    assert (by_patient["accuracy_ci_high"] - by_patient["accuracy_ci_low"]
+            > 1.5 * (by_image["accuracy_ci_high"] - by_image["accuracy_ci_low"]))
+    none = evaluate.metrics_with_ci("multiclass", probs, targets, np.arange(40), argparse.Namespace(bootstrap=0, ci=0.95, seed=0))
+    assert np.isnan(none["accuracy_ci_low"]) and none["accuracy"] == 0.5
+    assert list(none) == [f"{m}{suffix}" for m in ("accuracy", "balanced_accuracy", "kappa", "qwk", "auroc")
+                          for suffix in ("", "_ci_low", "_ci_high")]
+
+
+def test_output_folders(tmp_path):
+    runs = tmp_path / "finetune" / "t"
+    paths = [runs / "IN" / "seed0" / "best.pt", runs / "IN" / "seed0" / "last.pt", runs / "All_RI" / "seed1" / "best.pt"]
+    out = Path("OUT")
+    assert evaluate.output_dirs(paths[:1], out, None) == [out]
+    assert evaluate.output_dirs(paths[:2], out, None) == [out / "best", out / "last"]
+    assert evaluate.output_dirs(paths, out, None) == [out / "IN/seed0/best", out / "IN/seed0/last",
+                                                      out / "All_RI/seed1/best"]
+    assert evaluate.output_dirs(paths[:1], out, str(runs)) == [out / "IN/seed0/best"]
+    with pytest.raises(ValueError, match="not inside"):
+        evaluate.output_dirs(paths[:1], out, str(tmp_path / "elsewhere"))
+    parser = evaluate.get_args_parser()
+    for bad in (["--ci", "1.5"], ["--bootstrap", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--checkpoint", "a.pt", "--manifest", "m.csv", "--out", "o", *bad])
