@@ -538,7 +538,8 @@ def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, met
     val_loader = make_loader(val_set, batch_size=args.batch_size, train=False, workers=args.workers,
                              seed=args.seed, device=device, sampler=samplers["val"])
     steps_per_epoch = len(train_loader)
-    log(f"{out_dir.name}: {len(train_set)} train / {len(val_set)} val images, {len(meta['classes'])} {task} outputs, "
+    run_name = "/".join(out_dir.parts[-3:])  # e.g. shenzhen/Domain_RI/seed0
+    log(f"{run_name}: {len(train_set)} train / {len(val_set)} val images, {len(meta['classes'])} {task} outputs, "
         f"{args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size} images x {dist_info.world_size} "
         f"process(es) on {device}{f' with {amp_dtype} autocast' if amp_dtype else ''}; "
         f"class weights: {class_weights or 'none'}")
@@ -567,7 +568,7 @@ def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, met
         seconds_before = resume_from.get("seconds", 0.0)
         rng = resume_from["rng"]
         set_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
-        log(f"{out_dir.name}: resuming after epoch {resume_from['epoch']} from {out_dir / 'last.pt'}")
+        log(f"{run_name}: resuming after epoch {resume_from['epoch']} from {out_dir / 'last.pt'}")
     elif dist_info.enabled:
         seed_everything(args.seed + dist_info.rank)  # one dropout stream per process; weights come from rank 0
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -625,7 +626,7 @@ def fit(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset, *, met
             write_csv(rows, out_dir / "metrics.csv", columns)
             if improved:
                 save_checkpoint(checkpoint, out_dir / "best.pt")
-        log(f"{out_dir.name} epoch {epoch}/{args.epochs}: "
+        log(f"{run_name} epoch {epoch}/{args.epochs}: "
             f"train loss {train_row['loss']:.4f} {headline} {train_row.get(headline, math.nan):.4f} | "
             f"val loss {val_row['loss']:.4f} {headline} {val_row.get(headline, math.nan):.4f} | "
             f"{train_row['seconds'] + val_row['seconds']:.1f} s")
