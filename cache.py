@@ -102,10 +102,7 @@ def _run_head(path):
     try:
         pixels = _HEAD({"image": path})["image"].numpy()
     except Exception as err:
-        while err.__cause__ is not None:  # MONAI's Compose wraps the transform's error
-            err = err.__cause__
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return None, reason.removeprefix(f"{path}: ")
+        return None, transforms.read_error(path, err).removeprefix(f"{path}: ")
     return pixels, None
 
 

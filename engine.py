@@ -281,17 +281,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 pixels = cache.read_cached(self._pixels[location[0]], location)
                 image = self.cached_chains[self.chain_of[i]]({"image": pixels})["image"]
         except Exception as err:
-            raise ValueError(read_error(self.images[i], err)) from None
+            raise ValueError(transforms.read_error(self.images[i], err)) from None
         return torch.as_tensor(image), torch.as_tensor(self.targets[i])
-
-
-def read_error(path: str, err: Exception) -> str:
-    """One line naming the image file and why it could not be read. MONAI wraps a reader's
-    error in RuntimeError("applying transform ..."): the innermost cause explains."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    reason = str(err).splitlines()[0] if str(err) else "no details"
-    return reason if reason.startswith(path) else f"{path}: cannot read the image ({type(err).__name__}: {reason})"
 
 
 def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, workers: int, seed: int,

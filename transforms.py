@@ -284,12 +284,17 @@ class LoadPictured(LoadImaged):
             return super().__call__(data, reader)
         except Exception as err:
             path = next((str(data[key]) for key in self.key_iterator(data)), "image")
-            while err.__cause__ is not None:  # MONAI wraps the reader's error
-                err = err.__cause__
-            reason = str(err).splitlines()[0] if str(err) else "no details"
-            if reason.startswith(path):  # already names the file (e.g. PictureOrderd's checks)
-                raise ValueError(reason) from None
-            raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {reason})") from None
+            raise ValueError(read_error(path, err)) from None
+
+
+def read_error(path, err):
+    """One line naming the image file and why it could not be read. MONAI wraps a reader's
+    error in RuntimeError("applying transform ..."): the innermost cause explains; a message
+    that already names the file (e.g. PictureOrderd's checks) is kept as it is."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    reason = str(err).splitlines()[0] if str(err) else "no details"
+    return reason if reason.startswith(path) else f"{path}: cannot read the image ({type(err).__name__}: {reason})"
 
 
 class ToUint8d(MapTransform):
