@@ -246,11 +246,11 @@ def open_pixels(path) -> np.memmap:
 
 class ThreadLoader(ThreadDataLoader):
     """The loader for a fully cached dataset: batches are made in one background thread of this
-    process (MONAI's ThreadDataLoader), not in worker processes. Reading a cached row and
-    running the tail takes ~0.3 ms (cxr, 224 px), no more than copying its float32 output from
-    a worker process to this one; the tail's torch ops still use the intra-op threads. Measured
-    on the 2-core machine (cxr 224 px, other jobs running): ~1,500-2,800 images/s in the thread
-    vs ~500-770 with 2 worker processes.
+    process (MONAI's ThreadDataLoader), not in worker processes. A cached item is a memmap row
+    (uint8) and its augmentation drawn as 8 numbers (transforms.RandTaild), ~25 us; the
+    pixel work runs later, batched, on the training device (transforms.apply_tail). Handing an
+    item over from a worker process would cost about as much as making it, so one thread
+    outruns a few processes (bench/bench_loader.py).
 
     Each pass re-seeds the random transforms from `generator` (as worker processes derive their
     seeds from it), so reseeding the generator per epoch reseeds the augmentation.

@@ -249,11 +249,16 @@ class ImageDataset(torch.utils.data.Dataset):
         if any(d is None for d in domains):
             raise ValueError("ImageDataset needs a `domain` column or the domain argument")
         self.domain_names = sorted(set(domains))
-        make = transforms.train_transforms if train else transforms.eval_transforms
+        # The loader's half of each chain (uint8 pixels + the image's augmentation drawn as numbers);
+        # _run_epoch applies the other half, batched, on the training device (transforms.apply_tail).
+        # Batches stack: every image has image_size x image_size pixels, and grey cxr images get 3
+        # channels when the set also holds colour domains (the aggregated "All" set).
+        channels = 1 if self.domain_names == ["cxr"] else 3
         # A list, not a dict: monai.data.DataLoader seeds the Randomizable objects it finds in
         # lists and attributes, which makes augmentation reproducible for a given --seed.
-        self.chains = [make(d, image_size=image_size) for d in self.domain_names]
-        self.cached_chains = [make(d, image_size=image_size, cached=True) for d in self.domain_names]
+        self.chains, self.cached_chains = ([transforms.loader_transforms(d, image_size=image_size, train=train,
+                                                                         cached=cached, channels=channels)
+                                            for d in self.domain_names] for cached in (False, True))
         position = {d: i for i, d in enumerate(self.domain_names)}
         self.chain_of = np.array([position[d] for d in domains], dtype=np.int64)
         self.cached, stale = cache.find_cached(self.images, domains, image_size=image_size, cache_dirs=cache_dirs)
@@ -271,18 +276,19 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
+        """(uint8 (C, S, S) pixels, float32 (8,) augmentation tail, target); see transforms.apply_tail."""
         location = self.cached.get(i)
         try:
             if location is None:
-                image = self.chains[self.chain_of[i]]({"image": self.images[i]})["image"]
+                item = self.chains[self.chain_of[i]]({"image": self.images[i]})
             else:
                 if location[0] not in self._pixels:
                     self._pixels[location[0]] = cache.open_pixels(location[0])
                 pixels = cache.read_cached(self._pixels[location[0]], location)
-                image = self.cached_chains[self.chain_of[i]]({"image": pixels})["image"]
+                item = self.cached_chains[self.chain_of[i]]({"image": pixels})
         except Exception as err:
             raise ValueError(transforms.read_error(self.images[i], err)) from None
-        return torch.as_tensor(image), torch.as_tensor(self.targets[i])
+        return item["image"], item[transforms.TAIL_KEY], torch.as_tensor(self.targets[i])
 
 
 def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, workers: int, seed: int,
@@ -291,8 +297,9 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, workers:
     which BatchNorm in the head cannot normalise.
 
     A dataset read entirely from a preprocessing cache, with workers <= 2, is loaded in a
-    background thread (cache.ThreadLoader: no inter-process copies; 2-3x the images/s of 2
-    worker processes on 2 cores); otherwise `workers` processes decode (0 = in this process).
+    background thread (cache.ThreadLoader: a cached item is a memmap row and a few random
+    draws, ~25 us, less than handing it over from a worker process); otherwise `workers`
+    processes decode (0 = in this process).
 
     With a `sampler` (fit passes a DistributedSampler, also in a single process: its order is a
     function of seed and epoch, so a resumed run replays it) the sampler decides the order, and
@@ -361,7 +368,8 @@ def _run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_la
                scheduler=None, scaler=None, desc="", log_every=50, first_step=0, dist_info=Distributed()):
     """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, probs, targets).
 
-    Losses and logits stay on the device: the host waits for it only every `log_every` training
+    The loader yields (uint8 images, augmentation tails, targets) (ImageDataset); each batch is
+    augmented and normalised on `device` by transforms.apply_tail before the forward pass. Losses and logits stay on the device: the host waits for it only every `log_every` training
     steps, to check that the loss is finite (steps are numbered from `first_step` + 1) and to
     refresh the progress bar. Under torchrun each process sees a shard; the predictions of all
     processes are gathered in dataset order, each sample once (the sampler's padding dropped),
@@ -377,8 +385,9 @@ def _run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_la
     all_logits, all_targets = [], []
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if dist_info.is_main_process else True)
     with torch.set_grad_enabled(training):
-        for step, (images, targets) in enumerate(bar, start=1):
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
+        for step, (images, tails, targets) in enumerate(bar, start=1):
+            # uint8 from the loader; augmentation and normalisation run here, batched, on the device
+            images = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 logits = model(images)

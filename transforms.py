@@ -12,9 +12,9 @@ Domains: "cxr" (chest X-ray), "hwsi" (histopathology), "efi" (eye fundus). Each 
 MONAI ``Compose`` of dictionary transforms that read and replace the key "image" (a file
 path in, a tensor out); every other key (e.g. "label") passes through untouched. A chain
 is a deterministic head, :func:`preprocess_transforms`, which MONAI's caching datasets can
-store, followed by a tail: random augmentation (:func:`train_transforms`) or a centre crop
-(:func:`eval_transforms`), then ImageNet normalisation, so that every arm of the study
-feeds the same 3-channel stem.
+store, rounded to uint8 as the preprocessing cache stores it, followed by a tail: random
+augmentation (:func:`train_transforms`) or a centre crop (:func:`eval_transforms`), then
+ImageNet normalisation, so that every arm of the study feeds the same 3-channel stem.
 
 Head, in order:
 
@@ -46,10 +46,13 @@ The head's output is float32 in [0, 1] with shape (3, H, W); train and eval chai
 plain ``torch.Tensor`` of shape (3, image_size, image_size). All transforms are module-level
 classes and functions, so the chains pickle into DataLoader workers.
 
-Preprocessing cache (cache.py): :func:`cache_transforms` is the head up to step 4, rounded to
-uint8 (grey stays one channel); ``train_transforms(..., cached=True)`` and
-``eval_transforms(..., cached=True)`` start from those uint8 pixels and run the same tail, so
-cached and uncached training see the same distribution of inputs (up to the 1/255 rounding).
+Preprocessing cache and training (cache.py, engine.py): :func:`cache_transforms` is the head
+up to step 4, rounded to uint8 (grey stays one channel). The tail is split in two so that the
+loader does no per-image float work: :func:`loader_transforms` (head or cached pixels, a crop,
+and RandTaild, which draws each image's augmentation as 8 numbers) runs per image in the
+loader and ships uint8; :func:`apply_tail` warps, jitters and normalises the whole batch on
+the training device. ``train_transforms`` and ``eval_transforms`` are the same two halves
+applied to one image, so a model sees in clinical use exactly what it saw in training.
 
 Bad input: a file that cannot be read (missing, empty, truncated, not an image, a volume, no
 finite pixel) raises one ``ValueError("<path>: <what is wrong>")``.
@@ -70,13 +73,6 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Randomizable,
-    RandFlipd,
-    RandRotate90d,
-    RandRotated,
-    RandScaleIntensityd,
-    RandScaleIntensityFixedMeand,
-    RandSpatialCropd,
-    ScaleIntensityRanged,
 )
 from monai.utils import convert_to_dst_type
 
@@ -307,87 +303,174 @@ class ToUint8d(MapTransform):
         return d
 
 
-class FromUint8d(MapTransform):
-    """Cached uint8 (C, H, W) (numpy or tensor) -> float32 plain tensor in [0, 1]."""
+# --- the random tail, split in two: draws in the loader, pixel work batched on the device ----
+#
+# Every augmentation of the study is an affine map of the picture (cxr: rotation, zoom, shift;
+# hwsi: flips, quarter turns; efi: flips, any rotation) followed, for hwsi and efi, by a
+# brightness and a contrast factor. So an image's whole random tail is 8 numbers, drawn per
+# image in the loader (RandTaild, a MONAI Randomizable: seeded like any MONAI transform), and
+# the pixel work is one grid_sample and one multiply-add for the whole batch (apply_tail), on
+# the training device. The loader then ships uint8 pixels (cxr 224 px: 50 KB an image instead of
+# 600 KB of float32 RGB) and does no per-image float work, which is what lets a cached loader on
+# a few cores keep up with a GPU (bench/bench_loader.py).
+
+TAIL_KEY = "tail"
+IDENTITY_TAIL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0)  # theta (2 x 3), brightness, contrast
+
+
+def _rotation(angle):
+    """2 x 2 map of output to input coordinates (x right, y down) for a picture turned by `angle`;
+    quarter turns are exact (0 and +-1, so grid_sample lands on pixel centres)."""
+    quarter = angle / (math.pi / 2)
+    if quarter == round(quarter):
+        cos, sin = [(1, 0), (0, 1), (-1, 0), (0, -1)][round(quarter) % 4]
+    else:
+        cos, sin = math.cos(angle), math.sin(angle)
+    return np.array([[cos, sin], [-sin, cos]], dtype=np.float64)
+
+
+def tail_numbers(*, angle=0.0, zoom=(1.0, 1.0), shift=(0.0, 0.0), flips=(1.0, 1.0), brightness=1.0,
+                 contrast=1.0):
+    """An image's tail as the 8 numbers apply_tail takes, float32: the picture is flipped
+    (flips = (x, y) signs), turned by `angle` (radians, clockwise on screen), zoomed by `zoom`
+    (x, y) about its centre and moved by `shift` (x, y; fractions of the side, right and down);
+    then intensities x -> x * brightness, contrast about the mean. Default: IDENTITY_TAIL."""
+    linear = np.asarray(flips, dtype=np.float64)[:, None] * _rotation(angle) / np.asarray(zoom, dtype=np.float64)[:, None]
+    offset = -linear @ (2 * np.asarray(shift, dtype=np.float64))  # normalised coordinates: the side spans 2
+    theta = np.concatenate([linear, offset[:, None]], axis=1).ravel()
+    return torch.tensor([*theta, brightness, contrast], dtype=torch.float32)
+
+
+class RandTaild(MapTransform, Randomizable):
+    """The loader's half of the tail: uint8 (C, H, W) in (numpy or tensor), uint8 (C', S, S) out
+    with S = image_size, and this image's augmentation drawn as ``data["tail"]``, float32 (8,):
+    theta (2 x 3, output -> input in grid_sample's normalised coordinates, row-major), brightness
+    factor, contrast factor. :func:`apply_tail` does the pixel work.
+
+    Crop: hwsi takes a random (train) or centre (eval) S x S square out of its shorter-side-S
+    picture (paper 5.2.1); cxr and efi already are S x S. `channels=3` repeats a grey image to 3
+    channels (a dataset whose batches mix grey and colour images); None keeps what came in.
+
+    Draws (train=True; eval draws nothing and gives IDENTITY_TAIL):
+
+    * cxr, with probability CXR_AFFINE_PROB: rotation in +-CXR_ROTATE_DEGREES, zoom per axis in
+      1 +- CXR_SCALE, shift per axis up to +-CXR_TRANSLATE of the side. No flips: the heart has a side.
+    * hwsi: flip each axis with FLIP_PROB; with ROTATE90_PROB a quarter turn by 1, 2 or 3.
+    * efi: flip each axis with FLIP_PROB; with EFI_ROTATE_PROB a rotation by any angle in
+      +-EFI_ROTATE_DEGREES.
+    * hwsi and efi, each with JITTER_PROB: brightness (x * b) and contrast about the image mean,
+      factors in 1 +- BRIGHTNESS, 1 +- CONTRAST, then clipped to [0, 1].
+    """
+
+    def __init__(self, keys, *, domain, image_size, train, channels=None, allow_missing_keys=False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.domain, self.image_size, self.train, self.channels = domain, image_size, train, channels
+
+    def randomize(self, data=None):
+        """This image's 8 tail numbers (see tail_numbers), drawn from self.R."""
+        R = self.R
+        if self.domain == "cxr":
+            if R.rand() >= CXR_AFFINE_PROB:
+                return tail_numbers()
+            angle = math.radians(R.uniform(-CXR_ROTATE_DEGREES, CXR_ROTATE_DEGREES))
+            zoom = R.uniform(1 - CXR_SCALE, 1 + CXR_SCALE, size=2)
+            shift = R.uniform(-CXR_TRANSLATE, CXR_TRANSLATE, size=2)
+            return tail_numbers(angle=angle, zoom=zoom, shift=shift)
+        flips = np.where(R.rand(2) < FLIP_PROB, -1.0, 1.0)
+        angle = 0.0
+        if self.domain == "hwsi" and R.rand() < ROTATE90_PROB:
+            angle = (R.randint(3) + 1) * math.pi / 2
+        elif self.domain == "efi" and R.rand() < EFI_ROTATE_PROB:
+            angle = math.radians(R.uniform(-EFI_ROTATE_DEGREES, EFI_ROTATE_DEGREES))
+        brightness = 1 + R.uniform(-BRIGHTNESS, BRIGHTNESS) if R.rand() < JITTER_PROB else 1.0
+        contrast = 1 + R.uniform(-CONTRAST, CONTRAST) if R.rand() < JITTER_PROB else 1.0
+        return tail_numbers(angle=angle, flips=flips, brightness=brightness, contrast=contrast)
 
     def __call__(self, data):
         d = dict(data)
+        size = self.image_size
         for key in self.key_iterator(d):
             img = d[key]
             x = torch.from_numpy(img) if isinstance(img, np.ndarray) else _plain(img)
-            d[key] = x.to(torch.float32).mul_(1 / 255)
+            if x.dtype != torch.uint8 or x.ndim != 3 or min(x.shape[1:]) < size:
+                raise ValueError(f"{_file_name(img)}: the tail takes uint8 (C, H, W) with H, W >= {size}, got "
+                                 f"{x.dtype} {tuple(x.shape)}")
+            height, width = x.shape[1:]
+            if self.train:
+                top, left = self.R.randint(height - size + 1), self.R.randint(width - size + 1)
+            else:
+                top, left = (height - size) // 2, (width - size) // 2
+            x = x[:, top:top + size, left:left + size]
+            if self.channels == 3 and x.shape[0] == 1:
+                x = x.expand(3, -1, -1)
+            d[key] = x
+            d[TAIL_KEY] = self.randomize() if self.train else torch.tensor(IDENTITY_TAIL)
         return d
 
 
-class RandChestAffined(MapTransform, Randomizable):
-    """With probability `prob`: rotate by an angle in [-degrees, degrees], zoom each axis by a
-    factor in [1 - scale, 1 + scale], shift by up to `translate` x the side in each direction;
-    bilinear, zeros outside. Works on any (C, H, W) float tensor.
+_STATISTICS = {}  # device -> (mean, 1 / std), (1, 3, 1, 1) each
 
-    Written out instead of MONAI's RandAffined because that costs ~1 ms per 224 px image
-    (per-call grid construction and metadata), which alone would cap a cached loader at ~1,000
-    images/s per core; this builds the sampling grid from two broadcast outer sums (~0.15 ms).
+
+def _imagenet_statistics(device):
+    if device not in _STATISTICS:
+        _STATISTICS[device] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                               1 / torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    return _STATISTICS[device]
+
+
+def affine_grid(theta, size):
+    """F.affine_grid(theta, (B, 1, size, size), align_corners=False), built from broadcast sums
+    of the pixel-centre coordinates: on a CPU a fifth of the time of the batched matrix product."""
+    centres = (torch.arange(size, device=theta.device, dtype=torch.float32) * 2 + 1) / size - 1
+    planes = torch.empty(2, len(theta), size, size, device=theta.device)
+    for axis in (0, 1):  # source x, source y
+        a, b, c = (theta[:, axis, j].view(-1, 1, 1) for j in range(3))
+        torch.add(a * centres.view(1, 1, -1), b * centres.view(1, -1, 1), out=planes[axis]).add_(c)
+    return planes.permute(1, 2, 3, 0)  # (B, size, size, 2), a view: grid_sample reads it strided
+
+
+def apply_tail(images, tails, *, memory_format=torch.contiguous_format):
+    """The device's half of the tail, for a batch: uint8 (B, C, S, S) images on the training
+    device and their (B, 8) tails from RandTaild, on the CPU -> float32 (B, 3, S, S),
+    augmented and ImageNet-normalised, in `memory_format`. C = 1 is broadcast to 3.
+
+    The warp is one bilinear grid_sample (zeros outside) for the batch, skipped when no image
+    of the batch moves (evaluation). Brightness and contrast, x * b * c + mean(x * b) * (1 - c),
+    then the clip to [0, 1], run when some image draws them. Apart from copying the tails
+    (pinned by the loader, so asynchronous), nothing waits for the device.
     """
-
-    def __init__(self, keys, *, prob, degrees, scale, translate, allow_missing_keys=False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        self.prob, self.degrees, self.scale, self.translate = prob, degrees, scale, translate
-        self._params = None
-
-    def randomize(self, data=None):
-        self._params = None
-        if self.R.rand() < self.prob:
-            angle = math.radians(self.R.uniform(-self.degrees, self.degrees))
-            zoom = self.R.uniform(1 - self.scale, 1 + self.scale, size=2)  # (x, y)
-            shift = self.R.uniform(-self.translate, self.translate, size=2)  # (x, y), fractions of the side
-            self._params = angle, zoom, shift
-
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize()
-        if self._params is None:
-            return d
-        for key in self.key_iterator(d):
-            d[key] = self.apply(_plain(d[key]).to(torch.float32), *self._params)
-        return d
-
-    @staticmethod
-    def apply(x, angle, zoom, shift):
-        """Output pixel p takes the input at A^-1 (p - c - t) + c, A = rotation x zoom, c the centre."""
-        height, width = x.shape[-2:]
-        cos, sin = math.cos(angle), math.sin(angle)
-        # centred output pixel coordinates minus the shift, in pixels
-        xs = torch.arange(width, dtype=torch.float32) - (width - 1) / 2 - shift[0] * width
-        ys = torch.arange(height, dtype=torch.float32) - (height - 1) / 2 - shift[1] * height
-        # source (x, y) = (cos x + sin y, -sin x + cos y) / zoom, normalised to [-1, 1] for
-        # grid_sample (align_corners=False: a side spans 2); built as two planes and handed over
-        # as a (1, H, W, 2) view: interleaving them into a contiguous grid would cost more
-        planes = torch.empty(2, height, width)
-        to_x, to_y = 2 / (zoom[0] * width), 2 / (zoom[1] * height)
-        torch.add(xs[None, :] * (cos * to_x), ys[:, None], alpha=sin * to_x, out=planes[0])
-        torch.add(xs[None, :] * (-sin * to_y), ys[:, None], alpha=cos * to_y, out=planes[1])
-        grid = planes.permute(1, 2, 0)[None]
-        return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    tails = torch.as_tensor(tails, dtype=torch.float32)
+    if tails.device.type != "cpu" or tails.shape != (len(images), 8):
+        raise ValueError(f"apply_tail: expected CPU tails of shape ({len(images)}, 8), got {tuple(tails.shape)} "
+                         f"on {tails.device}")
+    device, size = images.device, images.shape[-1]
+    x = images.to(torch.float32).mul_(1 / 255)
+    identity = torch.tensor(IDENTITY_TAIL)
+    warp = bool((tails[:, :6] != identity[:6]).any())
+    jitter = bool((tails[:, 6:] != 1).any())
+    if warp or jitter:
+        on_device = tails.to(device, non_blocking=True)
+    if warp:
+        grid = affine_grid(on_device[:, :6].view(-1, 2, 3), size)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if jitter:
+        brightness, contrast = (on_device[:, j].view(-1, 1, 1, 1) for j in (6, 7))
+        mean = x.mean(dim=(1, 2, 3), keepdim=True) * brightness
+        x = torch.addcmul(mean * (1 - contrast), x, brightness * contrast).clamp_(0, 1)
+    mean, inv_std = _imagenet_statistics(device)
+    out = torch.empty((len(x), 3, size, size), device=device, memory_format=memory_format)
+    return torch.sub(x, mean, out=out).mul_(inv_std)
 
 
-class ImageNetNormalised(MapTransform):
-    """(x - mean) / std per channel with ImageNet statistics -> plain float32 tensor, for the
-    DataLoader. The same arithmetic as MONAI's NormalizeIntensityd(channel_wise=True) +
-    EnsureTyped, at a tenth of the cost (~30 us instead of ~300 us at 224 px). A grey (one
-    channel) input is broadcast to the 3 channels on the way, without a separate copy."""
-
-    def __init__(self, keys, allow_missing_keys=False):
-        super().__init__(keys, allow_missing_keys)
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+class ApplyTaild(MapTransform):
+    """apply_tail on one image: the key's uint8 (C, S, S) and data["tail"] (removed) -> float32
+    (3, S, S). Per image, for clinical code and tests; training batches it (engine._run_epoch)."""
 
     def __call__(self, data):
         d = dict(data)
+        tail = torch.as_tensor(d.pop(TAIL_KEY))
         for key in self.key_iterator(d):
-            x = _plain(d[key]).to(torch.float32)
-            if x.shape[0] not in (1, 3):
-                raise ValueError(f"{_file_name(d[key])}: expected 1 or 3 channels to normalise, got {x.shape[0]}")
-            d[key] = torch.sub(x, self.mean).div_(self.std)
+            d[key] = apply_tail(_plain(d[key])[None], tail[None])[0]
         return d
 
 
@@ -455,32 +538,10 @@ def _head(domain, image_size):
     return head
 
 
-def _start(domain, image_size, cached):
-    """Where a chain starts: the head from a file path, or the cached head from uint8 pixels."""
-    if cached:
-        return [FromUint8d(keys="image")]
-    return _head(domain, image_size) + [ThreeChannelsd(keys="image")]
-
-
-def _chain(domain, image_size, cached, tail):
-    """Start (head or cached head) + tail + ImageNet normalisation. A cached grey image keeps
-    one channel through the tail (which treats every channel alike: a third of the work) and
-    the normalisation broadcasts it to 3."""
-    return Chain(_start(domain, image_size, cached) + tail + _normalise())
-
-
-def _normalise():
-    """ImageNet statistics per channel, then a plain float32 tensor for the DataLoader."""
-    return [ImageNetNormalised(keys="image")]
-
-
-def _jitter():
-    """Mild brightness and contrast jitter, clipped back to [0, 1] (hwsi, efi)."""
-    return [
-        RandScaleIntensityd(keys="image", factors=BRIGHTNESS, prob=JITTER_PROB),
-        RandScaleIntensityFixedMeand(keys="image", factors=CONTRAST, prob=JITTER_PROB, fixed_mean=True),
-        ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),  # = clip
-    ]
+def _loader_chain(domain, image_size, cached, train, channels):
+    """Head (from a file) or nothing (from cached uint8 pixels), then the loader's half of the tail."""
+    start = [] if cached else _head(domain, image_size) + [ToUint8d(keys="image")]
+    return start + [RandTaild(keys="image", domain=domain, image_size=image_size, train=train, channels=channels)]
 
 
 # --- public chains --------------------------------------------------------------------------
@@ -491,49 +552,45 @@ def preprocess_transforms(domain, *, image_size=224):
     cxr and efi give H = W = image_size; hwsi gives the shorter side = image_size.
     """
     _check(domain, image_size)
-    return Chain(_start(domain, image_size, cached=False))
+    return Chain(_head(domain, image_size) + [ThreeChannelsd(keys="image")])
 
 
 def cache_transforms(domain, *, image_size=224):
     """The head as a preprocessing cache stores it: file path -> uint8 (C, H, W), C = 1 for a
     grey image (every cxr image), else 3. Equals ``preprocess_transforms`` rounded to 1/255,
     before the grey -> 3 channel repeat. Feed its output to ``train_transforms(...,
-    cached=True)`` or ``eval_transforms(..., cached=True)``."""
+    cached=True)``, ``eval_transforms(..., cached=True)`` or ``loader_transforms(...,
+    cached=True)``."""
     _check(domain, image_size)
     return Chain(_head(domain, image_size) + [ToUint8d(keys="image")])
+
+
+def loader_transforms(domain, *, image_size=224, train, cached=False, channels=None):
+    """What a training loader runs per image: head rounded to uint8 (or, cached=True, the
+    cached uint8 pixels) and RandTaild -> {"image": uint8 (C, image_size, image_size), "tail":
+    float32 (8,)}. The batch then goes through :func:`apply_tail` on the training device;
+    together they equal ``train_transforms`` (train=True) or ``eval_transforms``."""
+    _check(domain, image_size)
+    return Chain(_loader_chain(domain, image_size, cached, train, channels))
 
 
 def train_transforms(domain, *, image_size=224, cached=False):
     """Head + random augmentation + ImageNet normalisation -> float32 (3, image_size, image_size).
 
-    cached=True: the chain starts from the uint8 output of :func:`cache_transforms` instead of
-    a file path. The augmentation acts on each channel alike, so it runs before the grey -> 3
-    channel repeat there (a third of the work for grey images; the same random draws, the same
-    output up to the uint8 rounding).
+    The head's output is rounded to uint8 (as the preprocessing cache stores it), then
+    RandTaild draws the augmentation and ApplyTaild applies it: per image, the same arithmetic
+    as training's batched path (loader_transforms + apply_tail). cached=True: the chain starts
+    from the uint8 output of :func:`cache_transforms` instead of a file path.
     """
     _check(domain, image_size)
-    if domain == "cxr":
-        tail = [RandChestAffined(keys="image", prob=CXR_AFFINE_PROB, degrees=CXR_ROTATE_DEGREES, scale=CXR_SCALE,
-                                 translate=CXR_TRANSLATE)]
-    elif domain == "hwsi":  # paper 5.2.1: random 224 crops out of 340x224
-        tail = [RandSpatialCropd(keys="image", roi_size=(image_size, image_size), random_size=False),
-                RandFlipd(keys="image", prob=FLIP_PROB, spatial_axis=0),
-                RandFlipd(keys="image", prob=FLIP_PROB, spatial_axis=1),
-                RandRotate90d(keys="image", prob=ROTATE90_PROB, max_k=3)] + _jitter()
-    else:
-        tail = [RandFlipd(keys="image", prob=FLIP_PROB, spatial_axis=0),
-                RandFlipd(keys="image", prob=FLIP_PROB, spatial_axis=1),
-                RandRotated(keys="image", range_x=math.radians(EFI_ROTATE_DEGREES), prob=EFI_ROTATE_PROB,
-                            keep_size=True, mode="bilinear", padding_mode="zeros")] + _jitter()
-    return _chain(domain, image_size, cached, tail)
+    return Chain(_loader_chain(domain, image_size, cached, True, None) + [ApplyTaild(keys="image")])
 
 
 def eval_transforms(domain, *, image_size=224, cached=False):
-    """Head + centre crop (hwsi) + ImageNet normalisation -> float32 (3, image_size, image_size).
+    """Head rounded to uint8 + centre crop (hwsi) + ImageNet normalisation -> float32 (3,
+    image_size, image_size): what evaluation feeds the model.
 
     cached=True: starts from the uint8 output of :func:`cache_transforms` (see train_transforms).
     """
     _check(domain, image_size)
-    tail = [CenterSpatialCropd(keys="image", roi_size=(image_size, image_size))] if domain == "hwsi" else []
-    return _chain(domain, image_size, cached, tail)
-
+    return Chain(_loader_chain(domain, image_size, cached, False, None) + [ApplyTaild(keys="image")])

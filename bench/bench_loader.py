@@ -1,13 +1,19 @@
 """Images/s of the training data path at ChestX-ray14 scale: the naive chain (decode a 1024 px
-PNG and run the whole transforms.train_transforms("cxr") chain every epoch) vs the cached path
-(cache.build_cache once, then engine.ImageDataset reading the memmap + the random tail), through
-the same engine.make_loader with the same number of workers, in the same run.
+PNG and run the head, transforms.loader_transforms("cxr"), every epoch) vs the cached path
+(cache.build_cache once, then engine.ImageDataset reading the memmap), through the same
+engine.make_loader with the same number of workers, in the same run.
 
     python bench/bench_loader.py                      # ~1-2 minutes on 2 cores
     python bench/bench_loader.py --workers 8 --images 400
 
-The two loaders are measured in alternating windows and each keeps its best window, so other
-load on the machine does not favour either. Prints the figures; the last line is
+Both paths deliver what engine._run_epoch takes: uint8 pixels and each image's augmentation
+drawn as 8 numbers. The pixel work of the augmentation and the normalisation
+(transforms.apply_tail) runs batched on the training device, inside the step, whichever path
+fed it; it is measured here on its own (on the GPU when there is one, else on this CPU) and,
+for the cached path, also in line with the loader on this CPU ("cached + tail here").
+
+The loaders are measured in alternating windows and each keeps its best window, so other load
+on the machine does not favour either. Prints the figures; the last line is
 ratio=<cached images/s / naive images/s> (target >= 30).
 """
 import argparse
@@ -26,6 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cache  # noqa: E402
 import engine  # noqa: E402
+import transforms  # noqa: E402
 
 
 def get_args_parser():
@@ -58,22 +65,45 @@ def _write_film(args):
     Image.fromarray(chest_film(seed)).save(path)
 
 
-def measure(loaders, *, rounds, seconds):
-    """Images/s of each loader in alternating windows (other load on the machine hits every loader
-    alike); each loader's best window, after a warm-up (worker start-up, first batches)."""
-    iterators = {name: iter(loader) for name, loader in loaders.items()}
-    for batches in iterators.values():
+def measure(sources, *, rounds, seconds):
+    """Images/s of each source (an iterator of batches; each batch's first item holds the images)
+    in alternating windows (other load on the machine hits every source alike); each source's
+    best window, after a warm-up (worker start-up, first batches)."""
+    for batches in sources.values():
         for _ in range(3):
             next(batches)
-    rates = {name: [] for name in loaders}
+    rates = {name: [] for name in sources}
     for _ in range(rounds):
-        for name, batches in iterators.items():
+        for name, batches in sources.items():
             count, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                images, _ = next(batches)
-                count += len(images)
+                count += len(next(batches)[0])
             rates[name].append(count / (time.perf_counter() - start))
     return rates
+
+
+def with_tail(loader, device):
+    """The loader's batches through transforms.apply_tail on `device` (what _run_epoch does
+    before the forward pass); waits for the device at every batch, so the rate is honest."""
+    for images, tails, targets in loader:
+        out = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield out, targets
+
+
+def tail_rate(batch, device, *, seconds):
+    """Images/s of apply_tail alone on `device` on one (uint8 images, tails) batch already there."""
+    images, tails = batch[0].to(device), batch[1]
+    for _ in range(3):
+        transforms.apply_tail(images, tails, memory_format=torch.channels_last)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        transforms.apply_tail(images, tails, memory_format=torch.channels_last)
+        count += len(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start)
 
 
 def main(args):
@@ -101,17 +131,27 @@ def main(args):
               f"({result['images'] / result['seconds']:.0f} images/s, {args.workers} processes), "
               f"{size / len(paths) / 2**10:.0f} KB per image "
               f"(ChestX-ray14, 112,120 images: {112_120 * size / len(paths) / 1e9:.1f} GB)")
-        naive_set = engine.ImageDataset(df, **settings)  # no cache_dirs: decode + whole chain every time
+        naive_set = engine.ImageDataset(df, **settings)  # no cache_dirs: decode + head every time
         cached_set = engine.ImageDataset(df, **settings, cache_dirs=[folder])
         assert (naive_set.n_cached, cached_set.n_cached) == (0, len(df))
+        cpu = torch.device("cpu")
         loaders = {name: engine.make_loader(data, batch_size=args.batch_size, train=True, workers=args.workers,
-                                            seed=0, device=torch.device("cpu"))
-                   for name, data in (("naive", naive_set), ("cached", cached_set))}
-        rates = measure(loaders, rounds=args.rounds, seconds=args.seconds)
-        for name, what in (("naive", "naive chain (PNG decode + head + tail)"),
-                           ("cached", "cached path (memmap + random tail)")):
+                                            seed=0, device=cpu)
+                   for name, data in (("naive", naive_set), ("cached", cached_set), ("cached + tail here", cached_set))}
+        sources = {"naive": iter(loaders["naive"]), "cached": iter(loaders["cached"]),
+                   "cached + tail here": with_tail(loaders["cached + tail here"], cpu)}
+        rates = measure(sources, rounds=args.rounds, seconds=args.seconds)
+        for name, what in (("naive", "naive chain (PNG decode + head, per epoch)"),
+                           ("cached", "cached path (memmap)"),
+                           ("cached + tail here", "cached path + apply_tail on this CPU, in line")):
             print(f"{what}, --workers {args.workers} ({type(loaders[name]).__name__}): "
                   f"{max(rates[name]):.0f} images/s (windows: {', '.join(f'{r:.0f}' for r in rates[name])})")
+        batch = next(iter(loaders["cached"]))
+        devices = [cpu] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        for device in devices:
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+            print(f"apply_tail alone (augment + normalise, batch {args.batch_size}, {args.image_size} px) on {name}: "
+                  f"{tail_rate(batch, device, seconds=args.seconds):.0f} images/s")
         naive, cached = max(rates["naive"]), max(rates["cached"])
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"ratio={cached / naive:.1f}")

@@ -1,6 +1,7 @@
-"""Training images/s of the engine's loop (engine._run_epoch) vs a bare PyTorch loop (forward,
-loss, backward, AdamW step, zero_grad(set_to_none=True)) on the same DenseNet-121, batch and
-precision, from batches already in memory, in the same run.
+"""Training images/s of the engine's loop (engine._run_epoch) vs a bare PyTorch loop (augment +
+normalise the uint8 batch with transforms.apply_tail, forward, loss, backward, AdamW step,
+zero_grad(set_to_none=True)) on the same DenseNet-121, batch and precision, from batches
+already in memory, in the same run.
 
     python bench/bench_step.py                       # ~2 minutes on 2 CPU cores
     python bench/bench_step.py --device cuda --image-size 224 --batch-size 64
@@ -24,6 +25,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
 import models  # noqa: E402
+import transforms  # noqa: E402
 
 
 def get_args_parser():
@@ -49,8 +51,13 @@ class Setup:
         self.criterion = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=10_000)
-        self.batches = [(torch.randn(batch_size, 3, image_size, image_size), torch.randint(0, 2, (batch_size,)))
-                        for _ in range(steps)]
+        # what engine.ImageDataset yields: uint8 pixels, each image's augmentation (fundus: flips,
+        # rotation, jitter) as 8 numbers (transforms.RandTaild), targets
+        draw = transforms.RandTaild(keys="image", domain="efi", image_size=image_size, train=True)
+        draw.set_random_state(seed=0)
+        self.batches = [(torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8),
+                         torch.stack([draw.randomize() for _ in range(batch_size)]),
+                         torch.randint(0, 2, (batch_size,))) for _ in range(steps)]
         self.images = batch_size * steps
 
     def sync(self):
@@ -61,8 +68,10 @@ class Setup:
         """The minimal training loop: what the engine's loop is measured against."""
         self.model.train()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        for images, targets in self.batches:
-            images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+        for images, tails, targets in self.batches:
+            # the augmentation's pixel work, as in the engine: it runs on the device in any loop
+            images = transforms.apply_tail(images.to(self.device, non_blocking=True), tails,
+                                           memory_format=memory_format)
             targets = targets.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 logits = self.model(images)

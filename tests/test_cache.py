@@ -76,20 +76,43 @@ def test_cached_and_uncached_agree(domain, tmp_path):
             for k, chain in enumerate(ds.chains + ds.cached_chains):
                 chain.set_random_state(seed=7 + k % len(ds.chains))
         for i in range(3):
-            x, target = cached[i]
-            assert x.dtype == torch.float32 and x.shape == (3, S, S) and int(target) == i % 2
-            # uint8 rounding: at most half a grey level, 1/255 with interpolation and jitter
-            torch.testing.assert_close(unnormalise(x), unnormalise(on_disk[i][0]), atol=1 / 255 + 1e-4, rtol=0)
+            pixels, tail, target = cached[i]
+            assert pixels.dtype == torch.uint8 and pixels.shape == ((1 if domain == "cxr" else 3), S, S)
+            assert int(target) == i % 2
+            # the uncached path rounds the head to uint8 too: the same pixels, the same draws
+            on_disk_pixels, on_disk_tail, _ = on_disk[i]
+            assert torch.equal(pixels, on_disk_pixels) and torch.equal(tail, on_disk_tail)
+            x = transforms.apply_tail(pixels[None], tail[None])[0]
+            assert x.dtype == torch.float32 and x.shape == (3, S, S)
         assert isinstance(next(iter(cached._pixels.values())), np.memmap)  # read through a memory map
         assert "_pixels" in pickle.loads(pickle.dumps(cached)).__dict__
         assert pickle.loads(pickle.dumps(cached))._pixels == {}  # workers open their own map
+
+
+@pytest.mark.parametrize("domain", transforms.DOMAINS)
+@pytest.mark.parametrize("train", [True, False])
+def test_batched_tail_equals_the_public_chain(domain, train, tmp_path):
+    """Training's path (loader per image, apply_tail per batch) gives what the public
+    train_transforms / eval_transforms give image by image, for the same draws."""
+    csv_path = write_manifest(tmp_path, domain, grey_too=True)
+    images = pd.read_csv(csv_path)["image"].tolist()
+    loader_chain = transforms.loader_transforms(domain, image_size=S, train=train, channels=3)
+    loader_chain.set_random_state(seed=3)
+    items = [loader_chain({"image": path}) for path in images]
+    batch = transforms.apply_tail(torch.stack([item["image"] for item in items]),
+                                  torch.stack([item["tail"] for item in items]))
+    public = (transforms.train_transforms if train else transforms.eval_transforms)(domain, image_size=S)
+    public.set_random_state(seed=3)
+    one_by_one = torch.stack([public({"image": path})["image"] for path in images])
+    # a batch warps every image when one moves: a still image is resampled at its own pixel centres
+    torch.testing.assert_close(batch, one_by_one, atol=1e-4, rtol=0)
 
 
 def test_cached_train_chain_is_random(tmp_path):
     csv_path = write_manifest(tmp_path, "cxr")
     cache.build_cache(csv_path, image_size=S, workers=1, progress=False)
     ds = dataset(csv_path, "cxr", train=True)
-    outputs = [ds[0][0] for _ in range(6)]
+    outputs = [transforms.apply_tail(*(t[None] for t in ds[0][:2]))[0] for _ in range(6)]
     assert any(not torch.equal(outputs[0], other) for other in outputs[1:])
 
 
@@ -105,7 +128,7 @@ def test_parallel_build_and_loader_with_workers(tmp_path):
     ds = dataset(csv_path, "hwsi", train=True)
     loader = engine.make_loader(ds, batch_size=2, train=True, workers=3, seed=0, device=torch.device("cpu"))
     assert not isinstance(loader, cache.ThreadLoader)  # 3 worker processes, each opening the memmap
-    assert [len(images) for images, _ in loader] == [2]  # the last batch of one is dropped
+    assert [len(images) for images, _, _ in loader] == [2]  # the last batch of one is dropped
 
 
 def test_thread_loader_for_cached_data_is_seeded(tmp_path):
@@ -118,7 +141,7 @@ def test_thread_loader_for_cached_data_is_seeded(tmp_path):
         assert isinstance(loader, cache.ThreadLoader)
         for epoch_seed in (5, 6, 5):  # reseeding the generator per epoch reseeds the augmentation
             loader.generator.manual_seed(epoch_seed)
-            passes.append(torch.cat([images for images, _ in loader]))
+            passes.append(torch.cat([transforms.apply_tail(images, tails) for images, tails, _ in loader]))
     assert torch.equal(passes[0], passes[2]) and not torch.equal(passes[0], passes[1])
     assert all(torch.equal(a, b) for a, b in zip(passes[:3], passes[3:]))  # a fresh loader: the same
 

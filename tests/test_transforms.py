@@ -100,8 +100,9 @@ def test_eval_is_preprocess_normalised(domain, noise_png):
     assert head.dtype == torch.float32 and head.shape[0] == 3 and 0.0 <= head.min() and head.max() <= 1.0
     x = eval_transforms(domain, image_size=S)({"image": noise_png})["image"]
     top, left = (head.shape[1] - S) // 2, (head.shape[2] - S) // 2  # hwsi: centre crop
+    # the uint8 rounding of the head: at most half a grey level
     torch.testing.assert_close(unnormalise(x), torch.as_tensor(head)[:, top:top + S, left:left + S],
-                               atol=1e-5, rtol=0)
+                               atol=0.5 / 255 + 1e-5, rtol=0)
     torch.testing.assert_close(x, eval_transforms(domain, image_size=S)({"image": noise_png})["image"])
 
 
@@ -382,9 +383,11 @@ def test_chains_pickle(domain, noise_png):
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_head_is_cacheable(domain):
-    """MONAI's CacheDataset caches up to the first random transform: that must be the end of the head."""
+    """MONAI's CacheDataset caches up to the first random transform: that must be the end of the
+    head (rounded to uint8, as cache_transforms stores it)."""
     from monai.transforms import Randomizable
-    head = preprocess_transforms(domain, image_size=S).transforms
+    from transforms import cache_transforms
+    head = cache_transforms(domain, image_size=S).transforms
     assert not any(isinstance(t, Randomizable) for t in head)
     train = train_transforms(domain, image_size=S)
     assert train.get_index_of_first(lambda t: isinstance(t, Randomizable)) == len(head)
@@ -460,17 +463,84 @@ def test_real_chest_xray_upright(shared_data):
 
 # --- augmentation geometry -----------------------------------------------------------------------------
 
-def test_chest_affine_geometry():
-    """RandChestAffined.apply: identity, shift right, zoom about the centre, rotation keeps the
-    distance to the centre."""
-    from transforms import RandChestAffined
-    x = torch.zeros(1, 32, 32)
-    x[0, 8, 20] = 1.0  # 7.5 px above and 4.5 px right of the centre (15.5, 15.5)
-    where = lambda y: divmod(int(y.argmax()), 32)  # noqa: E731
-    assert torch.equal(RandChestAffined.apply(x, 0.0, (1.0, 1.0), (0.0, 0.0)), x)
-    assert where(RandChestAffined.apply(x, 0.0, (1.0, 1.0), (0.25, 0.0))) == (8, 28)  # 0.25 x 32 px right
-    assert where(RandChestAffined.apply(x, 0.0, (2.0, 2.0), (0.0, 0.0))) == (0, 24)  # offsets doubled
-    row, col = where(RandChestAffined.apply(x, math.pi / 2, (1.0, 1.0), (0.0, 0.0)))
-    assert (row - 15.5) ** 2 + (col - 15.5) ** 2 == pytest.approx(7.5 ** 2 + 4.5 ** 2)
-    t = train_transforms("cxr", image_size=S).transforms[-2]
-    assert isinstance(t, RandChestAffined) and t.prob == pytest.approx(0.8)
+def test_tail_geometry():
+    """tail_numbers + apply_tail: identity, shift right, zoom about the centre, a quarter turn
+    clockwise, flips; rotations keep the distance to the centre."""
+    from transforms import apply_tail, tail_numbers
+    x = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    x[0, 0, 8, 20] = 255  # 7.5 px above and 4.5 px right of the centre (15.5, 15.5)
+
+    def where(**kwargs):
+        y = unnormalise(apply_tail(x, tail_numbers(**kwargs)[None])[0])
+        return divmod(int(y[0].argmax()), 32)
+
+    assert torch.equal(unnormalise(apply_tail(x, tail_numbers()[None])[0]).mul(255).round().byte(),
+                       x[0].expand(3, -1, -1))
+    assert where(shift=(0.25, 0.0)) == (8, 28)  # 0.25 x 32 px right
+    assert where(zoom=(2.0, 2.0)) == (0, 24)  # offsets from the centre doubled
+    assert where(angle=math.pi / 2) == (20, 23)  # up-right of the centre -> down-right
+    assert where(flips=(-1.0, 1.0)) == (8, 11) and where(flips=(1.0, -1.0)) == (23, 20)
+    row, col = where(angle=0.3)
+    assert math.hypot(row - 15.5, col - 15.5) == pytest.approx(math.hypot(7.5, 4.5), abs=0.75)  # nearest pixel
+    assert (row, col) != (8, 20)
+
+
+def test_tail_jitter_and_affine_grid():
+    """Brightness multiplies, contrast scales about the mean, the result is clipped to [0, 1];
+    affine_grid equals torch's."""
+    import torch.nn.functional as F
+    from transforms import affine_grid, apply_tail, tail_numbers
+    x = torch.tensor([[[[50, 100], [150, 200]]]], dtype=torch.uint8)
+    unit = x.float() / 255
+    y = unnormalise(apply_tail(x, tail_numbers(brightness=1.1)[None])[0])[0]
+    torch.testing.assert_close(y, unit[0, 0] * 1.1)
+    y = unnormalise(apply_tail(x, tail_numbers(contrast=0.5)[None])[0])[0]
+    torch.testing.assert_close(y, (unit[0, 0] - unit.mean()) * 0.5 + unit.mean())
+    y = unnormalise(apply_tail(x, tail_numbers(brightness=2.0)[None])[0])[0]
+    assert float(y.max()) == pytest.approx(1.0) and float(y.min()) == pytest.approx(100 / 255)
+    theta = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(affine_grid(theta, 9), F.affine_grid(theta, (4, 1, 9, 9), align_corners=False))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_tail_draws(domain):
+    """RandTaild's draws follow the documented probabilities and ranges (2,000 draws)."""
+    from transforms import (CXR_AFFINE_PROB, IDENTITY_TAIL, JITTER_PROB, RandTaild)
+    t = RandTaild(keys="image", domain=domain, image_size=S, train=True)
+    t.set_random_state(seed=0)
+    tails = torch.stack([t.randomize() for _ in range(2000)])
+    moved = (tails[:, :6] != torch.tensor(IDENTITY_TAIL[:6])).any(1).float().mean()
+    linear = tails[:, [0, 1, 3, 4]]
+    if domain == "cxr":
+        assert abs(float(moved) - CXR_AFFINE_PROB) < 0.03
+        assert torch.equal(tails[:, 6:], torch.ones(2000, 2))  # no intensity jitter on films
+        det = tails[:, 0] * tails[:, 4] - tails[:, 1] * tails[:, 3]
+        assert float(det.min()) > 1 / 1.1 ** 2 - 1e-4 and float(det.max()) < 1 / 0.9 ** 2 + 1e-4  # no flips
+    else:
+        jittered = (tails[:, 6] != 1).float().mean(), (tails[:, 7] != 1).float().mean()
+        assert all(abs(float(j) - JITTER_PROB) < 0.04 for j in jittered)
+        assert float((tails[:, 6:] - 1).abs().max()) <= 0.1 + 1e-6
+        assert torch.equal(tails[:, [2, 5]], torch.zeros(2000, 2))  # about the centre
+        if domain == "hwsi":  # flips and quarter turns only: entries 0 or +-1; 1/8 identity
+            assert set(linear.abs().unique().tolist()) <= {0.0, 1.0}
+            assert abs(float(moved) - 7 / 8) < 0.03
+        else:
+            assert len(linear.unique()) > 1000  # any angle
+
+
+def test_tail_crop_and_channels():
+    """hwsi: a random square in training, the centre one in evaluation; channels=3 repeats grey."""
+    from transforms import RandTaild
+    picture = torch.arange(S * (S + 20), dtype=torch.int64).remainder(251).to(torch.uint8).view(1, S, S + 20)
+    train = RandTaild(keys="image", domain="hwsi", image_size=S, train=True, channels=3)
+    lefts = set()
+    for seed in range(20):
+        train.set_random_state(seed=seed)
+        out = train({"image": picture})["image"]
+        assert out.shape == (3, S, S) and torch.equal(out[0], out[2])
+        lefts.add(int(torch.nonzero(picture[0, 0] == out[0, 0, 0])[0]))
+    assert len(lefts) > 5
+    centre = RandTaild(keys="image", domain="hwsi", image_size=S, train=False)({"image": picture})
+    assert torch.equal(centre["image"], picture[:, :, 10:10 + S]) and centre["tail"].tolist() == [1, 0, 0, 0, 1, 0, 1, 1]
+    with pytest.raises(ValueError, match="uint8"):
+        train({"image": picture.float()})
