@@ -82,10 +82,16 @@ def measure(sources, *, rounds, seconds):
     return rates
 
 
+def forever(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 def with_tail(loader, device):
     """The loader's batches through transforms.apply_tail on `device` (what _run_epoch does
     before the forward pass); waits for the device at every batch, so the rate is honest."""
-    for images, tails, targets in loader:
+    for images, tails, targets in forever(loader):
         out = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -135,10 +141,16 @@ def main(args):
         cached_set = engine.ImageDataset(df, **settings, cache_dirs=[folder])
         assert (naive_set.n_cached, cached_set.n_cached) == (0, len(df))
         cpu = torch.device("cpu")
+        # the tail's pixel work alone, before any loader thread or process exists
+        batch = cache.stack_in_numpy([cached_set[i] for i in range(args.batch_size)])
+        for device in [cpu] + ([torch.device("cuda")] if torch.cuda.is_available() else []):
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+            print(f"apply_tail alone (augment + normalise, batch {args.batch_size}, {args.image_size} px) on {name}: "
+                  f"{tail_rate(batch, device, seconds=args.seconds):.0f} images/s")
         loaders = {name: engine.make_loader(data, batch_size=args.batch_size, train=True, workers=args.workers,
                                             seed=0, device=cpu)
                    for name, data in (("naive", naive_set), ("cached", cached_set), ("cached + tail here", cached_set))}
-        sources = {"naive": iter(loaders["naive"]), "cached": iter(loaders["cached"]),
+        sources = {"naive": forever(loaders["naive"]), "cached": forever(loaders["cached"]),
                    "cached + tail here": with_tail(loaders["cached + tail here"], cpu)}
         rates = measure(sources, rounds=args.rounds, seconds=args.seconds)
         for name, what in (("naive", "naive chain (PNG decode + head, per epoch)"),
@@ -146,12 +158,15 @@ def main(args):
                            ("cached + tail here", "cached path + apply_tail on this CPU, in line")):
             print(f"{what}, --workers {args.workers} ({type(loaders[name]).__name__}): "
                   f"{max(rates[name]):.0f} images/s (windows: {', '.join(f'{r:.0f}' for r in rates[name])})")
-        batch = next(iter(loaders["cached"]))
-        devices = [cpu] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-        for device in devices:
-            name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-            print(f"apply_tail alone (augment + normalise, batch {args.batch_size}, {args.image_size} px) on {name}: "
-                  f"{tail_rate(batch, device, seconds=args.seconds):.0f} images/s")
+        # the cached path alone, with the naive workers shut down: in the thread (what make_loader
+        # picks for --workers <= 2) and in --workers DataLoader processes
+        del sources, loaders["naive"]
+        processes = torch.utils.data.DataLoader(cached_set, batch_size=args.batch_size, shuffle=True,
+                                                num_workers=args.workers, persistent_workers=True)
+        alone = measure({"thread": forever(loaders["cached"]), "processes": forever(processes)},
+                        rounds=1, seconds=args.seconds)
+        print(f"cached path alone: {alone['thread'][0]:.0f} images/s in one thread (ThreadLoader), "
+              f"{alone['processes'][0]:.0f} images/s in {args.workers} DataLoader processes")
         naive, cached = max(rates["naive"]), max(rates["cached"])
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"ratio={cached / naive:.1f}")
