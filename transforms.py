@@ -335,7 +335,8 @@ def tail_numbers(*, angle=0.0, zoom=(1.0, 1.0), shift=(0.0, 0.0), flips=(1.0, 1.
     (flips = (x, y) signs), turned by `angle` (radians, clockwise on screen), zoomed by `zoom`
     (x, y) about its centre and moved by `shift` (x, y; fractions of the side, right and down);
     then intensities x -> x * brightness, contrast about the mean. Default: IDENTITY_TAIL."""
-    linear = np.asarray(flips, dtype=np.float64)[:, None] * _rotation(angle) / np.asarray(zoom, dtype=np.float64)[:, None]
+    flips, zoom = np.asarray(flips, dtype=np.float64), np.asarray(zoom, dtype=np.float64)
+    linear = flips[:, None] * _rotation(angle) / zoom[:, None]
     offset = -linear @ (2 * np.asarray(shift, dtype=np.float64))  # normalised coordinates: the side spans 2
     theta = np.concatenate([linear, offset[:, None]], axis=1).ravel()
     return torch.tensor([*theta, brightness, contrast], dtype=torch.float32)

@@ -144,7 +144,8 @@ def main(args):
         # the tail's pixel work alone, before any loader thread or process exists
         batch = cache.stack_in_numpy([cached_set[i] for i in range(args.batch_size)])
         for device in [cpu] + ([torch.device("cuda")] if torch.cuda.is_available() else []):
-            name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+            name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                    else f"CPU, {torch.get_num_threads()} threads")
             print(f"apply_tail alone (augment + normalise, batch {args.batch_size}, {args.image_size} px) on {name}: "
                   f"{tail_rate(batch, device, seconds=args.seconds):.0f} images/s")
         loaders = {name: engine.make_loader(data, batch_size=args.batch_size, train=True, workers=args.workers,

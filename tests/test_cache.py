@@ -125,10 +125,19 @@ def test_parallel_build_and_loader_with_workers(tmp_path):
         path.unlink()
     parallel = cache.build_cache(csv_path, image_size=S, workers=2, progress=False)
     assert np.array_equal(np.load(parallel["pixels"]), pixels)  # same bytes, same order
-    ds = dataset(csv_path, "hwsi", train=True)
+    assert isinstance(engine.make_loader(dataset(csv_path, "hwsi", train=True), batch_size=2, train=True,
+                                         workers=3, seed=0, device=torch.device("cpu")), cache.ThreadLoader)
+    # two rows not in the cache: worker processes decode them and open the memmap for the others
+    extra = [tmp_path / "new_0.png", tmp_path / "new_1.png"]
+    for path in extra:
+        Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(path)
+    df = pd.concat([pd.read_csv(csv_path), pd.DataFrame({"image": [str(p) for p in extra], "label": 0})])
+    ds = engine.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=S, train=True, domain="hwsi",
+                             cache_dirs=[tmp_path])
+    assert (ds.n_cached, len(ds)) == (3, 5)
     loader = engine.make_loader(ds, batch_size=2, train=True, workers=3, seed=0, device=torch.device("cpu"))
     assert not isinstance(loader, cache.ThreadLoader)  # 3 worker processes, each opening the memmap
-    assert [len(images) for images, _, _ in loader] == [2]  # the last batch of one is dropped
+    assert [len(images) for images, _, _ in loader] == [2, 2]  # the last batch of one is dropped
 
 
 def test_thread_loader_for_cached_data_is_seeded(tmp_path):
@@ -215,3 +224,18 @@ def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys)
     assert dataset.n_cached == len(df) == 8
     with pytest.raises(SystemExit):
         prepare_data.get_args_parser().parse_args([*argv[:-4], "--cache-size", "16"])
+
+
+def test_stack_in_numpy_equals_the_default_collate(tmp_path):
+    """The thread loader's numpy stacking gives what torch's default collate gives: grey images
+    repeated to 3 channels (expanded views), tails, class and multi-label targets."""
+    csv_path = write_manifest(tmp_path, "hwsi", grey_too=True)
+    cache.build_cache(csv_path, image_size=S, workers=1, progress=False)
+    ds = dataset(csv_path, "hwsi")
+    items = [ds[i] for i in range(3)]
+    assert items[0][0].stride(0) == 0  # the grey image is an expanded view
+    labels = [(pixels, tail, torch.tensor([1.0, float("nan")])) for pixels, tail, _ in items]
+    for batch in (items, labels):
+        ours, torch_s = cache.stack_in_numpy(batch), torch.utils.data.default_collate(batch)
+        assert [x.dtype for x in ours] == [x.dtype for x in torch_s]
+        assert all(torch.equal(a.nan_to_num(-1), b.nan_to_num(-1)) for a, b in zip(ours, torch_s))

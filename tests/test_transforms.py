@@ -541,6 +541,7 @@ def test_tail_crop_and_channels():
         lefts.add(int(torch.nonzero(picture[0, 0] == out[0, 0, 0])[0]))
     assert len(lefts) > 5
     centre = RandTaild(keys="image", domain="hwsi", image_size=S, train=False)({"image": picture})
-    assert torch.equal(centre["image"], picture[:, :, 10:10 + S]) and centre["tail"].tolist() == [1, 0, 0, 0, 1, 0, 1, 1]
+    assert torch.equal(centre["image"], picture[:, :, 10:10 + S])
+    assert centre["tail"].tolist() == [1, 0, 0, 0, 1, 0, 1, 1]
     with pytest.raises(ValueError, match="uint8"):
         train({"image": picture.float()})
