@@ -299,7 +299,7 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, workers:
     A dataset read entirely from a preprocessing cache is loaded in one background thread
     whatever `workers` says (cache.ThreadLoader: a cached item is a memmap row and a few random
     draws, ~25 us, less than handing it over from a worker process; on 2 cores the thread gave
-    22,000 images/s, 2 worker processes 12,000, and a GPU takes a few thousand); otherwise
+    22,000 images/s, 2 worker processes 11,500, and a GPU takes a few thousand); otherwise
     `workers` processes decode (0 = in this process).
 
     With a `sampler` (fit passes a DistributedSampler, also in a single process: its order is a
