@@ -2,66 +2,118 @@
 (paper Section 5.1). The five arms of a target differ only in --init:
 
     IN         --init imagenet
-    Domain_RI  --init OUT/pretrain/<AREA>_RI/last.pt   (AREA = the target's own: CXR, HWSI or EFI)
-    Domain_IN  --init OUT/pretrain/<AREA>_IN/last.pt
-    All_RI     --init OUT/pretrain/All_RI/last.pt
-    All_IN     --init OUT/pretrain/All_IN/last.pt
+    Domain_RI  --init OUT/pretrain/<AREA>_RI/seed0/last.pt   (AREA = the target's own: CXR, HWSI or EFI)
+    Domain_IN  --init OUT/pretrain/<AREA>_IN/seed0/last.pt
+    All_RI     --init OUT/pretrain/All_RI/seed0/last.pt
+    All_IN     --init OUT/pretrain/All_IN/seed0/last.pt
 
-A checkpoint gives the backbone only; the head (FC, BN, Dropout, FC) is always new. All arms of
-a target read the same manifest, so they see the same split.
+A checkpoint gives the backbone only; the head (FC, BN, ReLU, Dropout, FC) is always new. All
+arms of a target read the same manifest, so they see the same split.
 
 CPU demo:
-    python finetune_target.py --manifest runs/demo/manifests/shenzhen.csv \
-        --init runs/demo/pretrain/CXR_RI/last.pt --out runs/demo/finetune/shenzhen/Domain_RI \
+    python finetune_target.py --manifest runs/demo/manifests/shenzhen.csv \\
+        --init runs/demo/pretrain/CXR_RI/seed0/last.pt --out runs/demo/finetune/shenzhen/Domain_RI/seed0 \\
         --image-size 64 --epochs 4 --batch-size 16
-One GPU, paper scale:
-    python finetune_target.py --manifest OUT/manifests/messidor.csv --init imagenet --out OUT/finetune/messidor/IN
+One GPU, 224 px:
+    python finetune_target.py --manifest OUT/manifests/messidor.csv --init imagenet --out OUT/finetune/messidor/IN/seed0
 Eight GPUs (the same file; --batch-size is per process):
-    torchrun --nproc_per_node=8 finetune_target.py --manifest OUT/manifests/messidor.csv --init imagenet \
-        --out OUT/finetune/messidor/IN --batch-size 32 --lr 8e-4
+    torchrun --nproc_per_node=8 finetune_target.py --manifest OUT/manifests/messidor.csv --init imagenet \\
+        --out OUT/finetune/messidor/IN/seed0 --batch-size 32 --lr 8e-4
 A killed run continues from OUT/.../last.pt when the same command is run again (--no-resume starts over).
-"""
 
+The recipe is main() below, top to bottom: data, model, loss, optimizer, schedule, then the
+shared loop. To train with SGD or a frozen backbone, edit the lines marked there.
+"""
 import argparse
 
-import datasets
-import engine
+from kit import cli
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Fine-tune DenseNet-121 on one target dataset (one arm).")
-    # Data
-    parser.add_argument("--manifest", type=engine.existing_file, required=True, help="target manifest CSV from prepare_data.py")
-    parser.add_argument("--image-size", type=engine.image_size, default=224, help="input side in px (paper: 224; >= 32)")
-    parser.add_argument("--train-fraction", type=engine.fraction, default=1.0,
-                        help="train on this share of the train split's patients, in (0, 1]: stratified, and nested "
-                             "(for one --seed, 0.05 is a subset of 0.1); val and test stay whole")
-    # Model
-    parser.add_argument("--init", type=engine.init_source, required=True,
-                        help="random | imagenet | path to a pretrain checkpoint (backbone only is taken)")
-    engine.add_model_args(parser, hidden_dim=512, dropout=0.5)
-    # Optimisation
-    engine.add_optimisation_args(parser, epochs=30, batch_size=32, lr=1e-4, weight_decay=1e-4)
-    # Checkpointing
-    engine.add_checkpointing_args(parser, out_example="OUT/finetune/shenzhen/Domain_RI")
-    engine.add_runtime_args(parser)
+    parser = cli.parser(__doc__)
+    data = parser.add_argument_group("data")
+    data.add_argument("--manifest", type=cli.existing_file, required=True,
+                      help="target manifest CSV from prepare_data.py")
+    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    data.add_argument("--train-fraction", type=cli.fraction, default=1.0,
+                      help="train on this share of the train split's patients, in (0, 1]: stratified and nested "
+                           "(for one --seed, 0.05 is a subset of 0.1); val and test stay whole")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init", type=cli.init_source, required=True,
+                       help="random | imagenet | path to a pretrain checkpoint (its backbone only is taken)")
+    model.add_argument("--imagenet-weights", type=cli.existing_file, default=None,
+                       help="torchvision's densenet121-a639ec97.pth for --init imagenet (default: the torch hub "
+                            "cache, else a download)")
+    model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
+    model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
+    optim.add_argument("--batch-size", type=cli.positive_int, default=32,
+                       help="images per step per process (under torchrun the global batch is N x this; scale "
+                            "--lr with it)")
+    optim.add_argument("--lr", type=cli.positive_float, default=1e-4, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=cli.non_negative_float, default=1e-4, help="AdamW weight decay")
+    optim.add_argument("--warmup-epochs", type=cli.non_negative_int, default=0,
+                       help="epochs of linear learning-rate warm-up before the cosine decay to 0")
+    optim.add_argument("--class-weights", type=str, default="auto", choices=["auto", "balanced", "none"],
+                       help="cross-entropy class weights; auto = what the manifest recommends (balanced for "
+                            "Messidor and DeepDRiD, as in the paper; none elsewhere)")
+    optim.add_argument("--seed", type=int, default=0, help="fixes init of the head, augmentation and data order")
+    run = parser.add_argument_group("run folder")
+    run.add_argument("--out", type=str, required=True, help="run folder, e.g. OUT/finetune/shenzhen/Domain_RI/seed0")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
+    run.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                     help="decode every train/val image first and leave out those that cannot be read (listed in "
+                          "OUT/skipped.csv); default: stop at the first")
+    cli.add_runtime_args(parser, training=True)
     return parser
 
 
 def main(args):
-    engine.seed_everything(args.seed)
+    import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    # --- data: the target manifest (every arm of a target reads the same one)
-    df, data_meta = datasets.load_manifest(args.manifest)
-    if args.train_fraction < 1:  # label-efficiency study: fewer training patients, same val/test
-        df = datasets.nested_fraction(df, args.train_fraction, seed=args.seed)
-        engine.log(f"--train-fraction {args.train_fraction}: {(df['split'] == 'train').sum()} train images")
+    from kit import data, loop, losses, manifests, models, runs, runtime
 
-    # --- model from --init (random, imagenet or a pretrain checkpoint; the head is always new), then training
-    engine.train(df, data_meta, args)
+    runtime.seed_everything(args.seed)
+    dist_info, device = runtime.init_distributed(args.device)
+
+    # --- data: the target manifest (every arm of a target reads the same one), its train/val splits
+    df, data_meta = manifests.load_manifest(args.manifest)
+    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
+    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
+    if args.train_fraction < 1:  # label efficiency: fewer training patients, the same val and test
+        df = manifests.nested_fraction(df, args.train_fraction, seed=args.seed)
+        runtime.log(f"--train-fraction {args.train_fraction}: {(df['split'] == 'train').sum()} train images")
+    train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
+                                                                 dist_info=dist_info)
+
+    # --- model: DenseNet-121 + a new head; the backbone from --init (random, ImageNet or a pretrained model)
+    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
+                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
+    model.to(device)
+
+    # --- loss: cross-entropy, class-weighted where the paper weights (Messidor, DeepDRiD)
+    class_weights = losses.class_weights(args.class_weights, data_meta, train_loader.dataset.targets)
+    criterion = losses.make_criterion(data_meta["task"], class_weights)
+
+    # --- optimizer: AdamW over every parameter. SGD instead: torch.optim.SGD(params, lr=args.lr, momentum=0.9).
+    # A frozen backbone: params = model.head.parameters() and model.features.requires_grad_(False)
+    params = model.parameters()
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, **loop.fast_kernels(device))
+
+    # --- schedule: linear warm-up for --warmup-epochs, then cosine decay to 0, stepped every step
+    scheduler = loop.warmup_cosine(optimizer, total_steps=args.epochs * len(train_loader),
+                                   warmup_steps=args.warmup_epochs * len(train_loader))
+
+    # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
+    meta = runs.run_meta(data_meta, args, init_description=init_description, loss_weights=class_weights,
+                         skipped_images=n_skipped)
+    loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
 
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    with engine.user_errors():
+    with cli.user_errors():
         main(args)

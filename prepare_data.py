@@ -1,6 +1,6 @@
 """Native dataset folder -> manifest CSV (+ JSON sidecar) with a patient-level, stratified split.
 
-Reads a data set in the layout it was downloaded in (see datasets.py for each one), splits it
+Reads a data set in the layout it was downloaded in (see kit/readers.py for each one), splits it
 once (all arms of a target then see the same split) and writes `<out>/<key>.csv` and
 `<out>/<key>.json`, then prints the class x split counts.
 
@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-import datasets
-
-
-def cache_size(text: str) -> int:
-    """argparse type for --cache-size: the training --image-size, >= 32 px."""
-    value = int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be >= 32 px (the smallest --image-size), got {value}")
-    return value
+from kit import cli, files, manifests, readers
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     # Data
-    parser.add_argument("--dataset", type=str, required=True, choices=list(datasets.DATASETS),
+    parser.add_argument("--dataset", type=str, required=True, choices=list(readers.DATASETS),
                         help="which reader to use (native layout of that data set)")
     parser.add_argument("--root", type=str, required=True,
                         help="the data set's own folder as downloaded, e.g. DATA/shenzhen")
@@ -44,7 +36,7 @@ def get_args_parser():
                         help="leave out rows with an unknown label value or an image that is missing, empty "
                              "or unreadable instead of stopping; they are listed in <out>/<key>_skipped.csv "
                              "(columns image, origin = metadata file and row, reason)")
-    parser.add_argument("--max-per-class", type=int, default=None,
+    parser.add_argument("--max-per-class", type=cli.positive_int, default=None,
                         help="quick runs on huge sets: at most about N images per class (whole patients, "
                              "stratified, seeded with --seed), taken before the split; default: all images")
     # Split
@@ -61,17 +53,17 @@ def get_args_parser():
     parser.add_argument("--name", type=str, default=None,
                         help="--dataset folder only: manifest key (default: the root folder's name)")
     # Preprocessing cache
-    parser.add_argument("--cache-size", type=cache_size, default=None,
-                        help="also build the preprocessing cache (cache.py) for training at this --image-size, "
+    parser.add_argument("--cache-size", type=cli.image_size, default=None,
+                        help="also build the preprocessing cache (kit/cache.py) for training at this --image-size, "
                              "e.g. 224: images decoded, cropped and resized once, stored as uint8 next to the "
                              "manifest; training and evaluate.py use it automatically; default: no cache")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+    parser.add_argument("--workers", type=cli.positive_int, default=cli.available_cores(),
                         help="processes that build the cache (default: all cores)")
     return parser
 
 
 def resolve_key_and_domain(args) -> tuple[str, str]:
-    spec = datasets.DATASETS[args.dataset]
+    spec = readers.DATASETS[args.dataset]
     if args.dataset != "folder":
         if args.name is not None:
             raise ValueError(f"--name applies to --dataset folder only (the key of {args.dataset} is fixed)")
@@ -81,7 +73,7 @@ def resolve_key_and_domain(args) -> tuple[str, str]:
     if args.domain is None:
         raise ValueError("--dataset folder needs --domain cxr|hwsi|efi (it picks the transform chain)")
     key = args.name or Path(os.path.abspath(args.root)).name
-    if not key or any(c in key for c in "/\\|") or key in datasets.DATASETS or key == "all":
+    if not key or any(c in key for c in "/\\|") or key in readers.DATASETS or key == "all":
         raise ValueError(f"--name {key!r}: use a plain name that is not a built-in dataset key")
     return key, args.domain
 
@@ -89,32 +81,32 @@ def resolve_key_and_domain(args) -> tuple[str, str]:
 def prepare_manifest(args) -> tuple[Path, Path]:
     """Read, split and write one manifest; returns (csv path, json path). Errors: ValueError."""
     # --- check the arguments before reading anything
-    datasets.check_fractions(args.val_frac, args.test_frac)
+    manifests.check_fractions(args.val_frac, args.test_frac)
     if args.max_per_class is not None and args.max_per_class < 1:
         raise ValueError(f"--max-per-class {args.max_per_class}: must be >= 1")
     root = Path(os.path.abspath(args.root))
     if not root.is_dir():
         raise ValueError(f"{root}: --root folder not found")
     key, domain = resolve_key_and_domain(args)
-    spec = datasets.DATASETS[args.dataset]
+    spec = readers.DATASETS[args.dataset]
     out_dir = Path(args.out)
     print(f"dataset {args.dataset} -> key {key} ({domain}, {spec.task}), root {root}")
 
     # --- read the native layout, check the images (one pass, first bytes of each file)
-    df, classes = datasets.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad)
+    df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad)
     if args.check_files:
-        df = datasets.check_images(df)
-    bad = datasets.bad_rows(df)
+        df = readers.check_images(df)
+    bad = readers.bad_rows(df)
     if len(bad) and (not args.skip_bad or len(bad) == len(df)):  # --skip-bad never leaves nothing
-        raise datasets.bad_rows_error(bad, len(df))
-    df = df.drop(index=bad.index, columns=[datasets.ORIGIN, datasets.PROBLEM])
+        raise readers.bad_rows_error(bad, len(df))
+    df = df.drop(index=bad.index, columns=[readers.ORIGIN, readers.PROBLEM])
 
     # --- optionally thin to --max-per-class, then split by patient
     if args.max_per_class is not None:
         n_before = len(df)
-        df = datasets.cap_per_class(df, args.max_per_class, seed=args.seed)
+        df = manifests.cap_per_class(df, args.max_per_class, seed=args.seed)
         print(f"--max-per-class {args.max_per_class}: kept {len(df)} of {n_before} images")
-    df = datasets.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
+    df = manifests.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
     if "official_split" in df.columns and (df["official_split"] != "").any():
         shipped = sorted(set(df["official_split"]) - {""})
         print(f"official split present ({', '.join(shipped)}): kept; missing splits carved from train")
@@ -123,7 +115,7 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     meta = {
         "key": key, "dataset": args.dataset, "domain": domain, "task": spec.task, "classes": classes,
         "root": str(root), "seed": args.seed, "val_frac": args.val_frac, "test_frac": args.test_frac,
-        "counts": datasets.split_counts(df, classes, spec.task),
+        "counts": manifests.split_counts(df, classes, spec.task),
         "n_images": len(df), "n_patients": int(df["patient"].nunique()),
         "headline_metric": spec.headline_metric, "class_weights": spec.class_weights,
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
@@ -133,22 +125,22 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     csv_path, json_path = out_dir / f"{key}.csv", out_dir / f"{key}.json"
     skipped_path = out_dir / f"{key}_skipped.csv"
     if len(bad):
-        datasets.write_text_atomic(skipped_path, bad.to_csv(index=False))
+        files.write_text_atomic(skipped_path, bad.to_csv(index=False))
         print(f"skipped {len(bad)} bad row(s) (unknown label, missing, empty or unreadable image): "
               f"listed in {skipped_path}")
     else:
         skipped_path.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
-    datasets.write_text_atomic(csv_path, df.to_csv(index=False))
-    datasets.write_text_atomic(json_path, json.dumps(meta, indent=2) + "\n")
+    files.write_text_atomic(csv_path, df.to_csv(index=False))
+    files.write_text_atomic(json_path, json.dumps(meta, indent=2) + "\n")
 
     # --- report
     with pd.option_context("display.max_rows", 200, "display.width", 160):
-        print(datasets.count_table(df, classes, spec.task).to_string())
+        print(manifests.count_table(df, classes, spec.task).to_string())
     print(f"wrote {csv_path} and {json_path}")
 
     # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)
     if args.cache_size:
-        import cache  # here, not at the top: torch and MONAI take seconds to import, manifests alone do not
+        from kit import cache  # here, not at the top: torch and MONAI take seconds to import, manifests alone do not
         built = cache.build_cache(csv_path, image_size=args.cache_size, workers=args.workers)
         print(f"{'built' if built['built'] else 'up to date:'} preprocessing cache {built['pixels']} "
               f"({built['images']} images at {args.cache_size} px, {built['seconds']} s)")

@@ -2,63 +2,108 @@
 
 ChestX-ray14 (15 labels), BreakHis (2) and EyePACS (5) become one multi-label set of 22 labels,
 named by their dataset (`chestxray14/Effusion`, `breakhis/malignant`, `eyepacs/grade_3`), each
-image one-hot over the labels of its own dataset and 0 elsewhere, trained with BCE as in the paper
-(no class weights: Section 5.4). Each image keeps its own domain's transform chain. With
---label-mask, an image's loss skips the other datasets' labels instead (masked BCE).
+image one-hot over the labels of its own dataset and 0 elsewhere, trained with BCE and no class
+weights, as in the paper. Each image keeps its own domain's transform chain. With --label-mask,
+an image's loss skips the other datasets' labels instead (masked BCE; the kit's option).
 
 CPU demo:
-    python pretrain_all.py --manifests runs/demo/manifests/{chestxray14,breakhis,eyepacs}.csv \
-        --init random --out runs/demo/pretrain/All_RI --image-size 64 --epochs 2 --batch-size 16
-One GPU, paper scale:
-    python pretrain_all.py --manifests OUT/manifests/{chestxray14,breakhis,eyepacs}.csv --init imagenet --out OUT/pretrain/All_IN
+    python pretrain_all.py --manifests runs/demo/manifests/{chestxray14,breakhis,eyepacs}.csv \\
+        --init random --out runs/demo/pretrain/All_RI/seed0 --image-size 64 --epochs 2 --batch-size 16
+One GPU, 224 px:
+    python pretrain_all.py --manifests OUT/manifests/{chestxray14,breakhis,eyepacs}.csv --init imagenet \\
+        --out OUT/pretrain/All_IN/seed0
 Eight GPUs (--batch-size is per process):
-    torchrun --nproc_per_node=8 pretrain_all.py --manifests OUT/manifests/{chestxray14,breakhis,eyepacs}.csv \
-        --init imagenet --out OUT/pretrain/All_IN
-"""
+    torchrun --nproc_per_node=8 pretrain_all.py --manifests OUT/manifests/{chestxray14,breakhis,eyepacs}.csv \\
+        --init imagenet --out OUT/pretrain/All_IN/seed0
 
+The recipe is main() below, top to bottom: data, model, loss, optimizer, schedule, the shared loop.
+"""
 import argparse
 
-import datasets
-import engine
+from kit import cli
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Pretrain DenseNet-121 on the aggregated 22-label source set.")
-    # Data
-    parser.add_argument("--manifests", type=engine.existing_file, nargs="+", required=True,
-                        help="source manifest CSVs from prepare_data.py (paper: chestxray14, breakhis, eyepacs)")
-    parser.add_argument("--label-mask", action=argparse.BooleanOptionalAction, default=False,
-                        help="ignore, in each image's loss, the labels of the other datasets (masked BCE) instead "
-                             "of counting them as negatives (the paper's choice, the default)")
-    parser.add_argument("--image-size", type=engine.image_size, default=224, help="input side in px (paper: 224; >= 32)")
-    # Model
-    parser.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
-                        help="random -> All_RI, imagenet -> All_IN")
-    engine.add_model_args(parser, hidden_dim=512, dropout=0.5)
-    # Optimisation
-    engine.add_optimisation_args(parser, epochs=30, batch_size=32, lr=3e-4, weight_decay=1e-4,
-                                 class_weights=("none",))  # multi-label BCE, unweighted as in the paper
-    # Checkpointing
-    engine.add_checkpointing_args(parser, out_example="OUT/pretrain/All_RI")
-    engine.add_runtime_args(parser)
+    parser = cli.parser(__doc__)
+    data = parser.add_argument_group("data")
+    data.add_argument("--manifests", type=cli.existing_file, nargs="+", required=True,
+                      help="source manifest CSVs from prepare_data.py (paper: chestxray14, breakhis, eyepacs)")
+    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
+                       help="random -> All_RI, imagenet -> All_IN")
+    model.add_argument("--imagenet-weights", type=cli.existing_file, default=None,
+                       help="torchvision's densenet121-a639ec97.pth for --init imagenet (default: the torch hub "
+                            "cache, else a download)")
+    model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
+    model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--label-mask", action=argparse.BooleanOptionalAction, default=False,
+                       help="leave the other datasets' labels out of each image's loss (masked BCE) instead of "
+                            "counting them as negatives (the paper's plain BCE)")
+    optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
+    optim.add_argument("--batch-size", type=cli.positive_int, default=32,
+                       help="images per step per process (under torchrun the global batch is N x this; scale "
+                            "--lr with it)")
+    optim.add_argument("--lr", type=cli.positive_float, default=3e-4, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=cli.non_negative_float, default=1e-4, help="AdamW weight decay")
+    optim.add_argument("--warmup-epochs", type=cli.non_negative_int, default=0,
+                       help="epochs of linear learning-rate warm-up before the cosine decay to 0")
+    optim.add_argument("--seed", type=int, default=0, help="fixes init, augmentation and data order")
+    run = parser.add_argument_group("run folder")
+    run.add_argument("--out", type=str, required=True, help="run folder, e.g. OUT/pretrain/All_RI/seed0")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
+    run.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                     help="decode every train/val image first and leave out those that cannot be read (listed in "
+                          "OUT/skipped.csv); default: stop at the first")
+    cli.add_runtime_args(parser, training=True)
     return parser
 
 
 def main(args):
-    engine.seed_everything(args.seed)
+    import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    # --- data: the union of the source manifests, their own train/val splits kept
-    df, data_meta = datasets.aggregate_manifests(args.manifests)
-    engine.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(df)} images"
-               f"{'; each image is scored on its own dataset labels only (--label-mask)' if args.label_mask else ''}")
-    if args.label_mask:
-        df = engine.mask_unknown_labels(df, data_meta)
+    from kit import data, loop, losses, manifests, models, runs, runtime
 
-    # --- model from --init (random -> All_RI, imagenet -> All_IN), then training
-    engine.train(df, data_meta, args)
+    runtime.seed_everything(args.seed)
+    dist_info, device = runtime.init_distributed(args.device)
+
+    # --- data: the union of the source manifests (22 labels), each keeping its own train/val split
+    df, data_meta = manifests.aggregate_manifests(args.manifests)
+    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
+    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
+    runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(df)} images")
+    if args.label_mask:  # each image is scored on its own dataset's labels only
+        df = data.mask_unknown_labels(df, data_meta)
+    train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
+                                                                 dist_info=dist_info)
+
+    # --- model: DenseNet-121 + head, from random init (All_RI) or ImageNet (All_IN)
+    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
+                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
+    model.to(device)
+
+    # --- loss: binary cross-entropy over the 22 labels, no class weights (paper 5.2.3); labels
+    # masked as unknown (--label-mask) are left out
+    criterion = losses.MultiLabelBCE()
+
+    # --- optimizer: AdamW over every parameter
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  **loop.fast_kernels(device))
+
+    # --- schedule: linear warm-up for --warmup-epochs, then cosine decay to 0, stepped every step
+    steps_per_epoch = len(train_loader)
+    scheduler = loop.warmup_cosine(optimizer, total_steps=args.epochs * steps_per_epoch,
+                                   warmup_steps=args.warmup_epochs * steps_per_epoch)
+
+    # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
+    meta = runs.run_meta(data_meta, args, init_description=init_description, skipped_images=n_skipped)
+    loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
 
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    with engine.user_errors():
+    with cli.user_errors():
         main(args)

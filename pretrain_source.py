@@ -2,51 +2,102 @@
 BreakHis -> HWSI_RI / HWSI_IN, EyePACS -> EFI_RI / EFI_IN.
 
 CPU demo (tiny images, minutes):
-    python pretrain_source.py --manifest runs/demo/manifests/chestxray14.csv --init random \
-        --out runs/demo/pretrain/CXR_RI --image-size 64 --epochs 2 --batch-size 16
-One GPU, paper scale:
-    python pretrain_source.py --manifest OUT/manifests/eyepacs.csv --init imagenet --out OUT/pretrain/EFI_IN
+    python pretrain_source.py --manifest runs/demo/manifests/chestxray14.csv --init random \\
+        --out runs/demo/pretrain/CXR_RI/seed0 --image-size 64 --epochs 2 --batch-size 16
+One GPU, 224 px:
+    python pretrain_source.py --manifest OUT/manifests/eyepacs.csv --init imagenet --out OUT/pretrain/EFI_IN/seed0
 Two nodes of eight GPUs (run on each node; --batch-size is per process):
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \
-        pretrain_source.py --manifest OUT/manifests/chestxray14.csv --init imagenet --out OUT/pretrain/CXR_IN
-The manifest says the task: multi-label BCE for ChestX-ray14, cross-entropy (class-weighted for
-EyePACS, as in the paper) for the others. Train on the manifest's `train` split, select on `val`.
-"""
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+        pretrain_source.py --manifest OUT/manifests/chestxray14.csv --init imagenet --out OUT/pretrain/CXR_IN/seed0
 
+The manifest says the task: multi-label BCE for ChestX-ray14, cross-entropy (class-weighted for
+EyePACS, as in the paper) for the others. Trains on the manifest's train split, selects on val.
+The recipe is main() below, top to bottom: data, model, loss, optimizer, schedule, the shared loop.
+"""
 import argparse
 
-import datasets
-import engine
+from kit import cli
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Pretrain DenseNet-121 on one source dataset.")
-    # Data
-    parser.add_argument("--manifest", type=engine.existing_file, required=True, help="manifest CSV from prepare_data.py")
-    parser.add_argument("--image-size", type=engine.image_size, default=224, help="input side in px (paper: 224; >= 32)")
-    # Model
-    parser.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
-                        help="random -> <AREA>_RI, imagenet -> <AREA>_IN")
-    engine.add_model_args(parser, hidden_dim=512, dropout=0.5)
-    # Optimisation
-    engine.add_optimisation_args(parser, epochs=30, batch_size=32, lr=3e-4, weight_decay=1e-4)
-    # Checkpointing
-    engine.add_checkpointing_args(parser, out_example="OUT/pretrain/CXR_RI")
-    engine.add_runtime_args(parser)
+    parser = cli.parser(__doc__)
+    data = parser.add_argument_group("data")
+    data.add_argument("--manifest", type=cli.existing_file, required=True, help="source manifest CSV from prepare_data.py")
+    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
+                       help="random -> <AREA>_RI, imagenet -> <AREA>_IN")
+    model.add_argument("--imagenet-weights", type=cli.existing_file, default=None,
+                       help="torchvision's densenet121-a639ec97.pth for --init imagenet (default: the torch hub "
+                            "cache, else a download)")
+    model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
+    model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
+    optim.add_argument("--batch-size", type=cli.positive_int, default=32,
+                       help="images per step per process (under torchrun the global batch is N x this; scale "
+                            "--lr with it)")
+    optim.add_argument("--lr", type=cli.positive_float, default=3e-4, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=cli.non_negative_float, default=1e-4, help="AdamW weight decay")
+    optim.add_argument("--warmup-epochs", type=cli.non_negative_int, default=0,
+                       help="epochs of linear learning-rate warm-up before the cosine decay to 0")
+    optim.add_argument("--class-weights", type=str, default="auto", choices=["auto", "balanced", "none"],
+                       help="cross-entropy class weights; auto = what the manifest recommends (balanced for "
+                            "EyePACS, as in the paper; none elsewhere; multi-label sets are never weighted)")
+    optim.add_argument("--seed", type=int, default=0, help="fixes init, augmentation and data order")
+    run = parser.add_argument_group("run folder")
+    run.add_argument("--out", type=str, required=True, help="run folder, e.g. OUT/pretrain/CXR_RI/seed0")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
+    run.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                     help="decode every train/val image first and leave out those that cannot be read (listed in "
+                          "OUT/skipped.csv); default: stop at the first")
+    cli.add_runtime_args(parser, training=True)
     return parser
 
 
 def main(args):
-    engine.seed_everything(args.seed)
+    import torch  # here, after parsing: --help answers without loading torch and MONAI
+
+    from kit import data, loop, losses, manifests, models, runs, runtime
+
+    runtime.seed_everything(args.seed)
+    dist_info, device = runtime.init_distributed(args.device)
 
     # --- data: one source manifest, its own train/val split
-    df, data_meta = datasets.load_manifest(args.manifest)
+    df, data_meta = manifests.load_manifest(args.manifest)
+    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
+    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
+    train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
+                                                                 dist_info=dist_info)
 
-    # --- model from --init (random -> <AREA>_RI, imagenet -> <AREA>_IN), then training
-    engine.train(df, data_meta, args)
+    # --- model: DenseNet-121 + head, from random init (<AREA>_RI) or ImageNet (<AREA>_IN)
+    model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
+                                                  dropout=args.dropout, imagenet_weights=args.imagenet_weights)
+    model.to(device)
+
+    # --- loss: the manifest's task decides: BCE over 15 labels (ChestX-ray14), else cross-entropy,
+    # class-weighted for EyePACS as in the paper
+    class_weights = losses.class_weights(args.class_weights, data_meta, train_loader.dataset.targets)
+    criterion = losses.make_criterion(data_meta["task"], class_weights)
+
+    # --- optimizer: AdamW over every parameter
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  **loop.fast_kernels(device))
+
+    # --- schedule: linear warm-up for --warmup-epochs, then cosine decay to 0, stepped every step
+    steps_per_epoch = len(train_loader)
+    scheduler = loop.warmup_cosine(optimizer, total_steps=args.epochs * steps_per_epoch,
+                                   warmup_steps=args.warmup_epochs * steps_per_epoch)
+
+    # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
+    meta = runs.run_meta(data_meta, args, init_description=init_description, loss_weights=class_weights,
+                         skipped_images=n_skipped)
+    loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
 
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    with engine.user_errors():
+    with cli.user_errors():
         main(args)

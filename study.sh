@@ -28,6 +28,17 @@
 # LAUNCH="torchrun --nproc_per_node=8" runs each pretraining and fine-tuning with DDP on 8 GPUs.
 # Data preparation, evaluation and plotting always run as one $PYTHON process.
 set -euo pipefail
+usage() {  # the header above, then every setting with its default (demo / DATA set) and meaning
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+  echo; echo "Settings (environment variables; defaults as NAME=\${NAME:-default}):"
+  grep -E '^ *[A-Z_]+=\$\{[A-Z_]+:-' "$0" | sed -E 's/^ +/  /; s/^([A-Z])/  \1/'
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) echo "error: study.sh takes no arguments ('$1'); its settings are environment variables, e.g." \
+          "SEEDS=\"0 1 2\" bash study.sh (bash study.sh --help lists them)" >&2; exit 2 ;;
+esac
 # Paths given by the caller are taken relative to the caller's folder; the defaults live in the repo.
 absolute() { [[ -z "$1" || "$1" == /* ]] && printf '%s' "$1" || printf '%s/%s' "$PWD" "$1"; }
 DATA=$(absolute "${DATA:-}")
@@ -35,33 +46,26 @@ OUT=$(absolute "${OUT:-}")
 IMAGENET_WEIGHTS=$(absolute "${IMAGENET_WEIGHTS:-}")
 cd "$(dirname "$0")"
 
-# --------------------------------------------------------------------------- configuration
-# DATA: folder holding the 8 dataset folders; unset -> demo data generated into $OUT/demo_data
-# OUT:  everything the study writes goes here
-if [[ -z "$DATA" ]]; then OUT=${OUT:-runs/demo}; else OUT=${OUT:-runs/full}; fi
-if [[ -z "$DATA" ]]; then           # demo defaults: tiny images, a few epochs
-  IMAGE_SIZE=${IMAGE_SIZE:-64}
-  EPOCHS_PRETRAIN=${EPOCHS_PRETRAIN:-3}
-  EPOCHS_FINETUNE=${EPOCHS_FINETUNE:-6}
-  BATCH_SIZE=${BATCH_SIZE:-16}
-  WORKERS=${WORKERS:-0}             # tiny images decode faster than worker processes start
-else                                # paper defaults (Section 5.2: 224 x 224)
-  IMAGE_SIZE=${IMAGE_SIZE:-224}
-  EPOCHS_PRETRAIN=${EPOCHS_PRETRAIN:-30}
-  EPOCHS_FINETUNE=${EPOCHS_FINETUNE:-30}
-  BATCH_SIZE=${BATCH_SIZE:-32}
-  WORKERS=${WORKERS:-8}             # decoding full-size images needs several processes per GPU
-fi
+# --------------------------------------------------------------------------- settings
+# One line each: NAME=${NAME:-default}  # meaning. demo_or_full A B: A on the demo (no DATA), B on real data.
+demo_or_full() { if [[ -z "$DATA" ]]; then printf '%s' "$1"; else printf '%s' "$2"; fi; }
+DATA=${DATA:-}                      # folder holding the 8 dataset folders (README); unset: generated demo data
+OUT=${OUT:-$(demo_or_full runs/demo runs/full)}  # everything the study writes
+IMAGE_SIZE=${IMAGE_SIZE:-$(demo_or_full 64 224)}  # input side in px (224: the paper's)
+EPOCHS_PRETRAIN=${EPOCHS_PRETRAIN:-$(demo_or_full 3 30)}  # epochs of each pretraining run (paper: not stated)
+EPOCHS_FINETUNE=${EPOCHS_FINETUNE:-$(demo_or_full 6 30)}  # epochs of each fine-tuning run (paper: not stated)
+BATCH_SIZE=${BATCH_SIZE:-$(demo_or_full 16 32)}  # images per step and process (paper: not stated)
+WORKERS=${WORKERS:-$(demo_or_full 0 8)}  # image-decoding processes per run (tiny demo images: none)
 DEVICE=${DEVICE:-auto}              # auto | cpu | cuda
 SEEDS=${SEEDS:-${SEED:-0}}          # training seeds (init, augmentation, data order), e.g. "0 1 2"; SEED = one seed
 SPLIT_SEED=${SPLIT_SEED:-0}         # fixes the demo data and the train/val/test splits (same for every seed)
 PRETRAIN_SEED=${PRETRAIN_SEED:-}    # unset: pretrain per seed; S: pretrain once with seed S for all seeds
 TRAIN_FRACTIONS=${TRAIN_FRACTIONS:-1}  # fine-tuning train-split fractions in (0, 1], e.g. "0.05 0.1 0.25 1"
 DEMO_SCALE=${DEMO_SCALE:-1}         # demo size multiplier
-CACHE=${CACHE:-1}                   # 1: decode + resize every image once into a uint8 cache (cache.py); 0: decode each epoch
-# IMAGENET_WEIGHTS: torchvision's densenet121-a639ec97.pth; unset -> torch hub cache / download
+CACHE=${CACHE:-1}                   # 1: decode + resize every image once into a uint8 cache (kit/cache.py); 0: decode each epoch
+IMAGENET_WEIGHTS=${IMAGENET_WEIGHTS:-}  # torchvision's densenet121-a639ec97.pth; unset: torch hub cache, else download
 FORCE=${FORCE:-0}                   # 1 = redo stages whose outputs exist
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python}            # the Python that runs every stage
 LAUNCH=${LAUNCH:-$PYTHON}           # starts the training scripts, e.g. "torchrun --nproc_per_node=8"
 read -ra LAUNCH_CMD <<< "$LAUNCH"
 read -ra SEED_LIST <<< "$SEEDS"
@@ -121,7 +125,7 @@ if [[ -z "$DATA" ]]; then
     say "demo data: $DATA exists, skipped"
   else
     say "demo data -> $DATA"
-    "$PYTHON" make_demo_data.py --out "$DATA" --seed "$SPLIT_SEED" --scale "$DEMO_SCALE" --overwrite
+    "$PYTHON" tools/make_demo_data.py --out "$DATA" --seed "$SPLIT_SEED" --scale "$DEMO_SCALE" --overwrite
   fi
 fi
 
@@ -142,14 +146,14 @@ if [[ "$CACHE" == 1 ]]; then
   say "preprocessing cache at $IMAGE_SIZE px"
   MANIFESTS=()
   for key in "${SOURCES[@]}" "${TARGETS[@]}"; do MANIFESTS+=("$OUT/manifests/$key.csv"); done
-  "$PYTHON" cache.py --manifest "${MANIFESTS[@]}" --image-size "$IMAGE_SIZE" --no-progress
+  "$PYTHON" -m kit.cache --manifest "${MANIFESTS[@]}" --image-size "$IMAGE_SIZE" --no-progress
 fi
 
 # --------------------------------------------------------------------------- ImageNet weights
 # The IN-based models need torchvision's DenseNet-121 weights. Never faked: without them the
 # IN, Domain_IN and All_IN arms are skipped and Table 2 shows n/a.
 IMAGENET_FLAGS=()
-if WEIGHTS=$("$PYTHON" -c 'import sys, models; print(models.find_imagenet_weights(sys.argv[1] or None))' \
+if WEIGHTS=$("$PYTHON" -c 'import sys; from kit import models; print(models.find_imagenet_weights(sys.argv[1] or None))' \
              "$IMAGENET_WEIGHTS" 2>"$OUT/imagenet_weights.log"); then
   HAVE_IN=1
   IMAGENET_FLAGS=(--imagenet-weights "$WEIGHTS")

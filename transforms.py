@@ -46,7 +46,7 @@ The head's output is float32 in [0, 1] with shape (3, H, W); train and eval chai
 plain ``torch.Tensor`` of shape (3, image_size, image_size). All transforms are module-level
 classes and functions, so the chains pickle into DataLoader workers.
 
-Preprocessing cache and training (cache.py, engine.py): :func:`cache_transforms` is the head
+Preprocessing cache and training (kit/cache.py, kit/loop.py): :func:`cache_transforms` is the head
 up to step 4, rounded to uint8 (grey stays one channel). The tail is split in two so that the
 loader does no per-image float work: :func:`loader_transforms` (head or cached pixels, a crop,
 and RandTaild, which draws each image's augmentation as 8 numbers) runs per image in the
@@ -78,7 +78,7 @@ from monai.utils import convert_to_dst_type
 
 DOMAINS = ("cxr", "hwsi", "efi")
 # Bump when the deterministic head (load, channels, eye crop, resize) changes what it outputs:
-# preprocessing caches (cache.py) store the head's output and are keyed on this number.
+# preprocessing caches (kit/cache.py) store the head's output and are keyed on this number.
 HEAD_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -465,7 +465,7 @@ def apply_tail(images, tails, *, memory_format=torch.contiguous_format):
 
 class ApplyTaild(MapTransform):
     """apply_tail on one image: the key's uint8 (C, S, S) and data["tail"] (removed) -> float32
-    (3, S, S). Per image, for clinical code and tests; training batches it (engine._run_epoch)."""
+    (3, S, S). Per image, for clinical code and tests; training batches it (kit/loop.py run_epoch)."""
 
     def __call__(self, data):
         d = dict(data)

@@ -1,12 +1,12 @@
 """Images/s of the training data path at ChestX-ray14 scale: the naive chain (decode a 1024 px
 PNG and run the head, transforms.loader_transforms("cxr"), every epoch) vs the cached path
-(cache.build_cache once, then engine.ImageDataset reading the memmap), through the same
-engine.make_loader with the same number of workers, in the same run.
+(cache.build_cache once, then data.ImageDataset reading the memmap), through the same
+data.make_loader with the same number of workers, in the same run.
 
     python bench/bench_loader.py                      # ~1-2 minutes on 2 cores
     python bench/bench_loader.py --workers 8 --images 400
 
-Both paths deliver what engine._run_epoch takes: uint8 pixels and each image's augmentation
+Both paths deliver what loop.run_epoch takes: uint8 pixels and each image's augmentation
 drawn as 8 numbers. The pixel work of the augmentation and the normalisation
 (transforms.apply_tail) runs batched on the training device, inside the step, whichever path
 fed it; it is measured here on its own (on the GPU when there is one, else on this CPU) and,
@@ -30,9 +30,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cache  # noqa: E402
-import engine  # noqa: E402
-import transforms  # noqa: E402
+from kit import cache, data, transforms  # noqa: E402
 
 
 def get_args_parser():
@@ -141,8 +139,8 @@ def main(args):
               f"({result['images'] / result['seconds']:.0f} images/s, {args.workers} processes), "
               f"{size / len(paths) / 2**10:.0f} KB per image "
               f"(ChestX-ray14, 112,120 images: {112_120 * size / len(paths) / 1e9:.1f} GB)")
-        naive_set = engine.ImageDataset(df, **settings)  # no cache_dirs: decode + head every time
-        cached_set = engine.ImageDataset(df, **settings, cache_dirs=[folder])
+        naive_set = data.ImageDataset(df, **settings)  # no cache_dirs: decode + head every time
+        cached_set = data.ImageDataset(df, **settings, cache_dirs=[folder])
         assert (naive_set.n_cached, cached_set.n_cached) == (0, len(df))
         cpu = torch.device("cpu")
         # the tail's pixel work alone, before any loader thread or process exists
@@ -152,9 +150,9 @@ def main(args):
                     else f"CPU, {torch.get_num_threads()} threads")
             print(f"apply_tail alone (augment + normalise, batch {args.batch_size}, {args.image_size} px) on {name}: "
                   f"{tail_rate(batch, device, rounds=3, seconds=args.seconds / 2):.0f} images/s")
-        loaders = {name: engine.make_loader(data, batch_size=args.batch_size, train=True, workers=args.workers,
+        loaders = {name: data.make_loader(dataset, batch_size=args.batch_size, train=True, workers=args.workers,
                                             seed=0, device=cpu)
-                   for name, data in (("naive", naive_set), ("cached", cached_set), ("cached + tail here", cached_set))}
+                   for name, dataset in (("naive", naive_set), ("cached", cached_set), ("cached + tail here", cached_set))}
         sources = {"naive": forever(loaders["naive"]), "cached": forever(loaders["cached"]),
                    "cached + tail here": with_tail(loaders["cached + tail here"], cpu)}
         rates = measure(sources, rounds=args.rounds, seconds=args.seconds)

@@ -1,4 +1,4 @@
-"""Training images/s of the engine's loop in bf16 autocast + channels-last (the default) vs fp32
+"""Training images/s of the kit's loop in bf16 autocast + channels-last (the default) vs fp32
 with the contiguous layout, plus each of the two alone, on DenseNet-121 in the same run.
 
     python bench/bench_precision.py                  # 128 px: under a minute on 2 quiet CPU cores
@@ -22,12 +22,12 @@ from bench_step import Setup, compare, get_args_parser, machine, paired_ratio, r
 def main(args):
     setup = Setup(image_size=args.image_size, batch_size=args.batch_size, steps=args.steps, device=args.device)
     bf16 = torch.float16 if setup.device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
-    configs = {"fp32": (setup.engine, None, False),
-               "bf16 + channels-last": (setup.engine, bf16, True),
-               "bf16 only": (setup.engine, bf16, False),
-               "channels-last only": (setup.engine, None, True)}
+    configs = {"fp32": (setup.kit_loop, None, False),
+               "bf16 + channels-last": (setup.kit_loop, bf16, True),
+               "bf16 only": (setup.kit_loop, bf16, False),
+               "channels-last only": (setup.kit_loop, None, True)}
     rates = compare(setup, configs, rounds=args.rounds)
-    print(f"DenseNet-121 through engine._run_epoch, batch {args.batch_size} x {args.image_size} px, "
+    print(f"DenseNet-121 through loop.run_epoch, batch {args.batch_size} x {args.image_size} px, "
           f"{machine(setup.device)}, torch {torch.__version__}")
     report(rates, "train")
     for name in ("bf16 only", "channels-last only"):

@@ -1,4 +1,4 @@
-"""Training images/s of the engine's loop (engine._run_epoch) vs a bare PyTorch loop (augment +
+"""Training images/s of the kit's loop (kit/loop.py run_epoch) vs a bare PyTorch loop (augment +
 normalise the uint8 batch with transforms.apply_tail, forward, loss, backward, AdamW step,
 zero_grad(set_to_none=True)) on the same DenseNet-121, batch and precision, from batches
 already in memory, in the same run.
@@ -8,8 +8,8 @@ already in memory, in the same run.
 
 The two loops run back to back in each round, in alternating order, after warm-up steps; the
 ratio is the median of the per-round ratios (other load on the machine hits both alike).
-Prints the figures; the last line is ratio=<engine images/s / bare images/s> (target >= 0.95:
-the engine adds at most 5 %).
+Prints the figures; the last line is ratio=<kit loop images/s / bare images/s> (target >= 0.95:
+the kit's loop adds at most 5 %).
 bench/bench_precision.py compares bf16 autocast + channels-last with fp32 the same way.
 """
 import argparse
@@ -23,9 +23,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import engine  # noqa: E402
-import models  # noqa: E402
-import transforms  # noqa: E402
+from kit import loop, models, runtime, transforms  # noqa: E402
 
 
 def get_args_parser():
@@ -51,7 +49,7 @@ class Setup:
         self.criterion = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=10_000)
-        # what engine.ImageDataset yields: uint8 pixels, each image's augmentation (fundus: flips,
+        # what data.ImageDataset yields: uint8 pixels, each image's augmentation (fundus: flips,
         # rotation, jitter) as 8 numbers (transforms.RandTaild), targets
         draw = transforms.RandTaild(keys="image", domain="efi", image_size=image_size, train=True)
         draw.set_random_state(seed=0)
@@ -65,11 +63,11 @@ class Setup:
             torch.cuda.synchronize()
 
     def bare(self, *, amp_dtype, channels_last):
-        """The minimal training loop: what the engine's loop is measured against."""
+        """The minimal training loop: what the kit's loop is measured against."""
         self.model.train()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for images, tails, targets in self.batches:
-            # the augmentation's pixel work, as in the engine: it runs on the device in any loop
+            # the augmentation's pixel work, as in the kit's loop: it runs on the device in any loop
             images = transforms.apply_tail(images.to(self.device, non_blocking=True), tails,
                                            memory_format=memory_format)
             targets = targets.to(self.device, non_blocking=True)
@@ -80,9 +78,9 @@ class Setup:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-    def engine(self, *, amp_dtype, channels_last):
+    def kit_loop(self, *, amp_dtype, channels_last):
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        engine._run_epoch(self.model, self.batches, self.criterion, self.device, task="multiclass",
+        loop.run_epoch(self.model, self.batches, self.criterion, self.device, task="multiclass",
                           amp_dtype=amp_dtype, channels_last=channels_last, optimizer=self.optimizer,
                           scheduler=self.scheduler, scaler=scaler, desc="bench")
 
@@ -99,13 +97,13 @@ def compare(setup, configs, *, rounds):
     """{name: [images/s per round]} for configs {name: (loop, amp_dtype, channels_last)}: one
     warm-up pass of each, then rounds that run every config once, in reversed order every
     other round (ABBA), so that drift in the machine's load hits all alike."""
-    for loop, amp_dtype, channels_last in configs.values():
-        setup.images_per_second(loop, amp_dtype=amp_dtype, channels_last=channels_last)
+    for run, amp_dtype, channels_last in configs.values():
+        setup.images_per_second(run, amp_dtype=amp_dtype, channels_last=channels_last)
     rates = {name: [] for name in configs}
     for round_ in range(rounds):
         for name in (list(configs) if round_ % 2 == 0 else list(configs)[::-1]):
-            loop, amp_dtype, channels_last = configs[name]
-            rates[name].append(setup.images_per_second(loop, amp_dtype=amp_dtype, channels_last=channels_last))
+            run, amp_dtype, channels_last = configs[name]
+            rates[name].append(setup.images_per_second(run, amp_dtype=amp_dtype, channels_last=channels_last))
     return rates
 
 
@@ -128,14 +126,14 @@ def machine(device):
 
 def main(args):
     setup = Setup(image_size=args.image_size, batch_size=args.batch_size, steps=args.steps, device=args.device)
-    amp_dtype = engine.autocast_dtype(setup.device, args.amp)
+    amp_dtype = runtime.autocast_dtype(setup.device, args.amp)
     configs = {"bare loop": (setup.bare, amp_dtype, args.channels_last),
-               "engine._run_epoch": (setup.engine, amp_dtype, args.channels_last)}
+               "loop.run_epoch": (setup.kit_loop, amp_dtype, args.channels_last)}
     rates = compare(setup, configs, rounds=args.rounds)
     print(f"DenseNet-121, batch {args.batch_size} x {args.image_size} px, {amp_dtype or 'fp32'}, "
           f"channels-last {args.channels_last}, {machine(setup.device)}, torch {torch.__version__}")
     report(rates, "train")
-    print(f"ratio={paired_ratio(rates, 'engine._run_epoch', 'bare loop'):.3f}")
+    print(f"ratio={paired_ratio(rates, 'loop.run_epoch', 'bare loop'):.3f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DenseNet-121 with the paper's classification head, its three initialisations, checkpoint I/O.
+"""DenseNet-121 with the paper's classification head and its three initialisations.
 
 The network (paper Fig. 1): MONAI ``DenseNet121`` features -> ReLU -> global average pool ->
 head ``Linear(1024, hidden_dim) -> BatchNorm1d -> ReLU -> Dropout -> Linear(hidden_dim,
@@ -17,17 +17,14 @@ Initialisations (``initialise``):
 
 Usage::
 
-    from models import build_model, initialise
+    from kit.models import build_model, initialise
     model = build_model(2)                                      # e.g. normal / tuberculosis
     print(initialise(model, "imagenet", imagenet_weights=None))  # hub cache, else download
     print(initialise(model, "OUT/pretrain/CXR_RI/last.pt"))      # domain-pretrained backbone
 
-Checkpoints are dicts of tensors and plain values only (``model`` state_dict, ``meta``, ...);
-``save_checkpoint`` writes them atomically and refuses anything ``load_checkpoint``
-(``torch.load(weights_only=True)``) could not read back.
+``model_from_checkpoint`` rebuilds a trained model from a checkpoint's ``meta`` (checkpoint
+files themselves: checkpoints.py).
 """
-import os
-import pickle
 import re
 import socket
 from collections import OrderedDict
@@ -38,19 +35,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
 
+from .checkpoints import CheckpointError, first_keys, load_checkpoint, one_line, torch_load
+
 NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
 IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights
 DOWNLOAD_TIMEOUT = 30  # seconds without an answer before the download counts as failed
 IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
-_SHOW = 5  # offending keys quoted in an error message
 
 
-class ImageNetWeightsUnavailable(RuntimeError):
+class ImageNetWeightsUnavailable(FileNotFoundError):
     """The ImageNet weights file is neither on disk nor downloadable; the message says how to supply it."""
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint; the message names the file and the problem."""
 
 
 class DenseNetClassifier(nn.Module):
@@ -83,101 +77,6 @@ def build_model(num_outputs, *, hidden_dim=512, dropout=0.5):
 def backbone_keys(model):
     """The state-dict keys of the backbone (``features.*``)."""
     return {key for key in model.state_dict() if key.startswith("features.")}
-
-
-def _first(keys):
-    keys = sorted(keys)
-    more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
-
-
-# --- checkpoint I/O ----------------------------------------------------------------------------
-
-_PLAIN_TYPES = (str, bytes, int, float, bool, type(None), torch.Size, torch.dtype, torch.device)
-
-
-def _not_plain(obj, where):
-    """The first value under obj that weights_only loading would refuse, as (where, value), or None."""
-    kind = type(obj)
-    if kind in _PLAIN_TYPES or kind in (torch.Tensor, nn.Parameter):
-        return None
-    if kind in (dict, OrderedDict):
-        for key, value in obj.items():
-            if type(key) not in (str, int):
-                return f"{where} key {key!r}", key
-            found = _not_plain(value, f"{where}[{key!r}]")
-            if found:
-                return found
-        return None
-    if kind in (list, tuple, set):
-        for index, value in enumerate(obj):
-            found = _not_plain(value, f"{where}[{index}]")
-            if found:
-                return found
-        return None
-    return where, obj
-
-
-def save_checkpoint(obj, path):
-    """torch.save ``obj`` to ``path`` atomically: write ``path.tmp`` in the same folder, then rename.
-
-    Refuses (before writing anything) values that ``load_checkpoint`` could not read back:
-    only tensors, numbers, strings, None, torch dtypes/devices/sizes and dicts, lists,
-    tuples and sets of them. An existing ``path`` is left intact if anything fails.
-    """
-    path = Path(path)
-    found = _not_plain(obj, "checkpoint")
-    if found:
-        where, value = found
-        raise CheckpointError(
-            f"{path}: cannot save {where} of type {type(value).__module__}.{type(value).__qualname__}: "
-            "checkpoints hold tensors and plain values only (convert numpy with torch.from_numpy or "
-            ".tolist(), an argparse.Namespace with vars())")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _one_line(err):
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
-
-
-def _torch_load(path, what):
-    """torch.load(weights_only=True) with one clear line per failure; returns the object."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
-            raise CheckpointError(
-                f"{path}: refused to load a pickled Python object ({found.group(1)}): checkpoints must hold "
-                "tensors and plain values only (state_dicts, numbers, strings, lists, dicts)") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch {what} (corrupt or not a torch.save file: "
-                              f"{_one_line(err)})") from None
-    except Exception as err:  # truncated zip (OSError/RuntimeError), text (KeyError), empty file (EOFError)
-        raise CheckpointError(f"{path}: not a readable PyTorch {what} (truncated, corrupt or not a torch.save "
-                              f"file: {_one_line(err)})") from None
-
-
-def load_checkpoint(path):
-    """A project checkpoint as a dict (``model`` state_dict, ``meta``, ...); weights_only loading."""
-    ckpt = _torch_load(path, "checkpoint")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        found = f"a dict with keys {_first(map(str, ckpt))}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: not a checkpoint of this kit (expected a dict with a 'model' state_dict "
-                              f"and 'meta', found {found})")
-    return ckpt
 
 
 META_KEYS = ("classes", "task", "domain", "image_size", "num_outputs", "hidden_dim", "dropout", "headline_metric")
@@ -237,7 +136,7 @@ def find_imagenet_weights(path=None, *, download=True):
         torch.hub.download_url_to_file(IMAGENET_URL, str(dst), progress=False)  # temp file, then rename
     except Exception as err:
         raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found and the download failed "
-                                         f"({_one_line(err)}). {_how_to_supply(dst)}") from None
+                                         f"({one_line(err)}). {_how_to_supply(dst)}") from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
     return dst
@@ -263,7 +162,7 @@ def load_imagenet_backbone(model, path):
     Accepts a raw state dict or one nested under "state_dict" or "model"; ``classifier.*``
     is dropped; only ``num_batches_tracked`` buffers may be missing (old files lack them).
     """
-    state = _torch_load(path, "weights file")
+    state = torch_load(path, "weights file")
     if isinstance(state, dict):
         state = state.get("state_dict", state.get("model", state))
     if not isinstance(state, dict):
@@ -285,7 +184,7 @@ def load_imagenet_backbone(model, path):
                and not k.endswith("num_batches_tracked")]
     wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in features.items()
              if v.shape != expected[k].shape]
-    problems = [f"{len(keys)} {label} ({_first(keys)})" for label, keys in
+    problems = [f"{len(keys)} {label} ({first_keys(keys)})" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("given twice", twice), ("wrong shape", wrong))
                 if keys]
     if problems:
@@ -294,8 +193,8 @@ def load_imagenet_backbone(model, path):
     result = model.features.load_state_dict({k[prefix:]: v for k, v in features.items()}, strict=False)
     left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if left or result.unexpected_keys:  # cannot happen after the checks above; never load partially in silence
-        raise CheckpointError(f"{path}: backbone partly loaded: missing {_first(left)}, "
-                              f"unexpected {_first(result.unexpected_keys)}")
+        raise CheckpointError(f"{path}: backbone partly loaded: missing {first_keys(left)}, "
+                              f"unexpected {first_keys(result.unexpected_keys)}")
 
 
 def load_backbone_from_checkpoint(model, path):
@@ -310,7 +209,7 @@ def load_backbone_from_checkpoint(model, path):
     unexpected = [k for k in features if k not in expected]
     wrong = [f"{k} {tuple(getattr(v, 'shape', ()))} != {tuple(expected[k].shape)}" for k, v in features.items()
              if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
-    problems = [f"{len(keys)} {label} ({_first(keys)})" for label, keys in
+    problems = [f"{len(keys)} {label} ({first_keys(keys)})" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
     if problems:
         raise CheckpointError(f"{path}: backbone is not this kit's DenseNet-121: " + "; ".join(problems))
@@ -318,8 +217,8 @@ def load_backbone_from_checkpoint(model, path):
     # BatchNorm does not report an absent num_batches_tracked buffer as missing
     head = {k for k in expected if not k.startswith("features.") and not k.endswith("num_batches_tracked")}
     if set(result.missing_keys) != head or result.unexpected_keys:
-        raise CheckpointError(f"{path}: backbone partly loaded: missing {_first(result.missing_keys)}, "
-                              f"unexpected {_first(result.unexpected_keys)}")
+        raise CheckpointError(f"{path}: backbone partly loaded: missing {first_keys(result.missing_keys)}, "
+                              f"unexpected {first_keys(result.unexpected_keys)}")
     meta = ckpt.get("meta")
     return meta if isinstance(meta, dict) else {}
 

@@ -1,15 +1,15 @@
 """Write small synthetic copies of the study's eight datasets in their native layouts.
 
-The demo exercises the real readers in ``datasets.py``: every data set is written with the
-folder names, file names, image formats and CSV/XLS columns of the real download (see
-``../shared/data/README.md``), only smaller and with drawn instead of photographed pictures.
+The demo exercises the real readers in ``kit/readers.py``: every data set is written with the
+folder names, file names, image formats and CSV/XLS columns of the real download, only smaller
+and with drawn instead of photographed pictures.
 The pictures carry class-dependent structure a DenseNet-121 can learn at 64 px in a few
 epochs: chest X-rays with per-finding opacities, H&E-like histology textures, fundus images
 with red dots, haemorrhages and exudates that grow with the retinopathy grade.
 
-    python make_demo_data.py --out OUT/demo_data                          # all 8 sets, ~1,300 images + 120 masks, ~15 s
-    python make_demo_data.py --out OUT/demo_data --datasets shenzhen messidor --scale 4
-    python make_demo_data.py --out OUT/demo_data --overwrite --seed 1     # replace with another draw
+    python tools/make_demo_data.py --out OUT/demo_data                          # all 8 sets, ~1,300 images + 120 masks, ~15 s
+    python tools/make_demo_data.py --out OUT/demo_data --datasets shenzhen messidor --scale 4
+    python tools/make_demo_data.py --out OUT/demo_data --overwrite --seed 1     # replace with another draw
 
 Layout written under ``OUT/demo_data/<key>/`` (sizes at ``--scale 1``):
 

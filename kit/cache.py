@@ -5,11 +5,11 @@ and resize (70-110 images/s), while a GPU trains DenseNet-121 at well over 1,000
 So the head (load, channels, eye crop, resize: transforms.cache_transforms) runs once per
 image and training reads its output; the random tail still runs every epoch::
 
-    python cache.py --manifest OUT/manifests/chestxray14.csv --image-size 224 --workers 8
-    python cache.py --manifest OUT/manifests/{chestxray14,breakhis,eyepacs}.csv --image-size 224
+    python -m kit.cache --manifest OUT/manifests/chestxray14.csv --image-size 224 --workers 8
+    python -m kit.cache --manifest OUT/manifests/{chestxray14,breakhis,eyepacs}.csv --image-size 224
 
 Training and evaluation use a cache automatically when it sits next to the manifest
-(engine.ImageDataset(..., cache_dirs=[manifest folder])).
+(data.ImageDataset(..., cache_dirs=[manifest folder])).
 
 Files, in ``<manifest folder>/cache/``, one pair per manifest, domain and image size:
 
@@ -54,8 +54,8 @@ import torch
 from monai.data import ThreadDataLoader
 from tqdm import tqdm
 
-import transforms
-from datasets import write_text_atomic
+from . import transforms
+from .files import write_text_atomic
 
 FORMAT = 1  # bump when the layout of these files changes
 HEADER_BYTES = 128  # the .npy header of a 1-D uint8 array: written last, once the length is known
@@ -225,7 +225,7 @@ def find_cached(images, domains, *, image_size, cache_dirs) -> tuple[dict, list]
             if changed or not pixels_path.is_file():
                 why = f"{changed} of its images changed since it was built" if changed else "its .npy is missing"
                 warnings.append(f"warning: ignoring stale cache {index_path.name} ({why}); reading from disk. "
-                                f"Rebuild: python cache.py --manifest {index.get('manifest', '<manifest>')} "
+                                f"Rebuild: python -m kit.cache --manifest {index.get('manifest', '<manifest>')} "
                                 f"--image-size {image_size}")
                 continue
             for i, path in hits:

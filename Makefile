@@ -1,0 +1,31 @@
+# Set-up and the two everyday commands, from a fresh clone with Python 3.10+ and pip:
+#   make study   creates .venv, installs the kit, runs the demo study (study.sh) into runs/demo
+#   make test    creates .venv, installs the kit, runs the tests
+# PyTorch's build is chosen for the machine (tools/install_torch.sh: CPU wheel without an NVIDIA
+# GPU, the CUDA build from PyPI with one; TORCH_BUILD=cpu|cuda or TORCH_INDEX=<url> to choose).
+# study.sh's settings pass through the environment, e.g. `SEEDS="0 1 2" make study`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup study test test-fast clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt tools/install_torch.sh
+	$(PYTHON) -m venv $(VENV)
+	bash tools/install_torch.sh $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+study: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash study.sh
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q
+
+test-fast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,36 @@
+"""The machinery the stage scripts share; each module answers one question.
+
+    cli          argument types, the runtime flags, one-line errors (no torch: --help is instant)
+    runtime      device, precision, seeds and RNG state, torchrun
+    files        atomic writes, tables read with one-line errors
+    readers      the datasets' native layouts -> rows (one reader per dataset)
+    manifests    patient-level splits, train fractions, manifest files
+    data         manifest rows -> datasets and loaders
+    cache        the preprocessing cache (decode and resize once)
+    models       DenseNet-121 + head and its initialisations
+    checkpoints  checkpoint files: atomic saves, loads that cannot run code
+    losses       the losses and their class weights
+    loop         the training loop (fit) and evaluation passes
+    runs         a run folder: its settings fingerprint, resume, args.json
+    metrics      accuracy, kappa, AUROC, ... per split
+    stats        bootstrap CIs, paired tests, DeLong, convergence
+    results      reading a study's run and evaluation files
+    tables       statistics over runs as tables
+    figures      learning curves, forest plot, label efficiency
+    report       Markdown: Table 2 and report.md
+
+The transform chains live in the top-level ``transforms.py``, the file clinical code reads and
+copies; inside this package it is ``kit.transforms``.
+"""
+
+
+def __getattr__(name):
+    """``kit.transforms``, loaded on first use (it imports torch and MONAI; kit.cli must stay light)."""
+    if name != "transforms":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:  # installed (pip install -e .): the top-level file is domaintl.transforms, beside this package
+        from .. import transforms
+    except (ImportError, ValueError):  # run from a checkout: the top-level transforms.py
+        import transforms
+    globals()["transforms"] = transforms
+    return transforms

@@ -1,0 +1,128 @@
+"""What the scripts share on the command line: argument types, the runtime flags, and the
+handler that turns bad input into one clear line.
+
+Light on purpose (no torch, no MONAI): every script builds its parser and parses before it
+imports the heavy modules, so ``--help`` and a mistyped flag answer at once.
+"""
+import argparse
+import contextlib
+import math
+import os
+from pathlib import Path
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the script's docstring as written and every flag's default (unless the flag
+    is required, has no default, or its help already names one)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.required or action.default in (None, argparse.SUPPRESS) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help starts with the script's docstring (its commands to paste)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
+# --------------------------------------------------------------------------- argument types
+
+def number(kind: type, *, at_least=None, above=None, at_most=None, below=None, unit: str = ""):
+    """An argparse type: a finite `kind` (int or float) within the given bounds; outside them,
+    argparse prints e.g. `argument --epochs: must be >= 1, got 0`."""
+    bounds = [(at_least, ">=", lambda v, b: v >= b), (above, ">", lambda v, b: v > b),
+              (at_most, "<=", lambda v, b: v <= b), (below, "<", lambda v, b: v < b)]
+    wanted = " and ".join(f"{sign} {bound}{unit}" for bound, sign, _ in bounds if bound is not None)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or not all(ok(value, bound) for bound, _, ok in bounds if bound is not None):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, at_least=1)
+non_negative_int = number(int, at_least=0)
+positive_float = number(float, above=0)
+non_negative_float = number(float, at_least=0)
+fraction = number(float, above=0, at_most=1)  # a share of a split
+dropout_rate = number(float, at_least=0, below=1)
+ci_level = number(float, above=0, below=1)  # confidence level of an interval
+image_size = number(int, at_least=32, unit=" px")  # DenseNet-121's stem and four poolings halve 5 times
+
+
+def existing_file(text: str) -> str:
+    """argparse type: a file that exists (checked before any work starts), as an absolute path, so
+    that a run records where its inputs were whatever folder it was started from."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return str(Path(text).resolve())
+
+
+def init_source(text: str) -> str:
+    """argparse type for --init: random | imagenet | an existing checkpoint file."""
+    return text if text in ("random", "imagenet") else existing_file(text)
+
+
+# --------------------------------------------------------------------------- runtime flags
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask; cgroup CPU limits are not read)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """--workers default: the cores per training process (torchrun starts LOCAL_WORLD_SIZE on this
+    machine), at most 8 (each worker holds its own MONAI and transforms). Decoding a full-size
+    image takes ~10 ms of a core; a fully cached set loads in one thread instead."""
+    return max(1, min(8, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None:
+    """The `runtime` flags: where and how fast a script runs, never what it computes. Training
+    scripts also get --compile, --log-every and --sync-bn."""
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", type=str, default="auto",
+                       help="auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, cuda:LOCAL_RANK)")
+    group.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                       help="image-decoding processes (0 = in the main process; default: the cores per "
+                            "process, at most 8); a set read wholly from the preprocessing cache loads in one "
+                            "thread instead")
+    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                       help="bf16 autocast (fp16 on GPUs without bf16; off on CPUs without native bf16)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="channels-last memory format (faster convolutions on CPUs and tensor cores)")
+    if not training:
+        return
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="torch.compile the model (minutes of compilation; pays off on long GPU runs)")
+    group.add_argument("--log-every", type=positive_int, default=50,
+                       help="steps between loss checks (a NaN stops the run) and progress-bar updates; the "
+                            "host waits for the device only then")
+    group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                       help="under torchrun on GPUs: BatchNorm statistics over the global batch")
+
+
+# --------------------------------------------------------------------------- errors
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns the errors that mean 'bad input' (ValueError, FileNotFoundError and their kin, such as
+    a checkpoint that cannot be read) into one line, `error: <file>: <problem>`, instead of a
+    traceback. STUDY_DEBUG=1 shows the traceback anyway."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("STUDY_DEBUG"):
+            raise
+        message = str(err)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original's last line
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        raise SystemExit(f"error: {message}") from None

@@ -1,0 +1,66 @@
+"""Writing files so that a reader never sees half of one.
+
+Every file the kit writes (manifests, CSVs, JSON, tables, figures, checkpoints) goes to a
+temporary name in the same folder and is then renamed over the old one: a crash, a full disk or
+a kill during a write leaves the previous file intact and no temporary file behind.
+"""
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` via `path.tmp` in the same folder + os.replace."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(obj, path) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_csv(rows: list[dict], path, columns: list[str]) -> None:
+    """Whole rows at once (metrics files are small: rewriting beats appending, and never duplicates)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """A matplotlib figure as PNG, atomically; the figure is closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+
+
+def read_table(path, **kwargs):
+    """pandas.read_csv with one clear line (naming the file) for a table that cannot be parsed."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read as CSV ({err})") from err
+
+
+def require_columns(df, columns, path) -> None:
+    """One line naming the file, the missing columns and the columns it has."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")

@@ -1,0 +1,276 @@
+"""The training loop of the study, written once: every training script builds its own recipe
+(model, loss, optimizer, schedule) and hands it to ``fit``; ``predict`` is the evaluation pass.
+
+``fit`` runs the epochs with AMP, DistributedDataParallel under torchrun, a progress bar and one
+line per epoch, writes the run folder (runs.py: args.json, metrics.csv, last.pt every epoch,
+best.pt on the best validation headline metric, summary.json), resumes from last.pt, and stops
+at the first NaN or infinite loss. Each batch arrives as uint8 pixels plus its augmentation as
+numbers (data.ImageDataset) and is augmented and normalised on the device
+(transforms.apply_tail) just before the forward pass.
+"""
+import datetime
+import math
+import sys
+import time
+from pathlib import Path
+
+import monai.data.utils
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from . import files, losses, metrics, runs, transforms
+from .checkpoints import save_checkpoint
+from .runtime import Distributed, autocast_dtype, gather, init_distributed, log, rng_state, seed_everything, set_rng_state
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0):
+    """Learning rate per step: linear warm-up from ~0 over `warmup_steps`, then cosine decay to 0
+    at `total_steps` (the scheduler is stepped after every optimizer step)."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1))
+    if warmup_steps <= 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup_steps + 1), total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def fast_kernels(device: torch.device) -> dict:
+    """Optimizer keyword arguments for the device: fused kernels on CUDA; on the CPU the `foreach`
+    implementation, which halves the step over DenseNet-121's 364 tensors (bench/)."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+_NO_BAD_STEP = torch.iinfo(torch.int64).max
+
+
+def _check_finite(first_bad: torch.Tensor, dist_info: Distributed) -> None:
+    """Host sync: raise NonFiniteLoss when a step (on any process) had a non-finite loss."""
+    if dist_info.enabled:
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)  # every rank stops at the same check
+    step = int(first_bad.item())
+    if step != _NO_BAD_STEP:
+        raise NonFiniteLoss(f"the training loss became NaN or infinite at step {step}")
+
+
+def run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_last, optimizer=None,
+               scheduler=None, scaler=None, desc="", log_every=50, first_step=0, dist_info=Distributed()):
+    """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, probs, targets).
+
+    The loader yields (uint8 images, augmentation tails, targets) (ImageDataset); each batch is
+    augmented and normalised on `device` by transforms.apply_tail before the forward pass.
+
+    Losses and logits stay on the device: the host waits for it only every `log_every` training
+    steps, to check that the loss is finite (steps are numbered from `first_step` + 1) and to
+    refresh the progress bar. Under torchrun each process sees a shard; the predictions of all
+    processes are gathered in dataset order, each sample once (the sampler's padding dropped),
+    so the metrics are those of the whole split. An evaluation pass's loss is the criterion over
+    the whole split at once.
+    """
+    training = optimizer is not None
+    model.train(training)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    first_bad = torch.full((), _NO_BAD_STEP, device=device, dtype=torch.int64)
+    seen = 0
+    all_logits, all_targets = [], []
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if dist_info.is_main_process else True)
+    with torch.set_grad_enabled(training):
+        for step, (images, tails, targets) in enumerate(bar, start=1):
+            # uint8 from the loader; augmentation and normalisation run here, batched, on the device
+            images = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=memory_format)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                logits = model(images)
+            loss = criterion(logits.float(), targets)
+            if training:
+                bad = ~torch.isfinite(loss) & (first_bad == _NO_BAD_STEP)
+                first_bad = torch.where(bad, first_step + step, first_bad)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if step % log_every == 0:
+                    _check_finite(first_bad, dist_info)
+                    if not bar.disable:
+                        bar.set_postfix(loss=f"{loss.item():.4f}")
+            total_loss += loss.detach().double() * len(images)
+            seen += len(images)
+            all_logits.append(logits.detach().float())
+            all_targets.append(targets.detach())
+    if training:
+        _check_finite(first_bad, dist_info)
+    logits = torch.cat(all_logits).cpu() if all_logits else torch.zeros(0)
+    targets = torch.cat(all_targets).cpu() if all_targets else torch.zeros(0)
+    if dist_info.enabled:
+        order = torch.as_tensor(list(loader.sampler)[:seen], dtype=torch.int64)
+        shards = gather((order, logits, targets, float(total_loss.item()), seen), dist_info)
+        order = torch.cat([shard[0] for shard in shards])
+        _, first = np.unique(order.numpy(), return_index=True)  # sorted by index, padding duplicates dropped
+        logits = torch.cat([shard[1] for shard in shards])[first]
+        targets = torch.cat([shard[2] for shard in shards])[first]
+        total_loss = torch.tensor(sum(shard[3] for shard in shards), dtype=torch.float64)
+        seen = sum(shard[4] for shard in shards)
+    if seen == 0:
+        raise RuntimeError(f"{desc}: the loader produced no batches")
+    if training:
+        mean_loss = float(total_loss.item() / seen)
+    else:
+        with torch.no_grad():
+            mean_loss = float(criterion(logits.to(device), targets.to(device)).item())
+    return mean_loss, losses.to_probs(logits, task).numpy(), targets.numpy()
+
+
+@torch.no_grad()
+def predict(model, loader, criterion, device, *, task, amp=True, channels_last=True, desc="eval"):
+    """Evaluation pass: (loss over the whole loader, probs (N, C), targets) in the loader's order."""
+    return run_epoch(model, loader, criterion, device, task=task, amp_dtype=autocast_dtype(device, amp),
+                      channels_last=channels_last, desc=desc)
+
+
+def _score(row: dict, headline: str) -> float:
+    """Model-selection score: the validation headline metric; -inf where it is undefined (NaN)."""
+    value = row.get(headline, math.nan)
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
+
+def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler, meta: dict, fingerprint: dict, resume_from: dict | None, args) -> dict:
+    """Trains `model` for args.epochs with the recipe it is given and writes the run folder args.out.
+
+    `resume_from` is the run's own last.pt (runs.resume_checkpoint) or None; its model, optimizer,
+    scheduler, scaler, RNG states and history are restored and training continues after its
+    epoch. `meta` describes model and data and travels in every checkpoint, so that later stages
+    rebuild both; `fingerprint` identifies the run (runs.fingerprint). From `args` the loop reads
+    only what says how to run: out, epochs, seed, device, amp, channels_last, compile, log_every,
+    sync_bn, workers. Under torchrun: DistributedDataParallel; rank 0 writes. Returns summary.json.
+    """
+    dist_info, device = init_distributed(args.device)
+    out_dir = Path(args.out)
+    amp_dtype = autocast_dtype(device, args.amp)
+    task, headline = meta["task"], meta["headline_metric"]
+    if dist_info.is_main_process:
+        _start_run_folder(out_dir, meta, args, device, dist_info, resume_from)
+    log(f"model: DenseNet-121, {meta['init_description']}")
+
+    # --- the model on its device, its training state restored on resume
+    if args.sync_bn and dist_info.enabled:
+        if device.type != "cuda":
+            raise SystemExit("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state_dict keys
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    criterion.to(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    history, best_score, best_epoch, start_epoch, seconds_before = [], -math.inf, 0, 1, 0.0
+    if resume_from:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        scaler.load_state_dict(resume_from["scaler"])
+        history, best_score = list(resume_from["history"]), resume_from["best_metric"]
+        best_epoch, start_epoch = resume_from["best_epoch"], resume_from["epoch"] + 1
+        seconds_before = resume_from.get("seconds", 0.0)
+        rng = resume_from["rng"]
+        set_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
+        log(f"{_name(out_dir)}: resuming after epoch {resume_from['epoch']} from {out_dir / 'last.pt'}")
+    elif dist_info.enabled:
+        seed_everything(args.seed + dist_info.rank)  # one dropout stream per process; weights come from rank 0
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    if args.compile:
+        net = torch.compile(net)
+    steps_per_epoch = len(train_loader)
+    log(f"{_name(out_dir)}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
+        f"{meta['num_outputs']} {task} outputs, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size} "
+        f"images x {dist_info.world_size} process(es) on {device}"
+        f"{f' with {amp_dtype} autocast' if amp_dtype else ''}; class weights: {meta.get('loss_weights') or 'none'}")
+
+    # --- epochs
+    columns = ["epoch", "split", "loss", *metrics.metric_names(task), "seconds", "lr"]
+    run_start = time.time()
+    for epoch in range(start_epoch, args.epochs + 1):
+        _seed_epoch(train_loader, val_loader, seed=args.seed, epoch=epoch, rank=dist_info.rank, workers=args.workers)
+        lr = optimizer.param_groups[0]["lr"]
+        rows = []
+        for split, loader in (("train", train_loader), ("val", val_loader)):
+            start = time.time()
+            if split == "val" and dist_info.enabled:
+                for buffer in model.buffers():  # BatchNorm statistics of rank 0, those its checkpoint holds
+                    dist.broadcast(buffer, src=0)
+            training = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler} if split == "train" else {}
+            try:
+                loss, probs, targets = run_epoch(
+                    net if training else model, loader, criterion, device, task=task, amp_dtype=amp_dtype,
+                    channels_last=args.channels_last, desc=f"epoch {epoch} {split}", log_every=args.log_every,
+                    first_step=(epoch - 1) * steps_per_epoch, dist_info=dist_info, **training)
+            except NonFiniteLoss as err:
+                raise SystemExit(f"{out_dir}: {err} (epoch {epoch}); stopping. The last good checkpoint is kept: "
+                                 f"{out_dir / 'last.pt'} (epoch {epoch - 1}); try a lower --lr") from None
+            if not math.isfinite(loss):
+                raise SystemExit(f"{out_dir}: the {split} loss is {loss} at epoch {epoch}; stopping. The last good "
+                                 f"checkpoint is kept: {out_dir / 'last.pt'} (epoch {epoch - 1})")
+            rows.append(runs.plain({"epoch": epoch, "split": split, "loss": loss,
+                                    **metrics.compute_metrics(task, probs, np.nan_to_num(targets)),
+                                    "seconds": round(time.time() - start, 3), "lr": lr}))
+        history += rows
+        score = _score(rows[1], headline)
+        improved = score > best_score or best_epoch == 0  # epoch 1 always gives a best.pt
+        if improved:
+            best_score, best_epoch = score, epoch
+        rng = gather(rng_state(), dist_info)
+        if dist_info.is_main_process:
+            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                          "best_metric": best_score, "best_epoch": best_epoch, "history": history, "rng": rng,
+                          "seconds": seconds_before + time.time() - run_start, "resume": fingerprint, "meta": meta}
+            # metrics.csv follows the checkpoint: after a kill it never holds an epoch last.pt lacks
+            save_checkpoint(checkpoint, out_dir / "last.pt")
+            files.write_csv(history, out_dir / "metrics.csv", columns)
+            if improved:
+                save_checkpoint(checkpoint, out_dir / "best.pt")
+        log(f"{_name(out_dir)} epoch {epoch}/{args.epochs}: "
+            + " | ".join(f"{row['split']} loss {row['loss']:.4f} {headline} {row.get(headline, math.nan):.4f}"
+                         for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
+
+    result = runs.summary(history, epochs=args.epochs, best_epoch=best_epoch, best_score=best_score,
+                          headline=headline, seconds=seconds_before + time.time() - run_start, meta=meta)
+    if dist_info.is_main_process:
+        files.write_csv(history, out_dir / "metrics.csv", columns)  # also for a run that was complete already
+        files.write_json(result, out_dir / "summary.json")
+    if dist_info.enabled:
+        dist.barrier()  # no process leaves before rank 0 has written the run
+    return result
+
+
+def _name(out_dir: Path) -> str:
+    return "/".join(out_dir.parts[-3:])  # e.g. shenzhen/Domain_RI/seed0
+
+
+def _start_run_folder(out_dir: Path, meta: dict, args, device, dist_info: Distributed, resume_from) -> None:
+    """args.json first; a summary.json (and, starting over, a best.pt) of an earlier run goes, so
+    that neither is ever mistaken for this run's."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json",) if resume_from else ("summary.json", "best.pt"):
+        (out_dir / stale).unlink(missing_ok=True)
+    files.write_json({"args": vars(args), "meta": meta, "versions": runs.library_versions(), "git_sha": runs.git_sha(),
+                      "command": sys.argv, "device": str(device), "world_size": dist_info.world_size,
+                      "resumed_from_epoch": resume_from["epoch"] if resume_from else None,
+                      "started": datetime.datetime.now().isoformat(timespec="seconds")}, out_dir / "args.json")
+
+
+def _seed_epoch(train_loader, val_loader, *, seed: int, epoch: int, rank: int, workers: int) -> None:
+    """Data order and augmentation as functions of (seed, epoch, process): a resumed run replays
+    exactly what an uninterrupted one would have seen."""
+    augment_seed = (seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+    train_loader.generator.manual_seed(augment_seed)  # worker processes derive their seeds from it
+    if workers == 0:
+        monai.data.utils.set_rnd(train_loader.dataset, seed=augment_seed)
+    for loader in (train_loader, val_loader):
+        loader.sampler.set_epoch(epoch)

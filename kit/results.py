@@ -1,0 +1,168 @@
+"""Reading a study's files: the fine-tuning runs under OUT/finetune/ and their evaluations under
+OUT/eval/. Reads only what earlier stages wrote (CSV and JSON), never checkpoints.
+
+Every folder OUT/finetune/<target>/<arm>/[<anything>/]metrics.csv is one run of that target and
+arm, its seed and train fraction read from its args.json (args.seed, args.train_fraction; else
+from a folder name like frac0.1_seed2; else seed 0, fraction 1). Evaluations
+(OUT/eval/**/metrics.csv, evaluate.py) are matched to runs by the checkpoint path they name.
+"""
+import json
+import math
+import re
+from pathlib import Path, PurePath
+
+import numpy as np
+import pandas as pd
+
+from .paper import ARMS, TARGETS, paper_sorted
+
+CHECKPOINTS = ("best", "last")  # evaluate.py output per run: best-validation and last-epoch checkpoint
+
+
+def read_json(path):
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
+
+
+def read_csv(path):
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read CSV ({err})") from err
+
+
+def run_settings(run_dir):
+    """(seed, train fraction) of a run: args.json, else the folder name (frac<F>_seed<S>), else (0, 1.0)."""
+    args = {}
+    if (run_dir / "args.json").is_file():
+        args = read_json(run_dir / "args.json").get("args") or {}
+    seed = re.search(r"seed(\d+)", run_dir.name)
+    fraction = re.search(r"frac([0-9.]+)", run_dir.name)
+    return (int(args.get("seed", seed.group(1) if seed else 0)),
+            float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)))
+
+
+def discover_runs(runs_dir):
+    """One dict per OUT/finetune/<target>/<arm>/[...]/metrics.csv: target, arm, seed, fraction, dir, key."""
+    finetune = Path(runs_dir) / "finetune"
+    runs = []
+    for csv_path in sorted(finetune.rglob("metrics.csv")):
+        rel = csv_path.parent.relative_to(finetune)
+        if len(rel.parts) < 2:
+            continue
+        seed, fraction = run_settings(csv_path.parent)
+        runs.append({"target": rel.parts[0], "arm": rel.parts[1], "seed": seed, "fraction": fraction,
+                     "dir": csv_path.parent, "key": rel.as_posix(), "evals": {}})
+    if not runs:
+        raise ValueError(f"no metrics.csv under {finetune}/*/*/ — run finetune_target.py first")
+    target_order = paper_sorted({r["target"] for r in runs}, TARGETS)
+    arm_order = paper_sorted({r["arm"] for r in runs}, ARMS)
+    return sorted(runs, key=lambda r: (target_order.index(r["target"]), arm_order.index(r["arm"]),
+                                       r["fraction"], r["seed"], r["key"]))
+
+
+def headline_metric(target, run_dirs):
+    """Table 2's metric for a target: the paper's for D1-D5, else `meta.headline_metric` of its runs."""
+    if target in TARGETS:
+        return TARGETS[target][3]
+    for run_dir in run_dirs:
+        if (run_dir / "args.json").is_file():
+            meta = read_json(run_dir / "args.json").get("meta") or {}
+            if meta.get("headline_metric"):
+                return str(meta["headline_metric"])
+    return "accuracy"
+
+
+def read_curves(csv_path, metric):
+    """Per-epoch rows of one run: columns epoch, split, value (metric as a fraction) and loss.
+
+    A resumed run may log an epoch twice; the last row for an (epoch, split) wins.
+    """
+    frame = read_csv(csv_path)
+    missing = [c for c in ("epoch", "split", metric) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {missing} (has {list(frame.columns)}); "
+                         f"pick another with --metric")
+    curves = pd.DataFrame({
+        "epoch": pd.to_numeric(frame["epoch"], errors="coerce"),
+        "split": frame["split"].astype(str).str.strip(),
+        "value": pd.to_numeric(frame[metric], errors="coerce"),
+        "loss": pd.to_numeric(frame["loss"], errors="coerce") if "loss" in frame.columns else math.nan,
+    })
+    if curves["epoch"].isna().any():
+        raise ValueError(f"{csv_path}: column 'epoch' has non-numeric values")
+    curves = curves.drop_duplicates(["epoch", "split"], keep="last").sort_values("epoch", kind="stable")
+    if not (curves["split"] == "val").any():
+        raise ValueError(f"{csv_path}: no rows with split == 'val' (splits found: {sorted(set(curves['split']))})")
+    return curves.reset_index(drop=True)
+
+
+def last_epoch_row(curves):
+    """(last validation epoch, train value there, val value there), values as fractions (NaN if absent)."""
+    epoch = int(curves.loc[curves["split"] == "val", "epoch"].max())
+    at_epoch = curves[curves["epoch"] == epoch].set_index("split")["value"]
+    return epoch, float(at_epoch.get("train", math.nan)), float(at_epoch.get("val", math.nan))
+
+
+def eval_run_key(checkpoint, eval_rel):
+    """(run key under finetune/, checkpoint kind) of an evaluate.py metrics.csv.
+
+    From the checkpoint path it names (…/finetune/<run key>/<kind>.pt, wherever OUT now lives),
+    else from where it lies: eval/<run key>/<kind>/ (the study's layout) or eval/<run key>/."""
+    parts = PurePath(checkpoint).parts
+    if "finetune" in parts[:-1]:
+        start = len(parts) - 1 - parts[::-1].index("finetune")
+        return "/".join(parts[start + 1:-1]), PurePath(checkpoint).stem
+    if eval_rel.name in CHECKPOINTS:
+        return eval_rel.parent.as_posix(), eval_rel.name
+    stem = PurePath(checkpoint).stem
+    return eval_rel.as_posix(), stem if stem in CHECKPOINTS else "best"
+
+
+def attach_evals(runs_dir, runs):
+    """run['evals'][kind] = {'row': the test row of evaluate.py's metrics.csv, 'predictions': path or None}."""
+    eval_dir = Path(runs_dir) / "eval"
+    by_key = {run["key"]: run for run in runs}
+    for csv_path in sorted(eval_dir.rglob("metrics.csv")):
+        frame = read_csv(csv_path)
+        if "split" in frame.columns:
+            frame = frame[frame["split"].astype(str).str.strip() == "test"]
+        if frame.empty:
+            continue
+        row = frame.iloc[-1]
+        key, kind = eval_run_key(str(row.get("checkpoint", "")), csv_path.parent.relative_to(eval_dir))
+        if key in by_key:
+            predictions = csv_path.parent / "predictions.csv"
+            by_key[key]["evals"][kind] = {"row": row, "predictions": predictions if predictions.is_file() else None}
+
+
+def read_predictions(path):
+    """predictions.csv -> image-sorted frame + (probs (N, C), targets (N,), classes); multi-class only."""
+    frame = read_csv(path)
+    classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    missing = [c for c in ("image", "patient", "target") if c not in frame.columns]
+    if missing or not classes:
+        raise ValueError(f"{path}: missing column(s) {missing or ['prob_<class>']} (has {list(frame.columns)})")
+    frame = frame.sort_values("image", kind="stable").reset_index(drop=True)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(frame["target"].astype(str)) - set(index))
+    if unknown:
+        raise ValueError(f"{path}: targets {unknown[:3]} are not among the prob_ columns (multi-label predictions?)")
+    targets = frame["target"].astype(str).map(index).to_numpy(dtype=np.int64)
+    probs = frame[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    return frame, probs, targets, classes
+
+
+def split_sizes(runs_dir, target):
+    """{'train': n, 'val': n, 'test': n} images from OUT/manifests/<target>.json counts, or None."""
+    path = Path(runs_dir) / "manifests" / f"{target}.json"
+    try:
+        counts = json.loads(path.read_text())["counts"]
+        return {s: sum(int(v) for v in counts.get(s, {}).values()) for s in ("train", "val", "test")}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        return None

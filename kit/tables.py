@@ -1,0 +1,225 @@
+"""The study's statistics over runs, as tables: per run, per test group (seed-mean with a patient
+bootstrap CI, paired comparisons between arms), Table 2 and convergence. Values in %, differences
+in percentage points.
+
+Test values are the mean over seeds; "sd" is the standard deviation across seeds (the training
+noise); the CI is a percentile bootstrap over test *patients* of that seed-mean (the
+test-sampling noise). Paired comparisons: every arm against each reference arm on the same test
+images and seeds, with a paired patient bootstrap CI and two-sided p-value of the headline
+metric; for binary targets also DeLong's test of the AUROC difference.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, stats
+from .results import CHECKPOINTS, last_epoch_row, read_predictions
+
+CONVERGENCE = 0.95              # "epochs to reach 95 % of the arm's best validation metric"
+
+
+def number(value):
+    """A CSV cell as a float (NaN for empty or non-numeric)."""
+    return float(pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0])
+
+
+def mean_sd(values):
+    """(mean, sd across seeds with ddof 1; NaN for one value) of the finite values."""
+    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def mean_curves(curves_list):
+    """Seed-mean curves: epoch, split, value, value_sd, loss, loss_sd (sd NaN for one seed)."""
+    frame = pd.concat(curves_list)
+    grouped = frame.groupby(["epoch", "split"], sort=True)
+    out = grouped[["value", "loss"]].mean()
+    sd = grouped[["value", "loss"]].std(ddof=1).add_suffix("_sd")
+    return out.join(sd).reset_index()
+
+
+def test_comparisons(group, metric, target, args):
+    """Test results of one (target, train fraction, checkpoint kind): the runs' evaluations of
+    every arm and seed, bootstrapped together on the same patient resamples.
+
+    Returns (summary rows per arm, paired rows). Without predictions.csv files (or with arms
+    tested on different images) the CI comes from evaluate.py's metrics.csv for a single seed.
+    """
+    by_arm = {}
+    for run, evaluation in group:
+        by_arm.setdefault(run["arm"], {})[run["seed"]] = evaluation
+    columns = [(arm, seed) for arm, seeds in by_arm.items() for seed in sorted(seeds)]
+    points = {(arm, seed): number(by_arm[arm][seed]["row"].get(metric)) for arm, seed in columns}
+
+    # --- the seeds' predictions on the same images, or none
+    loaded = None
+    if args.bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
+            by_arm[a][s]["predictions"] for a, s in columns):
+        loaded = {c: read_predictions(by_arm[c[0]][c[1]]["predictions"]) for c in columns}
+        first = loaded[columns[0]][0]
+        if any(not frame["image"].equals(first["image"]) for frame, *_ in loaded.values()):
+            print(f"note: {target}: the runs were tested on different images; no paired comparisons")
+            loaded = None
+    distribution = None
+    if loaded:
+        targets = loaded[columns[0]][2]
+        probs = [loaded[c][1] for c in columns]
+        points = {c: metrics.multiclass_metrics(p, targets, (metric,))[metric] for c, p in zip(columns, probs)}
+        patients = first["patient"].astype(str).to_numpy()
+        distribution = stats.bootstrap_distribution(
+            lambda rows: [metrics.multiclass_metrics(p[rows], targets[rows], (metric,))[metric] for p in probs],
+            patients, n_resamples=args.bootstrap, seed=args.seed)
+        n_images, n_patients = len(patients), len(set(patients))
+    else:
+        rows = [by_arm[a][s]["row"] for a, s in columns]
+        n_images = max((int(r["n"]) for r in rows if pd.notna(r.get("n"))), default=None)
+        n_patients = max((int(r["n_patients"]) for r in rows if pd.notna(r.get("n_patients"))), default=None)
+
+    def seed_mean(arm, seeds):
+        """(point, bootstrap distribution) of the mean over `seeds` of the arm's metric."""
+        cols = [columns.index((arm, s)) for s in seeds]
+        dist = distribution[:, cols].mean(axis=1) if distribution is not None else None
+        return float(np.mean([points[arm, s] for s in seeds])), dist
+
+    summary = []
+    for arm, seeds in by_arm.items():
+        point, dist = seed_mean(arm, sorted(seeds))
+        _, sd = mean_sd([points[arm, s] for s in seeds])
+        if dist is not None:
+            low, high = stats.percentile_interval(dist, args.ci)
+        elif len(seeds) == 1:  # evaluate.py's own interval of this one run
+            row = next(iter(seeds.values()))["row"]
+            low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
+        else:
+            low = high = math.nan
+        summary.append({"arm": arm, "metric": metric, "n_seeds": len(seeds), "test": point, "test_sd": sd,
+                        "ci_low": float(low), "ci_high": float(high), "n_images": n_images, "n_patients": n_patients})
+
+    paired = []
+    if distribution is None:
+        return summary, paired
+    binary = len(loaded[columns[0]][3]) == 2 and 0 < (targets == 1).sum() < len(targets)  # DeLong needs both
+    done = set()
+    for reference in args.reference:
+        for arm in by_arm:
+            seeds = sorted(set(by_arm.get(reference, {})) & set(by_arm[arm]))
+            if arm == reference or not seeds or (reference, arm) in done:  # B - A is A - B negated
+                continue
+            done.add((arm, reference))
+            arm_point, arm_dist = seed_mean(arm, seeds)
+            ref_point, ref_dist = seed_mean(reference, seeds)
+            low, high = stats.percentile_interval(arm_dist - ref_dist, args.ci)
+            _, diff_sd = mean_sd([points[arm, s] - points[reference, s] for s in seeds])
+            common = {"reference": reference, "arm": arm, "n_seeds": len(seeds), "n_images": n_images,
+                      "n_patients": n_patients}
+            paired.append({**common, "metric": metric, "method": "paired bootstrap over patients",
+                           "arm_value": arm_point, "reference_value": ref_point,
+                           "difference": arm_point - ref_point, "ci_low": float(low), "ci_high": float(high),
+                           "p_value": stats.bootstrap_p_value(arm_dist - ref_dist), "difference_sd": diff_sd})
+            if binary:  # DeLong on the positive class's probability (column 1)
+                scores = {a: np.stack([loaded[a, s][1][:, 1] for s in seeds]) for a in (arm, reference)}
+                test = stats.delong_test(targets == 1, scores[arm], scores[reference], ci=args.ci)
+                _, auc_sd = mean_sd([metrics.binary_auroc(targets == 1, scores[arm][i])
+                                     - metrics.binary_auroc(targets == 1, scores[reference][i])
+                                     for i in range(len(seeds))])
+                paired.append({**common, "metric": "auroc", "method": "DeLong", "arm_value": test["auroc_a"],
+                               "reference_value": test["auroc_b"], "difference": test["difference"],
+                               "ci_low": test["ci_low"], "ci_high": test["ci_high"], "p_value": test["p_value"],
+                               "difference_sd": auc_sd})
+    return summary, paired
+
+
+def runs_frame(runs, metrics):
+    """tables/runs.csv: one row per run — last epoch, convergence, test values of both checkpoints (%)."""
+    rows = []
+    for run in runs:
+        metric = metrics[run["target"]]
+        epoch, train, val = last_epoch_row(run["curves"])
+        val_rows = run["curves"][run["curves"]["split"] == "val"]
+        conv = stats.convergence(val_rows["epoch"], val_rows["value"], CONVERGENCE)
+        row = {"target": run["target"], "arm": run["arm"], "train_fraction": run["fraction"], "seed": run["seed"],
+               "metric": metric, "epoch": epoch, "train": 100 * train, "val": 100 * val,
+               "best_val": 100 * conv["best"], "best_epoch": conv["best_epoch"],
+               "epochs_to_95": conv["epochs_to_target"], "val_auc": 100 * conv["curve_auc"]}
+        for kind in CHECKPOINTS:
+            result = run["evals"].get(kind, {}).get("row", {})
+            row |= {f"test_{kind}{suffix}": 100 * number(result.get(f"{metric}{suffix}"))
+                    for suffix in ("", "_ci_low", "_ci_high")}
+        n_test = [number(e["row"].get("n")) for e in run["evals"].values()]
+        rows.append(row | {"n_test": max(n_test) if n_test else None, "run": run["key"]})
+    frame = pd.DataFrame(rows)
+    frame["n_test"] = pd.to_numeric(frame["n_test"]).astype("Int64")
+    return frame
+
+
+def test_frames(runs, targets, metrics, args):
+    """tables/test_summary.csv and tables/paired.csv (%), one test_comparisons() per (target,
+    train fraction, checkpoint), in paper order."""
+    summary_rows, paired_rows = [], []
+    for target in targets:
+        for fraction in sorted({r["fraction"] for r in runs if r["target"] == target}):
+            for kind in CHECKPOINTS:
+                group = [(r, r["evals"][kind]) for r in runs
+                         if r["target"] == target and r["fraction"] == fraction and kind in r["evals"]]
+                if group:
+                    summary, paired = test_comparisons(group, metrics[target], target, args)
+                    keys = {"target": target, "train_fraction": fraction, "checkpoint": kind}
+                    summary_rows += [keys | row for row in summary]
+                    paired_rows += [keys | row for row in paired]
+    summary = pd.DataFrame(summary_rows, columns=["target", "arm", "train_fraction", "checkpoint", "metric", "n_seeds",
+                                                  "test", "test_sd", "ci_low", "ci_high", "n_images", "n_patients"])
+    paired = pd.DataFrame(paired_rows, columns=[
+        "target", "train_fraction", "checkpoint", "arm", "reference", "metric", "method", "n_seeds", "n_images",
+        "n_patients", "arm_value", "reference_value", "difference", "ci_low", "ci_high", "p_value", "difference_sd"])
+    for frame, columns in ((summary, ["test", "test_sd", "ci_low", "ci_high"]),
+                           (paired, ["arm_value", "reference_value", "difference", "ci_low", "ci_high",
+                                     "difference_sd"])):
+        frame[columns] = 100 * frame[columns]
+    return summary, paired
+
+
+def table2_frame(at_main, summary, table_arms, metrics, main_fraction):
+    """tables/table2.csv at each target's largest fraction: last-epoch train/val mean and sd across
+    seeds, and the test mean, CI and sd of the best-validation (test_*) and last (test_last_*) checkpoint."""
+    rows = []
+    for target in metrics:
+        for arm in table_arms:
+            seeds = at_main[(at_main["target"] == target) & (at_main["arm"] == arm)]
+            row = {"target": target, "arm": arm, "metric": metrics[target], "n_seeds": len(seeds),
+                   "train_fraction": main_fraction[target],
+                   "epoch": seeds["epoch"].max() if len(seeds) else None,
+                   "n_test": seeds["n_test"].max() if len(seeds) else None}
+            for split in ("train", "val"):
+                row[split], row[f"{split}_sd"] = mean_sd(seeds[split])
+            for kind, prefix in (("best", "test"), ("last", "test_last")):
+                found = summary[(summary["target"] == target) & (summary["arm"] == arm)
+                                & (summary["checkpoint"] == kind) & (summary["train_fraction"] == main_fraction[target])]
+                values = found.iloc[0] if len(found) else {}
+                row |= {prefix: values.get("test", math.nan), f"{prefix}_sd": values.get("test_sd", math.nan),
+                        f"{prefix}_ci_low": values.get("ci_low", math.nan),
+                        f"{prefix}_ci_high": values.get("ci_high", math.nan)}
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=[
+        "target", "arm", "metric", "train", "val", "epoch", "n_seeds", "train_sd", "val_sd", "test", "test_ci_low",
+        "test_ci_high", "test_sd", "test_last", "test_last_ci_low", "test_last_ci_high", "test_last_sd", "n_test",
+        "train_fraction"])
+    for column in ("epoch", "n_test"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
+    return table
+
+
+def convergence_frame(at_main):
+    """tables/convergence.csv: per target and arm (largest fraction), mean and sd across seeds."""
+    rows = []
+    for (target, arm), seeds in at_main.groupby(["target", "arm"], sort=False):
+        row = {"target": target, "arm": arm, "train_fraction": seeds["train_fraction"].iloc[0],
+               "metric": seeds["metric"].iloc[0], "n_seeds": len(seeds), "best_epoch": seeds["best_epoch"].mean()}
+        for column in ("best_val", "epochs_to_95", "val_auc"):
+            row[column], row[f"{column}_sd"] = mean_sd(seeds[column])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["target", "arm", "train_fraction", "metric", "n_seeds", "best_val",
+                                       "best_val_sd", "best_epoch", "epochs_to_95", "epochs_to_95_sd", "val_auc",
+                                       "val_auc_sd"])
