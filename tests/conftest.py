@@ -1,4 +1,7 @@
-"""Shared fixtures: the project root on sys.path and the real sample files in ../shared/data."""
+"""Shared fixtures: the project root (and this folder, for `from helpers import ...`) on sys.path, the
+real sample files of the datasets, and the runs that several test files read."""
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -7,11 +10,51 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import helpers  # noqa: E402 (needs the paths above)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Real excerpts of the datasets (see ../shared/data/README.md); tests using them skip without."""
+    """Real excerpts of the datasets, kept beside the repository; tests using them skip without."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample files not found at {SHARED_DATA}")
+        pytest.skip(f"real dataset sample files (ChestX-ray14 metadata and images, EyePACS labels and images, "
+                    f"BreakHis, COVID-19 Radiography, Messidor and DeepDRiD samples) not found at {SHARED_DATA}; "
+                    f"they are excerpts of the public downloads; without them the readers and prepare_data.py are "
+                    f"tested on generated native trees only")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pretrained_all(tmp_path_factory):
+    """pretrain_all.py --label-mask on two tiny folder manifests (2 and 3 classes), one epoch at 32 px:
+    (folder, first manifest, second manifest, run folder, what it printed)."""
+    import pretrain_all
+
+    tmp_path = tmp_path_factory.mktemp("pretrain_all")
+    first = helpers.folder_manifest(tmp_path, "first", ["a", "b"])
+    second = helpers.folder_manifest(tmp_path, "second", ["x", "y", "z"], domain="efi")
+    out = tmp_path / "All_RI"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        pretrain_all.main(pretrain_all.get_args_parser().parse_args(
+            ["--manifests", str(first), str(second), "--init", "random", "--out", str(out), "--label-mask",
+             *helpers.TINY]))
+    return tmp_path, first, second, out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def plain_study(tmp_path_factory):
+    """plot_results.py on a runs tree of last-epoch curves (helpers.RUNS) with two test evaluations:
+    (the tree, its metrics.csv frames by (target, arm))."""
+    root = tmp_path_factory.mktemp("OUT")
+    return root, helpers.write_plain_study(root)
+
+
+@pytest.fixture(scope="session")
+def seeded_study(tmp_path_factory):
+    """plot_results.py on a study of 2 seeds, 2 train fractions and test predictions: (the tree,
+    the predictions by (target, arm, seed))."""
+    root = tmp_path_factory.mktemp("seeded")
+    return root, helpers.write_seeded_study(root)

@@ -1,5 +1,5 @@
-"""cache.py: building, reading through engine.ImageDataset, agreement with the uncached chains,
-invalidation, unreadable images."""
+"""kit.cache: building, reading through kit.data.ImageDataset, agreement with the uncached chains,
+invalidation, unreadable images, its command line (python -m kit.cache)."""
 import json
 import os
 import pickle
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-import cache
-import engine
 import transforms
+from helpers import ROOT, run_script
+from kit import cache, data
 
 S = 32
 SHAPES = {"cxr": [(48, 80), (40, 40), (70, 50)], "hwsi": [(46, 70), (60, 40), (32, 32)],
@@ -46,7 +46,7 @@ def write_manifest(folder, domain, *, grey_too=False):
 
 def dataset(csv_path, domain, *, train=False, cache_dirs=True, image_size=S):
     df = pd.read_csv(csv_path)
-    return engine.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=image_size, train=train,
+    return data.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=image_size, train=train,
                                domain=domain, cache_dirs=[csv_path.parent] if cache_dirs else None)
 
 
@@ -125,17 +125,17 @@ def test_parallel_build_and_loader_with_workers(tmp_path):
         path.unlink()
     parallel = cache.build_cache(csv_path, image_size=S, workers=2, progress=False)
     assert np.array_equal(np.load(parallel["pixels"]), pixels)  # same bytes, same order
-    assert isinstance(engine.make_loader(dataset(csv_path, "hwsi", train=True), batch_size=2, train=True,
+    assert isinstance(data.make_loader(dataset(csv_path, "hwsi", train=True), batch_size=2, train=True,
                                          workers=3, seed=0, device=torch.device("cpu")), cache.ThreadLoader)
     # two rows not in the cache: worker processes decode them and open the memmap for the others
     extra = [tmp_path / "new_0.png", tmp_path / "new_1.png"]
     for path in extra:
         Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(path)
     df = pd.concat([pd.read_csv(csv_path), pd.DataFrame({"image": [str(p) for p in extra], "label": 0})])
-    ds = engine.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=S, train=True, domain="hwsi",
+    ds = data.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=S, train=True, domain="hwsi",
                              cache_dirs=[tmp_path])
     assert (ds.n_cached, len(ds)) == (3, 5)
-    loader = engine.make_loader(ds, batch_size=2, train=True, workers=3, seed=0, device=torch.device("cpu"))
+    loader = data.make_loader(ds, batch_size=2, train=True, workers=3, seed=0, device=torch.device("cpu"))
     assert not isinstance(loader, cache.ThreadLoader)  # 3 worker processes, each opening the memmap
     assert [len(images) for images, _, _ in loader] == [2, 2]  # the last batch of one is dropped
 
@@ -145,7 +145,7 @@ def test_thread_loader_for_cached_data_is_seeded(tmp_path):
     cache.build_cache(csv_path, image_size=S, workers=1, progress=False)
     passes = []
     for _ in range(2):
-        loader = engine.make_loader(dataset(csv_path, "efi", train=True), batch_size=3, train=True, workers=2,
+        loader = data.make_loader(dataset(csv_path, "efi", train=True), batch_size=3, train=True, workers=2,
                                     seed=0, device=torch.device("cpu"))
         assert isinstance(loader, cache.ThreadLoader)
         for epoch_seed in (5, 6, 5):  # reseeding the generator per epoch reseeds the augmentation
@@ -219,11 +219,12 @@ def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys)
     prepare_data.main(prepare_data.get_args_parser().parse_args(argv))
     assert "built preprocessing cache" in capsys.readouterr().out
     df = pd.read_csv(tmp_path / "m" / "data.csv")
-    dataset = engine.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=32, train=False,
+    dataset = data.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=32, train=False,
                                   domain="hwsi", cache_dirs=[tmp_path / "m"])
     assert dataset.n_cached == len(df) == 8
     with pytest.raises(SystemExit):
         prepare_data.get_args_parser().parse_args([*argv[:-4], "--cache-size", "16"])
+    assert "argument --cache-size: must be >= 32 px, got 16" in capsys.readouterr().err
 
 
 def test_stack_in_numpy_equals_the_default_collate(tmp_path):
@@ -239,3 +240,15 @@ def test_stack_in_numpy_equals_the_default_collate(tmp_path):
         ours, torch_s = cache.stack_in_numpy(batch), torch.utils.data.default_collate(batch)
         assert [x.dtype for x in ours] == [x.dtype for x in torch_s]
         assert all(torch.equal(a.nan_to_num(-1), b.nan_to_num(-1)) for a, b in zip(ours, torch_s))
+
+
+@pytest.mark.slow
+def test_module_command_line(tmp_path):
+    """What study.sh runs: python -m kit.cache --manifest ... from the repository root."""
+    manifests = [write_manifest(tmp_path / d, d) for d in ("efi", "hwsi")]
+    done = run_script("-m", "kit.cache", "--manifest", *manifests, "--image-size", str(S), "--workers", "1",
+                      "--no-progress", cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("cache built, 3 images") == 2
+    again = run_script("-m", "kit.cache", "--manifest", manifests[0], "--image-size", str(S), "--no-progress", cwd=ROOT)
+    assert "cache up to date, 3 images" in again.stdout

@@ -11,7 +11,7 @@ from PIL import Image
 
 import evaluate
 import finetune_target
-from test_scripts import TINY, _manifest
+from helpers import TINY, folder_manifest
 
 EVAL = ["--workers", "0", "--device", "cpu"]
 
@@ -20,7 +20,7 @@ EVAL = ["--workers", "0", "--device", "cpu"]
 def run(tmp_path_factory):
     """One tiny fine-tuned run on a manifest whose test images come two per patient."""
     tmp_path = tmp_path_factory.mktemp("evaluate")
-    manifest = _manifest(tmp_path, "pairs", ["blue", "red"])
+    manifest = folder_manifest(tmp_path, "pairs", ["blue", "red"])
     df = pd.read_csv(manifest)
     test = df.index[df["split"] == "test"]
     df.loc[test, "patient"] = [f"patient{i // 2}" for i in range(len(test))]
@@ -31,6 +31,7 @@ def run(tmp_path_factory):
     return tmp_path, manifest, out
 
 
+@pytest.mark.slow
 def test_best_and_last_with_cis_per_class_and_confusion(run):
     tmp_path, manifest, out = run
     evaluate.main(evaluate.get_args_parser().parse_args(
@@ -89,7 +90,44 @@ def test_output_folders(tmp_path):
     assert evaluate.output_dirs(paths[:1], out, str(runs)) == [out / "IN/seed0/best"]
     with pytest.raises(ValueError, match="not inside"):
         evaluate.output_dirs(paths[:1], out, str(tmp_path / "elsewhere"))
+
+
+def test_arguments(capsys):
     parser = evaluate.get_args_parser()
-    for bad in (["--ci", "1.5"], ["--bootstrap", "-1"]):
+    for bad, words in ((["--ci", "1.5"], "argument --ci: must be > 0 and < 1, got 1.5"),
+                       (["--ci", "1"], "argument --ci: must be > 0 and < 1, got 1"),
+                       (["--bootstrap", "-1"], "argument --bootstrap: must be >= 0, got -1"),
+                       (["--sync-bn"], "unrecognized arguments: --sync-bn"),
+                       (["--compile"], "unrecognized arguments: --compile"),
+                       (["--log-every", "5"], "unrecognized arguments: --log-every")):
         with pytest.raises(SystemExit):
             parser.parse_args(["--checkpoint", "a.pt", "--manifest", "m.csv", "--out", "o", *bad])
+        assert words in capsys.readouterr().err, bad
+    args = parser.parse_args(["--checkpoint", "a.pt", "b.pt", "--manifest", "m.csv", "--out", "o"])
+    assert (args.ci, args.bootstrap, args.seed, args.split, args.checkpoint) == (0.95, 1000, 0, "test", ["a.pt", "b.pt"])
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_logged_validation_metrics(run):
+    tmp_path, manifest, run = run
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--checkpoint", str(run / "last.pt"), "--manifest", str(manifest), "--split", "val",
+         "--out", str(tmp_path / "eval_val"), "--workers", "0", "--device", "cpu"]))
+    logged = pd.read_csv(run / "metrics.csv").query("split == 'val'").iloc[-1]
+    measured = pd.read_csv(tmp_path / "eval_val" / "metrics.csv").iloc[0]
+    for column in ("loss", "accuracy", "balanced_accuracy", "auroc"):
+        assert measured[column] == pytest.approx(logged[column], abs=1e-6), column
+    predictions = pd.read_csv(tmp_path / "eval_val" / "predictions.csv")
+    manifest_df = pd.read_csv(manifest)
+    assert sorted(predictions["image"]) == sorted(manifest_df.loc[manifest_df.split == "val", "image"])
+    assert np.allclose(predictions[["prob_blue", "prob_red"]].sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_checkpoint_of_other_classes(run, tmp_path):
+    _, _, run = run
+    other = folder_manifest(tmp_path, "other", ["cat", "dog", "eel"])
+    with pytest.raises(ValueError, match="classes"):
+        evaluate.main(evaluate.get_args_parser().parse_args(
+            ["--checkpoint", str(run / "best.pt"), "--manifest", str(other), "--out", str(tmp_path / "e"),
+             "--workers", "0", "--device", "cpu"]))

@@ -1,116 +1,43 @@
-"""The stage scripts end to end on tiny folder datasets: fine-tune, evaluate, pretrain on the
-aggregate, and the one-line errors users see for bad input."""
+"""finetune_target.py end to end on tiny folder datasets: fine-tuning from a pretrained checkpoint, the
+one-line errors users see for bad input, and a recipe edited in the script alone (SGD, a frozen
+backbone)."""
+import json
 import math
+import os
+import subprocess
+import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-import evaluate
 import finetune_target
-import models
-import prepare_data
-import pretrain_all
-import pretrain_source
+from helpers import ROOT, TINY, folder_manifest, run_finetune
+from kit import checkpoints
+
+SCRIPT = (ROOT / "finetune_target.py").read_text()
 
 
-def _folder_dataset(root, classes, n=8, seed=0):
-    """<root>/<class>/<i>.png, one flat colour per class with noise: learnable in an epoch."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            colour = np.array([200, 60, 60]) if c == 0 else np.array([60, 60, 200]) + 40 * c
-            pixels = np.clip(colour + rng.normal(0, 25, (40, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
-    return root
-
-
-def _manifest(tmp_path, name, classes, domain="hwsi"):
-    root = _folder_dataset(tmp_path / f"data_{name}", classes)
-    args = prepare_data.get_args_parser().parse_args(
-        ["--dataset", "folder", "--root", str(root), "--name", name, "--domain", domain,
-         "--out", str(tmp_path / "manifests"), "--val-frac", "0.25", "--test-frac", "0.25"])
-    prepare_data.main(args)
-    return tmp_path / "manifests" / f"{name}.csv"
-
-
-TINY = ["--image-size", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
-        "--hidden-dim", "16"]
-
-
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("scripts")
-    manifest = _manifest(tmp_path, "tiny", ["blue", "red"])
-    out = tmp_path / "run"
-    finetune_target.main(finetune_target.get_args_parser().parse_args(
-        ["--manifest", str(manifest), "--init", "random", "--out", str(out), *TINY]))
-    return tmp_path, manifest, out
-
-
-def test_evaluate_reproduces_the_logged_validation_metrics(finetuned):
-    tmp_path, manifest, run = finetuned
-    evaluate.main(evaluate.get_args_parser().parse_args(
-        ["--checkpoint", str(run / "last.pt"), "--manifest", str(manifest), "--split", "val",
-         "--out", str(tmp_path / "eval"), "--workers", "0", "--device", "cpu"]))
-    logged = pd.read_csv(run / "metrics.csv").query("split == 'val'").iloc[-1]
-    measured = pd.read_csv(tmp_path / "eval" / "metrics.csv").iloc[0]
-    for column in ("loss", "accuracy", "balanced_accuracy", "auroc"):
-        assert measured[column] == pytest.approx(logged[column], abs=1e-6), column
-    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
-    manifest_df = pd.read_csv(manifest)
-    assert sorted(predictions["image"]) == sorted(manifest_df.loc[manifest_df.split == "val", "image"])
-    assert np.allclose(predictions[["prob_blue", "prob_red"]].sum(axis=1), 1, atol=1e-5)
-
-
-def test_evaluate_refuses_a_checkpoint_of_other_classes(finetuned, tmp_path):
-    _, _, run = finetuned
-    other = _manifest(tmp_path, "other", ["cat", "dog", "eel"])
-    with pytest.raises(ValueError, match="classes"):
-        evaluate.main(evaluate.get_args_parser().parse_args(
-            ["--checkpoint", str(run / "best.pt"), "--manifest", str(other), "--out", str(tmp_path / "e"),
-             "--workers", "0", "--device", "cpu"]))
-
-
-def test_a_checkpoint_without_meta_is_one_clear_error(finetuned, tmp_path):
-    _, _, run = finetuned
-    bare = tmp_path / "bare.pt"
-    torch.save({"model": torch.load(run / "last.pt", weights_only=True)["model"]}, bare)
-    with pytest.raises(models.CheckpointError, match="bare.pt: checkpoint has no model description"):
-        models.model_from_checkpoint(bare)
-
-
-def test_finetune_from_a_pretrained_checkpoint_and_pretrain_all(tmp_path, capsys):
-    first = _manifest(tmp_path, "first", ["a", "b"])
-    second = _manifest(tmp_path, "second", ["x", "y", "z"], domain="efi")
-    pretrain_all.main(pretrain_all.get_args_parser().parse_args(
-        ["--manifests", str(first), str(second), "--init", "random", "--out", str(tmp_path / "All_RI"),
-         "--label-mask", *TINY]))
-    assert "own dataset labels only (--label-mask)" in capsys.readouterr().out
-    assert pd.read_json(tmp_path / "All_RI" / "args.json", typ="series")["args"]["label_mask"] is True
-    checkpoint = torch.load(tmp_path / "All_RI" / "last.pt", weights_only=True)
-    assert checkpoint["meta"]["classes"] == ["first/a", "first/b", "second/x", "second/y", "second/z"]
-    assert checkpoint["meta"]["task"] == "multilabel"
-    assert list(pd.read_csv(tmp_path / "All_RI" / "metrics.csv").columns[2:5]) == ["loss", "auroc", "map"]
-
-    pretrain_source.main(pretrain_source.get_args_parser().parse_args(
-        ["--manifest", str(second), "--init", "random", "--out", str(tmp_path / "EFI_RI"), *TINY]))
-    finetune_target.main(finetune_target.get_args_parser().parse_args(
-        ["--manifest", str(first), "--init", str(tmp_path / "All_RI" / "last.pt"), "--out",
-         str(tmp_path / "arm"), *TINY]))
+@pytest.mark.slow
+def test_finetune_from_a_pretrained_checkpoint(pretrained_all):
+    tmp_path, first, _, all_ri, _ = pretrained_all
+    checkpoint = torch.load(all_ri / "last.pt", weights_only=True)
+    run_finetune(["--manifest", str(first), "--init", str(all_ri / "last.pt"), "--out", str(tmp_path / "arm"), *TINY])
     arm = torch.load(tmp_path / "arm" / "best.pt", weights_only=True)
     backbone = "features.denseblock4.denselayer16.layers.conv2.weight"
     # one epoch of fine-tuning moved the backbone, but it started from All_RI's, not from random
     start = checkpoint["model"][backbone]
     assert arm["meta"]["source_checkpoint"].endswith("last.pt")
     assert torch.nn.functional.cosine_similarity(arm["model"][backbone].flatten(), start.flatten(), dim=0) > 0.9
+    assert arm["meta"]["classes"] == ["a", "b"] and arm["model"]["head.out.weight"].shape[0] == 2  # a new head
+    recorded = json.loads((tmp_path / "arm" / "args.json").read_text())["args"]
+    assert recorded["init"] == str((all_ri / "last.pt").resolve())  # absolute paths, whatever the cwd was
+    assert recorded["manifest"] == str(first.resolve())
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, capsys):
-    manifest = _manifest(tmp_path, "broken", ["blue", "red"])
+    manifest = folder_manifest(tmp_path, "broken", ["blue", "red"])
     df = pd.read_csv(manifest)
     victim = df.loc[df.split == "train", "image"].iloc[0]
     open(victim, "wb").write(b"this is not a png")
@@ -134,6 +61,7 @@ def test_scripts_reject_impossible_arguments(tmp_path, capsys):
                        (["--lr", "nan"], "--lr"), (["--weight-decay", "-1"], "--weight-decay"),
                        (["--workers", "-1"], "--workers"), (["--train-fraction", "0"], "--train-fraction"),
                        (["--train-fraction", "1.5"], "--train-fraction"), (["--log-every", "0"], "--log-every"),
+                       (["--warmup-epochs", "-1"], "--warmup-epochs"),
                        (["--manifest", str(tmp_path / "missing.csv")], "no such file"),
                        (["--init", str(tmp_path / "CXR_RI" / "last.pt")], "no such file"),
                        (["--imagenet-weights", str(tmp_path / "w.pth")], "no such file")):
@@ -142,3 +70,67 @@ def test_scripts_reject_impossible_arguments(tmp_path, capsys):
         assert words in capsys.readouterr().err, bad
     assert math.isclose(parser.parse_args(base).lr, 1e-4)
     assert parser.parse_args(base).resume and not parser.parse_args([*base, "--no-resume"]).resume
+    assert parser.parse_args(base).warmup_epochs == 0
+
+
+def test_the_recipe_lines_the_docstring_points_to_are_there():
+    """The edits test_the_recipe_is_editable_in_the_script_alone makes, found where main() says."""
+    assert SCRIPT.count("    params = model.parameters()\n") == 1
+    assert SCRIPT.count("    optimizer = torch.optim.AdamW(params, ") == 1
+    assert "torch.optim.SGD(params, lr=args.lr, momentum=0.9)" in SCRIPT  # the comment that says how
+    assert "params = model.head.parameters() and model.features.requires_grad_(False)" in SCRIPT
+
+
+def _edited_copy(folder, *replacements):
+    """finetune_target.py copied into `folder` with (old, new) line replacements, each old line found once."""
+    text = SCRIPT
+    for old, new in replacements:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    folder.mkdir()
+    (folder / "finetune_target.py").write_text(text)
+    return folder / "finetune_target.py"
+
+
+@pytest.mark.slow
+def test_the_recipe_is_editable_in_the_script_alone(tmp_path):
+    """Copy the script, edit the optimizer lines as its comments say, run it from elsewhere with the kit
+    on PYTHONPATH: SGD with momentum trains with momentum buffers; a frozen backbone keeps every backbone
+    weight of its initialisation bit for bit while the head learns."""
+    manifest = folder_manifest(tmp_path, "tiny", ["blue", "red"])
+    save_init = ("    model.to(device)\n",  # the initial weights, to compare with (not part of the recipe)
+                 "    model.to(device)\n    torch.save(model.state_dict(), args.out + '.init.pt')\n")
+    adamw = "    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, " \
+            "**loop.fast_kernels(device))\n"
+    sgd = _edited_copy(tmp_path / "sgd", save_init, (adamw, "    optimizer = torch.optim.SGD(params, lr=args.lr, "
+                                                            "momentum=0.9)\n"))
+    frozen = _edited_copy(tmp_path / "frozen", save_init, (
+        "    params = model.parameters()\n",
+        "    params = model.head.parameters()\n    model.features.requires_grad_(False)\n"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for script in (sgd, frozen):
+        out = script.parent / "run"
+        done = subprocess.run([sys.executable, str(script), "--manifest", str(manifest), "--init", "random",
+                               "--out", str(out), *TINY], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (out / "summary.json").is_file()
+
+    sgd_state = checkpoints.load_checkpoint(tmp_path / "sgd" / "run" / "last.pt")["optimizer"]
+    assert sgd_state["state"] and all("momentum_buffer" in s and "exp_avg" not in s for s in sgd_state["state"].values())
+    assert sgd_state["param_groups"][0]["momentum"] == 0.9
+
+    run = checkpoints.load_checkpoint(tmp_path / "frozen" / "run" / "last.pt")
+    init = torch.load(tmp_path / "frozen" / "run.init.pt", weights_only=True)
+    state = run["optimizer"]["state"]
+    assert all("exp_avg" in s for s in state.values())  # still AdamW
+    assert len(state) == len(run["optimizer"]["param_groups"][0]["params"]) == 6  # head: fc, bn, out x (weight, bias)
+    convs = [key for key in run["model"] if key.startswith("features.") and key.endswith(".weight")
+             and key.split(".")[-2].startswith("conv")]
+    assert len(convs) == 120  # DenseNet-121: the stem, 2 per dense layer (58 layers), 3 transitions
+    for key in convs:
+        assert torch.equal(run["model"][key], init[key]), key
+    for key in ("features.norm5.weight", "features.norm5.bias", "features.denseblock2.denselayer3.layers.norm1.weight"):
+        assert torch.equal(run["model"][key], init[key]), key  # BatchNorm's affine parameters are frozen too
+    for key in ("head.fc.weight", "head.bn.weight", "head.out.weight", "head.out.bias"):
+        assert not torch.equal(run["model"][key], init[key]), key  # the head learned

@@ -1,4 +1,6 @@
-"""engine.py: targets, class weights, and one real fit on tiny generated images."""
+"""kit.loop: fit on tiny generated images with the recipe built as the training scripts build it
+(data -> model -> loss -> optimizer -> schedule), the learning-rate schedule, seeding, and the stop
+at a non-finite loss."""
 import argparse
 import math
 
@@ -6,75 +8,48 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-import engine
-import metrics
-import models
+from helpers import finetune_argv, read_metrics, run_finetune, tiny_frame, two_colour_manifest
+from kit import checkpoints, data, loop, losses, metrics, models, runs, runtime
 
-
-def test_encode_targets_multiclass_and_multilabel():
-    df = pd.DataFrame({"label": [0, 2, 1]})
-    assert engine.encode_targets(df, "multiclass", ["a", "b", "c"]).tolist() == [0, 2, 1]
-    df = pd.DataFrame({"labels": ["a|c", "", "b"]})
-    out = engine.encode_targets(df, "multilabel", ["a", "b", "c"])
-    assert out.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
-    with pytest.raises(ValueError, match="'d'"):
-        engine.encode_targets(pd.DataFrame({"labels": ["d"]}), "multilabel", ["a"])
-    with pytest.raises(ValueError, match="out of range"):
-        engine.encode_targets(pd.DataFrame({"label": [3]}), "multiclass", ["a", "b"])
-
-
-def test_balanced_class_weights_match_sklearn_formula():
-    targets = np.array([0, 0, 0, 1])  # n / (C * n_c) = 4/(2*3), 4/(2*1); class 2 absent -> 0
-    assert engine.balanced_class_weights(targets, 3) == pytest.approx([2 / 3, 2.0, 0.0])
-
-
-def test_argparse_types_reject_impossible_values():
-    assert engine.positive_int("3") == 3 and engine.fraction("1") == 1.0 and engine.dropout_rate("0") == 0.0
-    for parse, text, words in ((engine.positive_int, "0", "must be >= 1, got 0"),
-                               (engine.positive_int, "2.5", "expected an integer"),
-                               (engine.image_size, "16", "must be >= 32 px, got 16"),
-                               (engine.fraction, "0", "must be > 0 and <= 1, got 0"),
-                               (engine.positive_float, "inf", "must be > 0"),
-                               (engine.dropout_rate, "1", "must be >= 0 and < 1")):
-        with pytest.raises(argparse.ArgumentTypeError, match=words):
-            parse(text)
-
-
-def _tiny_manifest(tmp_path, n_per_class=10):
-    """Two visually distinct classes of 40x40 RGB PNGs, split 6/4 per class into train/val."""
-    rows = []
-    rng = np.random.default_rng(0)
-    for label, colour in enumerate([(200, 40, 40), (40, 40, 200)]):
-        for i in range(n_per_class):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
-            path = tmp_path / f"c{label}_{i}.png"
-            Image.fromarray(pixels).save(path)
-            rows.append({"image": str(path), "label": label, "patient": f"p{label}_{i}",
-                         "split": "train" if i < 6 else "val"})
-    meta = {"key": "tiny", "domain": "hwsi", "task": "multiclass", "classes": ["red", "blue"],
-            "headline_metric": "accuracy", "class_weights": "balanced"}
-    return pd.DataFrame(rows), meta
+CPU = torch.device("cpu")
 
 
 def _args(out, **overrides):
-    values = dict(out=str(out), epochs=2, batch_size=4, lr=1e-3, weight_decay=0.0, workers=0, seed=0,
-                  device="cpu", amp=True, channels_last=True, class_weights="auto", hidden_dim=32, dropout=0.1,
-                  image_size=32, init="random", manifest=str(out / "m.csv"), resume=True, skip_bad=False,
-                  compile=False, log_every=50, sync_bn=False, imagenet_weights=None)
+    values = dict(out=str(out), epochs=2, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_epochs=0, workers=0,
+                  seed=0, device="cpu", amp=True, channels_last=True, class_weights="auto", hidden_dim=32,
+                  dropout=0.1, image_size=32, init="random", manifest=str(out / "m.csv"), resume=True,
+                  skip_bad=False, compile=False, log_every=50, sync_bn=False, imagenet_weights=None)
     values.update(overrides)
     return argparse.Namespace(**values)
 
 
+def _fit(df, data_meta, args):
+    """What finetune_target.py's main does, on a data frame: data, model, loss, optimizer, schedule, fit."""
+    runtime.seed_everything(args.seed)
+    train_set, val_set = data.train_val_datasets(df, data_meta, image_size=args.image_size)
+    train_loader, val_loader = data.make_train_val_loaders(train_set, val_set, batch_size=args.batch_size,
+                                                           workers=args.workers, seed=args.seed, device=CPU)
+    model = models.build_model(len(data_meta["classes"]), hidden_dim=args.hidden_dim, dropout=args.dropout)
+    class_weights = losses.class_weights(args.class_weights, data_meta, train_set.targets)
+    criterion = losses.make_criterion(data_meta["task"], class_weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  **loop.fast_kernels(CPU))
+    scheduler = loop.warmup_cosine(optimizer, total_steps=args.epochs * len(train_loader),
+                                   warmup_steps=args.warmup_epochs * len(train_loader))
+    meta = runs.run_meta(data_meta, args, init_description="random", loss_weights=class_weights)
+    fingerprint = runs.fingerprint(args, data_meta, world_size=1)
+    return loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+                    meta=meta, fingerprint=fingerprint, resume_from=None, args=args)
+
+
+# --------------------------------------------------------------------------- fit
+
+@pytest.mark.slow
 def test_fit_writes_the_run_folder(tmp_path):
-    df, data_meta = _tiny_manifest(tmp_path)
+    df, data_meta = tiny_frame(tmp_path)
     args = _args(tmp_path / "run")
-    engine.seed_everything(args.seed)
-    train_set, val_set = engine.split_datasets(df, data_meta, args.image_size)
-    model = models.build_model(2, hidden_dim=args.hidden_dim, dropout=args.dropout)
-    meta = engine.run_meta(data_meta, args, init_description="random")
-    summary = engine.fit(model, train_set, val_set, meta=meta, args=args)
+    summary = _fit(df, data_meta, args)
 
     out = tmp_path / "run"
     for name in ("args.json", "metrics.csv", "last.pt", "best.pt", "summary.json"):
@@ -89,60 +64,122 @@ def test_fit_writes_the_run_folder(tmp_path):
     assert checkpoint["epoch"] == 2
     assert checkpoint["meta"]["classes"] == ["red", "blue"]
     assert checkpoint["meta"]["loss_weights"] == pytest.approx([1.0, 1.0])  # 6 + 6 train images
+    assert checkpoint["resume"] == runs.fingerprint(args, data_meta, world_size=1)
     restored = models.build_model(2, hidden_dim=32, dropout=0.1)
     restored.load_state_dict(checkpoint["model"])
     assert summary["best_epoch"] in (1, 2) and math.isfinite(summary["best_val_score"])
 
 
+@pytest.mark.slow
 def test_fit_is_reproducible_for_a_seed(tmp_path):
-    df, data_meta = _tiny_manifest(tmp_path)
+    df, data_meta = tiny_frame(tmp_path)
     logs = []
     for name in ("a", "b"):
-        args = _args(tmp_path / name, epochs=1)
-        engine.seed_everything(args.seed)
-        train_set, val_set = engine.split_datasets(df, data_meta, args.image_size)
-        model = models.build_model(2, hidden_dim=32, dropout=0.1)
-        engine.fit(model, train_set, val_set, meta=engine.run_meta(data_meta, args, init_description="random"),
-                   args=args)
+        _fit(df, data_meta, _args(tmp_path / name, epochs=1))
         logs.append(pd.read_csv(tmp_path / name / "metrics.csv").drop(columns="seconds"))
     pd.testing.assert_frame_equal(logs[0], logs[1])
 
 
-def test_split_datasets_needs_two_images(tmp_path):
-    df, data_meta = _tiny_manifest(tmp_path, n_per_class=1)
-    df["split"] = ["train", "val"]
-    with pytest.raises(SystemExit, match="train split has 1 images"):
-        engine.split_datasets(df, data_meta, 32)
+@pytest.mark.slow
+def test_fit_logs_the_scheduled_learning_rate(tmp_path):
+    """metrics.csv's lr is the rate at the start of each epoch: with --warmup-epochs 1 of 3 the first
+    epoch starts low, the second at the peak, the third on the cosine's way down."""
+    df, data_meta = tiny_frame(tmp_path)
+    _fit(df, data_meta, _args(tmp_path / "run", epochs=3, warmup_epochs=1))
+    lr = pd.read_csv(tmp_path / "run" / "metrics.csv").query("split == 'train'")["lr"].tolist()
+    steps = 3  # 12 train images in batches of 4
+    assert lr == pytest.approx([1e-3 / (steps + 1), 1e-3, 1e-3 * 0.5 * (1 + math.cos(math.pi / 2))])
 
 
-def test_label_mask_marks_other_datasets_labels_unknown_and_the_loss_ignores_them():
-    df = pd.DataFrame({"labels": ["a/x", "", "b/z"], "source": ["a", "a", "b"]})
-    meta = {"label_groups": {"a": ["a/x", "a/y"], "b": ["b/z"]}}
-    classes = ["a/x", "a/y", "b/z"]
-    plain = engine.encode_targets(df, "multilabel", classes)
-    masked = engine.encode_targets(engine.mask_unknown_labels(df, meta), "multilabel", classes)
-    assert plain.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
-    assert np.isnan(masked).tolist() == [[False, False, True], [False, False, True], [True, True, False]]
-    assert np.nan_to_num(masked).tolist() == plain.tolist()
-
-    logits = torch.tensor([[2.0, -1.0, 3.0], [0.5, 0.1, -4.0], [9.0, 9.0, 1.0]])
-    criterion = engine.make_criterion("multilabel", None)
-    # without NaN it is exactly BCEWithLogitsLoss; with NaN only the known entries count
-    assert criterion(logits, torch.tensor(plain)).item() == pytest.approx(
-        torch.nn.BCEWithLogitsLoss()(logits, torch.tensor(plain)).item())
-    known = ~np.isnan(masked)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits[torch.tensor(known)], torch.tensor(masked[known]))
-    assert criterion(logits, torch.tensor(masked)).item() == pytest.approx(expected.item())
-    logits.requires_grad_(True)
-    criterion(logits, torch.tensor(masked)).backward()
-    assert logits.grad[torch.tensor(~known)].abs().max() == 0  # unknown labels get no gradient
+@pytest.mark.slow
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
+    manifest = two_colour_manifest(tmp_path)
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        run_finetune(finetune_argv(manifest, tmp_path / name, "--seed", seed, epochs=1, workers=1))
+    pd.testing.assert_frame_equal(read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b"))
+    assert not read_metrics(tmp_path / "a")["loss"].equals(read_metrics(tmp_path / "c")["loss"])
 
 
-def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
-    engine.seed_everything(3)
-    models.save_checkpoint({"model": {}, "rng": engine.rng_state()}, tmp_path / "c.pt")
-    expected = (engine.random.random(), np.random.rand(), torch.rand(1).item())
-    engine.seed_everything(99)
-    engine.set_rng_state(models.load_checkpoint(tmp_path / "c.pt")["rng"])
-    assert (engine.random.random(), np.random.rand(), torch.rand(1).item()) == expected
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    manifest = two_colour_manifest(tmp_path)
+    out = tmp_path / "run"
+    n_train = int((pd.read_csv(manifest)["split"] == "train").sum())
+    steps_per_epoch = -(-n_train // 4) - (n_train % 4 == 1)  # batches of 4; a last batch of 1 is dropped
+    calls = []
+
+    class NanAtStepTwoOfEpochTwo(torch.nn.CrossEntropyLoss):
+        def forward(self, logits, targets):
+            training = torch.is_grad_enabled()
+            calls.append(training)
+            loss = super().forward(logits, targets)
+            return loss * torch.nan if training and sum(calls) == steps_per_epoch + 2 else loss
+
+    monkeypatch.setattr(losses, "make_criterion", lambda task, weights=None: NanAtStepTwoOfEpochTwo())
+    with pytest.raises(SystemExit) as info:
+        run_finetune(finetune_argv(manifest, out))
+    assert f"NaN or infinite at step {steps_per_epoch + 2} (epoch 2)" in str(info.value)
+    checkpoint = checkpoints.load_checkpoint(out / "last.pt")
+    assert checkpoint["epoch"] == 1 and all(torch.isfinite(v).all() for v in checkpoint["model"].values()
+                                            if v.is_floating_point())
+    assert not (out / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- learning-rate schedule
+
+def _lrs(scheduler, optimizer, steps):
+    """The learning rate before each of `steps` steps and after the last."""
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def _optimizer(lr=0.1):
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+
+
+def test_warmup_cosine_without_warmup_is_cosine_annealing():
+    optimizer = _optimizer()
+    ours = _lrs(loop.warmup_cosine(optimizer, total_steps=12, warmup_steps=0), optimizer, 12)
+    reference_optimizer = _optimizer()
+    reference = _lrs(torch.optim.lr_scheduler.CosineAnnealingLR(reference_optimizer, T_max=12), reference_optimizer, 12)
+    assert ours == pytest.approx(reference, abs=1e-12)
+    assert ours[0] == pytest.approx(0.1) and ours[-1] == pytest.approx(0, abs=1e-12)
+
+
+def test_warmup_cosine_rises_linearly_to_the_peak_then_decays_to_zero():
+    optimizer = _optimizer(lr=0.1)
+    warmup, total = 4, 14
+    rates = _lrs(loop.warmup_cosine(optimizer, total_steps=total, warmup_steps=warmup), optimizer, total)
+    # linear warm-up from 0.1 / (warmup + 1): equal increments, the peak reached after `warmup` steps
+    assert rates[:warmup + 1] == pytest.approx([0.1 * (step + 1) / (warmup + 1) for step in range(warmup + 1)])
+    assert np.diff(rates[:warmup + 1]) == pytest.approx(np.full(warmup, 0.1 / (warmup + 1)))
+    assert max(rates) == pytest.approx(0.1) and int(np.argmax(rates)) == warmup
+    # then the cosine over the remaining steps, down to 0 at total_steps
+    decay = total - warmup
+    assert rates[warmup:] == pytest.approx([0.05 * (1 + math.cos(math.pi * k / decay)) for k in range(decay + 1)])
+    assert (np.diff(rates[warmup:]) < 0).all() and rates[-1] == pytest.approx(0, abs=1e-12)
+
+
+def test_warmup_cosine_resumes_from_its_state_dict():
+    """A resumed run loads the scheduler's state (loop.fit): the rates continue exactly."""
+    optimizer = _optimizer()
+    scheduler = loop.warmup_cosine(optimizer, total_steps=10, warmup_steps=3)
+    whole = _lrs(scheduler, optimizer, 10)
+    optimizer = _optimizer()
+    scheduler = loop.warmup_cosine(optimizer, total_steps=10, warmup_steps=3)
+    first = _lrs(scheduler, optimizer, 2)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    optimizer = _optimizer()
+    scheduler = loop.warmup_cosine(optimizer, total_steps=10, warmup_steps=3)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    assert first[:-1] + _lrs(scheduler, optimizer, 8) == pytest.approx(whole)
+
+
+def test_fast_kernels():
+    assert loop.fast_kernels(torch.device("cpu")) == {"foreach": True}
+    assert loop.fast_kernels(torch.device("cuda", 0)) == {"fused": True}

@@ -1,4 +1,4 @@
-"""Tests of make_demo_data.py: native layouts, real column names, determinism, content by class."""
+"""tools/make_demo_data.py: native layouts, real column names, determinism, content by class."""
 import gzip
 import hashlib
 import re
@@ -10,7 +10,9 @@ import pytest
 import xlrd
 from PIL import Image
 
-import make_demo_data as demo
+from helpers import ROOT, load_make_demo_data, run_script
+
+demo = load_make_demo_data()
 
 SCALE = 0.1   # ~250 small images in all, a few seconds
 
@@ -229,6 +231,7 @@ def test_eyepacs_circle_clipped_top_and_bottom(demo_root):
 # ----------------------------------------------------------------------------------------------
 # Determinism, atomic writing, overwrite
 
+@pytest.mark.slow  # draws the demo again in 2 worker processes
 def test_same_seed_same_bytes_whatever_workers(demo_root, tmp_path):
     generate(tmp_path, "--workers", "2")
     assert tree_hashes(tmp_path) == tree_hashes(demo_root)
@@ -324,3 +327,13 @@ def test_unknown_finding_and_tissue_fail_loudly():
         demo.render_cxr(np.random.default_rng(0), 32, 32, findings=("Flu",))
     with pytest.raises(ValueError, match="unknown histology tissue"):
         demo.render_histology(np.random.default_rng(0), 32, 32, tissue="BONE")
+
+
+def test_runs_as_a_script_from_tools(tmp_path):
+    """study.sh runs it as `python tools/make_demo_data.py`: the same files as in this process."""
+    done = run_script("tools/make_demo_data.py", "--out", tmp_path / "a", "--datasets", "shenzhen", "--scale",
+                      str(SCALE), "--workers", "0", cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shenzhen: " in done.stdout
+    generate(tmp_path / "b", "--datasets", "shenzhen", "--workers", "0")
+    assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")

@@ -1,10 +1,10 @@
-"""metrics.py against values worked out by hand."""
+"""kit.metrics against values worked out by hand."""
 import math
 
 import numpy as np
 import pytest
 
-import metrics
+from kit import metrics
 
 
 def test_multiclass_binary_hand_case():

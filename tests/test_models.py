@@ -1,27 +1,26 @@
-"""Tests for models.py: the network, ImageNet and checkpoint initialisation, checkpoint I/O."""
-import argparse
+"""kit.models: the network, ImageNet and checkpoint initialisation, rebuilding a trained model
+from its checkpoint."""
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from monai.networks.nets import DenseNet121
 
-import models
-from models import (
-    CheckpointError,
+from kit import cli, models
+from kit.checkpoints import CheckpointError, save_checkpoint
+from kit.models import (
     ImageNetWeightsUnavailable,
     backbone_keys,
     build_model,
     find_imagenet_weights,
     initialise,
-    load_checkpoint,
-    save_checkpoint,
 )
 
 IMAGENET_FILE = "densenet121-a639ec97.pth"
 # Names as they appear in the real torchvision file densenet121-a639ec97.pth (old spelling).
+
+
 REAL_TORCHVISION_KEYS = [
     "features.conv0.weight",
     "features.norm0.running_var",
@@ -87,8 +86,6 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch_home"
 
 
-# --- the network --------------------------------------------------------------------------------
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Small tensors: extra threads only add synchronisation (and stall badly on a busy shared CPU)."""
@@ -97,6 +94,8 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
+# --- the network ------------------------------------------------------------------------------------
 
 def test_build_model_shapes_and_parts():
     model = build_model(5, hidden_dim=64, dropout=0.25)
@@ -132,7 +131,7 @@ def test_bad_num_outputs():
         build_model(0)
 
 
-# --- ImageNet initialisation --------------------------------------------------------------------
+# --- ImageNet initialisation ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("style", ["old", "new"])
 def test_imagenet_from_torch_home(style, backbone, torch_home):
@@ -192,7 +191,7 @@ def test_imagenet_unavailable_without_download(torch_home):
     for hint in (f"https://download.pytorch.org/models/{IMAGENET_FILE}", str(expected),
                  "--imagenet-weights PATH", "IMAGENET_WEIGHTS=PATH", "TORCH_HOME"):
         assert hint in message
-    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, FileNotFoundError)  # cli.user_errors: one line, no traceback
 
 
 def test_imagenet_download_failure_explains(torch_home):
@@ -220,7 +219,7 @@ def test_imagenet_explicit_path_missing(torch_home, tmp_path):
         initialise(build_model(2), "imagenet", imagenet_weights=tmp_path / "nowhere.pth")
 
 
-# --- checkpoint initialisation -------------------------------------------------------------------
+# --- checkpoint initialisation ----------------------------------------------------------------------
 
 def randomised(model, seed):
     generator = torch.Generator().manual_seed(seed)
@@ -263,27 +262,6 @@ def test_checkpoint_of_another_architecture(state, words, tmp_path):
     assert str(path) in str(info.value) and words in str(info.value)
 
 
-@pytest.mark.parametrize("obj,words", [
-    ([1, 2], "found list"),
-    ({"state_dict": {}}, "found a dict with keys state_dict"),
-])
-def test_not_a_checkpoint(obj, words, tmp_path):
-    path = tmp_path / "x.pt"
-    torch.save(obj, path)
-    with pytest.raises(CheckpointError, match=words):
-        load_checkpoint(path)
-
-
-def test_pickled_object_is_refused(tmp_path):
-    path = tmp_path / "pickled.pt"
-    torch.save({"model": build_model(2).state_dict(), "meta": {"args": argparse.Namespace(lr=0.1)}}, path)
-    with pytest.raises(CheckpointError) as info:
-        load_checkpoint(path)
-    message = str(info.value)
-    assert str(path) in message and "argparse.Namespace" in message
-    assert "tensors and plain values only" in message and "\n" not in message
-
-
 @pytest.mark.parametrize("content", ["truncated", "text", "empty"])
 def test_unreadable_file_is_one_clear_line(content, tmp_path):
     path = tmp_path / "broken.pt"
@@ -306,52 +284,47 @@ def test_unknown_init(tmp_path):
     assert initialise(build_model(2), "random").startswith("random")
 
 
-# --- save_checkpoint ------------------------------------------------------------------------------
-
-def test_save_round_trip_plain_values(tmp_path):
-    obj = {"model": build_model(2).state_dict(), "epoch": 3, "best_metric": 0.5, "name": "x", "none": None,
-           "flag": True, "tuple": (1, 2.0), "list": [torch.ones(2)], "set": {1, 2}, "bytes": b"ab",
-           "param": nn.Parameter(torch.ones(2)), "dtype": torch.float16, "device": torch.device("cpu"), "size": torch.Size([2, 3]),
-           "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
-           "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()[:4]}}
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(obj, path)
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
-    loaded = load_checkpoint(path)
-    assert loaded.keys() == obj.keys() and loaded["set"] == {1, 2} and loaded["size"] == torch.Size([2, 3])
-    assert torch.equal(loaded["model"]["head.out.weight"], obj["model"]["head.out.weight"])
+def test_imagenet_unavailable_is_one_line_for_the_user(torch_home, monkeypatch):
+    monkeypatch.delenv("STUDY_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        with cli.user_errors():
+            find_imagenet_weights(download=False)
+    message = str(info.value)
+    assert message.startswith(f"error: {torch_home / 'hub' / 'checkpoints' / IMAGENET_FILE}: ImageNet weights "
+                              "not found") and "\n" not in message
 
 
-def test_save_failure_keeps_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_checkpoint({"model": {"w": torch.ones(3)}, "meta": {"epoch": 1}}, path)
-    before = path.read_bytes()
+# --- a trained model from its checkpoint ----------------------------------------------------------
 
-    def broken_save(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "meta": {"epoch": 2}}, path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no last.pt.tmp left behind
-    monkeypatch.undo()
-    assert load_checkpoint(path)["meta"] == {"epoch": 1}
+META = {"classes": ["a", "b", "c"], "task": "multiclass", "domain": "hwsi", "image_size": 32, "num_outputs": 3,
+        "hidden_dim": 16, "dropout": 0.2, "headline_metric": "accuracy"}
 
 
-@pytest.mark.parametrize("value,words", [
-    (argparse.Namespace(lr=0.1), "checkpoint['meta']['args'] of type argparse.Namespace"),
-    (np.zeros(3), "numpy.ndarray"),
-    (np.float64(0.5), "numpy.float64"),
-    (frozenset([1]), "builtins.frozenset"),
-])
-def test_save_refuses_what_cannot_be_loaded(value, words, tmp_path):
-    path = tmp_path / "last.pt"
-    save_checkpoint({"model": {}, "meta": {}}, path)
-    with pytest.raises(CheckpointError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        save_checkpoint({"model": {}, "meta": {"args": value}}, path)
-    assert load_checkpoint(path)["meta"] == {}
-    torch.save({"model": {}, "meta": {"args": value}}, tmp_path / "raw.pt")
-    with pytest.raises(CheckpointError, match="plain values only"):  # the guard matches what loading refuses
-        load_checkpoint(tmp_path / "raw.pt")
+def test_model_from_checkpoint_rebuilds_what_meta_describes(tmp_path):
+    trained = randomised(build_model(3, hidden_dim=16, dropout=0.2), seed=2)
+    save_checkpoint({"model": trained.state_dict(), "meta": META, "epoch": 4}, tmp_path / "best.pt")
+    model, meta, checkpoint = models.model_from_checkpoint(tmp_path / "best.pt")
+    assert meta == META and checkpoint["epoch"] == 4 and not model.training
+    assert model.head.fc.out_features == 16 and model.head.dropout.p == 0.2 and model.head.out.out_features == 3
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    save_checkpoint({"model": trained.state_dict(), "meta": {**META, "hidden_dim": 32}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: weights do not fit the model its meta describes"):
+        models.model_from_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_checkpoint_without_meta_is_one_clear_error(tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.save({"model": build_model(2).state_dict()}, bare)
+    with pytest.raises(CheckpointError, match="bare.pt: checkpoint has no model description"):
+        models.model_from_checkpoint(bare)
+
+
+def test_create_model_builds_and_initialises(tmp_path):
+    source = randomised(build_model(22), seed=3)
+    save_checkpoint({"model": source.state_dict(), "meta": {"key": "all"}}, tmp_path / "All_RI.pt")
+    model, description = models.create_model(2, str(tmp_path / "All_RI.pt"), hidden_dim=64, dropout=0.1)
+    assert model.head.fc.out_features == 64 and model.head.out.out_features == 2 and "pretrained on all" in description
+    assert torch.equal(model.state_dict()["features.conv0.weight"], source.state_dict()["features.conv0.weight"])
+    model, description = models.create_model(2, "random")
+    assert description.startswith("random") and isinstance(model, models.DenseNetClassifier)

@@ -1,13 +1,16 @@
-"""prepare_data.py end to end on generated native trees: files, columns, counts, atomic writes, errors."""
+"""prepare_data.py end to end on generated native trees and on the real sample files (the shared_data
+fixture): files, columns, counts, official splits, atomic writes, errors."""
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-import datasets
 import prepare_data
+from helpers import BREAKHIS_EXPECTED, breakhis_tree, link
+from kit import manifests, readers
 
 
 def shenzhen_tree(root: Path, n: int = 40) -> Path:
@@ -51,7 +54,7 @@ def test_end_to_end_shenzhen(tmp_path, capsys):
                                          "tuberculosis": int((part["label"] == 1).sum())}
         assert min(meta["counts"][split].values()) >= 1
 
-    loaded, loaded_meta = datasets.load_manifest(csv_path)  # the training scripts' view
+    loaded, loaded_meta = manifests.load_manifest(csv_path)  # the training scripts' view
     assert loaded["split"].tolist() == df["split"].tolist() and loaded_meta == meta
     # same seed, same split
     again, _ = run("--dataset", "shenzhen", "--root", str(root), "--out", str(tmp_path / "again"),
@@ -146,7 +149,7 @@ def test_skip_bad_counts_lists_and_leaves_out(tmp_path, capsys):
 
 
 def test_metadata_only_without_images_says_so(shared_data, tmp_path):
-    # ../shared/data holds 2 of the 112,120 images: the first missing one is named
+    # the real sample files hold 2 of the 112,120 images: the first missing one is named
     with pytest.raises(SystemExit, match=r"v2020\.csv\.gz: row 3: .*/images/00000001_001\.png: not found "
                                          r"\(112118 of 112120 rows bad;"):
         run("--dataset", "chestxray14", "--root", str(shared_data / "chestxray14"), "--out", str(tmp_path / "m"))
@@ -175,8 +178,10 @@ def test_max_per_class_on_the_real_eyepacs_labels(shared_data, tmp_path, capsys)
     assert json.loads(json_path.read_text())["max_per_class"] == 60
     again, _ = run(*argv, "--out", str(tmp_path / "b"))
     assert pd.read_csv(again).equals(df)
-    with pytest.raises(SystemExit, match="--max-per-class 0: must be >= 1"):
+    with pytest.raises(SystemExit):  # refused by the parser, before anything is read
         run(*argv[:-4], "--max-per-class", "0", "--out", str(tmp_path / "c"))
+    assert "argument --max-per-class: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_count_table_shows_empty_classes(shared_data, tmp_path, capsys):
@@ -192,7 +197,7 @@ def test_count_table_shows_empty_classes(shared_data, tmp_path, capsys):
     assert rows["Lung_Opacity"] == ["0", "0", "0", "0"] and rows["Viral"] == ["Pneumonia", "0", "0", "0", "0"]
     assert rows["COVID"][-1] == "25" and rows["Normal"][-1] == "25"
     meta = json.loads(json_path.read_text())
-    assert meta["classes"] == list(datasets.COVID19_CLASSES)
+    assert meta["classes"] == list(readers.COVID19_CLASSES)
     assert sum(meta["counts"][s]["Lung_Opacity"] for s in ("train", "val", "test")) == 0
 
 
@@ -228,7 +233,7 @@ def test_missing_root(tmp_path):
 def test_chestxray14_metadata_only(shared_data, tmp_path):
     csv_path, json_path = run("--dataset", "chestxray14", "--root", str(shared_data / "chestxray14"),
                               "--out", str(tmp_path), "--no-check-files")
-    df, meta = datasets.load_manifest(csv_path)
+    df, meta = manifests.load_manifest(csv_path)
     assert len(df) == 112_120 and list(df.columns) == ["image", "labels", "patient", "split"]
     assert meta["task"] == "multilabel" and len(meta["classes"]) == 15 and meta["check_files"] is False
     assert sum(meta["counts"]["test"].values()) == sum(
@@ -269,3 +274,42 @@ def test_renamed_column_is_one_error(tmp_path, dataset, write, message):
     write(root)
     with pytest.raises(SystemExit, match=f"^error: .*{message}"):
         run("--dataset", dataset, "--root", str(root), "--out", str(tmp_path / "m"), "--skip-bad")
+
+
+# --------------------------------------------------------------------------- real sample files, official splits
+
+@pytest.mark.slow  # splits the real 112,120 rows with prepare_data.py
+def test_chestxray14_full_metadata_official_split(shared_data, tmp_path):
+    # the real 112,120 rows with a patient-level official test list (as NIH's test_list.txt is)
+    root = tmp_path / "chestxray14"
+    link(shared_data / "chestxray14" / "Data_Entry_2017_v2020.csv.gz", root / "Data_Entry_2017_v2020.csv.gz")
+    full = readers.read_chestxray14(root, check_files=False)
+    names = full["image"].map(os.path.basename)
+    is_test = full["patient"].astype(int) % 5 == 0
+    (root / "test_list.txt").write_text("\n".join(names[is_test]) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(names[~is_test]) + "\n")
+    out = tmp_path / "manifests"
+    prepare_data.main(prepare_data.get_args_parser().parse_args(
+        ["--dataset", "chestxray14", "--root", str(root), "--out", str(out), "--no-check-files", "--val-frac", "0.1"]))
+    df, meta = manifests.load_manifest(out / "chestxray14.csv")
+    assert len(df) == 112_120
+    assert (df["split"] == "test").tolist() == is_test.tolist()  # the official test split, exactly
+    assert df.groupby("patient")["split"].nunique().max() == 1  # no patient in two splits
+    val_share = (df["split"] == "val").sum() / (~is_test).sum()
+    assert abs(val_share - 0.1) < 0.01
+    indicator = df["labels"].str.get_dummies(sep="|")
+    whole = indicator.mean()
+    for split in ("train", "val", "test"):
+        assert (indicator[df["split"] == split].mean() - whole).abs().max() < 0.03, split
+
+
+def test_breakhis_manifest_keeps_subtype_slide_magnification(shared_data, tmp_path):
+    root = breakhis_tree(shared_data, tmp_path / "breakhis")
+    out = tmp_path / "manifests"
+    prepare_data.main(prepare_data.get_args_parser().parse_args(
+        ["--dataset", "breakhis", "--root", str(root), "--out", str(out), "--val-frac", "0.2", "--test-frac", "0.2"]))
+    df, _ = manifests.load_manifest(out / "breakhis.csv")
+    assert list(df.columns) == ["image", "label", "patient", "split", "label_name", "subtype", "slide", "magnification"]
+    got = {Path(r.image).name: (r.label_name, r.subtype, r.slide, r.magnification) for r in df.itertuples()}
+    assert got == BREAKHIS_EXPECTED
+    assert df.groupby("slide")["split"].nunique().max() == 1  # the 4 images of slide 14-25197 stay together

@@ -1,77 +1,36 @@
-"""Runs survive being killed, bad input never loses work (issue: resume and failures).
-
-The training scripts resume from OUT/last.pt: a run killed with SIGKILL in the middle of an
-epoch and started again ends with the weights and metrics.csv of a run never interrupted.
+"""kit.runs: what identifies a run (its fingerprint), resuming only the very same run, and the run
+folder's records. Runs survive being killed and bad input never loses work: a run killed with
+SIGKILL in the middle of an epoch and started again ends with the weights and metrics.csv of a run
+never interrupted; a checkpoint of another run (any non-runtime argument changed) is refused.
 """
-import json
+import argparse
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-import engine
 import finetune_target
-import models
-import prepare_data
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _manifest(tmp_path, n=16):
-    """A `folder` dataset of two learnable colours, 40x48 px, split by prepare_data.py."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for c, name in enumerate(("blue", "red")):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            colour = np.array([60, 60, 200]) if c == 0 else np.array([200, 60, 60])
-            pixels = np.clip(colour + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
-    prepare_data.main(prepare_data.get_args_parser().parse_args(
-        ["--dataset", "folder", "--root", str(root), "--name", "tiny", "--domain", "hwsi",
-         "--out", str(tmp_path / "manifests"), "--val-frac", "0.25", "--test-frac", "0.1"]))
-    return tmp_path / "manifests" / "tiny.csv"
+from helpers import (ROOT, assert_same_weights, checkpoint_weights, finetune_argv, read_metrics, run_finetune,
+                     two_colour_manifest)
+from kit import checkpoints, runs
 
 
-def _argv(manifest, out, *extra, epochs=3, workers=0):
-    return ["--manifest", str(manifest), "--init", "random", "--out", str(out), "--image-size", "32",
-            "--epochs", str(epochs), "--batch-size", "4", "--workers", str(workers), "--device", "cpu",
-            "--hidden-dim", "16", "--log-every", "2", *extra]
+# --------------------------------------------------------------------------- resume, end to end
 
-
-def _run(argv):
-    finetune_target.main(finetune_target.get_args_parser().parse_args(argv))
-
-
-def _metrics(out):
-    return pd.read_csv(out / "metrics.csv").drop(columns="seconds")
-
-
-def _weights(path):
-    return models.load_checkpoint(path)["model"]
-
-
-def _assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    manifest = _manifest(tmp_path, n=20)
+    manifest = two_colour_manifest(tmp_path, n=20)
     command = [sys.executable, str(ROOT / "finetune_target.py")]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run([*command, *_argv(manifest, reference, workers=1)], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run([*command, *finetune_argv(manifest, reference, workers=1)], check=True, capture_output=True, cwd=ROOT)
 
     # Start the same run and kill it as soon as epoch 1 is on disk: it is then inside epoch 2.
-    process = subprocess.Popen([*command, *_argv(manifest, killed, workers=1)], cwd=ROOT,
+    process = subprocess.Popen([*command, *finetune_argv(manifest, killed, workers=1)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "last.pt").exists() and process.poll() is None and time.time() < deadline:
@@ -79,58 +38,52 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    interrupted_at = models.load_checkpoint(killed / "last.pt")["epoch"]
+    interrupted_at = checkpoints.load_checkpoint(killed / "last.pt")["epoch"]
     assert interrupted_at < 3 and not (killed / "summary.json").exists()
-    assert _metrics(killed)["epoch"].max() == interrupted_at  # metrics.csv never runs ahead of last.pt
+    assert read_metrics(killed)["epoch"].max() == interrupted_at  # metrics.csv never runs ahead of last.pt
 
-    resumed = subprocess.run([*command, *_argv(manifest, killed, workers=1)], check=True, capture_output=True,
+    resumed = subprocess.run([*command, *finetune_argv(manifest, killed, workers=1)], check=True, capture_output=True,
                              text=True, cwd=ROOT)
     assert f"resuming after epoch {interrupted_at}" in resumed.stdout
-    pd.testing.assert_frame_equal(_metrics(killed), _metrics(reference))  # no duplicate rows, same numbers
-    _assert_same_weights(_weights(killed / "last.pt"), _weights(reference / "last.pt"))
-    _assert_same_weights(_weights(killed / "best.pt"), _weights(reference / "best.pt"))
+    pd.testing.assert_frame_equal(read_metrics(killed), read_metrics(reference))  # no duplicate rows, same numbers
+    assert_same_weights(checkpoint_weights(killed / "last.pt"), checkpoint_weights(reference / "last.pt"))
+    assert_same_weights(checkpoint_weights(killed / "best.pt"), checkpoint_weights(reference / "best.pt"))
 
 
-def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
-    manifest = _manifest(tmp_path)
-    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
-        _run(_argv(manifest, tmp_path / name, "--seed", seed, epochs=1, workers=1))
-    pd.testing.assert_frame_equal(_metrics(tmp_path / "a"), _metrics(tmp_path / "b"))
-    assert not _metrics(tmp_path / "a")["loss"].equals(_metrics(tmp_path / "c")["loss"])
-
-
+@pytest.mark.slow
 def test_a_finished_run_is_not_redone_and_a_different_run_is_refused(tmp_path, capsys):
-    manifest = _manifest(tmp_path)
+    manifest = two_colour_manifest(tmp_path)
     out = tmp_path / "run"
-    _run(_argv(manifest, out, epochs=1))
+    run_finetune(finetune_argv(manifest, out, epochs=1))
     before = (out / "last.pt").read_bytes()
-    _run(_argv(manifest, out, epochs=1))  # complete: nothing trained again, nothing duplicated
-    assert (out / "last.pt").read_bytes() == before and len(_metrics(out)) == 2
+    run_finetune(finetune_argv(manifest, out, epochs=1))  # complete: nothing trained again, nothing duplicated
+    assert (out / "last.pt").read_bytes() == before and len(read_metrics(out)) == 2
 
     with pytest.raises(SystemExit) as info:  # same folder, other hyperparameters
-        _run(_argv(manifest, out, "--lr", "3e-4", epochs=1))
+        run_finetune(finetune_argv(manifest, out, "--lr", "3e-4", epochs=1))
     message = str(info.value)
     assert "different run" in message and "lr 0.0001 -> 0.0003" in message and "--no-resume" in message
     assert (out / "last.pt").read_bytes() == before  # refused before anything was written
 
-    _run(_argv(manifest, out, "--lr", "3e-4", "--no-resume", epochs=1))
-    assert models.load_checkpoint(out / "last.pt")["resume"]["lr"] == 3e-4
+    run_finetune(finetune_argv(manifest, out, "--lr", "3e-4", "--no-resume", epochs=1))
+    assert checkpoints.load_checkpoint(out / "last.pt")["resume"]["lr"] == 3e-4
 
 
 def test_a_checkpoint_of_another_kind_in_out_is_one_clear_line(tmp_path):
-    manifest = _manifest(tmp_path)
+    manifest = two_colour_manifest(tmp_path)
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(models.CheckpointError, match="last.pt: not a readable PyTorch checkpoint"):
-        _run(_argv(manifest, out, epochs=1))
+    with pytest.raises(checkpoints.CheckpointError, match="last.pt: not a readable PyTorch checkpoint"):
+        run_finetune(finetune_argv(manifest, out, epochs=1))
     torch.save({"model": {}, "meta": {}}, out / "last.pt")
     with pytest.raises(SystemExit, match="holds no resume information"):
-        _run(_argv(manifest, out, epochs=1))
+        run_finetune(finetune_argv(manifest, out, epochs=1))
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_save_keeps_the_last_good_one_then_resumes(tmp_path, monkeypatch):
-    manifest = _manifest(tmp_path)
+    manifest = two_colour_manifest(tmp_path)
     out = tmp_path / "run"
     real_save, calls = torch.save, []
 
@@ -143,51 +96,125 @@ def test_a_failed_checkpoint_save_keeps_the_last_good_one_then_resumes(tmp_path,
 
     monkeypatch.setattr(torch, "save", save_then_fail_in_epoch_2)
     with pytest.raises(OSError, match="No space left"):
-        _run(_argv(manifest, out))
+        run_finetune(finetune_argv(manifest, out))
     monkeypatch.undo()
-    assert models.load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert _metrics(out)["epoch"].max() == 1 and not list(out.glob("*.tmp"))
-    _run(_argv(manifest, out))
-    assert models.load_checkpoint(out / "last.pt")["epoch"] == 3 and len(_metrics(out)) == 6
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert read_metrics(out)["epoch"].max() == 1 and not list(out.glob("*.tmp"))
+    run_finetune(finetune_argv(manifest, out))
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 3 and len(read_metrics(out)) == 6
 
 
-def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    manifest = _manifest(tmp_path)
+@pytest.mark.slow
+def test_any_changed_setting_outside_runtime_args_is_refused(tmp_path):
+    """A setting the old RESUME_SETTINGS list did not know (--warmup-epochs, --dropout), or other data
+    under the same manifest path, is refused; runtime flags may change."""
+    manifest = two_colour_manifest(tmp_path)
     out = tmp_path / "run"
-    n_train = int((pd.read_csv(manifest)["split"] == "train").sum())
-    steps_per_epoch = -(-n_train // 4) - (n_train % 4 == 1)  # batches of 4; a last batch of 1 is dropped
-    calls = []
+    run_finetune(finetune_argv(manifest, out, epochs=1))
+    before = (out / "last.pt").read_bytes()
+    for extra, change in ((["--warmup-epochs", "1"], "warmup_epochs 0 -> 1"),
+                          (["--dropout", "0.3"], "dropout 0.5 -> 0.3"),
+                          (["--train-fraction", "0.5"], "train_fraction 1.0 -> 0.5")):
+        with pytest.raises(SystemExit) as info:
+            run_finetune(finetune_argv(manifest, out, *extra, epochs=1))
+        message = str(info.value)
+        assert message.startswith(f"{out} holds the checkpoint of a different run (") and "--no-resume" in message
+        assert change in message and "lr " not in message, message  # the changed setting, only it
+    # runtime flags are not part of the run: the finished run is found complete, nothing retrained
+    run_finetune(finetune_argv(manifest, out, "--log-every", "5", "--no-channels-last", epochs=1, workers=1))
+    assert (out / "last.pt").read_bytes() == before and len(read_metrics(out)) == 2
 
-    class NanAtStepTwoOfEpochTwo(torch.nn.CrossEntropyLoss):
-        def forward(self, logits, targets):
-            training = torch.is_grad_enabled()
-            calls.append(training)
-            loss = super().forward(logits, targets)
-            return loss * torch.nan if training and sum(calls) == steps_per_epoch + 2 else loss
-
-    monkeypatch.setattr(engine, "make_criterion", lambda task, weights: NanAtStepTwoOfEpochTwo())
+    sidecar = manifest.with_suffix(".json")  # the same manifest path, other classes: other data
+    sidecar.write_text(sidecar.read_text().replace('"blue"', '"cyan"'))
     with pytest.raises(SystemExit) as info:
-        _run(_argv(manifest, out))
-    assert f"NaN or infinite at step {steps_per_epoch + 2} (epoch 2)" in str(info.value)
-    checkpoint = models.load_checkpoint(out / "last.pt")
-    assert checkpoint["epoch"] == 1 and all(torch.isfinite(v).all() for v in checkpoint["model"].values()
-                                            if v.is_floating_point())
-    assert not (out / "summary.json").exists()
+        run_finetune(finetune_argv(manifest, out, epochs=1))
+    message = str(info.value)
+    assert "data {" in message and "'blue', 'red'" in message and "'cyan', 'red'" in message, message
+    assert (out / "last.pt").read_bytes() == before
 
 
-def test_skip_bad_leaves_out_unreadable_images_and_counts_them(tmp_path, capsys):
-    manifest = _manifest(tmp_path)
-    df = pd.read_csv(manifest)
-    broken = df.loc[df.split == "train", "image"].iloc[:2].tolist()
-    Path(broken[0]).write_bytes(b"")  # zero bytes
-    Path(broken[1]).write_bytes(Path(broken[1]).read_bytes()[:60])  # truncated
-    with pytest.raises(ValueError) as info:  # without --skip-bad: the first one met stops the run
-        _run(_argv(manifest, tmp_path / "strict", epochs=1))
-    assert any(str(info.value).startswith(f"{path}: cannot read the image") for path in broken)
+# --------------------------------------------------------------------------- the fingerprint, resume_checkpoint, records
 
+DATA = {"key": "tiny", "domain": "hwsi", "task": "multiclass", "classes": ["blue", "red"]}
+
+
+def _finetune_args(tmp_path, *extra):
+    (tmp_path / "m.csv").write_text("image,label,patient,split\n")
+    return finetune_target.get_args_parser().parse_args(
+        ["--manifest", str(tmp_path / "m.csv"), "--init", "random", "--out", str(tmp_path / "run"), *extra])
+
+
+def test_fingerprint_is_every_argument_but_the_runtime_ones(tmp_path):
+    args = _finetune_args(tmp_path)
+    fingerprint = runs.fingerprint(args, DATA, world_size=1)
+    assert set(fingerprint) == (set(vars(args)) - runs.RUNTIME_ARGS) | {"data", "world_size"}
+    assert {"warmup_epochs", "dropout", "hidden_dim", "train_fraction", "skip_bad", "sync_bn", "manifest",
+            "init"} <= set(fingerprint)
+    assert fingerprint["data"] == {"key": "tiny", "task": "multiclass", "classes": ["blue", "red"]}
+    assert fingerprint["manifest"] == str(tmp_path / "m.csv")  # absolute (cli.existing_file)
+    assert runs.RUNTIME_ARGS == {"out", "resume", "device", "workers", "amp", "channels_last", "compile",
+                                 "log_every", "imagenet_weights"}
+
+
+def test_a_new_argument_is_in_the_fingerprint_without_touching_runs(tmp_path):
+    args = _finetune_args(tmp_path)
+    fingerprint = runs.fingerprint(args, DATA, world_size=1)
+    # a hyperparameter added to a script tomorrow: a parser with one more argument ...
+    parser = finetune_target.get_args_parser()
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    extended = parser.parse_args(["--manifest", str(tmp_path / "m.csv"), "--init", "random", "--out",
+                                  str(tmp_path / "run")])
+    assert runs.fingerprint(extended, DATA, world_size=1) == {**fingerprint, "label_smoothing": 0.0}
+    smoothed = runs.fingerprint(argparse.Namespace(**{**vars(extended), "label_smoothing": 0.1}), DATA, world_size=1)
+    assert smoothed != runs.fingerprint(extended, DATA, world_size=1) and smoothed["label_smoothing"] == 0.1
+    # ... while the runtime flags, the number of processes aside, never change it
+    for name, value in (("device", "cuda:3"), ("workers", 7), ("log_every", 1), ("amp", False), ("compile", True),
+                        ("channels_last", False), ("out", "elsewhere"), ("resume", False),
+                        ("imagenet_weights", "/w.pth")):
+        changed = argparse.Namespace(**{**vars(args), name: value})
+        assert runs.fingerprint(changed, DATA, world_size=1) == fingerprint, name
+    for name, value in (("lr", 3e-4), ("warmup_epochs", 1), ("seed", 1), ("batch_size", 8)):
+        changed = argparse.Namespace(**{**vars(args), name: value})
+        assert runs.fingerprint(changed, DATA, world_size=1) != fingerprint, name
+    assert runs.fingerprint(args, DATA, world_size=2) != fingerprint
+    assert runs.fingerprint(args, {**DATA, "classes": ["blue", "cyan"]}, world_size=1) != fingerprint
+
+
+def test_resume_checkpoint_refuses_another_run_with_one_line(tmp_path, capsys):
+    args = _finetune_args(tmp_path)
+    fingerprint = runs.fingerprint(args, DATA, world_size=1)
     out = tmp_path / "run"
-    _run(_argv(manifest, out, "--skip-bad", epochs=1))
-    assert "skipping 2 unreadable image(s)" in capsys.readouterr().out
-    skipped = pd.read_csv(out / "skipped.csv")
-    assert sorted(skipped["image"]) == sorted(broken) and skipped["reason"].str.len().min() > 0
-    assert json.loads((out / "summary.json").read_text())["skipped_images"] == 2
+    assert runs.resume_checkpoint(out, fingerprint, resume=True) is None  # nothing there: a fresh start
+    out.mkdir()
+    checkpoints.save_checkpoint({"model": {}, "epoch": 1, "resume": fingerprint}, out / "last.pt")
+    assert runs.resume_checkpoint(out, fingerprint, resume=True)["epoch"] == 1
+    other = {**fingerprint, "lr": 3e-4, "world_size": 2, "data": {**fingerprint["data"], "classes": ["a", "b"]}}
+    with pytest.raises(SystemExit) as info:
+        runs.resume_checkpoint(out, other, resume=True)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{out} holds the checkpoint of a different run (")
+    for change in ("lr 0.0001 -> 0.0003", "world_size 1 -> 2",
+                   "data {'key': 'tiny', 'task': 'multiclass', 'classes': ['blue', 'red']} -> "
+                   "{'key': 'tiny', 'task': 'multiclass', 'classes': ['a', 'b']}"):
+        assert change in message, change
+    assert "choose another --out, or pass --no-resume" in message
+    assert runs.resume_checkpoint(out, other, resume=False) is None
+    assert "--no-resume: starting over" in capsys.readouterr().out
+
+
+def test_run_meta_summary_and_plain_values(tmp_path):
+    (tmp_path / "CXR_RI").mkdir()
+    (tmp_path / "CXR_RI" / "last.pt").write_bytes(b"")
+    args = _finetune_args(tmp_path, "--init", str(tmp_path / "CXR_RI" / "last.pt"), "--image-size", "64")
+    meta = runs.run_meta({**DATA, "headline_metric": "accuracy", "class_weights": "none"}, args,
+                         init_description="backbone of CXR_RI", loss_weights=[1.0, 2.0], skipped_images=3)
+    assert (meta["num_outputs"], meta["image_size"], meta["hidden_dim"], meta["dropout"]) == (2, 64, 512, 0.5)
+    assert meta["source_checkpoint"] == str(tmp_path / "CXR_RI" / "last.pt")
+    assert meta["manifests"] == [str(tmp_path / "m.csv")] and meta["domains"] == {"tiny": "hwsi"}
+    assert (meta["loss_weights"], meta["skipped_images"]) == ([1.0, 2.0], 3)
+    checkpoints.save_checkpoint({"model": {}, "meta": meta}, tmp_path / "c.pt")  # plain values only
+    row = runs.plain({"epoch": 1, "accuracy": np.float64(0.5), "n": np.int64(3)})
+    assert row == {"epoch": 1, "accuracy": 0.5, "n": 3} and type(row["accuracy"]) is float and type(row["n"]) is int
+    summary = runs.summary([row], epochs=2, best_epoch=1, best_score=float("-inf"), headline="accuracy",
+                           seconds=1.234, meta=meta)
+    assert summary["best_val_score"] is None and summary["skipped_images"] == 3 and summary["seconds"] == 1.23

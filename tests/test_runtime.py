@@ -1,25 +1,30 @@
-"""Training under a real `torchrun --nproc_per_node=2` (gloo on CPU) with DistributedDataParallel.
+"""kit.runtime: device, precision, seeds and RNG state, the place of a process in a torchrun job; and
+training under a real `torchrun --nproc_per_node=2` (gloo on CPU) with DistributedDataParallel.
 
 The run's logged validation metrics are those of the whole val split (gathered across the two
 processes, each image once), so evaluate.py on the saved checkpoint in one process gives the
 same numbers; the checkpoint has no `module.` prefix; a killed DDP run resumes under torchrun.
 """
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import evaluate
-import metrics as metrics_lib
-import models
-from test_resume import _assert_same_weights, _manifest, _metrics
+from helpers import ROOT, assert_same_weights, read_metrics, two_colour_manifest
+from kit import checkpoints, metrics, runtime
 
-ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------- torchrun
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
@@ -48,7 +53,7 @@ def _env():
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
-    manifest = _manifest(tmp_path, n=17)
+    manifest = two_colour_manifest(tmp_path, n=17)
     out = tmp_path / "run"
     start = time.time()
     done = subprocess.run(_command(manifest, out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
@@ -57,6 +62,7 @@ def ddp_run(tmp_path_factory):
     return tmp_path, manifest, out, done
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_complete_and_rank_0_alone_writes(ddp_run):
     _, _, out, done = ddp_run
     assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.csv", "summary.json"]
@@ -66,9 +72,10 @@ def test_torchrun_two_processes_complete_and_rank_0_alone_writes(ddp_run):
     assert log[["epoch", "split"]].values.tolist() == [[1, "train"], [1, "val"], [2, "train"], [2, "val"]]
 
 
+@pytest.mark.slow
 def test_logged_val_metrics_equal_evaluate_py_in_one_process(ddp_run):
     tmp_path, manifest, out, _ = ddp_run
-    checkpoint = models.load_checkpoint(out / "last.pt")
+    checkpoint = checkpoints.load_checkpoint(out / "last.pt")
     assert not any(key.startswith(("module.", "_orig_mod.")) for key in checkpoint["model"])
     evaluate.main(evaluate.get_args_parser().parse_args(  # a plain single-process model from the checkpoint
         ["--checkpoint", str(out / "last.pt"), "--manifest", str(manifest), "--split", "val", "--out",
@@ -76,11 +83,12 @@ def test_logged_val_metrics_equal_evaluate_py_in_one_process(ddp_run):
     measured = pd.read_csv(tmp_path / "eval" / "metrics.csv").iloc[0]
     logged = pd.read_csv(out / "metrics.csv").query("split == 'val' and epoch == 2").iloc[0]
     assert measured["n"] == 8  # the whole val split, each image once (no sampler padding)
-    for name in metrics_lib.metric_names("multiclass"):
+    for name in metrics.metric_names("multiclass"):
         assert logged[name] == pytest.approx(measured[name], abs=1e-6), name
     assert logged["loss"] == pytest.approx(measured["loss"], abs=2e-3)  # bf16: batch size may move the last digits
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_job_resumes_to_the_same_result(ddp_run):
     tmp_path, manifest, reference, _ = ddp_run
     out = tmp_path / "killed"
@@ -91,11 +99,46 @@ def test_a_killed_torchrun_job_resumes_to_the_same_result(ddp_run):
         time.sleep(0.01)
     _kill_all(str(out))  # torchrun and both workers at once, as on a pre-empted node
     job.wait()
-    assert models.load_checkpoint(out / "last.pt")["epoch"] == 1 and not (out / "summary.json").exists()
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 1 and not (out / "summary.json").exists()
 
     done = subprocess.run(_command(manifest, out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming after epoch 1" in done.stdout
-    pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
-    _assert_same_weights(models.load_checkpoint(out / "last.pt")["model"],
-                         models.load_checkpoint(reference / "last.pt")["model"])
+    pd.testing.assert_frame_equal(read_metrics(out), read_metrics(reference))
+    assert_same_weights(checkpoints.load_checkpoint(out / "last.pt")["model"],
+                         checkpoints.load_checkpoint(reference / "last.pt")["model"])
+
+
+# --------------------------------------------------------------------------- one process
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    runtime.seed_everything(3)
+    checkpoints.save_checkpoint({"model": {}, "rng": runtime.rng_state()}, tmp_path / "c.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    runtime.seed_everything(99)
+    runtime.set_rng_state(checkpoints.load_checkpoint(tmp_path / "c.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_devices_and_precision(monkeypatch):
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    assert runtime.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda:1: no CUDA device is visible"):
+        runtime.resolve_device("cuda:1")
+    assert runtime.autocast_dtype(torch.device("cpu"), False) is None
+    assert runtime.autocast_dtype(torch.device("cpu"), True) in (None, torch.bfloat16)  # bf16 only where native
+
+
+def test_a_plain_process_is_rank_0_of_1(monkeypatch, capsys):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info, device = runtime.init_distributed("cpu")
+    assert info == runtime.Distributed() and (info.rank, info.world_size, info.enabled) == (0, 1, False)
+    assert info.is_main_process and runtime.is_main_process() and device == torch.device("cpu")
+    assert runtime.gather({"a": 1}, info) == [{"a": 1}]
+    runtime.log("printed once")
+    monkeypatch.setenv("RANK", "1")
+    runtime.log("not by rank 1")
+    assert capsys.readouterr().out == "printed once\n" and not runtime.is_main_process()
+    assert runtime.Distributed(rank=1, world_size=2).enabled and not runtime.Distributed(rank=1, world_size=2).is_main_process

@@ -14,31 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from monai.networks.nets import DenseNet121
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, write_imagenet_standin
+
+pytestmark = pytest.mark.slow  # every test here runs study.sh
+
 TARGETS = ["shenzhen", "covid19_radiography", "kather2016", "messidor", "deepdrid"]
 ARMS = ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"]
 PRETRAINED = ["CXR_RI", "CXR_IN", "HWSI_RI", "HWSI_IN", "EFI_RI", "EFI_IN", "All_RI", "All_IN"]
 SOURCES = ["chestxray14", "breakhis", "eyepacs"]
-
-
-def write_imagenet_standin(torch_home: Path) -> Path:
-    torch.manual_seed(123)
-    features = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000).features.state_dict()
-    state = {}
-    for key, value in features.items():
-        if key.endswith("num_batches_tracked"):
-            continue  # the real file has none
-        for name in ("norm1", "conv1", "norm2", "conv2"):  # MONAI 'layers.norm1' -> torchvision 'norm.1'
-            key = key.replace(f".layers.{name}.", f".{name[:-1]}.{name[-1]}.")
-        state[f"features.{key}"] = value
-    state["classifier.weight"] = torch.zeros(1000, 1024)
-    state["classifier.bias"] = torch.zeros(1000)
-    path = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    return path
 
 
 def run_study(out: Path, torch_home: Path) -> subprocess.CompletedProcess:

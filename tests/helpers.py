@@ -1,0 +1,354 @@
+"""What several test files share: small generated images and manifests, the argument lists of tiny
+training runs, a stand-in for the ImageNet weights file, running a script as a subprocess, and the
+fabricated study trees plot_results.py is tested on. Imported as `from helpers import ...`
+(conftest.py puts this folder on sys.path); never import from another test_*.py file.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- files and trees
+
+def write_image(path: Path, *, mode: str = "L", size=(8, 8), value: int = 128) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, value // 2, 200)).save(path)
+    return path
+
+
+def link(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(src, dst)
+    return dst
+
+
+def write_xls(path: Path, header, rows) -> None:
+    """An .xls sheet as Messidor's (xlwt: the format of the original annotation files)."""
+    import xlwt
+    book = xlwt.Workbook()
+    sheet = book.add_sheet("Feuil1")
+    for j, name in enumerate(header):
+        sheet.write(0, j, name)
+    for i, row in enumerate(rows, 1):
+        for j, value in enumerate(row):
+            sheet.write(i, j, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    book.save(str(path))
+
+
+BREAKHIS_EXPECTED = {  # file -> (label, subtype, slide, magnification)
+    "SOB_B_A-14-22549AB-40-001.png": ("benign", "adenosis", "14-22549AB", 40),
+    "SOB_B_F-14-25197-40-023.png": ("benign", "fibroadenoma", "14-25197", 40),
+    "SOB_B_F-14-25197-100-001.png": ("benign", "fibroadenoma", "14-25197", 100),
+    "SOB_B_F-14-25197-200-032.png": ("benign", "fibroadenoma", "14-25197", 200),
+    "SOB_B_F-14-25197-400-033.png": ("benign", "fibroadenoma", "14-25197", 400),
+    "SOB_B_F-14-9133-40-001.png": ("benign", "fibroadenoma", "14-9133", 40),
+    "SOB_B_PT-14-21998AB-40-001.png": ("benign", "phyllodes_tumor", "14-21998AB", 40),
+    "SOB_B_TA-14-3411F-40-001.png": ("benign", "tubular_adenoma", "14-3411F", 40),
+    "SOB_M_DC-14-2523-40-010.png": ("malignant", "ductal_carcinoma", "14-2523", 40),
+    "SOB_M_LC-14-12204-40-001.png": ("malignant", "lobular_carcinoma", "14-12204", 40),
+    "SOB_M_MC-14-10147-40-001.png": ("malignant", "mucinous_carcinoma", "14-10147", 40),
+    "SOB_M_PC-14-9146-40-001.png": ("malignant", "papillary_carcinoma", "14-9146", 40),
+}
+
+
+def breakhis_tree(shared_data: Path, root: Path) -> Path:
+    """The 12 real PNGs in the native BreaKHis_v1 folder structure (symlinks)."""
+    for src in sorted((shared_data / "breakhis").glob("SOB_*.png")):
+        cls = "benign" if src.name[4] == "B" else "malignant"
+        stem = src.stem.split("-")
+        slide_folder, mag = "-".join(stem[:3]), stem[3]
+        _, subtype, _, _ = BREAKHIS_EXPECTED[src.name]
+        link(src, root / "BreaKHis_v1/histology_slides/breast" / cls / "SOB" / subtype / slide_folder
+             / f"{mag}X" / src.name)
+    return root
+
+
+# --------------------------------------------------------------------------- tiny training data
+
+def folder_dataset(root: Path, classes, n=8, seed=0) -> Path:
+    """<root>/<class>/<i>.png, one flat colour per class with noise: learnable in an epoch."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            colour = np.array([200, 60, 60]) if c == 0 else np.array([60, 60, 200]) + 40 * c
+            pixels = np.clip(colour + rng.normal(0, 25, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def prepare(*argv: str) -> None:
+    """prepare_data.py in this process."""
+    import prepare_data
+    prepare_data.main(prepare_data.get_args_parser().parse_args(list(argv)))
+
+
+def folder_manifest(tmp_path: Path, name: str, classes, domain="hwsi") -> Path:
+    """A `folder` dataset of 8 images per class (40x48 px) split 50/25/25 by prepare_data.py."""
+    root = folder_dataset(tmp_path / f"data_{name}", classes)
+    prepare("--dataset", "folder", "--root", str(root), "--name", name, "--domain", domain,
+            "--out", str(tmp_path / "manifests"), "--val-frac", "0.25", "--test-frac", "0.25")
+    return tmp_path / "manifests" / f"{name}.csv"
+
+
+def two_colour_manifest(tmp_path: Path, n=16) -> Path:
+    """A `folder` dataset of two learnable colours, n images each of 40x48 px, split by prepare_data.py."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for c, name in enumerate(("blue", "red")):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            colour = np.array([60, 60, 200]) if c == 0 else np.array([200, 60, 60])
+            pixels = np.clip(colour + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    prepare("--dataset", "folder", "--root", str(root), "--name", "tiny", "--domain", "hwsi",
+            "--out", str(tmp_path / "manifests"), "--val-frac", "0.25", "--test-frac", "0.1")
+    return tmp_path / "manifests" / "tiny.csv"
+
+
+def tiny_frame(tmp_path: Path, n_per_class=10):
+    """Manifest rows (no files of a manifest) of two visually distinct classes of 40x40 RGB PNGs,
+    split 6/4 per class into train/val, and their data meta."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for label, colour in enumerate([(200, 40, 40), (40, 40, 200)]):
+        for i in range(n_per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+            path = tmp_path / f"c{label}_{i}.png"
+            Image.fromarray(pixels).save(path)
+            rows.append({"image": str(path), "label": label, "patient": f"p{label}_{i}",
+                         "split": "train" if i < 6 else "val"})
+    meta = {"key": "tiny", "domain": "hwsi", "task": "multiclass", "classes": ["red", "blue"],
+            "headline_metric": "accuracy", "class_weights": "balanced"}
+    return pd.DataFrame(rows), meta
+
+
+# The argument tail of a tiny training run (32 px, one epoch, CPU).
+TINY = ["--image-size", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+        "--hidden-dim", "16"]
+
+
+def finetune_argv(manifest, out, *extra, epochs=3, workers=0) -> list[str]:
+    """finetune_target.py from random init at 32 px, batches of 4, a loss check every 2 steps."""
+    return ["--manifest", str(manifest), "--init", "random", "--out", str(out), "--image-size", "32",
+            "--epochs", str(epochs), "--batch-size", "4", "--workers", str(workers), "--device", "cpu",
+            "--hidden-dim", "16", "--log-every", "2", *extra]
+
+
+def run_finetune(argv) -> None:
+    """finetune_target.py in this process (errors propagate as the script's main raises them)."""
+    import finetune_target
+    finetune_target.main(finetune_target.get_args_parser().parse_args(list(argv)))
+
+
+def read_metrics(out: Path) -> pd.DataFrame:
+    """A run's metrics.csv without the timing column."""
+    return pd.read_csv(Path(out) / "metrics.csv").drop(columns="seconds")
+
+
+def checkpoint_weights(path):
+    from kit.checkpoints import load_checkpoint
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    import torch
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# --------------------------------------------------------------------------- ImageNet stand-in
+
+def write_imagenet_standin(torch_home: Path) -> Path:
+    """A stand-in for torchvision's ImageNet DenseNet-121 file in TORCH_HOME's hub cache: the real key
+    names and shapes in the old key style of densenet121-a639ec97.pth, freshly initialised values."""
+    import torch
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(123)
+    features = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000).features.state_dict()
+    state = {}
+    for key, value in features.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # the real file has none
+        for name in ("norm1", "conv1", "norm2", "conv2"):  # MONAI 'layers.norm1' -> torchvision 'norm.1'
+            key = key.replace(f".layers.{name}.", f".{name[:-1]}.{name[-1]}.")
+        state[f"features.{key}"] = value
+    state["classifier.weight"] = torch.zeros(1000, 1024)
+    state["classifier.bias"] = torch.zeros(1000)
+    path = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return path
+
+
+# --------------------------------------------------------------------------- processes
+
+def run_script(*argv, env=None, timeout=600, cwd=ROOT) -> subprocess.CompletedProcess:
+    """`python <argv>` from the repository root; text output captured."""
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def load_make_demo_data():
+    """tools/make_demo_data.py as the module `make_demo_data` (tools/ is not a package: it goes on sys.path,
+    where the script's worker processes find it too)."""
+    tools = str(ROOT / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import make_demo_data
+    return make_demo_data
+
+
+# --------------------------------------------------------------------------- study trees for plot_results.py
+
+METRICS_COLUMNS = ["epoch", "split", "loss", "accuracy", "balanced_accuracy", "kappa", "qwk", "auroc", "seconds", "lr"]
+ALL_ARMS = ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"]
+# Targets and the arms that ran (the IN-based arms are skipped when no ImageNet weights exist).
+RUNS = {
+    "shenzhen": ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"],
+    "messidor": ["Domain_RI", "All_RI"],
+    "kather2016": ["IN", "Domain_RI", "All_IN"],
+}
+
+
+def write_metrics(path, seed, epochs=3):
+    """A metrics.csv as the training loop writes it: one train and one val row per epoch, fractions in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for split in ("train", "val"):
+            acc, kappa = rng.uniform(0.3, 0.99), rng.uniform(-0.2, 0.95)
+            rows.append([epoch, split, rng.uniform(0.05, 2.0), acc, acc - 0.05, kappa, kappa + 0.01,
+                         rng.uniform(0.5, 1.0), 1.5, 1e-3])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=METRICS_COLUMNS).to_csv(path, index=False)
+    return pd.read_csv(path)
+
+
+def make_runs(root, runs=RUNS):
+    written = {}
+    for i, (target, arms) in enumerate(runs.items()):
+        for j, arm in enumerate(arms):
+            written[target, arm] = write_metrics(root / "finetune" / target / arm / "metrics.csv", seed=10 * i + j)
+    return written
+
+
+def plot(runs_dir, out_dir, *extra):
+    """plot_results.py in this process."""
+    import plot_results
+    args = plot_results.get_args_parser().parse_args(["--runs", str(runs_dir), "--out", str(out_dir), *extra])
+    plot_results.main(args)
+
+
+def last(frame, split, metric):
+    """The last epoch's value of `metric` on `split`, in %."""
+    rows = frame[frame["split"] == split]
+    return 100 * rows.loc[rows["epoch"].idxmax(), metric]
+
+
+def write_plain_study(root):
+    """A runs tree (RUNS) with eval results for shenzhen and a manifest sidecar, plotted once."""
+    written = make_runs(root)
+    for arm, (acc, n) in {"IN": (0.8125, 160), "All_IN": (0.9, 160)}.items():
+        path = root / "eval" / "shenzhen" / arm / "metrics.csv"
+        path.parent.mkdir(parents=True)
+        pd.DataFrame([["test", f"finetune/shenzhen/{arm}/best.pt", 0.4, acc, acc, 0.5, 0.5, 0.9, n]],
+                     columns=["split", "checkpoint", "loss", "accuracy", "balanced_accuracy", "kappa", "qwk",
+                              "auroc", "n"]).to_csv(path, index=False)
+    (root / "manifests").mkdir()
+    (root / "manifests" / "shenzhen.json").write_text(json.dumps(
+        {"key": "shenzhen", "counts": {"train": {"normal": 200, "tuberculosis": 250},
+                                       "val": {"normal": 30, "tuberculosis": 36},
+                                       "test": {"normal": 70, "tuberculosis": 90}}}))
+    plot(root, root)
+    return written
+
+
+# A fabricated study with seeds, train fractions and test predictions.
+SEEDS = (0, 1)
+SHENZHEN = ["normal", "tuberculosis"]
+MESSIDOR = ["grade_0", "grade_1", "grade_2", "grade_3"]
+# Validation accuracy per epoch of shenzhen/IN at fraction 1 (both seeds): best 0.8, 95 % of it
+# = 0.76 first reached at epoch 3; trapezoid area over epochs 1-4 / 3 = (0.55 + 0.74 + 0.79) / 3
+HAND_CURVE = [0.4, 0.7, 0.78, 0.8]
+TRUTH = {"shenzhen": np.repeat([0, 1], 30), "messidor": np.tile([0, 1, 2, 3], 15)}
+
+
+def write_run(root, target, arm, seed, fraction, classes, val_curve, predictions, rng):
+    """A run folder as study.sh lays it out, with its evaluate.py outputs for best.pt and last.pt."""
+    name = f"seed{seed}" if fraction == 1 else f"frac{fraction}_seed{seed}"
+    run = root / "finetune" / target / arm / name
+    run.mkdir(parents=True)
+    rows = []
+    for epoch, value in enumerate(val_curve, start=1):
+        rows.append([epoch, "train", 0.5, min(1, value + 0.1), value, value, value, 0.9, 1.0, 1e-3])
+        rows.append([epoch, "val", 0.6, value, value, value - 0.1, value, 0.8, 1.0, 1e-3])
+    pd.DataFrame(rows, columns=METRICS_COLUMNS).to_csv(run / "metrics.csv", index=False)
+    (run / "args.json").write_text(json.dumps({"args": {"seed": seed, "train_fraction": fraction}, "meta": {}}))
+    for kind in ("best", "last"):
+        out = root / "eval" / target / arm / name / kind
+        out.mkdir(parents=True)
+        probs = np.clip(predictions + rng.normal(0, 0.02, predictions.shape) * (kind == "last"), 1e-3, None)
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        frame = pd.DataFrame({"image": [f"img{i:03d}.png" for i in range(len(probs))],
+                              "patient": [f"p{i // 2:03d}" for i in range(len(probs))], "split": "test"})
+        frame["target"] = [classes[t] for t in TRUTH[target]]
+        frame["pred"] = [classes[p] for p in probs.argmax(axis=1)]
+        for c, name_c in enumerate(classes):
+            frame[f"prob_{name_c}"] = probs[:, c]
+        frame.sample(frac=1, random_state=seed).to_csv(out / "predictions.csv", index=False)  # any row order
+        accuracy = float((probs.argmax(axis=1) == TRUTH[target]).mean())
+        pd.DataFrame([{"split": "test", "checkpoint": str(run / f"{kind}.pt"), "epoch": len(val_curve), "loss": 0.5,
+                       "accuracy": accuracy, "kappa": 0.5, "n": len(probs), "n_patients": len(probs) // 2}]
+                     ).to_csv(out / "metrics.csv", index=False)
+
+
+def noisy_predictions(truth, classes, correct, rng):
+    """One-hot-ish probabilities, right on the images where `correct` is True."""
+    wrong = (truth + 1) % len(classes)
+    chosen = np.where(correct, truth, wrong)
+    probs = np.full((len(truth), len(classes)), 0.1) + rng.uniform(0, 0.05, (len(truth), len(classes)))
+    probs[np.arange(len(truth)), chosen] += 0.6
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def write_seeded_study(root):
+    """Two targets x 3 arms x 2 seeds (shenzhen also at train fraction 0.25) with test predictions,
+    plotted once with 400 bootstrap resamples; returns the predictions per (target, arm, seed)."""
+    rng = np.random.default_rng(0)
+    accuracy = {"IN": 0.6, "Domain_RI": 0.75, "All_IN": 0.9}
+    stored = {}
+    for target, classes in (("shenzhen", SHENZHEN), ("messidor", MESSIDOR)):
+        truth = TRUTH[target]
+        for seed in SEEDS:
+            fractions = (0.25, 1.0) if target == "shenzhen" else (1.0,)
+            for fraction in fractions:
+                for arm, acc in accuracy.items():
+                    correct = rng.uniform(size=len(truth)) < acc * (0.8 if fraction < 1 else 1.0)
+                    predictions = noisy_predictions(truth, classes, correct, rng)
+                    if arm == "All_IN" and target == "messidor":  # the same model as IN: no difference at all
+                        predictions = stored["messidor", "IN", seed]
+                    stored[target, arm, seed] = predictions
+                    curve = HAND_CURVE if (target, arm) == ("shenzhen", "IN") else list(rng.uniform(0.3, 0.9, 4))
+                    write_run(root, target, arm, seed, fraction, classes, curve, predictions, rng)
+    (root / "manifests").mkdir()
+    (root / "manifests" / "shenzhen.json").write_text(json.dumps(
+        {"key": "shenzhen", "counts": {"train": {"normal": 100, "tuberculosis": 100}, "val": {"normal": 10,
+                                       "tuberculosis": 10}, "test": {"normal": 30, "tuberculosis": 30}}}))
+    plot(root, root, "--bootstrap", "400")
+    return stored
+
+
+def hand_accuracy(probs, target):
+    return 100 * float((probs.argmax(axis=1) == TRUTH[target]).mean())

@@ -1,0 +1,58 @@
+"""kit.files: atomic writes (a failed write leaves the old file and no temporary one), tables read with
+one line naming the file."""
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from kit import files
+
+
+def test_write_text_atomic_replaces_or_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.csv"
+    files.write_text_atomic(path, "old\n")
+    files.write_text_atomic(str(path), "new\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+    def full_disk(src, dst):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_text_atomic(path, "lost\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]  # no m.csv.tmp
+
+
+def test_write_json_and_csv(tmp_path):
+    files.write_json({"path": tmp_path, "n": 1}, tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text()) == {"path": str(tmp_path), "n": 1}
+    rows = [{"epoch": 1, "split": "train", "extra": "dropped"}, {"epoch": 1, "split": "val"}]
+    files.write_csv(rows, tmp_path / "m.csv", ["epoch", "split", "loss"])
+    assert (tmp_path / "m.csv").read_text() == "epoch,split,loss\n1,train,\n1,val,\n"
+
+
+def test_read_table_and_require_columns_name_the_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("")
+    with pytest.raises(ValueError, match=rf"^{path}: cannot read as CSV"):
+        files.read_table(path)
+    path.write_text("a,b\n1,2\n")
+    frame = files.read_table(path)
+    files.require_columns(frame, ["a"], path)
+    with pytest.raises(ValueError, match=rf"^{path}: missing column\(s\) \['c'\]; found \['a', 'b'\]"):
+        files.require_columns(frame, ["a", "c"], path)
+    assert isinstance(frame, pd.DataFrame)
+
+
+def test_save_figure_is_atomic_and_closes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    files.save_figure(fig, tmp_path / "f.png", dpi=50)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"] and not plt.fignum_exists(fig.number)

@@ -1,0 +1,46 @@
+"""kit.report: the Markdown of Table 2 (laid out like the paper's) and report.md, as plot_results.py
+writes them for hand-written runs trees; the number formats."""
+import math
+
+from helpers import last
+from kit import report
+
+
+def test_table2_markdown(plain_study):
+    root, written = plain_study
+    text = (root / "tables" / "table2.md").read_text()
+    assert "### Accuracy (%)" in text and "### Kappa Score (%)" in text
+    assert text.index("### Accuracy (%)") < text.index("### Kappa Score (%)")
+    assert "| Dataset |  | IN | Dom RI | Dom IN | ALL RI | ALL IN |" in text
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()}
+    d4_val = [c.strip() for c in lines["D4 Messidor", "Validation"].strip("|").split("|")][2:]
+    expected = ["n/a", f"{last(written['messidor', 'Domain_RI'], 'val', 'kappa'):.1f}", "n/a",
+                f"{last(written['messidor', 'All_RI'], 'val', 'kappa'):.1f}", "n/a"]
+    assert d4_val == expected
+    assert ("D1 Shenzhen CXR", "Training") in lines and ("D3 Kather Texture 2016", "Validation") in lines
+    assert "train 450 / val 66 / test 160" in text  # split sizes from OUT/manifests/shenzhen.json
+    assert "### Held-out test" in text
+
+
+def test_report(seeded_study):
+    root, _ = seeded_study
+    report = (root / "report.md").read_text()
+    for part in ("## Data", "Table 2", "### Held-out test", "## Paired comparisons", "## Convergence",
+                 "(figures/forest.png)", "(figures/label_efficiency.png)", "seeds 0, 1", "train fractions 0.25, 1"):
+        assert part in report, part
+    data = [line for line in report.splitlines() if line.startswith("| D1 Shenzhen CXR | Accuracy")][0]
+    assert [c.strip() for c in data.strip("|").split("|")][2:] == ["200", "20", "60", "30"]
+
+
+def test_formats():
+    assert report.fmt(81.25) == "81.2" and report.fmt(0.5, 3) == "0.500" and report.fmt(math.nan) == "n/a"
+    assert report.fmt(None) == "n/a"
+    assert report.fmt_mean(81.25) == "81.2" and report.fmt_mean(81.25, 1.34) == "81.2 ± 1.3"
+    assert report.fmt_mean(81.25, math.nan, 72.0, 90.14) == "81.2 [72.0, 90.1]"
+    assert report.fmt_mean(81.25, 1.34, 72.0, 90.14) == "81.2 ± 1.3 [72.0, 90.1]"
+    assert report.fmt_mean(math.nan, 1.0) == "n/a" and report.fmt_mean(1.0, 2.0, math.nan, 3.0) == "1.0 ± 2.0"
+    assert report.fmt_p(0.0004) == "< 0.001" and report.fmt_p(0.0123) == "0.012" and report.fmt_p(None) == "n/a"
+    assert report.markdown_table(["a", "b"], [["1", "2"]]) == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    assert report.epoch_note("shenzhen", [3, 3], {"train": 450, "val": 66, "test": 160}) == \
+        "D1: epoch 3, images train 450 / val 66 / test 160"
+    assert report.epoch_note("my_set", [3, 2], None) == "my_set: epoch 2-3, split sizes unknown"
