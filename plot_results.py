@@ -109,7 +109,8 @@ def main(args):
 
     # --- per run, per test group (bootstrap, paired tests), Table 2 and convergence at the largest fraction
     runs_table = tables.runs_frame(runs, metrics)
-    summary, paired = tables.test_frames(runs, targets, metrics, args)
+    pairing_notes = []  # why some arms are not compared as paired
+    summary, paired = tables.test_frames(runs, targets, metrics, args, pairing_notes)
     at_main = runs_table[runs_table["train_fraction"] == runs_table["target"].map(main_fraction)]
     sizes = {target: results.split_sizes(args.runs, target) for target in targets}
     notes = {target: epoch_note(target, at_main.loc[at_main["target"] == target, "epoch"].tolist(), sizes[target])
@@ -170,7 +171,8 @@ def main(args):
                  f"{'mean over seeds ± sd across seeds' if len(seeds) > 1 else 'value'} "
                  f"[{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} resamples].")
     report = report_markdown(table2_markdown(table, table_arms, notes, args.ci), paired, convergence, summary, sizes,
-                             metrics, main_fraction, settings, args, written_figures)
+                             metrics, main_fraction, settings, args, written_figures,
+                             pairing_notes=list(dict.fromkeys(pairing_notes)))
     files.write_text_atomic(Path(args.out) / "report.md", report)
 
     print(f"wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures in "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit import cli, files, manifests, readers
+from kit import cli, files, locks, manifests, readers
 
 
 def get_args_parser():
@@ -78,6 +78,19 @@ def resolve_key_and_domain(args) -> tuple[str, str]:
     return key, args.domain
 
 
+def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
+    """A split a later stage needs must not come out empty: training needs >= 2 train and >= 2 val
+    images (BatchNorm cannot normalise a batch of one), evaluate.py a test split when one was asked
+    for (--test-frac > 0 or an official test split)."""
+    counts = df["split"].value_counts()
+    needed = {"train": 2, "val": 2, "test": 1 if args.test_frac > 0 or "test" in set(df.get("official_split", [])) else 0}
+    for split, least in needed.items():
+        if counts.get(split, 0) < least:
+            raise ValueError(f"{root}: the {split} split would hold {counts.get(split, 0)} image(s) of {len(df)} "
+                             f"(training needs >= 2 train and >= 2 val images; a test split needs one); use more "
+                             f"data or other --val-frac/--test-frac")
+
+
 def prepare_manifest(args) -> tuple[Path, Path]:
     """Read, split and write one manifest; returns (csv path, json path). Errors: ValueError."""
     # --- check the arguments before reading anything
@@ -89,11 +102,16 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         raise ValueError(f"{root}: --root folder not found")
     key, domain = resolve_key_and_domain(args)
     spec = readers.DATASETS[args.dataset]
-    out_dir = Path(args.out)
     print(f"dataset {args.dataset} -> key {key} ({domain}, {spec.task}), root {root}")
+
+    # --- one writer per manifest: a second prepare_data.py into the same manifest is refused
+    out_dir = Path(args.out)
+    locks.hold(out_dir / f".{key}.lock", what=f"manifest {out_dir / key}.csv")
 
     # --- read the native layout, check the images (one pass, first bytes of each file)
     df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad)
+    if df.attrs.get("duplicates_dropped"):
+        print(f"dropped {df.attrs['duplicates_dropped']} row(s) that repeat an image with the same label")
     if args.check_files:
         df = readers.check_images(df)
     bad = readers.bad_rows(df)
@@ -107,6 +125,7 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         df = manifests.cap_per_class(df, args.max_per_class, seed=args.seed)
         print(f"--max-per-class {args.max_per_class}: kept {len(df)} of {n_before} images")
     df = manifests.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
+    check_split_sizes(df, root, args)
     if "official_split" in df.columns and (df["official_split"] != "").any():
         shipped = sorted(set(df["official_split"]) - {""})
         print(f"official split present ({', '.join(shipped)}): kept; missing splits carved from train")
@@ -151,10 +170,8 @@ def prepare_manifest(args) -> tuple[Path, Path]:
 
 
 def main(args):
-    try:
+    with cli.user_errors():  # one clear line naming the file and the problem
         prepare_manifest(args)
-    except ValueError as err:  # one clear line naming the file and the problem
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

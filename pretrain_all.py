@@ -71,8 +71,7 @@ def main(args):
 
     # --- data: the union of the source manifests (22 labels), each keeping its own train/val split
     df, data_meta = manifests.aggregate_manifests(args.manifests)
-    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
-    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
+    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
     runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(df)} images")
     if args.label_mask:  # each image is scored on its own dataset's labels only
         df = data.mask_unknown_labels(df, data_meta)
@@ -98,9 +97,9 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * steps_per_epoch)
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, init_description=init_description, skipped_images=n_skipped)
+    meta = runs.run_meta(data_meta, args, run, init_description=init_description, skipped_images=n_skipped)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
+             meta=meta, run=run, args=args)
 
 
 if __name__ == "__main__":

@@ -64,27 +64,34 @@ TRAIN_FRACTIONS=${TRAIN_FRACTIONS:-1}  # fine-tuning train-split fractions in (0
 DEMO_SCALE=${DEMO_SCALE:-1}         # demo size multiplier
 CACHE=${CACHE:-1}                   # 1: decode + resize every image once into a uint8 cache (kit/cache.py); 0: decode each epoch
 IMAGENET_WEIGHTS=${IMAGENET_WEIGHTS:-}  # torchvision's densenet121-a639ec97.pth; unset: torch hub cache, else download
-FORCE=${FORCE:-0}                   # 1 = redo stages whose outputs exist
+FORCE=${FORCE:-0}                   # 1 = redo every stage (and adopt changed settings); a later plain run continues
 PYTHON=${PYTHON:-python}            # the Python that runs every stage
 LAUNCH=${LAUNCH:-$PYTHON}           # starts the training scripts, e.g. "torchrun --nproc_per_node=8"
+TARGETS=${TARGETS:-shenzhen covid19_radiography kather2016 messidor deepdrid}  # the targets to run (D1..D5)
 read -ra LAUNCH_CMD <<< "$LAUNCH"
 read -ra SEED_LIST <<< "$SEEDS"
 read -ra FRACTION_LIST <<< "$TRAIN_FRACTIONS"
 
 SOURCES=(chestxray14 breakhis eyepacs)
-TARGETS=(shenzhen covid19_radiography kather2016 messidor deepdrid)   # D1..D5
+read -ra TARGETS <<< "$TARGETS"
 declare -A AREA=([chestxray14]=CXR [breakhis]=HWSI [eyepacs]=EFI
                  [shenzhen]=CXR [covid19_radiography]=CXR [kather2016]=HWSI [messidor]=EFI [deepdrid]=EFI)
 TRAIN_FLAGS=(--image-size "$IMAGE_SIZE" --batch-size "$BATCH_SIZE" --device "$DEVICE" --workers "$WORKERS")
 
-# done_already OUTPUT [INPUT...]: the make-like skip. True when OUTPUT exists, no INPUT is newer
-# than it (a re-run pretraining redoes the arms built on it) and FORCE is not set.
+# done_already OUTPUT [INPUT...]: the make-like skip. True when OUTPUT exists and neither an INPUT
+# (a re-run pretraining redoes the arms built on it) nor the study's settings file is newer than
+# it: FORCE=1 rewrites that file, so every output made before is redone, also by a later plain
+# run that continues an interrupted FORCE=1 run.
+SETTINGS_FILE="$OUT/study_settings.txt"
 done_already() {
   local output=$1 input; shift
-  [[ "$FORCE" != 1 && -e "$output" ]] || return 1
-  for input in "$@"; do [[ "$input" -nt "$output" ]] && return 1; done
+  [[ -e "$output" ]] || return 1
+  for input in "$SETTINGS_FILE" "$@"; do [[ "$input" -nt "$output" ]] && return 1; done
   return 0
 }
+# resume_flag RUN: a run folder whose last.pt predates the settings file starts over (--no-resume):
+# its checkpoint belongs to the settings before a FORCE=1; a newer one is this study's, resumed.
+resume_flag() { if [[ -e "$1/last.pt" && ! "$1/last.pt" -nt "$SETTINGS_FILE" ]]; then echo --no-resume; else echo --resume; fi; }
 say() { printf '\n=== %s\n' "$*"; }
 # Check what can be checked before any work starts.
 if [[ -n "$IMAGENET_WEIGHTS" && ! -f "$IMAGENET_WEIGHTS" ]]; then
@@ -99,24 +106,40 @@ for fraction in "${FRACTION_LIST[@]}"; do
     || { echo "error: train fraction '$fraction' in TRAIN_FRACTIONS is not a number in (0, 1]" >&2; exit 2; }
 done
 (( ${#FRACTION_LIST[@]} )) || { echo "error: TRAIN_FRACTIONS is empty" >&2; exit 2; }
+(( ${#TARGETS[@]} )) || { echo "error: TARGETS is empty" >&2; exit 2; }
+for target in "${TARGETS[@]}"; do
+  [[ -n "${AREA[$target]:-}" && " ${SOURCES[*]} " != *" $target "* ]] \
+    || { echo "error: TARGETS: unknown target '$target' (known: shenzhen covid19_radiography kather2016 messidor deepdrid)" >&2; exit 2; }
+done
 is_one() { awk -v f="$1" 'BEGIN { exit !(f == 1) }'; }
 if [[ -n "$DATA" && ! -d "$DATA" ]]; then
   echo "error: DATA=$DATA is not a folder (it must hold one folder per dataset; see README, 'Full data')" >&2; exit 2
 fi
 start=$(date +%s)
 mkdir -p "$OUT"
+# One study.sh per OUT at a time: the kernel holds the lock on fd 9 until this script and the
+# stages it started have ended (also when killed), so a stale lock never blocks a rerun.
+exec 9>>"$OUT/.study.lock"
+if ! flock -n 9; then
+  echo "error: $OUT is in use by another study.sh ($(cat "$OUT/.study.lock")); wait for it to finish, or choose" \
+       "another OUT=..." >&2
+  exit 2
+fi
+echo "pid $$ on $(hostname) since $(date -Iseconds)" > "$OUT/.study.lock"
 # Skipping finished stages is only right while the settings stay the same: a study folder
 # remembers its settings and refuses others (a demo run must never pass for the real study).
 # SEEDS and TRAIN_FRACTIONS are not among them: more seeds or fractions add runs to a study.
 SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
 SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE split_seed=$SPLIT_SEED"
 SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed}"
-if [[ "$FORCE" != 1 && -f "$OUT/study_settings.txt" && "$(cat "$OUT/study_settings.txt")" != "$SETTINGS" ]]; then
-  echo "error: $OUT holds a study with other settings (was: $(cat "$OUT/study_settings.txt"); now: $SETTINGS)." \
-       "Use another OUT=..., or FORCE=1 to redo every stage there." >&2
+if [[ "$FORCE" != 1 && -f "$SETTINGS_FILE" && "$(cat "$SETTINGS_FILE")" != "$SETTINGS" ]]; then
+  echo "error: $OUT holds a study with other settings (was: $(cat "$SETTINGS_FILE"); now: $SETTINGS)." \
+       "Use another OUT=..., or FORCE=1 to redo every stage there with the new settings." >&2
   exit 2
 fi
-echo "$SETTINGS" > "$OUT/study_settings.txt"
+if [[ "$FORCE" == 1 || ! -f "$SETTINGS_FILE" ]]; then
+  echo "$SETTINGS" > "$SETTINGS_FILE"  # a new file time: every output made before it is stale from now on
+fi
 
 # --------------------------------------------------------------------------- data
 if [[ -z "$DATA" ]]; then
@@ -176,7 +199,7 @@ pretrain() {
   if done_already "$run/summary.json" "$@"; then say "pretrain $name seed $seed: done, skipped"; return; fi
   say "pretrain $name seed $seed"
   "${LAUNCH_CMD[@]}" "$script" "$flag" "$@" --init "$(init_flag "${name##*_}")" "${IMAGENET_FLAGS[@]}" \
-    --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}" --seed "$seed"
+    --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}" --seed "$seed" "$(resume_flag "$run")"
 }
 PRETRAIN_SEEDS=("${SEED_LIST[@]}"); [[ -n "$PRETRAIN_SEED" ]] && PRETRAIN_SEEDS=("$PRETRAIN_SEED")
 SOURCE_MANIFESTS=()
@@ -211,7 +234,7 @@ for target in "${TARGETS[@]}"; do
           say "finetune $target/$arm/$name (init ${ARM_INIT[$arm]})"
           "${LAUNCH_CMD[@]}" finetune_target.py --manifest "$OUT/manifests/$target.csv" --init "${ARM_INIT[$arm]}" \
             "${IMAGENET_FLAGS[@]}" --out "$run" --epochs "$EPOCHS_FINETUNE" "${TRAIN_FLAGS[@]}" --seed "$seed" \
-            "${fraction_flags[@]}"
+            "${fraction_flags[@]}" "$(resume_flag "$run")"
         fi
         for kind in best last; do
           done_already "$OUT/eval/$target/$arm/$name/$kind/metrics.csv" "$run/$kind.pt" || todo+=("$run/$kind.pt")

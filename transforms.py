@@ -55,7 +55,8 @@ the training device. ``train_transforms`` and ``eval_transforms`` are the same t
 applied to one image, so a model sees in clinical use exactly what it saw in training.
 
 Bad input: a file that cannot be read (missing, empty, truncated, not an image, a volume, no
-finite pixel) raises one ``ValueError("<path>: <what is wrong>")``.
+finite pixel) or cannot be a picture to learn from (under 8 px a side, every pixel the same
+value) raises one ``ValueError("<path>: <what is wrong>")``.
 """
 import logging
 import math
@@ -79,7 +80,7 @@ from monai.utils import convert_to_dst_type
 DOMAINS = ("cxr", "hwsi", "efi")
 # Bump when the deterministic head (load, channels, eye crop, resize) changes what it outputs:
 # preprocessing caches (kit/cache.py) store the head's output and are keyed on this number.
-HEAD_VERSION = 1
+HEAD_VERSION = 2  # 2: tiny and constant images are refused (they were cached before)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's convert("L")
@@ -87,6 +88,7 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's con
 # Eye crop (efi): a pixel is eye when its channel mean exceeds EYE_THRESHOLD (10/255 lies above
 # JPEG noise on the black background); a row or column belongs to the eye box when at least
 # EYE_MIN_FRACTION of it is eye, so stray bright pixels or burnt-in text do not widen the box.
+MIN_SIDE = 8  # px: a smaller image (a 1x1 placeholder, a broken thumbnail) is refused, not resized up
 EYE_THRESHOLD = 10 / 255
 EYE_MIN_FRACTION = 0.02
 
@@ -201,6 +203,9 @@ class UnitRanged(MapTransform):
         return d
 
     def to_unit(self, img):
+        if min(img.shape[-2:]) < MIN_SIDE:  # e.g. a 1x1 placeholder: resizing would invent a picture
+            raise ValueError(f"{_file_name(img)}: the image is {img.shape[-2]}x{img.shape[-1]} px; at least "
+                             f"{MIN_SIDE} px a side is needed")
         channels = img.shape[0]
         if channels in (2, 4):
             img = img[: channels - 1]  # grey+alpha or RGBA: drop alpha
@@ -211,6 +216,9 @@ class UnitRanged(MapTransform):
         x = _plain(img).to(torch.float32, copy=True)
         if img.dtype.is_floating_point:  # float TIFF / NIfTI may mark missing pixels NaN or inf
             x = _fill_non_finite(x, _file_name(img))
+        if x.amax() == x.amin():  # would become all zeros (grey) or one flat colour: a broken export, not a scan
+            raise ValueError(f"{_file_name(img)}: every pixel has the same value ({x.flatten()[0].item():g}); a "
+                             f"constant image holds nothing to learn or predict from")
         if self.grey:
             if x.shape[0] == 3:
                 x = torch.einsum("chw,c->hw", x, x.new_tensor(GREY_WEIGHTS))[None]

@@ -172,8 +172,38 @@ def _frame(image, patient, *, label=None, labels=None, classes=None, official_sp
     for name in ("image", "patient", "labels", "official_split", "label_name", ORIGIN, PROBLEM):
         if name in df.columns:
             df[name] = df[name].astype(str)
+    df = _resolve_repeats(df)
     if not skip_bad and (df[PROBLEM] != "").any():
         raise bad_rows_error(bad_rows(df), len(df))
+    return df
+
+
+def _resolve_repeats(df: pd.DataFrame) -> pd.DataFrame:
+    """Every reader treats an image listed more than once alike: identical repeats (same label(s),
+    patient and official split) are dropped, keeping the first, and counted in
+    ``df.attrs["duplicates_dropped"]``; repeats that disagree are bad rows, each naming the other
+    row, never a silent choice between two labels."""
+    label = "labels" if "labels" in df.columns else "label"
+    facts = [c for c in (label, "patient", "official_split") if c in df.columns]
+    repeated = df["image"].duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        df.attrs["duplicates_dropped"] = 0
+        return df
+    identical = df.duplicated(subset=["image", *facts], keep="first").to_numpy()
+    df = df[~identical].copy()
+    problem = df[PROBLEM].to_numpy().copy()
+    for image, rows in df[df["image"].duplicated(keep=False)].groupby("image", sort=False):
+        names = rows["label_name"] if "label_name" in rows.columns else rows[label]
+        for i, position in enumerate(df.index.get_indexer(rows.index)):
+            def fact(j):
+                split = f" ({rows['official_split'].iloc[j] or 'no'} split)" if "official_split" in facts else ""
+                return f"{names.iloc[j]}{split}"
+
+            others = [f"{fact(j)} at {rows[ORIGIN].iloc[j] or 'another row'}" for j in range(len(rows)) if j != i]
+            if problem[position] == "":
+                problem[position] = f"listed more than once with different labels: {fact(i)} here, {'; '.join(others)}"
+    df[PROBLEM] = problem
+    df.attrs["duplicates_dropped"] = int(identical.sum())
     return df
 
 
@@ -668,6 +698,8 @@ def read_dataset(key: str, root, *, check_files: bool = True,
         raise ValueError(f"unknown dataset {key!r}; choose from {list(DATASETS)}")
     spec = DATASETS[key]
     df = spec.reader(root, check_files=check_files, skip_bad=skip_bad)
+    if df.empty:
+        raise ValueError(f"{_root(root)}: the {key} reader found no images (an empty label table or folder?)")
     classes = folder_classes(root) if key == "folder" else list(spec.classes)
     return df, classes
 

@@ -74,7 +74,7 @@ def epoch_note(target, epochs, sizes):
 
 
 def report_markdown(table2_md, paired, convergence, summary, sizes, metrics, main_fraction, settings, args,
-                    figures):
+                    figures, pairing_notes=()):
     """OUT/report.md: what was run, split sizes, Table 2 with test CIs, paired tests, convergence, figures."""
     lines = ["# Domain-aware transfer learning: study report", "", settings, "", "## Data", ""]
     rows = []
@@ -110,6 +110,8 @@ def report_markdown(table2_md, paired, convergence, summary, sizes, metrics, mai
                       "(binary targets only): DeLong's test, images as independent. No correction for multiple "
                       "comparisons. Every fraction and the last-epoch checkpoint: tables/paired.csv; "
                       "figure: figures/forest.png.", ""]
+    if pairing_notes:
+        lines += ["Not compared as paired:", ""] + [f"- {text}" for text in pairing_notes] + [""]
     if not convergence.empty:
         lines += ["## Convergence (validation curves)", ""]
         rows = [[target_title(r.target), r.arm, fmt_mean(r.best_val, r.best_val_sd),

@@ -37,14 +37,20 @@ def read_csv(path):
 
 
 def run_settings(run_dir):
-    """(seed, train fraction) of a run: args.json, else the folder name (frac<F>_seed<S>), else (0, 1.0)."""
-    args = {}
-    if (run_dir / "args.json").is_file():
-        args = read_json(run_dir / "args.json").get("args") or {}
+    """(seed, train fraction, manifest content hash or None) of a run: args.json, else the folder name
+    (frac<F>_seed<S>), else (0, 1.0, None)."""
+    recorded = read_json(run_dir / "args.json") if (run_dir / "args.json").is_file() else {}
+    args = recorded.get("args") or {}
     seed = re.search(r"seed(\d+)", run_dir.name)
     fraction = re.search(r"frac([0-9.]+)", run_dir.name)
+    data = (recorded.get("meta") or {}).get("data") or {}
     return (int(args.get("seed", seed.group(1) if seed else 0)),
-            float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)))
+            float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)), data.get("manifest_rows"))
+
+
+def _visible(path: Path, base: Path) -> bool:
+    """False for files in a folder whose name starts with '.': evaluate.py's unfinished folders."""
+    return not any(part.startswith(".") for part in path.relative_to(base).parts)
 
 
 def discover_runs(runs_dir):
@@ -53,11 +59,11 @@ def discover_runs(runs_dir):
     runs = []
     for csv_path in sorted(finetune.rglob("metrics.csv")):
         rel = csv_path.parent.relative_to(finetune)
-        if len(rel.parts) < 2:
+        if len(rel.parts) < 2 or not _visible(csv_path, finetune):
             continue
-        seed, fraction = run_settings(csv_path.parent)
+        seed, fraction, manifest_rows = run_settings(csv_path.parent)
         runs.append({"target": rel.parts[0], "arm": rel.parts[1], "seed": seed, "fraction": fraction,
-                     "dir": csv_path.parent, "key": rel.as_posix(), "evals": {}})
+                     "manifest_rows": manifest_rows, "dir": csv_path.parent, "key": rel.as_posix(), "evals": {}})
     if not runs:
         raise ValueError(f"no metrics.csv under {finetune}/*/*/ — run finetune_target.py first")
     target_order = paper_sorted({r["target"] for r in runs}, TARGETS)
@@ -129,6 +135,8 @@ def attach_evals(runs_dir, runs):
     eval_dir = Path(runs_dir) / "eval"
     by_key = {run["key"]: run for run in runs}
     for csv_path in sorted(eval_dir.rglob("metrics.csv")):
+        if not _visible(csv_path, eval_dir):
+            continue
         frame = read_csv(csv_path)
         if "split" in frame.columns:
             frame = frame[frame["split"].astype(str).str.strip() == "test"]

@@ -41,13 +41,20 @@ def mean_curves(curves_list):
     return out.join(sd).reset_index()
 
 
-def test_comparisons(group, metric, target, args):
+def test_comparisons(group, metric, target, args, notes=None):
     """Test results of one (target, train fraction, checkpoint kind): the runs' evaluations of
     every arm and seed, bootstrapped together on the same patient resamples.
 
-    Returns (summary rows per arm, paired rows). Without predictions.csv files (or with arms
-    tested on different images) the CI comes from evaluate.py's metrics.csv for a single seed.
+    Returns (summary rows per arm, paired rows). Arms are compared as paired only when every run
+    was trained on the same manifest (same rows: args.json meta.data.manifest_rows) and tested on
+    the same images; otherwise, or without predictions.csv files, there are no paired rows, the CI
+    comes from evaluate.py's metrics.csv for a single seed, and a line saying why goes to `notes`.
     """
+    def note(text):
+        print(f"note: {text}")
+        if notes is not None:
+            notes.append(text)
+
     by_arm = {}
     for run, evaluation in group:
         by_arm.setdefault(run["arm"], {})[run["seed"]] = evaluation
@@ -56,12 +63,16 @@ def test_comparisons(group, metric, target, args):
 
     # --- the seeds' predictions on the same images, or none
     loaded = None
-    if args.bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
+    same_split = len({run.get("manifest_rows") for run, _ in group} - {None}) <= 1
+    if not same_split:
+        note(f"{target}: its runs were trained on different splits (the manifest changed between runs: "
+             f"prepare_data.py was re-run); they are not compared as paired")
+    if same_split and args.bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
             by_arm[a][s]["predictions"] for a, s in columns):
         loaded = {c: read_predictions(by_arm[c[0]][c[1]]["predictions"]) for c in columns}
         first = loaded[columns[0]][0]
         if any(not frame["image"].equals(first["image"]) for frame, *_ in loaded.values()):
-            print(f"note: {target}: the runs were tested on different images; no paired comparisons")
+            note(f"{target}: its runs were tested on different images; they are not compared as paired")
             loaded = None
     distribution = None
     if loaded:
@@ -155,7 +166,7 @@ def runs_frame(runs, metrics):
     return frame
 
 
-def test_frames(runs, targets, metrics, args):
+def test_frames(runs, targets, metrics, args, notes=None):
     """tables/test_summary.csv and tables/paired.csv (%), one test_comparisons() per (target,
     train fraction, checkpoint), in paper order."""
     summary_rows, paired_rows = [], []
@@ -165,7 +176,7 @@ def test_frames(runs, targets, metrics, args):
                 group = [(r, r["evals"][kind]) for r in runs
                          if r["target"] == target and r["fraction"] == fraction and kind in r["evals"]]
                 if group:
-                    summary, paired = test_comparisons(group, metrics[target], target, args)
+                    summary, paired = test_comparisons(group, metrics[target], target, args, notes)
                     keys = {"target": target, "train_fraction": fraction, "checkpoint": kind}
                     summary_rows += [keys | row for row in summary]
                     paired_rows += [keys | row for row in paired]
