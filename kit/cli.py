@@ -81,11 +81,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def processes_per_machine() -> int:
+    """The training/evaluation processes that share this machine's cores: the ones torchrun starts
+    here (LOCAL_WORLD_SIZE) times the jobs study.sh runs side by side (STUDY_JOBS)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * int(os.environ.get("STUDY_JOBS", "1"))
+
+
 def default_workers() -> int:
     """--workers default: the cores per training process (torchrun starts LOCAL_WORLD_SIZE on this
-    machine), at most 8 (each worker holds its own MONAI and transforms). Decoding a full-size
-    image takes ~10 ms of a core; a fully cached set loads in one thread instead."""
-    return max(1, min(8, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    machine, study.sh runs STUDY_JOBS side by side), at most 8 (each worker holds its own MONAI and
+    transforms). Decoding a full-size image takes ~10 ms of a core; a fully cached set loads in one
+    thread instead."""
+    return max(1, min(8, available_cores() // processes_per_machine()))
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None:

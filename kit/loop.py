@@ -141,6 +141,9 @@ def _score(row: dict, headline: str) -> float:
 
 
 
+BEST_KEYS = ("model", "meta", "epoch", "best_metric", "best_epoch", "trained_on")  # what best.pt holds
+
+
 def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, optimizer: torch.optim.Optimizer,
         scheduler, meta: dict, run: runs.Run, args) -> dict:
     """Trains `model` for args.epochs with the recipe it is given and writes the run folder.
@@ -217,8 +220,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
                 # metrics.csv follows the checkpoint: after a kill it never holds an epoch last.pt lacks
                 save_checkpoint(checkpoint, out_dir / "last.pt")
                 files.write_csv(history, out_dir / "metrics.csv", columns)
-                if improved:
-                    save_checkpoint(checkpoint, out_dir / "best.pt")
+                if improved:  # the model alone: the optimizer state (2/3 of last.pt) serves resuming only
+                    save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, out_dir / "best.pt")
             log(f"{_name(out_dir)} epoch {epoch}/{args.epochs}: "
                 + " | ".join(f"{row['split']} loss {row['loss']:.4f} {headline} {row.get(headline, math.nan):.4f}"
                              for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
