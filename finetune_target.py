@@ -21,8 +21,9 @@ Eight GPUs (the same file; --batch-size is per process):
         --out OUT/finetune/messidor/IN/seed0 --batch-size 32 --lr 8e-4
 A killed run continues from OUT/.../last.pt when the same command is run again (--no-resume starts over).
 
-The recipe is main() below, top to bottom: data, model, loss, optimizer, schedule, then the
-shared loop. To train with SGD or a frozen backbone, edit the lines marked there.
+The recipe is main() below, top to bottom: data, model, loss, what trains (--strategy: full,
+partial, linear), optimizer, schedule, then the shared loop. To train with SGD, edit the optimizer
+line as its comment says.
 """
 import argparse
 
@@ -46,6 +47,9 @@ def get_args_parser():
                             "cache, else a download)")
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
+    model.add_argument("--strategy", type=str, default="full", choices=["full", "partial", "linear"],
+                       help="what trains: full = every layer; partial = the last dense block and the head; linear = "
+                            "the head alone (the backbone and its BatchNorm statistics frozen: a linear probe)")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
     optim.add_argument("--batch-size", type=cli.positive_int, default=32,
@@ -96,9 +100,11 @@ def main(args):
     class_weights = losses.class_weights(args.class_weights, data_meta, train_loader.dataset.targets)
     criterion = losses.make_criterion(data_meta["task"], class_weights)
 
-    # --- optimizer: AdamW over every parameter. SGD instead: torch.optim.SGD(params, lr=args.lr, momentum=0.9).
-    # A frozen backbone: params = model.head.parameters() and model.features.requires_grad_(False)
-    params = model.parameters()
+    # --- what trains: --strategy full (every layer), partial (the last dense block and the head) or linear (the
+    # head alone); a frozen part keeps its weights and its BatchNorm statistics
+    params = models.freeze(model, args.strategy)
+
+    # --- optimizer: AdamW over what trains. SGD instead: torch.optim.SGD(params, lr=args.lr, momentum=0.9)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, **loop.fast_kernels(device))
 
     # --- schedule: linear warm-up for --warmup-epochs, then cosine decay to 0, stepped every step

@@ -47,11 +47,31 @@ def get_args_parser():
                         help="fraction of images for test, in [0, 1); val + test < 1; ignored where "
                              "the data set ships an official test split")
     parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
-    # Generic folder data sets
-    parser.add_argument("--domain", type=str, default=None, choices=["cxr", "hwsi", "efi"],
-                        help="--dataset folder only: image area, picks the transform chain")
-    parser.add_argument("--name", type=str, default=None,
-                        help="--dataset folder only: manifest key (default: the root folder's name)")
+    # Your own data: --dataset folder (<root>/<class>/[<patient>/]<image>) or csv (a table, --root = the file)
+    own = parser.add_argument_group("your own data (--dataset folder or csv)")
+    own.add_argument("--domain", type=str, default=None, choices=["cxr", "hwsi", "efi", "other"],
+                     help="image area, picks the transform chain (other: colour pictures of another area, e.g. "
+                          "dermatology; in the study such a target gets the IN, All and RI arms)")
+    own.add_argument("--name", type=str, default=None, help="manifest key (default: the root's name without suffix)")
+    own.add_argument("--patient-regex", type=str, default=None,
+                     help="folder: take the patient id from the file name (first group, else the match), e.g. "
+                          "'^(P\\d+)_'; default: a sub-folder below the class folder is the patient")
+    own.add_argument("--image-col", type=str, default="image", help="csv: the column of image paths (relative "
+                                                                     "paths are taken from the table's folder)")
+    own.add_argument("--label-col", type=str, default=None, help="csv: one label per image (class names, or "
+                                                                 "integer grades with --task ordinal)")
+    own.add_argument("--label-cols", type=str, nargs="+", default=None,
+                     help="csv: several 0/1 columns, one per class (--task multilabel)")
+    own.add_argument("--patient-col", type=str, default=None, help="csv: patient ids (default: each image its own)")
+    own.add_argument("--split-col", type=str, default=None,
+                     help="csv: a given split (train/val/test; empty = to be split), respected like an official one")
+    own.add_argument("--task", type=str, default=None, choices=list(readers.TASKS),
+                     help="csv: multiclass, multilabel, or ordinal (grades: headline quadratic kappa, balanced class "
+                          "weights, as for the graded eye data sets); default: multilabel with --label-cols, else "
+                          "multiclass")
+    own.add_argument("--metric", type=str, default=None,
+                     help="csv/folder: the headline metric that selects best.pt and heads Table 2 (default: accuracy; "
+                          "ordinal: qwk; multilabel: auroc)")
     # Preprocessing cache
     parser.add_argument("--cache-size", type=cli.image_size, default=None,
                         help="also build the preprocessing cache (kit/cache.py) for training at this --image-size, "
@@ -62,20 +82,48 @@ def get_args_parser():
     return parser
 
 
+OWN_DATA = ("folder", "csv")
+OWN_OPTIONS = {"folder": ("patient_regex",), "csv": ("image_col", "label_col", "label_cols", "patient_col",
+                                                     "split_col")}
+
+
 def resolve_key_and_domain(args) -> tuple[str, str]:
     spec = readers.DATASETS[args.dataset]
-    if args.dataset != "folder":
+    if args.dataset not in OWN_DATA:
         if args.name is not None:
-            raise ValueError(f"--name applies to --dataset folder only (the key of {args.dataset} is fixed)")
+            raise ValueError(f"--name applies to --dataset folder or csv only (the key of {args.dataset} is fixed)")
         if args.domain is not None and args.domain != spec.domain:
             raise ValueError(f"--domain {args.domain}: {args.dataset} is a {spec.domain} data set")
         return spec.key, spec.domain
     if args.domain is None:
-        raise ValueError("--dataset folder needs --domain cxr|hwsi|efi (it picks the transform chain)")
-    key = args.name or Path(os.path.abspath(args.root)).name
-    if not key or any(c in key for c in "/\\|") or key in readers.DATASETS or key == "all":
+        raise ValueError(f"--dataset {args.dataset} needs --domain cxr|hwsi|efi|other (it picks the transform chain)")
+    key = args.name or Path(os.path.abspath(args.root)).name.split(".")[0]
+    if not key or any(c in key for c in "/\\|=:") or key in readers.DATASETS or key == "all":
         raise ValueError(f"--name {key!r}: use a plain name that is not a built-in dataset key")
     return key, args.domain
+
+
+def task_and_metric(args) -> tuple[str, str, str, bool]:
+    """(manifest task, headline metric, class weights, ordinal) of the data set: fixed for the
+    built-in ones; for a table, from --task (and --label-cols) and --metric."""
+    spec = readers.DATASETS[args.dataset]
+    if args.dataset not in OWN_DATA and (args.task or args.metric):
+        raise ValueError(f"--task and --metric apply to --dataset folder or csv only ({args.dataset}: {spec.task}, "
+                         f"{spec.headline_metric})")
+    if args.dataset != "csv" and args.task is not None:
+        raise ValueError("--task applies to --dataset csv only (a folder of class folders is multiclass)")
+    task = args.task or ("multilabel" if args.label_cols else spec.task)
+    defaults = {"multiclass": (spec.headline_metric, spec.class_weights), "multilabel": ("auroc", "none"),
+                "ordinal": ("qwk", "balanced")}
+    metric, weights = defaults[task]
+    manifest_task = "multilabel" if task == "multilabel" else "multiclass"
+    if args.metric is None:
+        return manifest_task, metric, weights, task == "ordinal"
+    from kit.metrics import metric_names  # scipy: only here, not for --help
+
+    if args.metric is not None and args.metric not in metric_names(manifest_task):
+        raise ValueError(f"--metric {args.metric!r}: a {task} task has {', '.join(metric_names(manifest_task))}")
+    return manifest_task, args.metric or metric, weights, task == "ordinal"
 
 
 def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
@@ -98,18 +146,29 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     if args.max_per_class is not None and args.max_per_class < 1:
         raise ValueError(f"--max-per-class {args.max_per_class}: must be >= 1")
     root = Path(os.path.abspath(args.root))
-    if not root.is_dir():
+    if args.dataset == "csv" and not root.is_file():
+        raise ValueError(f"{root}: --root must be the table (CSV, TSV or Excel file) with --dataset csv")
+    if args.dataset != "csv" and not root.is_dir():
         raise ValueError(f"{root}: --root folder not found")
     key, domain = resolve_key_and_domain(args)
-    spec = readers.DATASETS[args.dataset]
-    print(f"dataset {args.dataset} -> key {key} ({domain}, {spec.task}), root {root}")
+    task, headline, class_weights, ordinal = task_and_metric(args)
+    options = {name: getattr(args, name) for name in OWN_OPTIONS.get(args.dataset, ())}
+    unused = [f"--{k.replace('_', '-')}" for d, names in OWN_OPTIONS.items() if d != args.dataset for k in names
+              if getattr(args, k) not in (None, "image")]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not an option of --dataset {args.dataset}")
+    if args.dataset == "csv":
+        options["task"] = "ordinal" if ordinal else task
+    print(f"dataset {args.dataset} -> key {key} ({domain}, {'ordinal' if ordinal else task}), root {root}")
 
     # --- one writer per manifest: a second prepare_data.py into the same manifest is refused
     out_dir = Path(args.out)
     locks.hold(out_dir / f".{key}.lock", what=f"manifest {out_dir / key}.csv")
 
     # --- read the native layout, check the images (one pass, first bytes of each file)
-    df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad)
+    df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad, **options)
+    if df.attrs.get("patients_from"):
+        print(f"patients: {df.attrs['patients_from']}")
     if df.attrs.get("duplicates_dropped"):
         print(f"dropped {df.attrs['duplicates_dropped']} row(s) that repeat an image with the same label")
     if args.check_files:
@@ -132,11 +191,11 @@ def prepare_manifest(args) -> tuple[Path, Path]:
 
     # --- write <key>.csv and <key>.json (json last: a manifest without sidecar fails to load)
     meta = {
-        "key": key, "dataset": args.dataset, "domain": domain, "task": spec.task, "classes": classes,
+        "key": key, "dataset": args.dataset, "domain": domain, "task": task, "ordinal": ordinal, "classes": classes,
         "root": str(root), "seed": args.seed, "val_frac": args.val_frac, "test_frac": args.test_frac,
-        "counts": manifests.split_counts(df, classes, spec.task),
+        "counts": manifests.split_counts(df, classes, task),
         "n_images": len(df), "n_patients": int(df["patient"].nunique()),
-        "headline_metric": spec.headline_metric, "class_weights": spec.class_weights,
+        "headline_metric": headline, "class_weights": class_weights,
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
         "max_per_class": args.max_per_class,
     }
@@ -154,7 +213,7 @@ def prepare_manifest(args) -> tuple[Path, Path]:
 
     # --- report
     with pd.option_context("display.max_rows", 200, "display.width", 160):
-        print(manifests.count_table(df, classes, spec.task).to_string())
+        print(manifests.count_table(df, classes, task).to_string())
     print(f"wrote {csv_path} and {json_path}")
 
     # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)

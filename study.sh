@@ -52,6 +52,7 @@ absolute() { [[ -z "$1" || "$1" == /* ]] && printf '%s' "$1" || printf '%s/%s' "
 DATA=$(absolute "${DATA:-}")
 OUT=$(absolute "${OUT:-}")
 IMAGENET_WEIGHTS=$(absolute "${IMAGENET_WEIGHTS:-}")
+CALLER=$PWD                         # custom TARGETS paths are taken from here
 cd "$(dirname "$0")"
 REPO=$PWD
 
@@ -80,15 +81,20 @@ FORCE=${FORCE:-0}                   # 1 = redo every stage (and adopt changed se
 PYTHON=${PYTHON:-python}            # the Python that runs every stage
 LAUNCH=${LAUNCH:-$PYTHON}           # starts the pretraining runs, e.g. "torchrun --nproc_per_node=8"
 FINETUNE_LAUNCH=${FINETUNE_LAUNCH:-$LAUNCH}  # starts the fine-tuning runs
-TARGETS=${TARGETS:-shenzhen covid19_radiography kather2016 messidor deepdrid}  # the targets to run (D1..D5)
+TARGETS=${TARGETS:-shenzhen covid19_radiography kather2016 messidor deepdrid}  # D1..D5, and your own: NAME=MANIFEST or NAME=FOLDER:DOMAIN
+ARMS=${ARMS:-IN Domain_RI Domain_IN All_RI All_IN}  # the paper's five; add RI (random init, no pretraining) for the floor
+STRATEGIES=${STRATEGIES:-full}      # fine-tuning strategies, a set of arms each: full, partial, linear (finetune_target.py --strategy)
 read -ra SEED_LIST <<< "$SEEDS"
 read -ra FRACTION_LIST <<< "$TRAIN_FRACTIONS"
 read -ra GPU_LIST <<< "$GPUS"
 
 SOURCES=(chestxray14 breakhis eyepacs)
-read -ra TARGETS <<< "$TARGETS"
+read -ra TARGET_SPECS <<< "$TARGETS"
+read -ra ARM_LIST <<< "$ARMS"
+read -ra STRATEGY_LIST <<< "$STRATEGIES"
 declare -A AREA=([chestxray14]=CXR [breakhis]=HWSI [eyepacs]=EFI
                  [shenzhen]=CXR [covid19_radiography]=CXR [kather2016]=HWSI [messidor]=EFI [deepdrid]=EFI)
+declare -A AREA_OF_DOMAIN=([cxr]=CXR [hwsi]=HWSI [efi]=EFI [other]="")
 TRAIN_FLAGS=(--image-size "$IMAGE_SIZE" --batch-size "$BATCH_SIZE" --device "$DEVICE" --workers "$WORKERS")
 JOB_DIR="$OUT/.study"               # the generated Makefile, one script per job, the jobs' logs
 
@@ -104,11 +110,45 @@ for fraction in "${FRACTION_LIST[@]}"; do
     || fail "train fraction '$fraction' in TRAIN_FRACTIONS is not a number in (0, 1]"
 done
 (( ${#FRACTION_LIST[@]} )) || fail "TRAIN_FRACTIONS is empty"
-(( ${#TARGETS[@]} )) || fail "TARGETS is empty"
-for target in "${TARGETS[@]}"; do
-  [[ -n "${AREA[$target]:-}" && " ${SOURCES[*]} " != *" $target "* ]] \
-    || fail "TARGETS: unknown target '$target' (known: shenzhen covid19_radiography kather2016 messidor deepdrid)"
+(( ${#TARGET_SPECS[@]} )) || fail "TARGETS is empty"
+# A target is a paper target's key, or your own: NAME=MANIFEST (a manifest prepare_data.py wrote, e.g. from a
+# table with --dataset csv; its domain comes from its .json) or NAME=FOLDER:DOMAIN (<class>/[<patient>/]<image>).
+TARGETS=()
+declare -A CUSTOM=()                # NAME -> "manifest PATH" or "folder PATH DOMAIN"
+for spec in "${TARGET_SPECS[@]}"; do
+  if [[ "$spec" != *=* ]]; then
+    [[ -n "${AREA[$spec]:-}" && " ${SOURCES[*]} " != *" $spec "* ]] \
+      || fail "TARGETS: unknown target '$spec' (the paper's: shenzhen covid19_radiography kather2016 messidor deepdrid;" \
+              "your own: NAME=MANIFEST.csv or NAME=FOLDER:DOMAIN)"
+    TARGETS+=("$spec"); continue
+  fi
+  name=${spec%%=*} path=${spec#*=} domain=
+  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && -z "${AREA[$name]:-}" ]] || fail "TARGETS: '$name' is not a plain new name (letters, digits, _ -)"
+  [[ "$path" =~ ^(.*):(cxr|hwsi|efi|other)$ ]] && path=${BASH_REMATCH[1]} domain=${BASH_REMATCH[2]}
+  path=$(cd "$CALLER" && realpath -m -- "$path")
+  if [[ -d "$path" ]]; then
+    [[ -n "$domain" ]] || fail "TARGETS: $name=$path is a folder; say its domain: $name=$path:cxr|hwsi|efi|other"
+    CUSTOM[$name]="folder $path $domain"
+  elif [[ -f "$path" && -f "${path%.*}.json" ]]; then
+    [[ -z "$domain" ]] || fail "TARGETS: $name=$path is a manifest; its domain is in ${path%.*}.json, not after ':'"
+    domain=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["domain"])' "${path%.*}.json") \
+      || fail "TARGETS: ${path%.*}.json is not a manifest sidecar written by prepare_data.py"
+    CUSTOM[$name]="manifest $path"
+  else
+    fail "TARGETS: $name=$path is neither a folder nor a manifest with its .json (prepare a table first:" \
+         "python prepare_data.py --dataset csv --root TABLE --domain DOMAIN --name $name --out DIR ...)"
+  fi
+  [[ -v "AREA_OF_DOMAIN[$domain]" ]] || fail "TARGETS: $name: unknown domain '$domain'"
+  AREA[$name]=${AREA_OF_DOMAIN[$domain]:-none}
+  TARGETS+=("$name")
 done
+for arm in "${ARM_LIST[@]}"; do
+  [[ " RI IN Domain_RI Domain_IN All_RI All_IN " == *" $arm "* ]] || fail "ARMS: unknown arm '$arm' (RI IN Domain_RI Domain_IN All_RI All_IN)"
+done
+for strategy in "${STRATEGY_LIST[@]}"; do
+  [[ " full partial linear " == *" $strategy "* ]] || fail "STRATEGIES: unknown strategy '$strategy' (full partial linear)"
+done
+(( ${#ARM_LIST[@]} && ${#STRATEGY_LIST[@]} )) || fail "ARMS and STRATEGIES must not be empty"
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail "JOBS=$JOBS is not a whole number >= 1"
 [[ -z "$THREADS" || "$THREADS" =~ ^[1-9][0-9]*$ ]] || fail "THREADS=$THREADS is not a whole number >= 1"
 for gpu in "${GPU_LIST[@]}"; do [[ "$gpu" =~ ^[0-9]+$ ]] || fail "GPUS: '$gpu' is not a GPU index"; done
@@ -124,7 +164,8 @@ flock -n 9 || fail "$OUT is in use by another study.sh ($(cat "$OUT/.study.lock"
 echo "pid $$ on $(hostname) since $(date -Iseconds)" > "$OUT/.study.lock"
 # Skipping finished stages is only right while the settings stay the same: a study folder
 # remembers its settings and refuses others (a demo run must never pass for the real study).
-# SEEDS, TRAIN_FRACTIONS, TARGETS and JOBS are not among them: they add runs or change speed only.
+# SEEDS, TRAIN_FRACTIONS, TARGETS, ARMS, STRATEGIES and JOBS are not among them: they add runs or
+# change speed only.
 SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
 SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE split_seed=$SPLIT_SEED"
 SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed}"
@@ -180,10 +221,17 @@ demo_data() {
   "$PYTHON" tools/make_demo_data.py --out "$DATA" --seed "$SPLIT_SEED" --scale "$DEMO_SCALE" --overwrite
 }
 
-manifest() {  # manifest KEY
-  if done_already "$OUT/manifests/$1.csv"; then say "manifest $1: exists, skipped"; return; fi
-  say "manifest $1"
-  "$PYTHON" prepare_data.py --dataset "$1" --root "$DATA/$1" --out "$OUT/manifests" --seed "$SPLIT_SEED"
+manifest() {  # manifest KEY [folder PATH DOMAIN | manifest PATH]: a paper dataset from DATA, or your own target
+  local key=$1 kind=${2:-} path=${3:-} domain=${4:-}
+  if done_already "$OUT/manifests/$key.csv" ${path:+"$path"}; then say "manifest $key: exists, skipped"; return; fi
+  say "manifest $key${path:+ from $path}"
+  case "$kind" in
+    "") "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SPLIT_SEED" ;;
+    folder) "$PYTHON" prepare_data.py --dataset folder --root "$path" --domain "$domain" --name "$key" \
+              --out "$OUT/manifests" --seed "$SPLIT_SEED" ;;
+    manifest) "$PYTHON" -c 'import sys; from kit import manifests; manifests.adopt(*sys.argv[1:])' \
+                "$path" "$key" "$OUT/manifests" ;;
+  esac
 }
 
 # Load, crop and resize each image once at IMAGE_SIZE (what limits a GPU at paper scale is
@@ -211,6 +259,7 @@ finetune() {
   local target=$1 arm=$2 name=$3 seed=$4 init=$5; shift 5
   local run="$OUT/finetune/$target/$arm/$name" init_file=$init launch
   [[ $init == imagenet ]] && init_file=$WEIGHTS
+  [[ $init == random ]] && init_file=
   if done_already "$run/summary.json" "$OUT/manifests/$target.csv" ${init_file:+"$init_file"}; then
     say "finetune $target/$arm/$name: done, skipped"; return
   fi
@@ -310,7 +359,8 @@ DATA_JOB=""
 if [[ "$DATA" == "$OUT/demo_data" ]]; then job demo_data "" none demo_data; DATA_JOB=demo_data; fi
 MANIFEST_JOBS=() MANIFESTS=()
 for key in "${SOURCES[@]}" "${TARGETS[@]}"; do
-  job "manifest_$key" "$DATA_JOB" none manifest "$key"
+  read -ra custom <<< "${CUSTOM[$key]:-}"
+  job "manifest_$key" "$([[ -z "${CUSTOM[$key]:-}" ]] && echo "$DATA_JOB")" none manifest "$key" "${custom[@]}"
   MANIFEST_JOBS+=("manifest_$key") MANIFESTS+=("$OUT/manifests/$key.csv")
 done
 READY="${MANIFEST_JOBS[*]}"
@@ -331,27 +381,38 @@ for seed in "${PRETRAIN_SEEDS[@]}"; do
   done
 done
 
-# fine-tuning: 5 arms per target, seed and train fraction; then the target's test-split evaluation
+# fine-tuning: the arms of each target, per seed, train fraction and strategy; then its test-split evaluation.
+# The arms that can run: no ImageNet file, no IN, Domain_IN, All_IN; a target of domain other has no
+# domain source, so no Domain arms, and gets the random-init floor RI instead.
 EVAL_JOBS=()
 for target in "${TARGETS[@]}"; do
   area=${AREA[$target]}
-  ARMS=(Domain_RI All_RI); [[ $HAVE_IN == 1 ]] && ARMS=(IN Domain_RI Domain_IN All_RI All_IN)
+  arms=()
+  for arm in "${ARM_LIST[@]}"; do
+    [[ $HAVE_IN == 0 && $arm == *IN ]] && continue
+    [[ $area == none && $arm == Domain_* ]] && continue
+    arms+=("$arm")
+  done
+  [[ $area == none && " ${arms[*]} " != *" RI "* ]] && arms=(RI "${arms[@]}")
   RUNS=() RUN_JOBS=()
   for seed in "${SEED_LIST[@]}"; do
     pretrained=${PRETRAIN_SEED:-$seed}  # the pretraining seed the arms of this seed start from
-    declare -A ARM_INIT=([IN]=imagenet [Domain_RI]=${area}_RI [Domain_IN]=${area}_IN [All_RI]=All_RI [All_IN]=All_IN)
-    for fraction in "${FRACTION_LIST[@]}"; do
-      if is_one "$fraction"; then name="seed$seed" fraction_flags=()
-      else name="frac${fraction}_seed$seed" fraction_flags=(--train-fraction "$fraction"); fi
-      for arm in "${ARMS[@]}"; do
-        model=${ARM_INIT[$arm]} init=imagenet after=$READY
-        if [[ $model != imagenet ]]; then
-          init="$OUT/pretrain/$model/seed$pretrained/last.pt" after="$READY pretrain_${model}_seed$pretrained"
-        fi
-        id="finetune_${target}_${arm}_${name//./p}"
-        job "$id" "$after" "$(gpu_need "$FINETUNE_LAUNCH")" \
-          finetune "$target" "$arm" "$name" "$seed" "$init" "${fraction_flags[@]}"
-        RUNS+=("$OUT/finetune/$target/$arm/$name") RUN_JOBS+=("$id")
+    declare -A ARM_INIT=([RI]=random [IN]=imagenet [Domain_RI]=${area}_RI [Domain_IN]=${area}_IN [All_RI]=All_RI
+                         [All_IN]=All_IN)
+    for strategy in "${STRATEGY_LIST[@]}"; do
+      for fraction in "${FRACTION_LIST[@]}"; do
+        name="seed$seed" flags=(--strategy "$strategy")
+        is_one "$fraction" || { name="frac${fraction}_$name"; flags+=(--train-fraction "$fraction"); }
+        [[ $strategy == full ]] || name="${strategy}_$name"
+        for arm in "${arms[@]}"; do
+          model=${ARM_INIT[$arm]} init=${ARM_INIT[$arm]} after=$READY
+          if [[ $model != imagenet && $model != random ]]; then
+            init="$OUT/pretrain/$model/seed$pretrained/last.pt" after="$READY pretrain_${model}_seed$pretrained"
+          fi
+          id="finetune_${target}_${arm}_${name//./p}"
+          job "$id" "$after" "$(gpu_need "$FINETUNE_LAUNCH")" finetune "$target" "$arm" "$name" "$seed" "$init" "${flags[@]}"
+          RUNS+=("$OUT/finetune/$target/$arm/$name") RUN_JOBS+=("$id")
+        done
       done
     done
     unset ARM_INIT

@@ -379,6 +379,19 @@ def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
     return df, meta
 
 
+def adopt(csv_path, key: str, out_dir) -> Path:
+    """Copy a manifest (CSV + JSON sidecar, checked with load_manifest) into `out_dir` as `<key>.csv`,
+    its sidecar's key set to `key`: how study.sh takes in a target you prepared yourself."""
+    df, meta = load_manifest(csv_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out_dir / f"{key}.csv", Path(csv_path).read_text())
+    files.write_text_atomic(out_dir / f"{key}.json", json.dumps({**meta, "key": key}, indent=2) + "\n")
+    print(f"{csv_path}: {len(df)} images, {meta['domain']} {meta['task']}, classes {meta['classes']} -> "
+          f"{out_dir / key}.csv")
+    return out_dir / f"{key}.csv"
+
+
 def load_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
     """One manifest (load_manifest), or several as the aggregated set (aggregate_manifests)."""
     csv_paths = list(csv_paths)
