@@ -17,6 +17,8 @@
 #   OUT/finetune/<target>/<arm>/seed<S>/              the full train split
 #   OUT/finetune/<target>/<arm>/frac<F>_seed<S>/      a nested, stratified, patient-level fraction F < 1
 #   OUT/eval/<target>/<arm>/<run>/{best,last}/        evaluate.py outputs of that run's two checkpoints
+#   OUT/study_settings.txt, OUT/study.json            this study's settings; study.json (data, ImageNet weights
+#                                                     found or why not, sizes, epochs, seeds) feeds report.md
 # A seed seeds the whole pipeline: the arms of seed S fine-tune from the models pretrained with
 # seed S, so the spread across seeds includes the pretraining's (the paper's question is about
 # pretraining; holding it fixed would understate the noise). Pretraining is the expensive part:
@@ -42,6 +44,7 @@ esac
 # Paths given by the caller are taken relative to the caller's folder; the defaults live in the repo.
 absolute() { [[ -z "$1" || "$1" == /* ]] && printf '%s' "$1" || printf '%s/%s' "$PWD" "$1"; }
 DATA=$(absolute "${DATA:-}")
+DATA_GIVEN=$DATA  # empty for the demo (DATA is set to OUT/demo_data below)
 OUT=$(absolute "${OUT:-}")
 IMAGENET_WEIGHTS=$(absolute "${IMAGENET_WEIGHTS:-}")
 cd "$(dirname "$0")"
@@ -68,6 +71,7 @@ FORCE=${FORCE:-0}                   # 1 = redo every stage (and adopt changed se
 PYTHON=${PYTHON:-python}            # the Python that runs every stage
 LAUNCH=${LAUNCH:-$PYTHON}           # starts the training scripts, e.g. "torchrun --nproc_per_node=8"
 TARGETS=${TARGETS:-shenzhen covid19_radiography kather2016 messidor deepdrid}  # the targets to run (D1..D5)
+SOURCE_PROTOCOL=${SOURCE_PROTOCOL:-paper}  # sources: paper = every image, 90/10 train/val (Section 5.2); held-out-test = + a test split
 read -ra LAUNCH_CMD <<< "$LAUNCH"
 read -ra SEED_LIST <<< "$SEEDS"
 read -ra FRACTION_LIST <<< "$TRAIN_FRACTIONS"
@@ -107,6 +111,8 @@ for fraction in "${FRACTION_LIST[@]}"; do
 done
 (( ${#FRACTION_LIST[@]} )) || { echo "error: TRAIN_FRACTIONS is empty" >&2; exit 2; }
 (( ${#TARGETS[@]} )) || { echo "error: TARGETS is empty" >&2; exit 2; }
+[[ "$SOURCE_PROTOCOL" == paper || "$SOURCE_PROTOCOL" == held-out-test ]] \
+  || { echo "error: SOURCE_PROTOCOL=$SOURCE_PROTOCOL: choose paper or held-out-test" >&2; exit 2; }
 for target in "${TARGETS[@]}"; do
   [[ -n "${AREA[$target]:-}" && " ${SOURCES[*]} " != *" $target "* ]] \
     || { echo "error: TARGETS: unknown target '$target' (known: shenzhen covid19_radiography kather2016 messidor deepdrid)" >&2; exit 2; }
@@ -131,7 +137,7 @@ echo "pid $$ on $(hostname) since $(date -Iseconds)" > "$OUT/.study.lock"
 # SEEDS and TRAIN_FRACTIONS are not among them: more seeds or fractions add runs to a study.
 SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
 SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE split_seed=$SPLIT_SEED"
-SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed}"
+SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed} source_protocol=$SOURCE_PROTOCOL"
 if [[ "$FORCE" != 1 && -f "$SETTINGS_FILE" && "$(cat "$SETTINGS_FILE")" != "$SETTINGS" ]]; then
   echo "error: $OUT holds a study with other settings (was: $(cat "$SETTINGS_FILE"); now: $SETTINGS)." \
        "Use another OUT=..., or FORCE=1 to redo every stage there with the new settings." >&2
@@ -152,12 +158,16 @@ if [[ -z "$DATA" ]]; then
   fi
 fi
 
+# Sources: SOURCE_PROTOCOL (the paper's: every image, 90/10 train/val, no test split); targets:
+# patient-level train/val/test (prepare_data.py --protocol held-out-test, their only protocol).
 for key in "${SOURCES[@]}" "${TARGETS[@]}"; do
   if done_already "$OUT/manifests/$key.csv"; then
     say "manifest $key: exists, skipped"
   else
     say "manifest $key"
-    "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SPLIT_SEED"
+    protocol=held-out-test; [[ " ${SOURCES[*]} " == *" $key "* ]] && protocol=$SOURCE_PROTOCOL
+    "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SPLIT_SEED" \
+      --protocol "$protocol"
   fi
 done
 
@@ -188,6 +198,28 @@ else
        "download https://download.pytorch.org/models/densenet121-a639ec97.pth and rerun with IMAGENET_WEIGHTS=/path/to/densenet121-a639ec97.pth" >&2
 fi
 INITS=(RI); [[ $HAVE_IN == 1 ]] && INITS=(RI IN)
+
+# What this study is, for plot_results.py's report (OUT/study.json, rewritten on every run): the data
+# (demo or the DATA folder), whether ImageNet weights were found and why not, and the settings.
+"$PYTHON" - "$OUT/study.json" "${DATA_GIVEN:-demo}" "$DEMO_SCALE" "$HAVE_IN" "${WEIGHTS:-}" "$OUT/imagenet_weights.log" \
+  "$IMAGE_SIZE" "$EPOCHS_PRETRAIN" "$EPOCHS_FINETUNE" "$BATCH_SIZE" "$SEEDS" "$SPLIT_SEED" "${PRETRAIN_SEED:-}" \
+  "$TRAIN_FRACTIONS" "${TARGETS[*]}" "$SOURCE_PROTOCOL" <<'PY'
+import json, re, sys
+from pathlib import Path
+from kit import files
+(path, data, scale, have_in, weights, log, size, ep_pre, ep_ft, batch, seeds, split_seed, pretrain_seed,
+ fractions, targets, protocol) = sys.argv[1:]
+reason = [line for line in Path(log).read_text().splitlines() if line.strip()] if Path(log).is_file() else []
+files.write_text_atomic(path, json.dumps({
+    "data": data, "demo": data == "demo", "demo_scale": float(scale) if data == "demo" else None,
+    "imagenet_weights": weights or None, "imagenet_found": have_in == "1",
+    "imagenet_missing_reason": None if have_in == "1" else re.sub(r"^[\w.]+: ", "", reason[-1] if reason else "not found"),
+    "image_size": int(size), "epochs_pretrain": int(ep_pre), "epochs_finetune": int(ep_ft), "batch_size": int(batch),
+    "seeds": [int(s) for s in seeds.split()], "split_seed": int(split_seed),
+    "pretrain_seed": int(pretrain_seed) if pretrain_seed else None,
+    "train_fractions": [float(f) for f in fractions.split()], "targets": targets.split(),
+    "source_protocol": protocol}, indent=2) + "\n")
+PY
 init_flag() { [[ $1 == RI ]] && echo random || echo imagenet; }
 
 # --------------------------------------------------------------------------- pretraining (8 models per seed)
