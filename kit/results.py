@@ -174,3 +174,34 @@ def split_sizes(runs_dir, target):
         return {s: sum(int(v) for v in counts.get(s, {}).values()) for s in ("train", "val", "test")}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
         return None
+
+
+def read_study(runs_dir):
+    """OUT/study.json as study.sh writes it (data, demo, ImageNet weights found or why not, sizes,
+    epochs, seeds, ...), or None for a folder study.sh did not write."""
+    path = Path(runs_dir) / "study.json"
+    return read_json(path) if path.is_file() else None
+
+
+def source_manifests(runs_dir, keys=("chestxray14", "breakhis", "eyepacs")):
+    """{source key: {"protocol": ..., "sizes": {split: images}}} of the source manifests in OUT/manifests/."""
+    found = {}
+    for key in keys:
+        path = Path(runs_dir) / "manifests" / f"{key}.json"
+        sizes = split_sizes(runs_dir, key)
+        if sizes is not None:
+            found[key] = {"protocol": read_json(path).get("protocol", "held-out-test"), "sizes": sizes}
+    return found
+
+
+def run_arguments(runs_dir, runs):
+    """{"fine-tuning": args, "pretraining": args} from the args.json of the first fine-tuning run and of
+    the first pretraining run under OUT/pretrain/ (either left out when absent): the run's settings."""
+    found = {}
+    candidates = (("fine-tuning", [r["dir"] / "args.json" for r in runs]),
+                  ("pretraining", sorted((Path(runs_dir) / "pretrain").glob("*/*/args.json"))))
+    for kind, paths in candidates:
+        path = next((p for p in paths if p.is_file()), None)
+        if path is not None:
+            found[kind] = read_json(path).get("args") or {}
+    return found
