@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from .claims import CLAIMS, DROP_MARGIN, EPOCH_MARGIN, GAIN_MARGIN
-from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, SETTINGS, SOURCE_IMAGES, metric_label, short_name,
+from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, SETTINGS, SOURCE_IMAGES, TARGETS, metric_label, short_name,
                     target_title)
 
 
@@ -117,6 +117,10 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
     absent = [a for a in ARMS if a not in run_everywhere]
     lines.append(f"- Targets: {', '.join(target_title(t) for t in targets)}; arms run: "
                  f"{', '.join(run_everywhere) or 'none on every target'}.")
+    skipped = [t for t in TARGETS if t not in targets]
+    if skipped:
+        lines.append(f"- Targets not run: {', '.join(target_title(t) for t in skipped)} (study.sh TARGETS); their "
+                     "claims read \"not tested\".")
     if absent:
         why = f": {missing_reason}" if missing_reason else ""
         lines.append(f"- **Not run: {', '.join(absent)}**{why}. Their cells read n/a and every claim that needs them "

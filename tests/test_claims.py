@@ -221,6 +221,7 @@ def test_report_content(fabricated):
     top = report[:report.index("## The paper's claims")]
     assert "**Data: synthetic demo data**" in top and "mean nothing about medicine" in top
     assert "one seed: no sd across seeds" in top and "Not run" not in top
+    assert "Targets not run: D2 COVID-19 Radiography, D3 Kather Texture 2016 (study.sh TARGETS)" in top
     answers = [line for line in top.splitlines() if line.startswith("- D")]
     assert len(answers) == 3
     assert "medical pretraining beats ImageNet here" in answers[0] and "All_IN" in answers[0]
