@@ -190,6 +190,7 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         "test_frac": args.test_frac, **protocol_info,
         "paper_images": paper.SOURCE_IMAGES.get(args.dataset) if args.protocol == "paper" else None,
         "counts": manifests.split_counts(df, classes, spec.task),
+        "split_images": {split: int((df["split"] == split).sum()) for split in manifests.SPLITS},
         "n_images": len(df), "n_patients": int(df["patient"].nunique()),
         "headline_metric": spec.headline_metric, "class_weights": spec.class_weights,
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),

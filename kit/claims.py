@@ -22,7 +22,8 @@ What "shows" means:
   better than Y when it is better by at least a margin: EPOCH_MARGIN epochs for epochs-to-95 %,
   DROP_MARGIN points for the largest drop, GAIN_MARGIN points for the training gain over the last
   third. Curves have no test-split bootstrap; the margins stand in for one (the sd across seeds is
-  shown next to the values).
+  shown next to the values). Curves shorter than MIN_CURVE_EPOCHS epochs leave a curve claim
+  "not tested".
 
 How comparisons combine, with B the arms claimed better and W those claimed worse:
 
@@ -54,6 +55,7 @@ OTHERS = ("IN", "Domain_RI", "Domain_IN")
 EPOCH_MARGIN = 1.0   # epochs: "converges earlier" needs at least one epoch sooner to 95 % of the best
 DROP_MARGIN = 2.0    # points: "more stable" / "sharper dips" needs a largest drop at least this much smaller / larger
 GAIN_MARGIN = 2.0    # points: a training curve that still gains more than this over its last third has not converged
+MIN_CURVE_EPOCHS = 5  # curve claims on fewer epochs are not tested: too short to tell how a curve converges
 D1_D3 = ("shenzhen", "covid19_radiography", "kather2016")
 # The paper's Table 2 put through a claim's rule: does it bear out the paper's text?
 TABLE_WORDS = {"supported": "agrees", "contradicted": "disagrees", "inconclusive": "ties or mixed"}
@@ -201,12 +203,20 @@ def verdicts(paired, convergence, arms_run, alpha, missing_reason=None):
                 directions = {k: d for k, (d, _) in found.items()}
                 evidence = "; ".join(text for _, text in found.values())
             else:
+                epochs = min((curve[target, a].epochs for a in needed if (target, a) in curve), default=0)
+                if epochs < MIN_CURVE_EPOCHS:
+                    rows.append(row | {"verdict": "not tested", "evidence": f"curves of {epochs} epoch(s): too short "
+                                       f"to tell how they converge (needs >= {MIN_CURVE_EPOCHS})"})
+                    continue
                 values = {a: getattr(curve[target, a], claim.measure) if (target, a) in curve else None for a in needed}
                 sds = {a: getattr(curve[target, a], f"{claim.measure}_sd") if (target, a) in curve else None
                        for a in needed}
                 directions = {(x, y): measure_direction(values, x, y, claim.margin) for x in better for y in worse}
+                def shown(v):  # epochs are counts: '3', a mean over seeds '2.5'
+                    return f"{v:.0f}" if claim.measure.endswith("epochs_to_95") and float(v).is_integer() else f"{v:.1f}"
+
                 evidence = f"{claim.label}: " + ", ".join(
-                    f"{a} {values[a]:.1f}" + (f" ± {sds[a]:.1f}" if sds[a] is not None and pd.notna(sds[a]) else "")
+                    f"{a} {shown(values[a])}" + (f" ± {sds[a]:.1f}" if sds[a] is not None and pd.notna(sds[a]) else "")
                     for a in ARMS if a in needed and values[a] is not None and pd.notna(values[a]))
             if any(d is None for d in directions.values()):
                 rows.append(row | {"verdict": "not tested", "evidence": evidence or "no results to compare"})

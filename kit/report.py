@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from .claims import CLAIMS, DROP_MARGIN, EPOCH_MARGIN, GAIN_MARGIN
+from .claims import CLAIMS, DROP_MARGIN, EPOCH_MARGIN, GAIN_MARGIN, MIN_CURVE_EPOCHS
 from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, SETTINGS, SOURCE_IMAGES, TARGETS, metric_label, short_name,
                     target_title)
 
@@ -158,7 +158,8 @@ def claims_section(claims, ci, bootstrap):
                   f"better. Curve claims (d, e) compare seed-means: earlier = at least {EPOCH_MARGIN:g} epoch sooner to "
                   f"95 % of the best validation value; more stable = a largest validation drop at least "
                   f"{DROP_MARGIN:g} points smaller; (e1) also needs IN's training curve still rising (gaining more "
-                  f"than {GAIN_MARGIN:g} points over its last third), and a levelled-off IN curve contradicts it. "
+                  f"than {GAIN_MARGIN:g} points over its last third), and a levelled-off IN curve contradicts it; curves "
+                  f"of fewer than {MIN_CURVE_EPOCHS} epochs leave them \"not tested\". "
                   "Otherwise inconclusive; a claim needing an arm that was not run is \"not tested\". The paper's "
                   "Table 2 column puts the paper's own validation values through the same rule (no noise: any "
                   "difference counts), i.e. whether the paper's numbers bear out its text. tables/claims.csv."]

@@ -184,13 +184,20 @@ def read_study(runs_dir):
 
 
 def source_manifests(runs_dir, keys=("chestxray14", "breakhis", "eyepacs")):
-    """{source key: {"protocol": ..., "sizes": {split: images}}} of the source manifests in OUT/manifests/."""
+    """{source key: {"protocol": ..., "sizes": {split: images}}} of the source manifests in OUT/manifests/
+    (images per split from the sidecar's split_images, else counted in the manifest: a multi-label
+    set's class counts are no image counts)."""
     found = {}
     for key in keys:
         path = Path(runs_dir) / "manifests" / f"{key}.json"
-        sizes = split_sizes(runs_dir, key)
-        if sizes is not None:
-            found[key] = {"protocol": read_json(path).get("protocol", "held-out-test"), "sizes": sizes}
+        if not path.is_file() or not path.with_suffix(".csv").is_file():
+            continue
+        meta = read_json(path)
+        sizes = meta.get("split_images")
+        if not isinstance(sizes, dict):
+            sizes = read_csv(path.with_suffix(".csv"))["split"].value_counts().to_dict()
+        found[key] = {"protocol": meta.get("protocol", "held-out-test"),
+                      "sizes": {s: int(sizes.get(s, 0)) for s in ("train", "val", "test")}}
     return found
 
 

@@ -251,6 +251,11 @@ def test_arms_not_run_are_not_tested_and_the_report_says_why(tmp_path):
         write_run(tmp_path, "shenzhen", arm, SMOOTH, FLAT_TRAIN, 0.75 if arm == "Domain_RI" else 0.97)
     study_json(tmp_path, imagenet_found=False, imagenet_weights=None,
                imagenet_missing_reason="download failed (offline)")
+    (tmp_path / "manifests").mkdir()  # a multi-label source: its images, not its label counts, are reported
+    pd.DataFrame({"image": list("abcd"), "labels": ["Mass|Nodule", "No Finding", "Mass|Effusion", "Hernia"],
+                  "patient": list("wxyz"), "split": ["train", "train", "train", "val"]}).to_csv(
+        tmp_path / "manifests" / "chestxray14.csv", index=False)
+    (tmp_path / "manifests" / "chestxray14.json").write_text(json.dumps({"key": "chestxray14", "protocol": "paper"}))
     plot(tmp_path)
     table = pd.read_csv(tmp_path / "tables" / "claims.csv")
     shenzhen = table[table["dataset"] == "D1"]
@@ -259,6 +264,7 @@ def test_arms_not_run_are_not_tested_and_the_report_says_why(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "**Not run: IN, Domain_IN, All_IN**: no ImageNet weights (download failed (offline))" in report
     assert "the ImageNet arm was not run (no ImageNet weights" in report
+    assert "| chestxray14 | paper | 3 | 1 | 0 | 112,120 |" in report
 
     # without study.json (a folder study.sh did not write) the report still comes, and says what it cannot know
     (tmp_path / "study.json").unlink()
@@ -277,3 +283,18 @@ def test_per_class_rows_leave_0_over_0_empty_with_a_note(tmp_path):
     assert rows[2]["note"] == "never predicted: precision 0/0 left empty; absent from the split: recall 0/0 left empty"
     files.write_csv(rows, tmp_path / "per_class.csv", ["class", "precision", "recall", "f1", "support", "note"])
     assert (tmp_path / "per_class.csv").read_text().splitlines()[3].startswith("c,,,,0,never predicted")
+
+
+def test_curve_claims_need_enough_epochs(fabricated):
+    """Two epochs say nothing about convergence: the curve claims are not tested, whatever the numbers."""
+    convergence = pd.read_csv(fabricated / "tables" / "convergence.csv")
+    short = convergence.assign(epochs=2)
+    found = claims.verdicts(pd.read_csv(fabricated / "tables" / "paired.csv").query("checkpoint == 'last'"), short,
+                            {t: set(ARMS) for t in DESIGN}, alpha=0.05)
+    curve_rows = found[found["claim"].isin(["d1", "d2", "e1", "e2"]) & found["dataset"].isin(["D1", "D4", "D5"])]
+    assert len(curve_rows) == 5 and (curve_rows["verdict"] == "not tested").all()
+    assert curve_rows["evidence"].str.contains("curves of 2 epoch").all()
+    assert found.set_index(["claim", "dataset"]).at[("a", "D1"), "verdict"] == "supported"  # test claims unaffected
+    table = pd.read_csv(fabricated / "tables" / "claims.csv").set_index(["claim", "dataset"])
+    assert table.at[("d1", "D1"), "evidence"] == ("val epochs to 95 % of best: IN 9, Domain_RI 4, Domain_IN 2, "
+                                                 "All_RI 2, All_IN 2")

@@ -68,6 +68,7 @@ def test_chestxray14_paper_protocol_uses_all_112120_images(chestxray14_root, tmp
     assert no_patient_in_two_splits(frame) and frame["patient"].nunique() == 30_805
     assert (meta["protocol"], meta["val_frac"], meta["test_frac"], meta["paper_images"]) == ("paper", 0.1, 0.0, 112_120)
     assert sum(meta["counts"]["test"].values()) == 0
+    assert meta["split_images"] == {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")}
     assert "paper (Section 5.2.1): 112,120 images; built: 112,120 (train " in printed
     assert "as the paper states" in printed and f"its {n_test_list:,} images are in the pool too" in printed
 
