@@ -125,8 +125,9 @@ def plot_forest(paired, out_path, dpi, extra_arms, ci):
             xerr = [[max(0.0, row.difference - row.ci_low)], [max(0.0, row.ci_high - row.difference)]]
             ax.errorbar(row.difference, yi, xerr=xerr,
                         color=colour, marker=marker, markersize=6, capsize=3, linewidth=1.5)
-            p_text = fmt_p(row.p_value)
-            ax.annotate(f"p {p_text}" if p_text.startswith("<") else f"p = {p_text}", (1.01, yi), xycoords=("axes fraction", "data"), va="center",
+            texts = [fmt_p(row.p_value), fmt_p(getattr(row, "p_holm", None))]
+            p_text, holm = (t if t.startswith("<") else f"= {t}" for t in texts)
+            ax.annotate(f"p {p_text}, Holm {holm}", (1.01, yi), xycoords=("axes fraction", "data"), va="center",
                         fontsize=8)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(y, [f"{r.arm} − {r.reference}" for r in rows.itertuples()], fontsize=9)
