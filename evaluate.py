@@ -7,7 +7,9 @@ selection. Writes, per checkpoint:
     predictions.csv   image, patient, split, target, pred, prob_<class>... (one row per image)
     metrics.csv       one row: split, checkpoint, epoch, loss, then per metric <m>, <m>_ci_low,
                       <m>_ci_high (fractions), then n, n_patients, bootstrap, ci_level, bootstrap_seed
-    per_class.csv     class, precision, recall, f1, support (decision: argmax; multi-label p >= 0.5)
+    per_class.csv     class, precision, recall, f1, support, note (decision: argmax; multi-label p >= 0.5);
+                      a 0/0 value (precision of a class never predicted, recall of a class absent from
+                      the split) is left empty and the note says why
     confusion.csv     true, <predicted class>... counts, rows = true class (multi-class only)
     confusion.png     the same as a figure, counts and row-normalised % (multi-class only)
 
@@ -152,12 +154,11 @@ def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df
            "bootstrap_seed": args.seed}
     onehot_targets = np.eye(len(classes), dtype=bool)[targets] if multiclass else targets.astype(bool)
     decisions = np.eye(len(classes), dtype=bool)[probs.argmax(axis=1)] if multiclass else probs >= 0.5
-    per_class = [{"class": name, **values}
-                 for name, values in zip(classes, metrics.per_class_report(onehot_targets, decisions))]
+    per_class = metrics.per_class_rows(classes, onehot_targets, decisions)  # 0/0 left empty, with a note
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files.write_csv(predictions.to_dict("records"), out_dir / "predictions.csv", list(predictions.columns))
-    files.write_csv(per_class, out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support"])
+    files.write_csv(per_class, out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support", "note"])
     if multiclass:
         confusion = metrics.confusion_matrix(targets, probs.argmax(axis=1), len(classes))
         files.write_csv([{"true": name, **dict(zip(classes, counts.tolist()))}

@@ -4,8 +4,19 @@ Reads a data set in the layout it was downloaded in (see kit/readers.py for each
 once (all arms of a target then see the same split) and writes `<out>/<key>.csv` and
 `<out>/<key>.json`, then prints the class x split counts.
 
+Two protocols (--protocol):
+  paper          the sources (chestxray14, breakhis, eyepacs) as the paper used them (Section 5.2):
+                 every image, including ChestX-ray14's official test list and the EyePACS test
+                 images of grades 1-4 (its grade-0 test images are left out), split 90/10
+                 train/val by patient, no test split (no stage evaluates a source model on one);
+                 prints the paper's image count next to what was built. The sources' default.
+  held-out-test  train/val/test by patient (70/15/15), an official test split kept as the test
+                 split. The targets' protocol (and their default); for a source, a test split
+                 that no stage of the study uses.
+
     python prepare_data.py --dataset shenzhen --root OUT/demo_data/shenzhen --out OUT/manifests
-    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests --val-frac 0.1
+    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests
+    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/held_out --protocol held-out-test
     python prepare_data.py --dataset eyepacs --root DATA/eyepacs --out OUT/quick --max-per-class 200 --skip-bad
     python prepare_data.py --dataset folder --root DATA/my_xrays --domain cxr --name my_xrays --out OUT/manifests
 """
@@ -16,7 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit import cli, files, locks, manifests, readers
+from kit import cli, files, locks, manifests, paper, readers
+
+PAPER_SOURCES = tuple(k for k in paper.SOURCE_IMAGES if k != "all")  # chestxray14, breakhis, eyepacs
 
 
 def get_args_parser():
@@ -40,12 +53,17 @@ def get_args_parser():
                         help="quick runs on huge sets: at most about N images per class (whole patients, "
                              "stratified, seeded with --seed), taken before the split; default: all images")
     # Split
-    parser.add_argument("--val-frac", type=float, default=0.15,
+    parser.add_argument("--protocol", type=str, default=None, choices=manifests.PROTOCOLS,
+                        help="paper: a source as the paper used it (every image, 90/10 train/val, no test split; "
+                             "the default for chestxray14, breakhis, eyepacs); held-out-test: train/val/test with "
+                             "an official test split kept (the default, and the only protocol, for targets)")
+    parser.add_argument("--val-frac", type=float, default=None,
                         help="fraction of images for validation, in [0, 1); of the official train rows "
-                             "when the data set ships a test split")
-    parser.add_argument("--test-frac", type=float, default=0.15,
+                             "when the data set ships a test split (default: 0.1 with --protocol paper, else 0.15)")
+    parser.add_argument("--test-frac", type=float, default=None,
                         help="fraction of images for test, in [0, 1); val + test < 1; ignored where "
-                             "the data set ships an official test split")
+                             "the data set ships an official test split (default: 0 with --protocol paper, "
+                             "which allows no other, else 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
     # Your own data: --dataset folder (<root>/<class>/[<patient>/]<image>) or csv (a table, --root = the file)
     own = parser.add_argument_group("your own data (--dataset folder or csv)")
@@ -126,12 +144,32 @@ def task_and_metric(args) -> tuple[str, str, str, bool]:
     return manifest_task, args.metric or metric, weights, task == "ordinal"
 
 
+def resolve_protocol(args) -> None:
+    """Fill in --protocol, --val-frac and --test-frac from the data set (sources: the paper's
+    protocol) and refuse the combinations that contradict it."""
+    if args.protocol is None:
+        args.protocol = "paper" if args.dataset in PAPER_SOURCES else "held-out-test"
+    if args.protocol == "paper":
+        if args.dataset not in PAPER_SOURCES:
+            raise ValueError(f"--protocol paper: the paper's source protocol applies to {', '.join(PAPER_SOURCES)}; "
+                             f"a target keeps its train/val/test split (--protocol held-out-test)")
+        if args.test_frac:
+            raise ValueError(f"--test-frac {args.test_frac} with --protocol paper: the paper's sources have no test "
+                             f"split; use --protocol held-out-test for one")
+        args.test_frac = 0.0
+        args.val_frac = paper.SOURCE_VAL_FRAC if args.val_frac is None else args.val_frac
+    else:
+        args.val_frac = 0.15 if args.val_frac is None else args.val_frac
+        args.test_frac = 0.15 if args.test_frac is None else args.test_frac
+
+
 def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
     """A split a later stage needs must not come out empty: training needs >= 2 train and >= 2 val
     images (BatchNorm cannot normalise a batch of one), evaluate.py a test split when one was asked
-    for (--test-frac > 0 or an official test split)."""
+    for (--test-frac > 0 or an official test split). The paper's protocol has no test split by design."""
     counts = df["split"].value_counts()
-    needed = {"train": 2, "val": 2, "test": 1 if args.test_frac > 0 or "test" in set(df.get("official_split", [])) else 0}
+    wants_test = args.protocol != "paper" and (args.test_frac > 0 or "test" in set(df.get("official_split", [])))
+    needed = {"train": 2, "val": 2, "test": 1 if wants_test else 0}
     for split, least in needed.items():
         if counts.get(split, 0) < least:
             raise ValueError(f"{root}: the {split} split would hold {counts.get(split, 0)} image(s) of {len(df)} "
@@ -142,6 +180,7 @@ def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
 def prepare_manifest(args) -> tuple[Path, Path]:
     """Read, split and write one manifest; returns (csv path, json path). Errors: ValueError."""
     # --- check the arguments before reading anything
+    resolve_protocol(args)
     manifests.check_fractions(args.val_frac, args.test_frac)
     if args.max_per_class is not None and args.max_per_class < 1:
         raise ValueError(f"--max-per-class {args.max_per_class}: must be >= 1")
@@ -178,6 +217,20 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         raise readers.bad_rows_error(bad, len(df))
     df = df.drop(index=bad.index, columns=[readers.ORIGIN, readers.PROBLEM])
 
+    # --- the paper's protocol: every image of a source (official test rows too), re-split 90/10
+    protocol_info = {}
+    if args.protocol == "paper":
+        df, protocol_info = manifests.paper_source_rows(df, args.dataset)
+        print(f"protocol paper (Section 5.2): every image, {100 * (1 - args.val_frac):g}/{100 * args.val_frac:g} "
+              f"train/val by patient, no test split")
+        if args.dataset == "eyepacs":
+            print(f"official test set: {protocol_info['added_from_test']:,} images of grades 1-4 added (paper: "
+                  f"{paper.EYEPACS_TEST_ADDED:,}), {protocol_info['left_out_test']:,} of grade 0 left out"
+                  + ("" if protocol_info["added_from_test"] + protocol_info["left_out_test"] else
+                     " (no retinopathy_solution.csv + test/ next to trainLabels.csv: none to add)"))
+        elif protocol_info["added_from_test"]:
+            print(f"official test list: its {protocol_info['added_from_test']:,} images are in the pool too")
+
     # --- optionally thin to --max-per-class, then split by patient
     if args.max_per_class is not None:
         n_before = len(df)
@@ -192,8 +245,11 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     # --- write <key>.csv and <key>.json (json last: a manifest without sidecar fails to load)
     meta = {
         "key": key, "dataset": args.dataset, "domain": domain, "task": task, "ordinal": ordinal, "classes": classes,
-        "root": str(root), "seed": args.seed, "val_frac": args.val_frac, "test_frac": args.test_frac,
+        "root": str(root), "seed": args.seed, "protocol": args.protocol, "val_frac": args.val_frac,
+        "test_frac": args.test_frac, **protocol_info,
+        "paper_images": paper.SOURCE_IMAGES.get(args.dataset) if args.protocol == "paper" else None,
         "counts": manifests.split_counts(df, classes, task),
+        "split_images": {split: int((df["split"] == split).sum()) for split in manifests.SPLITS},
         "n_images": len(df), "n_patients": int(df["patient"].nunique()),
         "headline_metric": headline, "class_weights": class_weights,
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
@@ -214,6 +270,9 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     # --- report
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(manifests.count_table(df, classes, task).to_string())
+    if args.protocol == "paper":  # the count the paper states, next to what was built
+        splits = df["split"].value_counts()
+        print(paper.stated_vs_built(args.dataset, len(df), int(splits.get("train", 0)), int(splits.get("val", 0))))
     print(f"wrote {csv_path} and {json_path}")
 
     # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)

@@ -64,7 +64,7 @@ def get_args_parser():
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, loop, losses, manifests, models, runs, runtime
+    from kit import data, loop, losses, manifests, models, paper, runs, runtime
 
     runtime.seed_everything(args.seed)
     dist_info, device = runtime.init_distributed(args.device)
@@ -72,7 +72,12 @@ def main(args):
     # --- data: the union of the source manifests (22 labels), each keeping its own train/val split
     df, data_meta = manifests.aggregate_manifests(args.manifests)
     run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
-    runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(df)} images")
+    used = df[df["split"].isin(["train", "val"])]  # a source's test rows (--protocol held-out-test) are never used
+    runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(used)} train+val "
+                f"images" + (f" ({len(df) - len(used)} test rows left out)" if len(used) < len(df) else ""))
+    if sorted(data_meta["sources"]) == sorted(k for k in paper.SOURCE_IMAGES if k != "all"):  # the paper's three sources
+        runtime.log(paper.stated_vs_built("all", len(used), int((used["split"] == "train").sum()),
+                                          int((used["split"] == "val").sum())))
     if args.label_mask:  # each image is scored on its own dataset's labels only
         df = data.mask_unknown_labels(df, data_meta)
     train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,

@@ -24,6 +24,8 @@
 #   OUT/finetune/<target>/<arm>/frac<F>_seed<S>/      a nested, stratified, patient-level fraction F < 1
 #   OUT/eval/<target>/<arm>/<run>/{best,last}/        evaluate.py outputs of that run's two checkpoints
 #   OUT/.study/logs/<job>.log                         each job's output when JOBS > 1
+#   OUT/study_settings.txt, OUT/study.json            this study's settings; study.json (data, ImageNet weights
+#                                                     found or why not, sizes, epochs, seeds) feeds report.md
 # A seed seeds the whole pipeline: the arms of seed S fine-tune from the models pretrained with
 # seed S, so the spread across seeds includes the pretraining's (the paper's question is about
 # pretraining; holding it fixed would understate the noise). Pretraining is the expensive part:
@@ -50,6 +52,7 @@ esac
 # Paths given by the caller are taken relative to the caller's folder; the defaults live in the repo.
 absolute() { [[ -z "$1" || "$1" == /* ]] && printf '%s' "$1" || printf '%s/%s' "$PWD" "$1"; }
 DATA=$(absolute "${DATA:-}")
+DATA_GIVEN=$DATA  # empty for the demo (DATA is set to OUT/demo_data below)
 OUT=$(absolute "${OUT:-}")
 IMAGENET_WEIGHTS=$(absolute "${IMAGENET_WEIGHTS:-}")
 CALLER=$PWD                         # custom TARGETS paths are taken from here
@@ -83,6 +86,7 @@ LAUNCH=${LAUNCH:-$PYTHON}           # starts the pretraining runs, e.g. "torchru
 FINETUNE_LAUNCH=${FINETUNE_LAUNCH:-$LAUNCH}  # starts the fine-tuning runs
 TARGETS=${TARGETS:-shenzhen covid19_radiography kather2016 messidor deepdrid}  # D1..D5, and your own: NAME=MANIFEST or NAME=FOLDER:DOMAIN
 ARMS=${ARMS:-IN Domain_RI Domain_IN All_RI All_IN}  # the paper's five; add RI (random init, no pretraining) for the floor
+SOURCE_PROTOCOL=${SOURCE_PROTOCOL:-paper}  # sources: paper = every image, 90/10 train/val (Section 5.2); held-out-test = + a test split
 STRATEGIES=${STRATEGIES:-full}      # fine-tuning strategies, a set of arms each: full, partial, linear (finetune_target.py --strategy)
 read -ra SEED_LIST <<< "$SEEDS"
 read -ra FRACTION_LIST <<< "$TRAIN_FRACTIONS"
@@ -149,6 +153,8 @@ for strategy in "${STRATEGY_LIST[@]}"; do
   [[ " full partial linear " == *" $strategy "* ]] || fail "STRATEGIES: unknown strategy '$strategy' (full partial linear)"
 done
 (( ${#ARM_LIST[@]} && ${#STRATEGY_LIST[@]} )) || fail "ARMS and STRATEGIES must not be empty"
+[[ "$SOURCE_PROTOCOL" == paper || "$SOURCE_PROTOCOL" == held-out-test ]] \
+  || fail "SOURCE_PROTOCOL=$SOURCE_PROTOCOL: choose paper or held-out-test"
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail "JOBS=$JOBS is not a whole number >= 1"
 [[ -z "$THREADS" || "$THREADS" =~ ^[1-9][0-9]*$ ]] || fail "THREADS=$THREADS is not a whole number >= 1"
 for gpu in "${GPU_LIST[@]}"; do [[ "$gpu" =~ ^[0-9]+$ ]] || fail "GPUS: '$gpu' is not a GPU index"; done
@@ -168,7 +174,7 @@ echo "pid $$ on $(hostname) since $(date -Iseconds)" > "$OUT/.study.lock"
 # change speed only.
 SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
 SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE split_seed=$SPLIT_SEED"
-SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed}"
+SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed} source_protocol=$SOURCE_PROTOCOL"
 SETTINGS_FILE="$OUT/study_settings.txt"
 if [[ "$FORCE" != 1 && -f "$SETTINGS_FILE" && "$(cat "$SETTINGS_FILE")" != "$SETTINGS" ]]; then
   fail "$OUT holds a study with other settings (was: $(cat "$SETTINGS_FILE"); now: $SETTINGS)." \
@@ -198,6 +204,28 @@ else
 fi
 INITS=(RI); [[ $HAVE_IN == 1 ]] && INITS=(RI IN)
 
+# What this study is, for plot_results.py's report (OUT/study.json, rewritten on every run): the data
+# (demo or the DATA folder), whether ImageNet weights were found and why not, and the settings.
+"$PYTHON" - "$OUT/study.json" "${DATA_GIVEN:-demo}" "$DEMO_SCALE" "$HAVE_IN" "${WEIGHTS:-}" "$OUT/imagenet_weights.log" \
+  "$IMAGE_SIZE" "$EPOCHS_PRETRAIN" "$EPOCHS_FINETUNE" "$BATCH_SIZE" "$SEEDS" "$SPLIT_SEED" "${PRETRAIN_SEED:-}" \
+  "$TRAIN_FRACTIONS" "${TARGETS[*]}" "$SOURCE_PROTOCOL" "$ARMS" "$STRATEGIES" <<'PY'
+import json, re, sys
+from pathlib import Path
+from kit import files
+(path, data, scale, have_in, weights, log, size, ep_pre, ep_ft, batch, seeds, split_seed, pretrain_seed,
+ fractions, targets, protocol, arms, strategies) = sys.argv[1:]
+reason = [line for line in Path(log).read_text().splitlines() if line.strip()] if Path(log).is_file() else []
+files.write_text_atomic(path, json.dumps({
+    "data": data, "demo": data == "demo", "demo_scale": float(scale) if data == "demo" else None,
+    "imagenet_weights": weights or None, "imagenet_found": have_in == "1",
+    "imagenet_missing_reason": None if have_in == "1" else re.sub(r"^[\w.]+: ", "", reason[-1] if reason else "not found"),
+    "image_size": int(size), "epochs_pretrain": int(ep_pre), "epochs_finetune": int(ep_ft), "batch_size": int(batch),
+    "seeds": [int(s) for s in seeds.split()], "split_seed": int(split_seed),
+    "pretrain_seed": int(pretrain_seed) if pretrain_seed else None,
+    "train_fractions": [float(f) for f in fractions.split()], "targets": targets.split(),
+    "source_protocol": protocol, "arms": arms.split(), "strategies": strategies.split()}, indent=2) + "\n")
+PY
+
 # --------------------------------------------------------------------------- the stages
 # Each stage skips itself when done: done_already OUTPUT [INPUT...] is true when OUTPUT exists and
 # neither an INPUT (a re-run pretraining redoes the arms built on it) nor the study's settings file
@@ -221,12 +249,16 @@ demo_data() {
   "$PYTHON" tools/make_demo_data.py --out "$DATA" --seed "$SPLIT_SEED" --scale "$DEMO_SCALE" --overwrite
 }
 
+# Sources: SOURCE_PROTOCOL (the paper's: every image, 90/10 train/val, no test split); targets:
+# patient-level train/val/test (prepare_data.py --protocol held-out-test, their only protocol).
 manifest() {  # manifest KEY [folder PATH DOMAIN | manifest PATH]: a paper dataset from DATA, or your own target
-  local key=$1 kind=${2:-} path=${3:-} domain=${4:-}
+  local key=$1 kind=${2:-} path=${3:-} domain=${4:-} protocol=held-out-test
   if done_already "$OUT/manifests/$key.csv" ${path:+"$path"}; then say "manifest $key: exists, skipped"; return; fi
   say "manifest $key${path:+ from $path}"
   case "$kind" in
-    "") "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SPLIT_SEED" ;;
+    "") [[ " ${SOURCES[*]} " == *" $key "* ]] && protocol=$SOURCE_PROTOCOL
+        "$PYTHON" prepare_data.py --dataset "$key" --root "$DATA/$key" --out "$OUT/manifests" --seed "$SPLIT_SEED" \
+          --protocol "$protocol" ;;
     folder) "$PYTHON" prepare_data.py --dataset folder --root "$path" --domain "$domain" --name "$key" \
               --out "$OUT/manifests" --seed "$SPLIT_SEED" ;;
     manifest) "$PYTHON" -c 'import sys; from kit import manifests; manifests.adopt(*sys.argv[1:])' \
@@ -335,6 +367,7 @@ run_job() {  # run_job ID GPU_NEED STAGE ARGS...: called by the job's script (OU
 rm -rf "$JOB_DIR"
 mkdir -p "$JOB_DIR/logs"
 { declare -p OUT DATA REPO PYTHON LAUNCH FINETUNE_LAUNCH JOBS THREADS GPU_LIST SETTINGS_FILE SPLIT_SEED DEMO_SCALE \
+             SOURCES SOURCE_PROTOCOL \
              IMAGE_SIZE EPOCHS_PRETRAIN EPOCHS_FINETUNE DEVICE WORKERS TRAIN_FLAGS IMAGENET_FLAGS WEIGHTS JOB_DIR
   declare -f say done_already resume_flag init_flag demo_data manifest preprocessing_cache pretrain finetune \
              evaluate report job_cores take_gpus run_job

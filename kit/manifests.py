@@ -7,8 +7,9 @@ reads it back with ``load_manifest`` (or ``aggregate_manifests`` for the paper's
 set, Section 5.2.3).
 
 ``make_splits`` adds the ``split`` column (patient-level, stratified, seeded, an official split
-respected); ``cap_per_class`` thins huge sets for quick runs; ``nested_fraction`` takes the
-nested train subsets of a label-efficiency study.
+respected); ``paper_source_rows`` takes a source's rows as the paper used them (every image, an
+official split dropped: prepare_data.py --protocol paper); ``cap_per_class`` thins huge sets for
+quick runs; ``nested_fraction`` takes the nested train subsets of a label-efficiency study.
 
     from kit.manifests import make_splits, load_manifest
     df = make_splits(df, val_frac=0.15, test_frac=0.15, seed=0)
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import files
+from .paper import EYEPACS_TEST_GRADES_ADDED
 
 SPLITS = ("train", "val", "test")
 
@@ -236,6 +238,35 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
     return out[first + [c for c in out.columns if c not in first]]
 
 
+# --------------------------------------------------------------------------- the source protocol
+
+PROTOCOLS = ("paper", "held-out-test")
+
+
+def paper_source_rows(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict]:
+    """The rows the paper pretrains source `key` on (Section 5.2), before its 90/10 split.
+
+    Every image of the download, whatever its official split: ChestX-ray14's test_list.txt
+    images too; for EyePACS the official test set's images of grades 1-4 (the paper adds 14,043)
+    and none of its grade-0 images. The official split is dropped (make_splits then carves val
+    from all rows) and kept for the record as ``shipped_split``. Returns (rows, {"added_from_test":
+    n, "left_out_test": n}), the counts 0 where the download ships no test split."""
+    info = {"added_from_test": 0, "left_out_test": 0}
+    if "official_split" not in df.columns:
+        return df, info
+    shipped = df["official_split"].fillna("").astype(str)
+    keep = np.ones(len(df), dtype=bool)
+    if key == "eyepacs":
+        is_test = (shipped == "test").to_numpy()
+        added = is_test & df["label"].isin(EYEPACS_TEST_GRADES_ADDED).to_numpy()
+        keep = ~is_test | added
+        info = {"added_from_test": int(added.sum()), "left_out_test": int((is_test & ~added).sum())}
+    else:
+        info["added_from_test"] = int((shipped == "test").sum())
+    out = df[keep].drop(columns="official_split").assign(shipped_split=shipped[keep])
+    return out.reset_index(drop=True), info
+
+
 def split_counts(df: pd.DataFrame, classes: list[str], task: str) -> dict[str, dict[str, int]]:
     """{split: {class: number of images}} (multi-label: images carrying the class)."""
     counts = {}
@@ -287,13 +318,14 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"{json_path}: 'classes' must be a non-empty list of names")
 
-    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "label_name")}
+    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "shipped_split",
+                                     "label_name")}
     df = files.read_table(csv_path, dtype=text_columns, keep_default_na=False, na_values=[""])
     label_column = "label" if task == "multiclass" else "labels"
     files.require_columns(df, ("image", label_column, "patient", "split"), csv_path)
     if df.empty:
         raise ValueError(f"{csv_path}: manifest has no rows")
-    for column in ("labels", "official_split", "label_name"):
+    for column in ("labels", "official_split", "shipped_split", "label_name"):
         if column in df.columns:
             df[column] = df[column].fillna("")
     row_number = df.index.to_numpy() + 2

@@ -174,3 +174,41 @@ def split_sizes(runs_dir, target):
         return {s: sum(int(v) for v in counts.get(s, {}).values()) for s in ("train", "val", "test")}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
         return None
+
+
+def read_study(runs_dir):
+    """OUT/study.json as study.sh writes it (data, demo, ImageNet weights found or why not, sizes,
+    epochs, seeds, ...), or None for a folder study.sh did not write."""
+    path = Path(runs_dir) / "study.json"
+    return read_json(path) if path.is_file() else None
+
+
+def source_manifests(runs_dir, keys=("chestxray14", "breakhis", "eyepacs")):
+    """{source key: {"protocol": ..., "sizes": {split: images}}} of the source manifests in OUT/manifests/
+    (images per split from the sidecar's split_images, else counted in the manifest: a multi-label
+    set's class counts are no image counts)."""
+    found = {}
+    for key in keys:
+        path = Path(runs_dir) / "manifests" / f"{key}.json"
+        if not path.is_file() or not path.with_suffix(".csv").is_file():
+            continue
+        meta = read_json(path)
+        sizes = meta.get("split_images")
+        if not isinstance(sizes, dict):
+            sizes = read_csv(path.with_suffix(".csv"))["split"].value_counts().to_dict()
+        found[key] = {"protocol": meta.get("protocol", "held-out-test"),
+                      "sizes": {s: int(sizes.get(s, 0)) for s in ("train", "val", "test")}}
+    return found
+
+
+def run_arguments(runs_dir, runs):
+    """{"fine-tuning": args, "pretraining": args} from the args.json of the first fine-tuning run and of
+    the first pretraining run under OUT/pretrain/ (either left out when absent): the run's settings."""
+    found = {}
+    candidates = (("fine-tuning", [r["dir"] / "args.json" for r in runs]),
+                  ("pretraining", sorted((Path(runs_dir) / "pretrain").glob("*/*/args.json"))))
+    for kind, paths in candidates:
+        path = next((p for p in paths if p.is_file()), None)
+        if path is not None:
+            found[kind] = read_json(path).get("args") or {}
+    return found

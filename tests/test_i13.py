@@ -231,7 +231,7 @@ def test_prepare_data_prints_dropped_repeats_and_lists_contradictions(tmp_path):
                                "4_left,0", "4_right,0", "5_left,1", "5_right,0", "6_left,0", "6_right,3",
                                "7_left,4", "7_right,4", "8_left,0", "8_right,0", "2_left,1", "5_right,2"])
     result = run(["prepare_data.py", "--dataset", "eyepacs", "--root", tmp_path / "ep", "--out", tmp_path / "m",
-                  "--skip-bad", "--val-frac", "0.2", "--test-frac", "0.2"])
+                  "--skip-bad", "--val-frac", "0.2", "--test-frac", "0.2", "--protocol", "held-out-test"])
     assert result.returncode == 0, result.stderr
     assert "dropped 1 row(s) that repeat an image" in result.stdout
     skipped = pd.read_csv(tmp_path / "m" / "eyepacs_skipped.csv")
