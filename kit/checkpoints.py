@@ -122,6 +122,11 @@ def torch_load(path, what):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not magic.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle stream
+        raise CheckpointError(f"{path}: not a readable PyTorch {what} (not a torch.save file: "
+                              f"{'empty' if not magic else 'it starts with ' + repr(magic)})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

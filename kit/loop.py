@@ -256,6 +256,9 @@ def _restore(run: runs.Run, model, optimizer, scheduler, scaler, dist_info: Dist
     scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"]
     set_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
+    if dist_info.is_main_process and checkpoint["best_epoch"] == checkpoint["epoch"]:
+        # last.pt is then also the best epoch's model: write best.pt again, in case a kill came between the two saves
+        save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, run.out_dir / "best.pt")
     log(f"{_name(run.out_dir)}: resuming after epoch {checkpoint['epoch']} from {run.out_dir / 'last.pt'}")
     return {"history": list(checkpoint["history"]), "best_score": checkpoint["best_metric"],
             "best_epoch": checkpoint["best_epoch"], "start_epoch": checkpoint["epoch"] + 1,
