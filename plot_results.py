@@ -101,23 +101,45 @@ def get_args_parser():
 
 
 def main(args):
+    from kit import files, results
+    from kit.report import strategies_section
+
+    # --- discover runs and read the curves; what study.sh ran (study.json), when it wrote this folder
+    runs = results.discover_runs(args.runs)
+    results.attach_evals(args.runs, runs)
+    study = results.read_study(args.runs)
+
+    # --- one analysis per fine-tuning strategy: the first (full, where it was run) into OUT, every other
+    # into OUT/strategies/<strategy>/; the first report then shows them side by side
+    by_strategy = {}
+    for run in runs:
+        by_strategy.setdefault(run["strategy"], []).append(run)
+    order = [s for s in results.STRATEGY_ORDER if s in by_strategy] + sorted(set(by_strategy) - set(results.STRATEGY_ORDER))
+    outs = {s: Path(args.out) if i == 0 else Path(args.out) / "strategies" / s for i, s in enumerate(order)}
+    reports = {s: analyse(args, by_strategy[s], outs[s], study, s, len(order) > 1) for s in order}
+    if len(order) > 1:
+        report = reports[order[0]] + "\n" + strategies_section(
+            {s: (outs[s].relative_to(args.out), Path(outs[s]) / "tables" / "table2.csv") for s in order}, args)
+        files.write_text_atomic(outs[order[0]] / "report.md", report)
+
+
+def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
+    """Tables, figures and report.md of the runs of one fine-tuning strategy, into `out`; returns
+    the report's text."""
     import pandas as pd
 
     from kit import claims, figures, files, results, tables
     from kit.paper import ARMS, fraction_label, paper_sorted, target_title
     from kit.report import epoch_note, report_markdown, table2_markdown
 
-    # --- discover runs and read the curves; what study.sh ran (study.json), when it wrote this folder
-    runs = results.discover_runs(args.runs)
-    results.attach_evals(args.runs, runs)
-    study = results.read_study(args.runs)
     targets = list(dict.fromkeys(r["target"] for r in runs))
     metrics = {t: (results.headline_metric(t, [r["dir"] for r in runs if r["target"] == t]) if args.metric == "auto"
                    else args.metric) for t in targets}
     for run in runs:
         run["curves"] = results.read_curves(run["dir"] / "metrics.csv", metrics[run["target"]])
-    extra_arms = sorted({r["arm"] for r in runs} - set(ARMS))
-    table_arms = ARMS + extra_arms  # every target lists every arm; arms without a run show n/a
+    extra_arms = sorted({r["arm"] for r in runs} - set(ARMS) - {"RI"})
+    # every target lists every arm (the random-init floor RI first, where it was run); arms without a run show n/a
+    table_arms = ["RI"] * any(r["arm"] == "RI" for r in runs) + ARMS + extra_arms
     main_fraction = {t: max(r["fraction"] for r in runs if r["target"] == t) for t in targets}
     seeds = sorted({r["seed"] for r in runs})
     fractions = sorted({r["fraction"] for r in runs})
@@ -155,7 +177,7 @@ def main(args):
                                         missing_reason)
 
     # --- write the tables
-    tables_dir = Path(args.out) / "tables"
+    tables_dir = out / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     written = {"runs.csv": runs_table, "table2.csv": table, "convergence.csv": convergence, "claims.csv": verdicts,
                "paper_vs_run.csv": comparison, "rankings.csv": rankings}
@@ -170,7 +192,7 @@ def main(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    figures_dir = Path(args.out) / "figures"
+    figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     n_seeds = int(table["n_seeds"].max())
     curves = {}
@@ -212,16 +234,18 @@ def main(args):
         summary=summary, sizes=sizes, metrics=metrics, settings=settings, args=args, figures=written_figures,
         claims=verdicts, comparison=comparison, rankings=rankings, answers=answers, study=study, runs_arms=runs_arms,
         seeds=seeds, sources=results.source_manifests(args.runs), run_args=results.run_arguments(args.runs, runs),
-        missing_reason=missing_reason, pairing_notes=list(dict.fromkeys(pairing_notes)))
-    files.write_text_atomic(Path(args.out) / "report.md", report)
+        missing_reason=missing_reason, pairing_notes=list(dict.fromkeys(pairing_notes)),
+        domains={t: results.target_domain(args.runs, t) for t in targets}, strategy=strategy if several else None)
+    files.write_text_atomic(out / "report.md", report)
 
-    print(f"wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures in "
-          f"{figures_dir} and {Path(args.out) / 'report.md'}")
+    print(f"{strategy}: wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures "
+          f"in {figures_dir} and {out / 'report.md'}")
     print()
     for target in targets:
         print(answers[target])
     print()
     print(verdicts[["claim", "dataset", "verdict"]].to_string(index=False))
+    return report
 
 
 if __name__ == "__main__":

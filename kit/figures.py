@@ -12,6 +12,7 @@ from .paper import ARMS, CURVE_SPLITS, arm_legend_label, fraction_label, metric_
 
 # Fixed colour and marker per arm, so an arm looks the same in every figure.
 ARM_STYLES = {
+    "RI": ("tab:gray", "x"),
     "IN": ("tab:blue", "o"),
     "Domain_RI": ("tab:orange", "s"),
     "Domain_IN": ("tab:green", "^"),

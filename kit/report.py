@@ -3,6 +3,7 @@ the study's tables and figures together. report.md opens with what was run and w
 why), then the answer per target and the paper's claims with their verdicts (kit/claims.py).
 """
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -101,9 +102,13 @@ def epoch_note(target, epochs, sizes):
 
 # --------------------------------------------------------------------------- report.md sections
 
-def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason, claims_checkpoint):
+def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason, claims_checkpoint, domains=None,
+                 strategy=None):
     """The top of report.md: the data, the arms run and not run and why, the seeds and sizes."""
     lines = ["## What was run", ""]
+    if strategy:
+        lines.append(f"- Fine-tuning strategy: **{STRATEGY_WORDS.get(strategy, strategy)}** "
+                     f"(finetune_target.py --strategy {strategy}).")
     if study is None:
         lines.append("- **Data: unknown** (no study.json in this folder: it was not written by study.sh); check "
                      "whether the runs used real data before reading anything into the numbers.")
@@ -113,7 +118,9 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
                      "pipeline runs; they mean nothing about medicine or about the paper's question.")
     else:
         lines.append(f"- Data: the downloads in `{study['data']}`.")
-    run_everywhere = [a for a in ARMS if all(a in runs_arms.get(t, set()) for t in targets)]
+    others = [t for t in targets if (domains or {}).get(t) == "other"]
+    run_everywhere = [a for a in ARMS if all(a in runs_arms.get(t, set()) for t in targets
+                                             if not (t in others and a.startswith("Domain_")))]
     absent = [a for a in ARMS if a not in run_everywhere]
     lines.append(f"- Targets: {', '.join(target_title(t) for t in targets)}; arms run: "
                  f"{', '.join(run_everywhere) or 'none on every target'}.")
@@ -121,6 +128,10 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
     if skipped:
         lines.append(f"- Targets not run: {', '.join(target_title(t) for t in skipped)} (study.sh TARGETS); their "
                      "claims read \"not tested\".")
+    for target in others:
+        lines.append(f"- {target_title(target)} is of domain *other*: no source dataset of its area was pretrained, so "
+                     f"it has no Domain_RI or Domain_IN arm; RI (random init, no pretraining) is the floor its "
+                     f"transfers are measured against.")
     if absent:
         why = f": {missing_reason}" if missing_reason else ""
         lines.append(f"- **Not run: {', '.join(absent)}**{why}. Their cells read n/a and every claim that needs them "
@@ -287,14 +298,48 @@ def settings_section(run_args):
     return lines + ["", "Nothing marked \"kit\" is the paper's setting; docs/settings.md explains each choice.", ""]
 
 
+STRATEGY_WORDS = {"full": "full fine-tuning (every layer trains)",
+                  "partial": "partial fine-tuning (the last dense block and the head train)",
+                  "linear": "linear probe (the head alone trains; the backbone and its BatchNorm statistics frozen)"}
+
+
+def strategies_section(outputs, args):
+    """The strategies side by side: every target and arm's test value (claims checkpoint, mean [CI]) under
+    each strategy, with links to each strategy's own report, Table 2 and forest plot.
+    `outputs`: {strategy: (folder relative to OUT, its tables/table2.csv)}."""
+    prefix = "test_last" if args.claims_checkpoint == "last" else "test"
+    tables = {s: pd.read_csv(path) for s, (_, path) in outputs.items() if Path(path).is_file()}
+    lines = ["## Fine-tuning strategies side by side", "",
+             f"Test split, {'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, mean "
+             f"[{100 * args.ci:g} % CI] in %: the same targets, arms and seeds under each strategy.", ""]
+    first = next(iter(tables.values()))
+    rows = []
+    for row in first[["target", "arm", "metric"]].itertuples(index=False):
+        cells = []
+        for table in tables.values():
+            found = table[(table["target"] == row.target) & (table["arm"] == row.arm)]
+            value = found.iloc[0] if len(found) else {}
+            cells.append(fmt_mean(value.get(prefix, math.nan), low=value.get(f"{prefix}_ci_low", math.nan),
+                                  high=value.get(f"{prefix}_ci_high", math.nan)))
+        if any(cell != "n/a" for cell in cells):
+            rows.append([target_title(row.target), row.arm, metric_label(row.metric), *cells])
+    lines += markdown_table(["Target", "Arm", "Metric", *tables], rows) + [""]
+    for strategy, (folder, _) in outputs.items():
+        base = "" if str(folder) == "." else f"{folder}/"
+        lines.append(f"- {strategy}: {STRATEGY_WORDS.get(strategy, strategy)}: [report]({base}report.md), "
+                     f"[Table 2]({base}tables/table2.md), [forest plot]({base}figures/forest.png)")
+    return "\n".join(lines + [""])
+
+
 def report_markdown(*, table2_md, paired, convergence, summary, sizes, metrics, settings, args, figures,
                     claims, comparison, rankings, answers, study, runs_arms, seeds, sources, run_args,
-                    missing_reason=None, pairing_notes=()):
+                    missing_reason=None, pairing_notes=(), domains=None, strategy=None):
     """OUT/report.md: what was run, the answer per target, the claims, the paper's Table 2 next to this
     run, data, Table 2 with test CIs, all paired comparisons, convergence and stability, settings, figures."""
     targets = list(metrics)
     lines = ["# Domain-aware transfer learning: study report", ""]
-    lines += what_was_run(study, runs_arms, targets, seeds, settings, missing_reason, args.claims_checkpoint)
+    lines += what_was_run(study, runs_arms, targets, seeds, settings, missing_reason, args.claims_checkpoint,
+                          domains, strategy)
     lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "
               f"{'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
               f"{100 * args.ci:g} % CIs, Holm-corrected p)", ""]

@@ -36,16 +36,22 @@ def read_csv(path):
         raise ValueError(f"{path}: cannot read CSV ({err})") from err
 
 
+STRATEGY_ORDER = ("full", "partial", "linear")  # finetune_target.py --strategy; runs without one are "full"
+
+
 def run_settings(run_dir):
-    """(seed, train fraction, manifest content hash or None) of a run: args.json, else the folder name
-    (frac<F>_seed<S>), else (0, 1.0, None)."""
+    """{seed, fraction, strategy, manifest_rows} of a run: from its args.json, else its folder name
+    ([<strategy>_][frac<F>_]seed<S>), else seed 0, fraction 1, full, no manifest hash."""
     recorded = read_json(run_dir / "args.json") if (run_dir / "args.json").is_file() else {}
     args = recorded.get("args") or {}
     seed = re.search(r"seed(\d+)", run_dir.name)
     fraction = re.search(r"frac([0-9.]+)", run_dir.name)
+    strategy = re.match(r"(full|partial|linear)_", run_dir.name)
     data = (recorded.get("meta") or {}).get("data") or {}
-    return (int(args.get("seed", seed.group(1) if seed else 0)),
-            float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)), data.get("manifest_rows"))
+    return {"seed": int(args.get("seed", seed.group(1) if seed else 0)),
+            "fraction": float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)),
+            "strategy": str(args.get("strategy", strategy.group(1) if strategy else "full")),
+            "manifest_rows": data.get("manifest_rows")}
 
 
 def _visible(path: Path, base: Path) -> bool:
@@ -54,20 +60,20 @@ def _visible(path: Path, base: Path) -> bool:
 
 
 def discover_runs(runs_dir):
-    """One dict per OUT/finetune/<target>/<arm>/[...]/metrics.csv: target, arm, seed, fraction, dir, key."""
+    """One dict per OUT/finetune/<target>/<arm>/[...]/metrics.csv: target, arm, seed, fraction, strategy,
+    manifest_rows, dir, key."""
     finetune = Path(runs_dir) / "finetune"
     runs = []
     for csv_path in sorted(finetune.rglob("metrics.csv")):
         rel = csv_path.parent.relative_to(finetune)
         if len(rel.parts) < 2 or not _visible(csv_path, finetune):
             continue
-        seed, fraction, manifest_rows = run_settings(csv_path.parent)
-        runs.append({"target": rel.parts[0], "arm": rel.parts[1], "seed": seed, "fraction": fraction,
-                     "manifest_rows": manifest_rows, "dir": csv_path.parent, "key": rel.as_posix(), "evals": {}})
+        runs.append({"target": rel.parts[0], "arm": rel.parts[1], **run_settings(csv_path.parent),
+                     "dir": csv_path.parent, "key": rel.as_posix(), "evals": {}})
     if not runs:
         raise ValueError(f"no metrics.csv under {finetune}/*/*/ — run finetune_target.py first")
     target_order = paper_sorted({r["target"] for r in runs}, TARGETS)
-    arm_order = paper_sorted({r["arm"] for r in runs}, ARMS)
+    arm_order = paper_sorted({r["arm"] for r in runs}, ["RI", *ARMS])  # the random-init floor first
     return sorted(runs, key=lambda r: (target_order.index(r["target"]), arm_order.index(r["arm"]),
                                        r["fraction"], r["seed"], r["key"]))
 
@@ -212,3 +218,12 @@ def run_arguments(runs_dir, runs):
         if path is not None:
             found[kind] = read_json(path).get("args") or {}
     return found
+
+
+def target_domain(runs_dir, target):
+    """The domain (cxr, hwsi, efi, other) in OUT/manifests/<target>.json, or None."""
+    path = Path(runs_dir) / "manifests" / f"{target}.json"
+    try:
+        return json.loads(path.read_text()).get("domain")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
