@@ -757,11 +757,6 @@ def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_
         index = {c: i for i, c in enumerate(classes)}
         label_kwargs = {"label": [index.get(n, 0) for n in names], "classes": classes}
         counts = {c: int(sum(n == c for n, ok in zip(names, problem) if ok == "")) for c in classes}
-    rare = {c: n for c, n in counts.items() if n < 2}
-    if rare:
-        listing = ", ".join(f"{c!r}: {n}" for c, n in rare.items())
-        raise ValueError(f"{path}: every class needs at least 2 images (one for training, one for validation); "
-                         f"{listing}")
 
     patient = table[patient_col] if patient_col else [os.path.relpath(p, path.parent) if p else "" for p in image]
     if patient_col:
@@ -773,7 +768,12 @@ def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_
               lambda i: f"{split_col!r} is {table[split_col].iloc[i]!r}, not train, val or test")
         official = [_SPLIT_NAMES.get(v, "") for v in split]
     df = _frame(image, patient, official_split=official, origin=origin, problem=problem, skip_bad=skip_bad,
-                **label_kwargs)
+                **label_kwargs)  # bad rows first: they are the likelier cause of a rare class
+    rare = {c: n for c, n in counts.items() if n < 2}
+    if rare:
+        listing = ", ".join(f"{c!r}: {n}" for c, n in rare.items())
+        raise ValueError(f"{path}: every class needs at least 2 images (one for training, one for validation); "
+                         f"{listing}")
     df.attrs["classes"] = classes
     df.attrs["patients_from"] = f"column {patient_col!r}" if patient_col else "each image its own patient"
     return df
