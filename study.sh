@@ -8,6 +8,7 @@
 #   DATA=/data/study SEEDS="0 1 2" TRAIN_FRACTIONS="0.05 0.1 0.25 1" bash study.sh   # + label efficiency
 #   DATA=/data/study JOBS=8 GPUS="0 1 2 3 4 5 6 7" bash study.sh                       # one GPU per run, 8 at once
 #   LAUNCH="torchrun --nproc_per_node=8" DATA=/data/study bash study.sh              # every run on 8 GPUs
+#   JOBS=32 JOB_LAUNCHER="srun --ntasks=1 --gpus-per-task=1 --exclusive" DATA=... bash study.sh   # in a SLURM allocation
 #   IMAGENET_WEIGHTS=~/densenet121-a639ec97.pth bash study.sh
 #
 # Stages: demo data -> manifests -> 8 pretrained models per seed -> 25 fine-tuned arms per seed and
@@ -73,6 +74,7 @@ DEVICE=${DEVICE:-auto}              # auto | cpu | cuda
 JOBS=${JOBS:-1}                     # runs at once; on the CPU the cores are split among them
 THREADS=${THREADS:-}                # CPU threads per job; unset: the cores / JOBS (the numbers depend on it on a CPU)
 GPUS=${GPUS:-}                      # GPU ids to share among the jobs, e.g. "0 1 2 3": one GPU per job
+JOB_LAUNCHER=${JOB_LAUNCHER:-}      # a prefix for every job, e.g. "srun --ntasks=1 --gpus-per-task=1 --exclusive" (SLURM)
 SEEDS=${SEEDS:-${SEED:-0}}          # training seeds (init, augmentation, data order), e.g. "0 1 2"; SEED = one seed
 SPLIT_SEED=${SPLIT_SEED:-0}         # fixes the demo data and the train/val/test splits (same for every seed)
 PRETRAIN_SEED=${PRETRAIN_SEED:-}    # unset: pretrain per seed; S: pretrain once with seed S for all seeds
@@ -381,7 +383,8 @@ job() {
     printf 'source %q\ncd %q\n' "$JOB_DIR/lib.sh" "$REPO"
     printf 'run_job %q %q' "$id" "$need"; printf ' %q' "$@"; printf '\n'
   } > "$JOB_DIR/$id.sh"
-  printf '%s: %s\n\t@bash %s\n' "$id" "$after" "$(printf '%q' "$JOB_DIR/$id.sh" | sed 's/\$/$$/g')" >> "$JOB_DIR/Makefile"
+  printf '%s: %s\n\t@%s bash %s\n' "$id" "$after" "$JOB_LAUNCHER" "$(printf '%q' "$JOB_DIR/$id.sh" | sed 's/\$/$$/g')" \
+    >> "$JOB_DIR/Makefile"
   ALL+=("$id")
 }
 gpu_need() { [[ $1 == *torchrun* ]] && echo all || echo one; }
