@@ -7,7 +7,9 @@ selection. Writes, per checkpoint:
     predictions.csv   image, patient, split, target, pred, prob_<class>... (one row per image)
     metrics.csv       one row: split, checkpoint, epoch, loss, then per metric <m>, <m>_ci_low,
                       <m>_ci_high (fractions), then n, n_patients, bootstrap, ci_level, bootstrap_seed
-    per_class.csv     class, precision, recall, f1, support (decision: argmax; multi-label p >= 0.5)
+    per_class.csv     class, precision, recall, f1, support, note (decision: argmax; multi-label p >= 0.5);
+                      a 0/0 value (precision of a class never predicted, recall of a class absent from
+                      the split) is left empty and the note says why
     confusion.csv     true, <predicted class>... counts, rows = true class (multi-class only)
     confusion.png     the same as a figure, counts and row-normalised % (multi-class only)
 
@@ -26,6 +28,7 @@ Many in one process (how study.sh runs it): outputs go to OUT/<checkpoint path r
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,34 +154,72 @@ def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df
            "bootstrap_seed": args.seed}
     onehot_targets = np.eye(len(classes), dtype=bool)[targets] if multiclass else targets.astype(bool)
     decisions = np.eye(len(classes), dtype=bool)[probs.argmax(axis=1)] if multiclass else probs >= 0.5
-    per_class = [{"class": name, **values}
-                 for name, values in zip(classes, metrics.per_class_report(onehot_targets, decisions))]
+    per_class = metrics.per_class_rows(classes, onehot_targets, decisions)  # 0/0 left empty, with a note
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files.write_csv(predictions.to_dict("records"), out_dir / "predictions.csv", list(predictions.columns))
-    files.write_csv(per_class, out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support"])
+    files.write_csv(per_class, out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support", "note"])
     if multiclass:
         confusion = metrics.confusion_matrix(targets, probs.argmax(axis=1), len(classes))
         files.write_csv([{"true": name, **dict(zip(classes, counts.tolist()))}
                          for name, counts in zip(classes, confusion)], out_dir / "confusion.csv", ["true", *classes])
         plot_confusion(confusion, classes, f"{meta['key']} {args.split} — {'/'.join(path.resolve().parts[-3:])} "
                        f"(n = {len(df)})", out_dir / "confusion.png")
-    files.write_csv([row], out_dir / "metrics.csv", list(row))  # last: its presence means 'done'
+    files.write_csv([row], out_dir / "metrics.csv", list(row))
     return row
+
+
+def check_data(path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame, manifest_rows: str, data_meta: dict,
+               args) -> str | None:
+    """Refuse a test split that shares images or patients with what the checkpoint was trained or
+    selected on (its train and val rows); a manifest other than the training one is allowed when
+    it shares none, with a note (returned). Checkpoints that keep no record get a note too."""
+    from kit import runs
+
+    trained_with = (meta.get("data") or {}).get("manifest_rows")
+    if trained_with == manifest_rows:
+        return None
+    if args.split != "test":
+        return f"note: {args.manifest[0]} is not the manifest {path} was trained with"
+    overlap = runs.training_overlap(checkpoint, df, data_meta["key"])
+    if overlap is None:
+        return (f"note: {path} keeps no record of its training images (an older checkpoint); not checked whether "
+                f"the {args.split} split of {args.manifest[0]} overlaps them")
+    images, patients = overlap
+    if images or patients:
+        raise ValueError(f"{args.manifest[0]}: {images} of the {len(df)} test images and {patients} test patients "
+                         f"were used to train or select {path} (this manifest holds another split than the one it "
+                         f"was trained with: was prepare_data.py re-run?); evaluate it on its own manifest")
+    return (f"note: {args.manifest[0]} is not the manifest {path} was trained with; its test split shares no image "
+            f"and no patient with the training data")
+
+
+def publish(tmp_dir: Path, out_dir: Path) -> None:
+    """Put a finished evaluation folder in place in one rename: readers see the old folder or the
+    new one, never a mix (folders whose name starts with '.' are ignored by plot_results.py)."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, loop, losses, manifests, models, runtime
+    from kit import data, locks, loop, losses, manifests, models, runtime
 
     runtime.seed_everything(args.seed)
     device = runtime.resolve_device(args.device)
     checkpoints = [Path(p) for p in args.checkpoint]
-    out_dirs = output_dirs(checkpoints, Path(args.out), args.relative_to)
+    out_root = Path(args.out)
+    out_dirs = output_dirs(checkpoints, out_root, args.relative_to)
+    # one writer per output folder; this also fails at once, before any inference, where it cannot write
+    locks.hold(out_root.parent / f".{out_root.name}.lock", what=f"evaluation folder {out_root}")
 
     # --- data: the split to evaluate
     df, data_meta = manifests.load_manifests(args.manifest)
+    manifest_rows = manifests.rows_hash(df)
     df = df[df["split"] == args.split].reset_index(drop=True)
     if df.empty:
         raise ValueError(f"{args.manifest[0]}: the {args.split} split is empty")
@@ -189,6 +230,9 @@ def main(args):
         if list(meta["classes"]) != list(data_meta["classes"]):
             raise ValueError(f"{path}: the checkpoint's classes {meta['classes']} differ from the manifest's "
                              f"{data_meta['classes']}; evaluate it on the manifest it was trained on")
+        note = check_data(path, checkpoint, meta, df, manifest_rows, data_meta, args)
+        if note:
+            print(note)
         model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
         dataset = data.ImageDataset(df, task=meta["task"], classes=meta["classes"], image_size=meta["image_size"],
                                     train=False, domain=meta["domain"],
@@ -197,10 +241,13 @@ def main(args):
                                   seed=args.seed, device=device)
         criterion = losses.make_criterion(meta["task"], meta.get("loss_weights")).to(device)
 
-        # --- predict, then the files with CIs over patients
+        # --- predict, then the files with CIs over patients, all put in place at once
         loss, probs, targets = loop.predict(model, loader, criterion, device, task=meta["task"], amp=args.amp,
                                             channels_last=args.channels_last, desc=f"eval {path.parent.name}")
-        row = write_evaluation(out_dir, path, checkpoint, meta, df, loss, probs, targets, args)
+        tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        row = write_evaluation(tmp_dir, path, checkpoint, meta, df, loss, probs, targets, args)
+        publish(tmp_dir, out_dir)
         headline = meta["headline_metric"]
         print(f"{path}: {args.split} n={len(df)} ({row['n_patients']} patients) loss {loss:.4f} {headline} "
               f"{row[headline]:.4f} [{row[f'{headline}_ci_low']:.4f}, {row[f'{headline}_ci_high']:.4f}] -> {out_dir}")

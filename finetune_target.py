@@ -21,8 +21,9 @@ Eight GPUs (the same file; --batch-size is per process):
         --out OUT/finetune/messidor/IN/seed0 --batch-size 32 --lr 8e-4
 A killed run continues from OUT/.../last.pt when the same command is run again (--no-resume starts over).
 
-The recipe is main() below, top to bottom: data, model, loss, optimizer, schedule, then the
-shared loop. To train with SGD or a frozen backbone, edit the lines marked there.
+The recipe is main() below, top to bottom: data, model, loss, what trains (--strategy: full,
+partial, linear), optimizer, schedule, then the shared loop. To train with SGD, edit the optimizer
+line as its comment says.
 """
 import argparse
 
@@ -46,6 +47,9 @@ def get_args_parser():
                             "cache, else a download)")
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
+    model.add_argument("--strategy", type=str, default="full", choices=["full", "partial", "linear"],
+                       help="what trains: full = every layer; partial = the last dense block and the head; linear = "
+                            "the head alone (the backbone and its BatchNorm statistics frozen: a linear probe)")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
     optim.add_argument("--batch-size", type=cli.positive_int, default=32,
@@ -80,8 +84,7 @@ def main(args):
 
     # --- data: the target manifest (every arm of a target reads the same one), its train/val splits
     df, data_meta = manifests.load_manifest(args.manifest)
-    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
-    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
+    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
     if args.train_fraction < 1:  # label efficiency: fewer training patients, the same val and test
         df = manifests.nested_fraction(df, args.train_fraction, seed=args.seed)
         runtime.log(f"--train-fraction {args.train_fraction}: {(df['split'] == 'train').sum()} train images")
@@ -97,9 +100,11 @@ def main(args):
     class_weights = losses.class_weights(args.class_weights, data_meta, train_loader.dataset.targets)
     criterion = losses.make_criterion(data_meta["task"], class_weights)
 
-    # --- optimizer: AdamW over every parameter. SGD instead: torch.optim.SGD(params, lr=args.lr, momentum=0.9).
-    # A frozen backbone: params = model.head.parameters() and model.features.requires_grad_(False)
-    params = model.parameters()
+    # --- what trains: --strategy full (every layer), partial (the last dense block and the head) or linear (the
+    # head alone); a frozen part keeps its weights and its BatchNorm statistics
+    params = models.freeze(model, args.strategy)
+
+    # --- optimizer: AdamW over what trains. SGD instead: torch.optim.SGD(params, lr=args.lr, momentum=0.9)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, **loop.fast_kernels(device))
 
     # --- schedule: linear warm-up for --warmup-epochs, then cosine decay to 0, stepped every step
@@ -107,10 +112,10 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * len(train_loader))
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, init_description=init_description, loss_weights=class_weights,
+    meta = runs.run_meta(data_meta, args, run, init_description=init_description, loss_weights=class_weights,
                          skipped_images=n_skipped)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
+             meta=meta, run=run, args=args)
 
 
 if __name__ == "__main__":

@@ -8,44 +8,57 @@ args.train_fraction; else from a folder name like frac0.1_seed2; else seed 0, fr
   OUT/finetune/<target>/<arm>/<run>/args.json     seed, train fraction, `meta.headline_metric`
   OUT/eval/**/metrics.csv, predictions.csv         test results of each run's best.pt / last.pt
                                                   (evaluate.py; matched to runs by their checkpoint path)
-  OUT/manifests/<target>.json                     split sizes (optional)
+  OUT/manifests/<key>.json                        split sizes of targets and sources (optional)
+  OUT/study.json                                  what study.sh ran: data (demo or a path), ImageNet weights
+                                                  found or why not, sizes, epochs, seeds (optional)
 and writes (values in %, differences in percentage points):
+  OUT/report.md                         what was run and what was not (and why), the answer per target, the
+                                        paper's claims with verdicts, the paper's Table 2 next to this run,
+                                        data, Table 2, all paired comparisons, convergence and stability,
+                                        the settings (the paper's and the kit's), links to figures and tables
   OUT/figures/<target>.png              training | validation headline metric vs epoch, arms overlaid
                                         (mean over seeds, band = +-1 sd across seeds)
   OUT/figures/<target>_loss.png         the same for the loss (--loss-plots, on by default)
   OUT/figures/learning_curves.png       all targets in one grid (rows = targets, cols = train/val)
-  OUT/figures/forest.png                paired arm differences on the test split with 95 % CIs
+  OUT/figures/forest.png                paired arm differences on the test split with CIs (claims checkpoint)
   OUT/figures/label_efficiency.png      test metric vs train fraction, per arm (with > 1 fraction)
+  OUT/tables/claims.csv                 claim, target, dataset, title, quote, better, worse, paper_table,
+                                        evidence, verdict (kit/claims.py)
+  OUT/tables/paper_vs_run.csv           target, arm, metric, paper_train, paper_val, train, train_sd, val,
+                                        val_sd, val_minus_paper, checkpoint, test, test_sd, test_ci_low,
+                                        test_ci_high, n_seeds
+  OUT/tables/rankings.csv               target, paper_val, val, test (arms best first)
   OUT/tables/runs.csv                   one row per run: target, arm, train_fraction, seed, metric, epoch,
-                                        train, val, best_val, best_epoch, epochs_to_95, val_auc,
-                                        test_best, test_best_ci_low, test_best_ci_high, test_last,
-                                        test_last_ci_low, test_last_ci_high, n_test, run
+                                        train, val, best_val, best_epoch, epochs_to_95, val_curve_mean,
+                                        max_drop, tail_sd, train_epochs_to_95, train_late_gain, test_best,
+                                        test_best_ci_low, test_best_ci_high, test_last, test_last_ci_low,
+                                        test_last_ci_high, n_test, run
   OUT/tables/test_summary.csv           target, arm, train_fraction, checkpoint, metric, n_seeds, test,
                                         test_sd, ci_low, ci_high, n_images, n_patients
   OUT/tables/table2.csv                 target, arm, metric, train, val, epoch, n_seeds, train_sd, val_sd,
                                         test, test_ci_low, test_ci_high, test_sd, test_last,
-                                        test_last_ci_low, test_last_ci_high, test_last_sd, n_test, train_fraction
+                                        test_last_ci_low, test_last_ci_high, test_last_sd, n_test,
+                                        train_fraction, n_test_patients
   OUT/tables/table2.md                  laid out like the paper's Table 2, + held-out test mean [95 % CI]
   OUT/tables/paired.csv                 target, train_fraction, checkpoint, arm, reference, metric, method,
                                         n_seeds, n_images, n_patients, arm_value, reference_value,
-                                        difference, ci_low, ci_high, p_value, difference_sd
-  OUT/tables/convergence.csv            target, arm, train_fraction, metric, n_seeds, best_val, best_val_sd,
-                                        best_epoch, epochs_to_95, epochs_to_95_sd, val_auc, val_auc_sd
-  OUT/report.md                         one page tying the figures and tables together
+                                        difference, ci_low, ci_high, p_value, p_holm, difference_sd
+  OUT/tables/convergence.csv            target, arm, train_fraction, metric, n_seeds, epochs, best_epoch, and
+                                        mean and sd across seeds of best_val, epochs_to_95, val_curve_mean,
+                                        max_drop, tail_sd, train_epochs_to_95, train_late_gain
 
-Statistics (kit/tables.py). Test values are the mean over seeds; "sd" is the standard deviation across seeds
-(the training noise); the 95 % CI is a percentile bootstrap over test *patients* (every image
-of a drawn patient comes along) of that seed-mean, i.e. the test-sampling noise (--bootstrap
-resamples, --seed). Paired comparisons: every arm against each --reference arm (IN and
-Domain_RI; Domain_RI - IN is listed once) on the same test images and seeds: the difference
-(arm - reference, mean over seeds, sd across seeds) of the headline metric with a
-paired patient bootstrap CI and two-sided p-value; for binary targets also DeLong's test of the
-AUROC difference (images as independent, as DeLong assumes; with several seeds on the
-seed-averaged AUROC). Multi-class macro one-vs-rest AUROC has no DeLong variance, so multi-class
-targets get the bootstrap of the headline metric only. Convergence: the first epoch whose
-validation value reaches 95 % of the run's best, and the area under the validation curve
-normalised by the epoch span (the curve's mean height; see metrics.convergence). Table 2, the
-curves, the forest plot and convergence use each target's largest train fraction (normally 1).
+Statistics (kit/tables.py, kit/claims.py). Test values are the mean over seeds; "sd" is the standard
+deviation across seeds (the training noise); the CI is a percentile bootstrap over test *patients*
+(every image of a drawn patient comes along) of that seed-mean, i.e. the test-sampling noise
+(--bootstrap resamples, --seed). Paired comparisons: all pairs of arms (10 for five arms), the later
+arm in paper order minus the earlier, on the same test images and seeds, with a paired patient
+bootstrap CI and two-sided p-value, Holm-adjusted within each target (p_holm); for binary targets also
+DeLong's test of the AUROC difference. Claims: the paper's statements of Section 5.3 as rules on
+those comparisons (at --claims-checkpoint, the last epoch by default, as in the paper's Table 2) and on
+the curves' convergence and stability, each with a verdict: supported, contradicted, inconclusive or
+not tested (kit/claims.py). Curves: the first epoch reaching 95 % of the run's best, the curve's mean
+height, its largest drop between epochs, its sd and gain over the last third. Table 2, the curves, the
+forest plot, convergence and the claims use each target's largest train fraction (normally 1).
 
 Commands to paste:
   # after the CPU demo or the full study (study.sh writes everything under OUT)
@@ -75,8 +88,9 @@ def get_args_parser():
     parser.add_argument("--ci", type=cli.ci_level, default=0.95,
                         help="confidence level of the intervals, in (0, 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-    parser.add_argument("--reference", type=str, nargs="+", default=["IN", "Domain_RI"],
-                        help="arms every other arm is compared with (paired tests, forest plot)")
+    parser.add_argument("--claims-checkpoint", type=str, default="last", choices=["last", "best"],
+                        help="the checkpoint whose test results answer the paper's question and its claims: last "
+                             "(the paper's Table 2 is at the last epoch) or best (best validation epoch)")
     # Output
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder; figures/, tables/ and report.md are written inside it")
@@ -87,29 +101,59 @@ def get_args_parser():
 
 
 def main(args):
-    from kit import figures, files, results, tables
-    from kit.paper import ARMS, fraction_label, paper_sorted, target_title
-    from kit.report import report_markdown, table2_markdown, epoch_note
+    from kit import files, results
+    from kit.report import strategies_section
 
-    # --- discover runs and read the curves
+    # --- discover runs and read the curves; what study.sh ran (study.json), when it wrote this folder
     runs = results.discover_runs(args.runs)
     results.attach_evals(args.runs, runs)
+    study = results.read_study(args.runs)
+
+    # --- one analysis per fine-tuning strategy: the first (full, where it was run) into OUT, every other
+    # into OUT/strategies/<strategy>/; the first report then shows them side by side
+    by_strategy = {}
+    for run in runs:
+        by_strategy.setdefault(run["strategy"], []).append(run)
+    order = [s for s in results.STRATEGY_ORDER if s in by_strategy] + sorted(set(by_strategy) - set(results.STRATEGY_ORDER))
+    outs = {s: Path(args.out) if i == 0 else Path(args.out) / "strategies" / s for i, s in enumerate(order)}
+    reports = {s: analyse(args, by_strategy[s], outs[s], study, s, len(order) > 1) for s in order}
+    if len(order) > 1:
+        report = reports[order[0]] + "\n" + strategies_section(
+            {s: (outs[s].relative_to(args.out), Path(outs[s]) / "tables" / "table2.csv") for s in order}, args)
+        files.write_text_atomic(outs[order[0]] / "report.md", report)
+
+
+def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
+    """Tables, figures and report.md of the runs of one fine-tuning strategy, into `out`; returns
+    the report's text."""
+    import pandas as pd
+
+    from kit import claims, figures, files, results, tables
+    from kit.paper import ARMS, fraction_label, paper_sorted, target_title
+    from kit.report import epoch_note, report_markdown, table2_markdown
+
     targets = list(dict.fromkeys(r["target"] for r in runs))
     metrics = {t: (results.headline_metric(t, [r["dir"] for r in runs if r["target"] == t]) if args.metric == "auto"
                    else args.metric) for t in targets}
     for run in runs:
         run["curves"] = results.read_curves(run["dir"] / "metrics.csv", metrics[run["target"]])
-    extra_arms = sorted({r["arm"] for r in runs} - set(ARMS))
-    table_arms = ARMS + extra_arms  # every target lists every arm; arms without a run show n/a
+    extra_arms = sorted({r["arm"] for r in runs} - set(ARMS) - {"RI"})
+    # every target lists every arm (the random-init floor RI first, where it was run); arms without a run show n/a
+    table_arms = ["RI"] * any(r["arm"] == "RI" for r in runs) + ARMS + extra_arms
     main_fraction = {t: max(r["fraction"] for r in runs if r["target"] == t) for t in targets}
     seeds = sorted({r["seed"] for r in runs})
     fractions = sorted({r["fraction"] for r in runs})
+    runs_arms = {t: {r["arm"] for r in runs if r["target"] == t and r["fraction"] == main_fraction[t]} for t in targets}
+    missing_reason = None
+    if study is not None and not study.get("imagenet_found", True):
+        missing_reason = f"no ImageNet weights ({study.get('imagenet_missing_reason') or 'not found'})"
     print(f"{len(runs)} runs: {', '.join(f'{t} ({metrics[t]})' for t in targets)}; seeds {seeds}; "
           f"train fractions {[fraction_label(f) for f in fractions]}")
 
-    # --- per run, per test group (bootstrap, paired tests), Table 2 and convergence at the largest fraction
+    # --- per run, per test group (bootstrap, all paired tests), Table 2 and convergence at the largest fraction
     runs_table = tables.runs_frame(runs, metrics)
-    summary, paired = tables.test_frames(runs, targets, metrics, args)
+    pairing_notes = []  # why some arms are not compared as paired
+    summary, paired = tables.test_frames(runs, targets, metrics, args, pairing_notes)
     at_main = runs_table[runs_table["train_fraction"] == runs_table["target"].map(main_fraction)]
     sizes = {target: results.split_sizes(args.runs, target) for target in targets}
     notes = {target: epoch_note(target, at_main.loc[at_main["target"] == target, "epoch"].tolist(), sizes[target])
@@ -117,10 +161,26 @@ def main(args):
     table = tables.table2_frame(at_main, summary, table_arms, metrics, main_fraction)
     convergence = tables.convergence_frame(at_main)
 
+    # --- the paper's question and claims, at the claims checkpoint and each target's largest fraction
+    at_claims = paired[(paired["checkpoint"] == args.claims_checkpoint)
+                       & (paired["train_fraction"] == paired["target"].map(main_fraction))]
+    verdicts = claims.verdicts(at_claims, convergence, runs_arms, alpha=1 - args.ci, missing_reason=missing_reason)
+    comparison = tables.paper_vs_run_frame(table, args.claims_checkpoint)
+    rankings = tables.rankings_frame(comparison)
+    prefix = "test" if args.claims_checkpoint == "best" else "test_last"
+    answers = {}
+    for target in targets:
+        rows = table[table["target"] == target].set_index("arm")
+        values = {arm: (rows.at[arm, prefix], rows.at[arm, f"{prefix}_ci_low"], rows.at[arm, f"{prefix}_ci_high"])
+                  for arm in rows.index if pd.notna(rows.at[arm, prefix])}
+        answers[target] = claims.answer(target, at_claims, values, runs_arms[target], 1 - args.ci, metrics[target],
+                                        missing_reason)
+
     # --- write the tables
-    tables_dir = Path(args.out) / "tables"
+    tables_dir = out / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
-    written = {"runs.csv": runs_table, "table2.csv": table, "convergence.csv": convergence}
+    written = {"runs.csv": runs_table, "table2.csv": table, "convergence.csv": convergence, "claims.csv": verdicts,
+               "paper_vs_run.csv": comparison, "rankings.csv": rankings}
     if not summary.empty:
         written |= {"test_summary.csv": summary, "paired.csv": paired}
     for name, frame in written.items():
@@ -132,7 +192,7 @@ def main(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    figures_dir = Path(args.out) / "figures"
+    figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     n_seeds = int(table["n_seeds"].max())
     curves = {}
@@ -145,14 +205,14 @@ def main(args):
     written_figures = [("learning_curves.png", "Learning curves, all targets")]
     for target, arm_curves in curves.items():
         figures.plot_target(target, arm_curves, metrics[target], "value", figures_dir / f"{target}.png", args.dpi,
-                    extra_arms, n_seeds)
+                            extra_arms, n_seeds)
         written_figures.append((f"{target}.png", f"{target_title(target)}: learning curves"))
         if args.loss_plots:
-            figures.plot_target(target, arm_curves, metrics[target], "loss", figures_dir / f"{target}_loss.png", args.dpi,
-                        extra_arms, n_seeds)
+            figures.plot_target(target, arm_curves, metrics[target], "loss", figures_dir / f"{target}_loss.png",
+                                args.dpi, extra_arms, n_seeds)
+            written_figures.append((f"{target}_loss.png", f"{target_title(target)}: loss curves"))
     figures.plot_overview(curves, metrics, figures_dir / "learning_curves.png", args.dpi, extra_arms, n_seeds)
-    forest_rows = paired[(paired["checkpoint"] == "best") & (paired["method"] != "DeLong")
-                         & (paired["train_fraction"] == paired["target"].map(main_fraction))]
+    forest_rows = at_claims[at_claims["method"] != "DeLong"]
     if not forest_rows.empty:
         figures.plot_forest(forest_rows, figures_dir / "forest.png", args.dpi, extra_arms, args.ci)
         written_figures.append(("forest.png", "Paired arm differences on the test split (forest plot)"))
@@ -167,16 +227,25 @@ def main(args):
     settings = (f"Study settings: `{settings_file.read_text().strip()}`. " if settings_file.is_file() else "")
     settings += (f"{len(runs)} fine-tuning runs; seeds {', '.join(map(str, seeds))}; train fractions "
                  f"{', '.join(fraction_label(f) for f in fractions)}. Test values: "
-                 f"{'mean over seeds ± sd across seeds' if len(seeds) > 1 else 'value'} "
+                 f"{'mean over seeds ± sd across seeds' if len(seeds) > 1 else 'one seed'} "
                  f"[{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} resamples].")
-    report = report_markdown(table2_markdown(table, table_arms, notes, args.ci), paired, convergence, summary, sizes,
-                             metrics, main_fraction, settings, args, written_figures)
-    files.write_text_atomic(Path(args.out) / "report.md", report)
+    report = report_markdown(
+        table2_md=table2_markdown(table, table_arms, notes, args.ci), paired=at_claims, convergence=convergence,
+        summary=summary, sizes=sizes, metrics=metrics, settings=settings, args=args, figures=written_figures,
+        claims=verdicts, comparison=comparison, rankings=rankings, answers=answers, study=study, runs_arms=runs_arms,
+        seeds=seeds, sources=results.source_manifests(args.runs), run_args=results.run_arguments(args.runs, runs),
+        missing_reason=missing_reason, pairing_notes=list(dict.fromkeys(pairing_notes)),
+        domains={t: results.target_domain(args.runs, t) for t in targets}, strategy=strategy if several else None)
+    files.write_text_atomic(out / "report.md", report)
 
-    print(f"wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures in "
-          f"{figures_dir} and {Path(args.out) / 'report.md'}")
+    print(f"{strategy}: wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures "
+          f"in {figures_dir} and {out / 'report.md'}")
     print()
-    print(markdown)
+    for target in targets:
+        print(answers[target])
+    print()
+    print(verdicts[["claim", "dataset", "verdict"]].to_string(index=False))
+    return report
 
 
 if __name__ == "__main__":

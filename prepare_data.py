@@ -4,8 +4,19 @@ Reads a data set in the layout it was downloaded in (see kit/readers.py for each
 once (all arms of a target then see the same split) and writes `<out>/<key>.csv` and
 `<out>/<key>.json`, then prints the class x split counts.
 
+Two protocols (--protocol):
+  paper          the sources (chestxray14, breakhis, eyepacs) as the paper used them (Section 5.2):
+                 every image, including ChestX-ray14's official test list and the EyePACS test
+                 images of grades 1-4 (its grade-0 test images are left out), split 90/10
+                 train/val by patient, no test split (no stage evaluates a source model on one);
+                 prints the paper's image count next to what was built. The sources' default.
+  held-out-test  train/val/test by patient (70/15/15), an official test split kept as the test
+                 split. The targets' protocol (and their default); for a source, a test split
+                 that no stage of the study uses.
+
     python prepare_data.py --dataset shenzhen --root OUT/demo_data/shenzhen --out OUT/manifests
-    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests --val-frac 0.1
+    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests
+    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/held_out --protocol held-out-test
     python prepare_data.py --dataset eyepacs --root DATA/eyepacs --out OUT/quick --max-per-class 200 --skip-bad
     python prepare_data.py --dataset folder --root DATA/my_xrays --domain cxr --name my_xrays --out OUT/manifests
 """
@@ -16,7 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit import cli, files, manifests, readers
+from kit import cli, files, locks, manifests, paper, readers
+
+PAPER_SOURCES = tuple(k for k in paper.SOURCE_IMAGES if k != "all")  # chestxray14, breakhis, eyepacs
 
 
 def get_args_parser():
@@ -40,18 +53,43 @@ def get_args_parser():
                         help="quick runs on huge sets: at most about N images per class (whole patients, "
                              "stratified, seeded with --seed), taken before the split; default: all images")
     # Split
-    parser.add_argument("--val-frac", type=float, default=0.15,
+    parser.add_argument("--protocol", type=str, default=None, choices=manifests.PROTOCOLS,
+                        help="paper: a source as the paper used it (every image, 90/10 train/val, no test split; "
+                             "the default for chestxray14, breakhis, eyepacs); held-out-test: train/val/test with "
+                             "an official test split kept (the default, and the only protocol, for targets)")
+    parser.add_argument("--val-frac", type=float, default=None,
                         help="fraction of images for validation, in [0, 1); of the official train rows "
-                             "when the data set ships a test split")
-    parser.add_argument("--test-frac", type=float, default=0.15,
+                             "when the data set ships a test split (default: 0.1 with --protocol paper, else 0.15)")
+    parser.add_argument("--test-frac", type=float, default=None,
                         help="fraction of images for test, in [0, 1); val + test < 1; ignored where "
-                             "the data set ships an official test split")
+                             "the data set ships an official test split (default: 0 with --protocol paper, "
+                             "which allows no other, else 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
-    # Generic folder data sets
-    parser.add_argument("--domain", type=str, default=None, choices=["cxr", "hwsi", "efi"],
-                        help="--dataset folder only: image area, picks the transform chain")
-    parser.add_argument("--name", type=str, default=None,
-                        help="--dataset folder only: manifest key (default: the root folder's name)")
+    # Your own data: --dataset folder (<root>/<class>/[<patient>/]<image>) or csv (a table, --root = the file)
+    own = parser.add_argument_group("your own data (--dataset folder or csv)")
+    own.add_argument("--domain", type=str, default=None, choices=["cxr", "hwsi", "efi", "other"],
+                     help="image area, picks the transform chain (other: colour pictures of another area, e.g. "
+                          "dermatology; in the study such a target gets the IN, All and RI arms)")
+    own.add_argument("--name", type=str, default=None, help="manifest key (default: the root's name without suffix)")
+    own.add_argument("--patient-regex", type=str, default=None,
+                     help="folder: take the patient id from the file name (first group, else the match), e.g. "
+                          "'^(P\\d+)_'; default: a sub-folder below the class folder is the patient")
+    own.add_argument("--image-col", type=str, default="image", help="csv: the column of image paths (relative "
+                                                                     "paths are taken from the table's folder)")
+    own.add_argument("--label-col", type=str, default=None, help="csv: one label per image (class names, or "
+                                                                 "integer grades with --task ordinal)")
+    own.add_argument("--label-cols", type=str, nargs="+", default=None,
+                     help="csv: several 0/1 columns, one per class (--task multilabel)")
+    own.add_argument("--patient-col", type=str, default=None, help="csv: patient ids (default: each image its own)")
+    own.add_argument("--split-col", type=str, default=None,
+                     help="csv: a given split (train/val/test; empty = to be split), respected like an official one")
+    own.add_argument("--task", type=str, default=None, choices=list(readers.TASKS),
+                     help="csv: multiclass, multilabel, or ordinal (grades: headline quadratic kappa, balanced class "
+                          "weights, as for the graded eye data sets); default: multilabel with --label-cols, else "
+                          "multiclass")
+    own.add_argument("--metric", type=str, default=None,
+                     help="csv/folder: the headline metric that selects best.pt and heads Table 2 (default: accuracy; "
+                          "ordinal: qwk; multilabel: auroc)")
     # Preprocessing cache
     parser.add_argument("--cache-size", type=cli.image_size, default=None,
                         help="also build the preprocessing cache (kit/cache.py) for training at this --image-size, "
@@ -62,38 +100,116 @@ def get_args_parser():
     return parser
 
 
+OWN_DATA = ("folder", "csv")
+OWN_OPTIONS = {"folder": ("patient_regex",), "csv": ("image_col", "label_col", "label_cols", "patient_col",
+                                                     "split_col")}
+
+
 def resolve_key_and_domain(args) -> tuple[str, str]:
     spec = readers.DATASETS[args.dataset]
-    if args.dataset != "folder":
+    if args.dataset not in OWN_DATA:
         if args.name is not None:
-            raise ValueError(f"--name applies to --dataset folder only (the key of {args.dataset} is fixed)")
+            raise ValueError(f"--name applies to --dataset folder or csv only (the key of {args.dataset} is fixed)")
         if args.domain is not None and args.domain != spec.domain:
             raise ValueError(f"--domain {args.domain}: {args.dataset} is a {spec.domain} data set")
         return spec.key, spec.domain
     if args.domain is None:
-        raise ValueError("--dataset folder needs --domain cxr|hwsi|efi (it picks the transform chain)")
-    key = args.name or Path(os.path.abspath(args.root)).name
-    if not key or any(c in key for c in "/\\|") or key in readers.DATASETS or key == "all":
+        raise ValueError(f"--dataset {args.dataset} needs --domain cxr|hwsi|efi|other (it picks the transform chain)")
+    key = args.name or Path(os.path.abspath(args.root)).name.split(".")[0]
+    if not key or any(c in key for c in "/\\|=:") or key in readers.DATASETS or key == "all":
         raise ValueError(f"--name {key!r}: use a plain name that is not a built-in dataset key")
     return key, args.domain
+
+
+def task_and_metric(args) -> tuple[str, str, str, bool]:
+    """(manifest task, headline metric, class weights, ordinal) of the data set: fixed for the
+    built-in ones; for a table, from --task (and --label-cols) and --metric."""
+    spec = readers.DATASETS[args.dataset]
+    if args.dataset not in OWN_DATA and (args.task or args.metric):
+        raise ValueError(f"--task and --metric apply to --dataset folder or csv only ({args.dataset}: {spec.task}, "
+                         f"{spec.headline_metric})")
+    if args.dataset != "csv" and args.task is not None:
+        raise ValueError("--task applies to --dataset csv only (a folder of class folders is multiclass)")
+    task = args.task or ("multilabel" if args.label_cols else spec.task)
+    defaults = {"multiclass": (spec.headline_metric, spec.class_weights), "multilabel": ("auroc", "none"),
+                "ordinal": ("qwk", "balanced")}
+    metric, weights = defaults[task]
+    manifest_task = "multilabel" if task == "multilabel" else "multiclass"
+    if args.metric is None:
+        return manifest_task, metric, weights, task == "ordinal"
+    from kit.metrics import metric_names  # scipy: only here, not for --help
+
+    if args.metric is not None and args.metric not in metric_names(manifest_task):
+        raise ValueError(f"--metric {args.metric!r}: a {task} task has {', '.join(metric_names(manifest_task))}")
+    return manifest_task, args.metric or metric, weights, task == "ordinal"
+
+
+def resolve_protocol(args) -> None:
+    """Fill in --protocol, --val-frac and --test-frac from the data set (sources: the paper's
+    protocol) and refuse the combinations that contradict it."""
+    if args.protocol is None:
+        args.protocol = "paper" if args.dataset in PAPER_SOURCES else "held-out-test"
+    if args.protocol == "paper":
+        if args.dataset not in PAPER_SOURCES:
+            raise ValueError(f"--protocol paper: the paper's source protocol applies to {', '.join(PAPER_SOURCES)}; "
+                             f"a target keeps its train/val/test split (--protocol held-out-test)")
+        if args.test_frac:
+            raise ValueError(f"--test-frac {args.test_frac} with --protocol paper: the paper's sources have no test "
+                             f"split; use --protocol held-out-test for one")
+        args.test_frac = 0.0
+        args.val_frac = paper.SOURCE_VAL_FRAC if args.val_frac is None else args.val_frac
+    else:
+        args.val_frac = 0.15 if args.val_frac is None else args.val_frac
+        args.test_frac = 0.15 if args.test_frac is None else args.test_frac
+
+
+def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
+    """A split a later stage needs must not come out empty: training needs >= 2 train and >= 2 val
+    images (BatchNorm cannot normalise a batch of one), evaluate.py a test split when one was asked
+    for (--test-frac > 0 or an official test split). The paper's protocol has no test split by design."""
+    counts = df["split"].value_counts()
+    wants_test = args.protocol != "paper" and (args.test_frac > 0 or "test" in set(df.get("official_split", [])))
+    needed = {"train": 2, "val": 2, "test": 1 if wants_test else 0}
+    for split, least in needed.items():
+        if counts.get(split, 0) < least:
+            raise ValueError(f"{root}: the {split} split would hold {counts.get(split, 0)} image(s) of {len(df)} "
+                             f"(training needs >= 2 train and >= 2 val images; a test split needs one); use more "
+                             f"data or other --val-frac/--test-frac")
 
 
 def prepare_manifest(args) -> tuple[Path, Path]:
     """Read, split and write one manifest; returns (csv path, json path). Errors: ValueError."""
     # --- check the arguments before reading anything
+    resolve_protocol(args)
     manifests.check_fractions(args.val_frac, args.test_frac)
     if args.max_per_class is not None and args.max_per_class < 1:
         raise ValueError(f"--max-per-class {args.max_per_class}: must be >= 1")
     root = Path(os.path.abspath(args.root))
-    if not root.is_dir():
+    if args.dataset == "csv" and not root.is_file():
+        raise ValueError(f"{root}: --root must be the table (CSV, TSV or Excel file) with --dataset csv")
+    if args.dataset != "csv" and not root.is_dir():
         raise ValueError(f"{root}: --root folder not found")
     key, domain = resolve_key_and_domain(args)
-    spec = readers.DATASETS[args.dataset]
+    task, headline, class_weights, ordinal = task_and_metric(args)
+    options = {name: getattr(args, name) for name in OWN_OPTIONS.get(args.dataset, ())}
+    unused = [f"--{k.replace('_', '-')}" for d, names in OWN_OPTIONS.items() if d != args.dataset for k in names
+              if getattr(args, k) not in (None, "image")]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not an option of --dataset {args.dataset}")
+    if args.dataset == "csv":
+        options["task"] = "ordinal" if ordinal else task
+    print(f"dataset {args.dataset} -> key {key} ({domain}, {'ordinal' if ordinal else task}), root {root}")
+
+    # --- one writer per manifest: a second prepare_data.py into the same manifest is refused
     out_dir = Path(args.out)
-    print(f"dataset {args.dataset} -> key {key} ({domain}, {spec.task}), root {root}")
+    locks.hold(out_dir / f".{key}.lock", what=f"manifest {out_dir / key}.csv")
 
     # --- read the native layout, check the images (one pass, first bytes of each file)
-    df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad)
+    df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad, **options)
+    if df.attrs.get("patients_from"):
+        print(f"patients: {df.attrs['patients_from']}")
+    if df.attrs.get("duplicates_dropped"):
+        print(f"dropped {df.attrs['duplicates_dropped']} row(s) that repeat an image with the same label")
     if args.check_files:
         df = readers.check_images(df)
     bad = readers.bad_rows(df)
@@ -101,23 +217,41 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         raise readers.bad_rows_error(bad, len(df))
     df = df.drop(index=bad.index, columns=[readers.ORIGIN, readers.PROBLEM])
 
+    # --- the paper's protocol: every image of a source (official test rows too), re-split 90/10
+    protocol_info = {}
+    if args.protocol == "paper":
+        df, protocol_info = manifests.paper_source_rows(df, args.dataset)
+        print(f"protocol paper (Section 5.2): every image, {100 * (1 - args.val_frac):g}/{100 * args.val_frac:g} "
+              f"train/val by patient, no test split")
+        if args.dataset == "eyepacs":
+            print(f"official test set: {protocol_info['added_from_test']:,} images of grades 1-4 added (paper: "
+                  f"{paper.EYEPACS_TEST_ADDED:,}), {protocol_info['left_out_test']:,} of grade 0 left out"
+                  + ("" if protocol_info["added_from_test"] + protocol_info["left_out_test"] else
+                     " (no retinopathy_solution.csv + test/ next to trainLabels.csv: none to add)"))
+        elif protocol_info["added_from_test"]:
+            print(f"official test list: its {protocol_info['added_from_test']:,} images are in the pool too")
+
     # --- optionally thin to --max-per-class, then split by patient
     if args.max_per_class is not None:
         n_before = len(df)
         df = manifests.cap_per_class(df, args.max_per_class, seed=args.seed)
         print(f"--max-per-class {args.max_per_class}: kept {len(df)} of {n_before} images")
     df = manifests.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
+    check_split_sizes(df, root, args)
     if "official_split" in df.columns and (df["official_split"] != "").any():
         shipped = sorted(set(df["official_split"]) - {""})
         print(f"official split present ({', '.join(shipped)}): kept; missing splits carved from train")
 
     # --- write <key>.csv and <key>.json (json last: a manifest without sidecar fails to load)
     meta = {
-        "key": key, "dataset": args.dataset, "domain": domain, "task": spec.task, "classes": classes,
-        "root": str(root), "seed": args.seed, "val_frac": args.val_frac, "test_frac": args.test_frac,
-        "counts": manifests.split_counts(df, classes, spec.task),
+        "key": key, "dataset": args.dataset, "domain": domain, "task": task, "ordinal": ordinal, "classes": classes,
+        "root": str(root), "seed": args.seed, "protocol": args.protocol, "val_frac": args.val_frac,
+        "test_frac": args.test_frac, **protocol_info,
+        "paper_images": paper.SOURCE_IMAGES.get(args.dataset) if args.protocol == "paper" else None,
+        "counts": manifests.split_counts(df, classes, task),
+        "split_images": {split: int((df["split"] == split).sum()) for split in manifests.SPLITS},
         "n_images": len(df), "n_patients": int(df["patient"].nunique()),
-        "headline_metric": spec.headline_metric, "class_weights": spec.class_weights,
+        "headline_metric": headline, "class_weights": class_weights,
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
         "max_per_class": args.max_per_class,
     }
@@ -135,7 +269,10 @@ def prepare_manifest(args) -> tuple[Path, Path]:
 
     # --- report
     with pd.option_context("display.max_rows", 200, "display.width", 160):
-        print(manifests.count_table(df, classes, spec.task).to_string())
+        print(manifests.count_table(df, classes, task).to_string())
+    if args.protocol == "paper":  # the count the paper states, next to what was built
+        splits = df["split"].value_counts()
+        print(paper.stated_vs_built(args.dataset, len(df), int(splits.get("train", 0)), int(splits.get("val", 0))))
     print(f"wrote {csv_path} and {json_path}")
 
     # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)
@@ -151,10 +288,8 @@ def prepare_manifest(args) -> tuple[Path, Path]:
 
 
 def main(args):
-    try:
+    with cli.user_errors():  # one clear line naming the file and the problem
         prepare_manifest(args)
-    except ValueError as err:  # one clear line naming the file and the problem
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

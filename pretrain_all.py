@@ -64,16 +64,20 @@ def get_args_parser():
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, loop, losses, manifests, models, runs, runtime
+    from kit import data, loop, losses, manifests, models, paper, runs, runtime
 
     runtime.seed_everything(args.seed)
     dist_info, device = runtime.init_distributed(args.device)
 
     # --- data: the union of the source manifests (22 labels), each keeping its own train/val split
     df, data_meta = manifests.aggregate_manifests(args.manifests)
-    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
-    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
-    runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(df)} images")
+    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
+    used = df[df["split"].isin(["train", "val"])]  # a source's test rows (--protocol held-out-test) are never used
+    runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(used)} train+val "
+                f"images" + (f" ({len(df) - len(used)} test rows left out)" if len(used) < len(df) else ""))
+    if sorted(data_meta["sources"]) == sorted(k for k in paper.SOURCE_IMAGES if k != "all"):  # the paper's three sources
+        runtime.log(paper.stated_vs_built("all", len(used), int((used["split"] == "train").sum()),
+                                          int((used["split"] == "val").sum())))
     if args.label_mask:  # each image is scored on its own dataset's labels only
         df = data.mask_unknown_labels(df, data_meta)
     train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
@@ -98,9 +102,9 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * steps_per_epoch)
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, init_description=init_description, skipped_images=n_skipped)
+    meta = runs.run_meta(data_meta, args, run, init_description=init_description, skipped_images=n_skipped)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
+             meta=meta, run=run, args=args)
 
 
 if __name__ == "__main__":

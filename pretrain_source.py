@@ -66,8 +66,7 @@ def main(args):
 
     # --- data: one source manifest, its own train/val split
     df, data_meta = manifests.load_manifest(args.manifest)
-    fingerprint = runs.fingerprint(args, data_meta, world_size=dist_info.world_size)
-    resume_from = runs.resume_checkpoint(args.out, fingerprint, resume=args.resume)  # another run's: refused now
+    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
     train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
                                                                  dist_info=dist_info)
 
@@ -91,10 +90,10 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * steps_per_epoch)
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, init_description=init_description, loss_weights=class_weights,
+    meta = runs.run_meta(data_meta, args, run, init_description=init_description, loss_weights=class_weights,
                          skipped_images=n_skipped)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, fingerprint=fingerprint, resume_from=resume_from, args=args)
+             meta=meta, run=run, args=args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""MONAI transform chains for the three image domains of the study (paper Section 5.2).
+"""MONAI transform chains for the image domains of the study (paper Section 5.2), and one for any other.
 
 Import this module into clinical code to feed a trained model exactly what it saw in
 training; nothing here knows about argparse, manifests or checkpoints::
@@ -8,7 +8,8 @@ training; nothing here knows about argparse, manifests or checkpoints::
     x = t({"image": "scan.dcm"})["image"]     # torch.float32, (3, 224, 224), ImageNet-normalised
     logits = model(x[None])
 
-Domains: "cxr" (chest X-ray), "hwsi" (histopathology), "efi" (eye fundus). Each chain is a
+Domains: "cxr" (chest X-ray), "hwsi" (histopathology), "efi" (eye fundus), and "other" (a
+colour picture from another area, e.g. dermatology: no canonical orientation). Each chain is a
 MONAI ``Compose`` of dictionary transforms that read and replace the key "image" (a file
 path in, a tensor out); every other key (e.g. "label") passes through untouched. A chain
 is a deterministic head, :func:`preprocess_transforms`, which MONAI's caching datasets can
@@ -29,7 +30,7 @@ Head, in order:
 3. Channels and intensities, to float32 in [0, 1]. cxr: grey, RGB or RGBA becomes one grey
    channel (ITU-R 601 luma), scaled per image by min-max so that 8-bit PNG, 16-bit PNG and
    12-bit DICOM all work (ITK's DICOM reader already shows MONOCHROME1 films with bone
-   white, applying the rescale slope and intercept on the way). hwsi/efi: alpha is dropped; 8-bit
+   white, applying the rescale slope and intercept on the way). hwsi/efi/other: alpha is dropped; 8-bit
    images are divided by 255; any other dtype (16-bit, float) is min-max scaled over all
    channels together, which keeps the colour balance (the stored dtype is the cheap test).
    NaN and +-inf pixels of a float image (no data) are set to its smallest finite value
@@ -38,8 +39,8 @@ Head, in order:
    shorter side to image_size keeping the aspect ratio (BreakHis 700x460 -> 340x224); the
    tail takes a random (train) or centre (eval) image_size square. efi: crop to the
    bounding box of the eye (pixels brighter than a small threshold on the black
-   background), resize the shorter side to image_size, centre crop image_size square.
-   Resizing is bilinear with antialiasing (area-like averaging when shrinking).
+   background), resize the shorter side to image_size, centre crop image_size square. other:
+   resize the shorter side to image_size, centre crop image_size square. Resizing is bilinear with antialiasing (area-like averaging when shrinking).
 5. Grey images are repeated to 3 channels.
 
 The head's output is float32 in [0, 1] with shape (3, H, W); train and eval chains return a
@@ -55,7 +56,8 @@ the training device. ``train_transforms`` and ``eval_transforms`` are the same t
 applied to one image, so a model sees in clinical use exactly what it saw in training.
 
 Bad input: a file that cannot be read (missing, empty, truncated, not an image, a volume, no
-finite pixel) raises one ``ValueError("<path>: <what is wrong>")``.
+finite pixel) or cannot be a picture to learn from (under 8 px a side, every pixel the same
+value) raises one ``ValueError("<path>: <what is wrong>")``.
 """
 import logging
 import math
@@ -76,10 +78,10 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
-DOMAINS = ("cxr", "hwsi", "efi")
+DOMAINS = ("cxr", "hwsi", "efi", "other")
 # Bump when the deterministic head (load, channels, eye crop, resize) changes what it outputs:
 # preprocessing caches (kit/cache.py) store the head's output and are keyed on this number.
-HEAD_VERSION = 1
+HEAD_VERSION = 2  # 2: tiny and constant images are refused (they were cached before)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's convert("L")
@@ -87,6 +89,7 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's con
 # Eye crop (efi): a pixel is eye when its channel mean exceeds EYE_THRESHOLD (10/255 lies above
 # JPEG noise on the black background); a row or column belongs to the eye box when at least
 # EYE_MIN_FRACTION of it is eye, so stray bright pixels or burnt-in text do not widen the box.
+MIN_SIDE = 8  # px: a smaller image (a 1x1 placeholder, a broken thumbnail) is refused, not resized up
 EYE_THRESHOLD = 10 / 255
 EYE_MIN_FRACTION = 0.02
 
@@ -95,11 +98,11 @@ CXR_AFFINE_PROB = 0.8
 CXR_ROTATE_DEGREES = 7.0  # small: a chest film is roughly upright; no flips, the heart has a side
 CXR_SCALE = 0.10  # zoom factor drawn from [0.9, 1.1] per axis
 CXR_TRANSLATE = 0.05  # shift, fraction of image_size
-FLIP_PROB = 0.5  # hwsi and efi, each axis: tissue and fundus have no canonical orientation
+FLIP_PROB = 0.5  # hwsi, efi, other, each axis: tissue and fundus have no canonical orientation
 ROTATE90_PROB = 0.5  # hwsi: quarter turns, lossless
 EFI_ROTATE_PROB = 0.5
 EFI_ROTATE_DEGREES = 180.0  # the eye is a disc: any angle
-JITTER_PROB = 0.5  # hwsi and efi, for brightness and for contrast separately
+JITTER_PROB = 0.5  # hwsi, efi, other, for brightness and for contrast separately
 BRIGHTNESS = 0.1  # intensities multiplied by a factor in [0.9, 1.1]
 CONTRAST = 0.1  # distance from the image mean multiplied by a factor in [0.9, 1.1]
 
@@ -201,6 +204,9 @@ class UnitRanged(MapTransform):
         return d
 
     def to_unit(self, img):
+        if min(img.shape[-2:]) < MIN_SIDE:  # e.g. a 1x1 placeholder: resizing would invent a picture
+            raise ValueError(f"{_file_name(img)}: the image is {img.shape[-2]}x{img.shape[-1]} px; at least "
+                             f"{MIN_SIDE} px a side is needed")
         channels = img.shape[0]
         if channels in (2, 4):
             img = img[: channels - 1]  # grey+alpha or RGBA: drop alpha
@@ -211,6 +217,9 @@ class UnitRanged(MapTransform):
         x = _plain(img).to(torch.float32, copy=True)
         if img.dtype.is_floating_point:  # float TIFF / NIfTI may mark missing pixels NaN or inf
             x = _fill_non_finite(x, _file_name(img))
+        if x.amax() == x.amin():  # would become all zeros (grey) or one flat colour: a broken export, not a scan
+            raise ValueError(f"{_file_name(img)}: every pixel has the same value ({x.flatten()[0].item():g}); a "
+                             f"constant image holds nothing to learn or predict from")
         if self.grey:
             if x.shape[0] == 3:
                 x = torch.einsum("chw,c->hw", x, x.new_tensor(GREY_WEIGHTS))[None]
@@ -306,7 +315,7 @@ class ToUint8d(MapTransform):
 # --- the random tail, split in two: draws in the loader, pixel work batched on the device ----
 #
 # Every augmentation of the study is an affine map of the picture (cxr: rotation, zoom, shift;
-# hwsi: flips, quarter turns; efi: flips, any rotation) followed, for hwsi and efi, by a
+# hwsi: flips, quarter turns; efi and other: flips, any rotation) followed, except for cxr, by a
 # brightness and a contrast factor. So an image's whole random tail is 8 numbers, drawn per
 # image in the loader (RandTaild, a MONAI Randomizable: seeded like any MONAI transform), and
 # the pixel work is one grid_sample and one multiply-add for the whole batch (apply_tail), on
@@ -357,9 +366,9 @@ class RandTaild(MapTransform, Randomizable):
     * cxr, with probability CXR_AFFINE_PROB: rotation in +-CXR_ROTATE_DEGREES, zoom per axis in
       1 +- CXR_SCALE, shift per axis up to +-CXR_TRANSLATE of the side. No flips: the heart has a side.
     * hwsi: flip each axis with FLIP_PROB; with ROTATE90_PROB a quarter turn by 1, 2 or 3.
-    * efi: flip each axis with FLIP_PROB; with EFI_ROTATE_PROB a rotation by any angle in
-      +-EFI_ROTATE_DEGREES.
-    * hwsi and efi, each with JITTER_PROB: brightness (x * b) and contrast about the image mean,
+    * efi and other: flip each axis with FLIP_PROB; with EFI_ROTATE_PROB a rotation by any angle
+      in +-EFI_ROTATE_DEGREES.
+    * hwsi, efi and other, each with JITTER_PROB: brightness (x * b) and contrast about the image mean,
       factors in 1 +- BRIGHTNESS, 1 +- CONTRAST, then clipped to [0, 1].
     """
 
@@ -381,7 +390,7 @@ class RandTaild(MapTransform, Randomizable):
         angle = 0.0
         if self.domain == "hwsi" and R.rand() < ROTATE90_PROB:
             angle = (R.randint(3) + 1) * math.pi / 2
-        elif self.domain == "efi" and R.rand() < EFI_ROTATE_PROB:
+        elif self.domain in ("efi", "other") and R.rand() < EFI_ROTATE_PROB:
             angle = math.radians(R.uniform(-EFI_ROTATE_DEGREES, EFI_ROTATE_DEGREES))
         brightness = 1 + R.uniform(-BRIGHTNESS, BRIGHTNESS) if R.rand() < JITTER_PROB else 1.0
         contrast = 1 + R.uniform(-CONTRAST, CONTRAST) if R.rand() < JITTER_PROB else 1.0
@@ -529,6 +538,9 @@ def _head(domain, image_size):
         head.append(ResizeAntialiasd(keys="image", size=image_size))
     elif domain == "hwsi":
         head.append(ResizeAntialiasd(keys="image", size=image_size, shorter_side=True))
+    elif domain == "other":  # a colour picture with no known layout: the shorter side, then the centre square
+        head += [ResizeAntialiasd(keys="image", size=image_size, shorter_side=True),
+                 CenterSpatialCropd(keys="image", roi_size=(image_size, image_size))]
     else:  # efi: paper 5.2.1, "center cropped to extract eye area"
         head += [
             CropForegroundd(keys="image", source_key="image", select_fn=eye_foreground,

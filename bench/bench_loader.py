@@ -87,7 +87,7 @@ def forever(loader):
 
 
 def with_tail(loader, device):
-    """The loader's batches through transforms.apply_tail on `device` (what _run_epoch does
+    """The loader's batches through transforms.apply_tail on `device` (what loop.run_epoch does
     before the forward pass); waits for the device at every batch, so the rate is honest."""
     for images, tails, targets in forever(loader):
         out = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=torch.channels_last)
@@ -144,7 +144,7 @@ def main(args):
         assert (naive_set.n_cached, cached_set.n_cached) == (0, len(df))
         cpu = torch.device("cpu")
         # the tail's pixel work alone, before any loader thread or process exists
-        batch = cache.stack_in_numpy([cached_set[i] for i in range(args.batch_size)])
+        batch = data.stack_in_numpy([cached_set[i] for i in range(args.batch_size)])
         for device in [cpu] + ([torch.device("cuda")] if torch.cuda.is_available() else []):
             name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                     else f"CPU, {torch.get_num_threads()} threads")

@@ -4,7 +4,7 @@
     runtime      device, precision, seeds and RNG state, torchrun
     files        atomic writes, tables read with one-line errors
     readers      the datasets' native layouts -> rows (one reader per dataset)
-    manifests    patient-level splits, train fractions, manifest files
+    manifests    patient-level splits, the paper's source protocol, train fractions, manifest files
     data         manifest rows -> datasets and loaders
     cache        the preprocessing cache (decode and resize once)
     models       DenseNet-121 + head and its initialisations
@@ -13,9 +13,11 @@
     loop         the training loop (fit) and evaluation passes
     runs         a run folder: its settings fingerprint, resume, args.json
     metrics      accuracy, kappa, AUROC, ... per split
-    stats        bootstrap CIs, paired tests, DeLong, convergence
-    results      reading a study's run and evaluation files
-    tables       statistics over runs as tables
+    stats        bootstrap CIs, paired tests, Holm, DeLong, convergence, stability
+    paper        the paper as data: targets, arms, source counts, Table 2, its settings and the kit's
+    results      reading a study's run and evaluation files (and study.json)
+    tables       statistics over runs as tables (all pairs of arms, the paper's Table 2 next to this run)
+    claims       the paper's claims as rules, and their verdicts on this run
     figures      learning curves, forest plot, label efficiency
     report       Markdown: Table 2 and report.md
 

@@ -24,7 +24,7 @@ LMDBDataset: ChestX-ray14 at 256 px grey is 112,120 x 256^2 x 1 B = 7.3 GB (at 2
 PersistentDataset stores each head output as a float32 3-channel torch file, 12x that (88 GB
 at 256 px, 112,120 files), CacheDataset holds the same in RAM in every process, and
 LMDBDataset pickles each item into a database (an extra dependency, the same float32 bytes).
-Measured on the 2-core development machine (one thread, 224 px, 1024 px PNG sources): one
+Measured on a 2-core AMD EPYC CPU (one thread, 224 px, 1024 px PNG sources): one
 PersistentDataset item (torch.load of its 590 KB file) ~300 us; one memmap row read and
 converted to float ~16 us.
 Opened with np.load(mmap_mode="r") lazily in each loader process, the pages live once in the
@@ -47,14 +47,11 @@ import os
 import time
 from pathlib import Path
 
-import monai.data.utils
 import numpy as np
 import pandas as pd
-import torch
-from monai.data import ThreadDataLoader
 from tqdm import tqdm
 
-from . import transforms
+from .cli import HelpFormatter, available_cores, image_size, positive_int
 from .files import write_text_atomic
 
 FORMAT = 1  # bump when the layout of these files changes
@@ -79,6 +76,8 @@ def file_stats(paths) -> list:
 
 
 def cache_hash(paths, stats, domain, image_size) -> str:
+    from . import transforms
+
     digest = hashlib.sha1(f"{FORMAT} {transforms.HEAD_VERSION} {domain} {image_size}\n".encode())
     for path, stat in zip(paths, stats):
         digest.update(f"{path}\t{stat}\n".encode())
@@ -91,6 +90,10 @@ _HEAD = None  # the worker's head chain, built once per process
 
 
 def _start_worker(domain, image_size, in_pool=True):
+    import torch
+
+    from . import transforms
+
     global _HEAD
     if in_pool:
         torch.set_num_threads(1)  # one image per process at a time: threads would only contend
@@ -99,6 +102,8 @@ def _start_worker(domain, image_size, in_pool=True):
 
 def _run_head(path):
     """(uint8 (C, H, W) array, None) or (None, reason) for an image that cannot be used."""
+    from . import transforms
+
     try:
         pixels = _HEAD({"image": path})["image"].numpy()
     except Exception as err:
@@ -124,6 +129,8 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
     found), ``seconds``. `domain` defaults to the one in the manifest's JSON sidecar;
     `workers` to the number of CPU cores (1 = in this process).
     """
+    from . import transforms  # torch and MONAI: not needed for --help
+
     start = time.time()
     manifest_csv = Path(manifest_csv).resolve()
     sidecar = manifest_csv.with_suffix(".json")
@@ -143,7 +150,7 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
                 "bad": [tuple(b) for b in index["bad"]], "built": False, "seconds": round(time.time() - start, 2)}
 
     folder.mkdir(parents=True, exist_ok=True)
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or available_cores()
     bad = [(path, "file not found") for path, stat in zip(paths, stats) if stat is None]
     todo = [(path, stat) for path, stat in zip(paths, stats) if stat is not None]
     rows = {"images": [], "offsets": [], "shapes": [], "stats": []}
@@ -201,6 +208,8 @@ def find_cached(images, domains, *, image_size, cache_dirs) -> tuple[dict, list]
     of the rows it holds still has the size and mtime it had when the cache was built;
     otherwise it is ignored with one warning.
     """
+    from . import transforms  # torch and MONAI: not needed for --help
+
     wanted = {}
     for row, (path, domain) in enumerate(zip(images, domains)):
         wanted.setdefault((str(path), domain), []).append(row)
@@ -244,47 +253,15 @@ def open_pixels(path) -> np.memmap:
     return np.load(path, mmap_mode="r")
 
 
-def stack_in_numpy(items):
-    """The default collate of (pixels, tail, target) items, with each field stacked by numpy.
-
-    A torch copy this large runs on torch's OpenMP threads. Called from a thread other than the
-    main one, once the main thread has used its own OpenMP threads, it ran ~15x slower on the
-    2-core machine: 1.0 ms instead of 60 us for a batch of 32 CXR images at 224 px. numpy
-    copies on the calling thread alone.
-    """
-    return tuple(torch.from_numpy(np.stack([torch.as_tensor(x).numpy() for x in field])) for field in zip(*items))
-
-
-class ThreadLoader(ThreadDataLoader):
-    """The loader for a fully cached dataset: batches are made in one background thread of this
-    process (MONAI's ThreadDataLoader), not in worker processes. A cached item is a memmap row
-    (uint8) and its augmentation drawn as 8 numbers (transforms.RandTaild), ~25 us; the
-    pixel work runs later, batched, on the training device (transforms.apply_tail). Handing an
-    item over from a worker process would cost about as much as making it, so one thread
-    outruns a few processes (bench/bench_loader.py). Batches are stacked by numpy
-    (stack_in_numpy), which keeps torch's OpenMP threads out of the loader thread.
-
-    Each pass re-seeds the random transforms from `generator` (as worker processes derive their
-    seeds from it), so reseeding the generator per epoch reseeds the augmentation.
-    """
-
-    def __init__(self, dataset, **kwargs):
-        super().__init__(dataset, collate_fn=stack_in_numpy, **kwargs)
-
-    def __iter__(self):
-        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
-        monai.data.utils.set_rnd(self.dataset, seed=seed)
-        return super().__iter__()
-
-
 # --------------------------------------------------------------------------- command line
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Build the preprocessing cache of one or more manifests.")
+    parser = argparse.ArgumentParser(description="Build the preprocessing cache of one or more manifests.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--manifest", type=str, nargs="+", required=True,
                         help="manifest CSV(s) written by prepare_data.py; the cache goes to <folder>/cache/")
-    parser.add_argument("--image-size", type=int, default=224, help="the training image size in px (paper: 224)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--image-size", type=image_size, default=224, help="the training image size in px (paper: 224)")
+    parser.add_argument("--workers", type=positive_int, default=available_cores(),
                         help="processes decoding images (default: all cores)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     return parser
@@ -302,4 +279,8 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    from .cli import user_errors
+
+    args = get_args_parser().parse_args()
+    with user_errors():
+        main(args)

@@ -76,9 +76,28 @@ def save_checkpoint(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # a full disk shows as OSError or torch's "enforce fail" RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise CheckpointWriteError(f"{path}: could not be written ({_write_reason(err)}){kept}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (full disk, quota, read-only folder, file size limit)."""
+
+
+def _write_reason(err) -> str:
+    """Why a write failed, in words: the OS error of the file (a full disk raises ENOSPC or EDQUOT);
+    torch's C++ writer reports it as 'PytorchStreamWriter failed writing file ...'."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror.lower()
+    text = str(err)
+    if "failed writing" in text or "file write failed" in text or "enforce fail" in text:
+        return "the file system refused the write: no space left on the device, or a quota or file-size limit"
+    return one_line(err)
 
 
 def one_line(err):
@@ -86,24 +105,41 @@ def one_line(err):
     return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
+def _pickle_reason(err) -> str:
+    """The line of torch's weights_only refusal that says what was refused; never its advice to load
+    with weights_only=False, which would run whatever the file carries."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if "weights_only" not in line and "torch.load" not in line
+              and not line.startswith("Check the documentation")]
+    return (useful[0] if useful else type(err).__name__)[:200]
+
+
 def torch_load(path, what):
-    """torch.load(weights_only=True) with one clear line per failure; returns the object."""
+    """torch.load(weights_only=True) with one clear line per failure; returns the object.
+
+    A file that carries Python objects (a pickled function or class, e.g. os.system) is refused,
+    and the message says so plainly; it never suggests turning the safe loading off."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not magic.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle stream
+        raise CheckpointError(f"{path}: not a readable PyTorch {what} (not a torch.save file: "
+                              f"{'empty' if not magic else 'it starts with ' + repr(magic)})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found:
-            raise CheckpointError(
-                f"{path}: refused to load a pickled Python object ({found.group(1)}): checkpoints must hold "
-                "tensors and plain values only (state_dicts, numbers, strings, lists, dicts)") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch {what} (corrupt or not a torch.save file: "
-                              f"{one_line(err)})") from None
+            raise CheckpointError(f"{path}: this file contains Python objects that could run code "
+                                  f"({found.group(1)}); refused. A {what} of this kit holds tensors and plain "
+                                  "values only") from None
+        raise CheckpointError(f"{path}: refused: not a plain {what} (pickle content that safe loading does not "
+                              f"accept: {_pickle_reason(err)})") from None
     except Exception as err:  # truncated zip (OSError/RuntimeError), text (KeyError), empty file (EOFError)
         raise CheckpointError(f"{path}: not a readable PyTorch {what} (truncated, corrupt or not a torch.save "
-                              f"file: {one_line(err)})") from None
+                              f"file: {_pickle_reason(err)})") from None
 
 
 def load_checkpoint(path):

@@ -8,7 +8,10 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 from pathlib import Path
+
+from . import locks
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -78,11 +81,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def processes_per_machine() -> int:
+    """The training/evaluation processes that share this machine's cores: the ones torchrun starts
+    here (LOCAL_WORLD_SIZE) times the jobs study.sh runs side by side (STUDY_JOBS)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * int(os.environ.get("STUDY_JOBS", "1"))
+
+
 def default_workers() -> int:
     """--workers default: the cores per training process (torchrun starts LOCAL_WORLD_SIZE on this
-    machine), at most 8 (each worker holds its own MONAI and transforms). Decoding a full-size
-    image takes ~10 ms of a core; a fully cached set loads in one thread instead."""
-    return max(1, min(8, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    machine, study.sh runs STUDY_JOBS side by side), at most 8 (each worker holds its own MONAI and
+    transforms). Decoding a full-size image takes ~10 ms of a core; a fully cached set loads in one
+    thread instead."""
+    return max(1, min(8, available_cores() // processes_per_machine()))
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None:
@@ -112,17 +122,32 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None
 
 # --------------------------------------------------------------------------- errors
 
+def one_line(err: BaseException) -> str:
+    """An error as one line: an OS error as `<file>: <reason>`, any other message with its line
+    breaks folded (pandas splits a CSV parse error over two lines)."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}" if err.filename else err.strerror.lower()
+    message = str(err)
+    if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original's last line
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split())
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turns the errors that mean 'bad input' (ValueError, FileNotFoundError and their kin, such as
-    a checkpoint that cannot be read) into one line, `error: <file>: <problem>`, instead of a
-    traceback. STUDY_DEBUG=1 shows the traceback anyway."""
+    """Turns the errors that mean 'bad input or a bad disk' into one line instead of a traceback:
+    ValueError and its kin (a file that cannot be read, a checkpoint of the wrong kind), OS errors
+    (a missing file, a full disk, a read-only folder), a folder another process is writing, and
+    Ctrl-C. STUDY_DEBUG=1 shows the traceback anyway."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
         if os.environ.get("STUDY_DEBUG"):
             raise
-        message = str(err)
-        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original's last line
-            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        raise SystemExit(f"error: {message}") from None
+        print("interrupted (Ctrl-C). Every file is written to a temporary name and renamed, so nothing is "
+              "half-written; run the same command again to continue", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except (ValueError, OSError, locks.FolderInUse) as err:
+        if os.environ.get("STUDY_DEBUG"):
+            raise
+        raise SystemExit(f"error: {one_line(err)}") from None

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import DataLoader
+import monai.data.utils
+from monai.data import DataLoader, ThreadDataLoader
 from tqdm import tqdm
 
 from . import cache, files, transforms
@@ -84,7 +85,7 @@ class ImageDataset(torch.utils.data.Dataset):
             raise ValueError("ImageDataset needs a `domain` column or the domain argument")
         self.domain_names = sorted(set(domains))
         # The loader's half of each chain (uint8 pixels + the image's augmentation drawn as numbers);
-        # _run_epoch applies the other half, batched, on the training device (transforms.apply_tail).
+        # loop.run_epoch applies the other half, batched, on the training device (transforms.apply_tail).
         # Batches stack: every image has image_size x image_size pixels, and grey cxr images get 3
         # channels when the set also holds colour domains (the aggregated "All" set).
         channels = 1 if self.domain_names == ["cxr"] else 3
@@ -125,13 +126,46 @@ class ImageDataset(torch.utils.data.Dataset):
         return item["image"], item[transforms.TAIL_KEY], torch.as_tensor(self.targets[i])
 
 
+def stack_in_numpy(items):
+    """The default collate of (pixels, tail, target) items, with each field stacked by numpy.
+
+    A torch copy this large runs on torch's OpenMP threads. Called from a thread other than the
+    main one, once the main thread has used its own OpenMP threads, it ran ~15x slower on the
+    2-core AMD EPYC CPU: 1.0 ms instead of 60 us for a batch of 32 CXR images at 224 px. numpy
+    copies on the calling thread alone.
+    """
+    return tuple(torch.from_numpy(np.stack([torch.as_tensor(x).numpy() for x in field])) for field in zip(*items))
+
+
+class ThreadLoader(ThreadDataLoader):
+    """The loader for a fully cached dataset: batches are made in one background thread of this
+    process (MONAI's ThreadDataLoader), not in worker processes. A cached item is a memmap row
+    (uint8) and its augmentation drawn as 8 numbers (transforms.RandTaild), ~25 us; the
+    pixel work runs later, batched, on the training device (transforms.apply_tail). Handing an
+    item over from a worker process would cost about as much as making it, so one thread
+    outruns a few processes (bench/bench_loader.py). Batches are stacked by numpy
+    (stack_in_numpy), which keeps torch's OpenMP threads out of the loader thread.
+
+    Each pass re-seeds the random transforms from `generator` (as worker processes derive their
+    seeds from it), so reseeding the generator per epoch reseeds the augmentation.
+    """
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(dataset, collate_fn=stack_in_numpy, **kwargs)
+
+    def __iter__(self):
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        monai.data.utils.set_rnd(self.dataset, seed=seed)
+        return super().__iter__()
+
+
 def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, workers: int, seed: int,
                 device: torch.device, sampler=None) -> DataLoader:
     """Seeded shuffling (data order is fixed by --seed); training drops a last batch of one,
     which BatchNorm in the head cannot normalise.
 
     A dataset read entirely from a preprocessing cache is loaded in one background thread
-    whatever `workers` says (cache.ThreadLoader: a cached item is a memmap row and a few random
+    whatever `workers` says (ThreadLoader: a cached item is a memmap row and a few random
     draws, ~25 us, less than handing it over from a worker process; on 2 cores the thread gave
     22,000 images/s, 2 worker processes 11,500, and a GPU takes a few thousand); otherwise
     `workers` processes decode (0 = in this process).
@@ -146,7 +180,7 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, workers:
                     drop_last=drop_last, pin_memory=device.type == "cuda")
     if getattr(dataset, "n_cached", 0) == len(dataset) > 0:
         # every row cached: one thread outruns worker processes (bench/bench_loader.py)
-        return cache.ThreadLoader(dataset, num_workers=0, **settings)
+        return ThreadLoader(dataset, num_workers=0, **settings)
     return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0 and sampler is None, **settings)
 
 

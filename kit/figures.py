@@ -12,6 +12,7 @@ from .paper import ARMS, CURVE_SPLITS, arm_legend_label, fraction_label, metric_
 
 # Fixed colour and marker per arm, so an arm looks the same in every figure.
 ARM_STYLES = {
+    "RI": ("tab:gray", "x"),
     "IN": ("tab:blue", "o"),
     "Domain_RI": ("tab:orange", "s"),
     "Domain_IN": ("tab:green", "^"),
@@ -101,11 +102,19 @@ def plot_overview(all_runs, metrics, out_path, dpi, extra_arms, n_seeds):
 
 
 def plot_forest(paired, out_path, dpi, extra_arms, ci):
-    """Arm - reference differences of the headline metric (test, best checkpoint) with CIs, a panel per target."""
+    """Arm - reference differences of the headline metric (test, one checkpoint) with CIs, a panel per
+    target, every panel on the same x-scale and with its own x-label."""
     import matplotlib.pyplot as plt
 
     targets = list(dict.fromkeys(paired["target"]))
-    heights = [0.9 + 0.32 * (paired["target"] == t).sum() for t in targets]
+    heights = [1.3 + 0.32 * (paired["target"] == t).sum() for t in targets]
+    ends = np.concatenate([paired[c].to_numpy(dtype=np.float64) for c in ("ci_low", "ci_high", "difference")] + [[0.0]])
+    ends = ends[np.isfinite(ends)]
+    pad = max(1.0, 0.05 * (ends.max() - ends.min()))
+    x_range = (ends.min() - pad, ends.max() + pad)
+    kind = {"last": "last-epoch", "best": "best-validation"}.get(str(paired["checkpoint"].iloc[0]), "")
+    x_label = (f"Difference on the test split (percentage points), {kind} checkpoint, {100 * ci:g} % CI "
+               f"(paired bootstrap over patients)")
     fig, axes = plt.subplots(len(targets), 1, figsize=(8.5, sum(heights) + 0.6), layout="constrained",
                              squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax, target in zip(axes[:, 0], targets):
@@ -117,16 +126,17 @@ def plot_forest(paired, out_path, dpi, extra_arms, ci):
             xerr = [[max(0.0, row.difference - row.ci_low)], [max(0.0, row.ci_high - row.difference)]]
             ax.errorbar(row.difference, yi, xerr=xerr,
                         color=colour, marker=marker, markersize=6, capsize=3, linewidth=1.5)
-            p_text = fmt_p(row.p_value)
-            ax.annotate(f"p {p_text}" if p_text.startswith("<") else f"p = {p_text}", (1.01, yi), xycoords=("axes fraction", "data"), va="center",
+            texts = [fmt_p(row.p_value), fmt_p(getattr(row, "p_holm", None))]
+            p_text, holm = (t if t.startswith("<") else f"= {t}" for t in texts)
+            ax.annotate(f"p {p_text}, Holm {holm}", (1.01, yi), xycoords=("axes fraction", "data"), va="center",
                         fontsize=8)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(y, [f"{r.arm} − {r.reference}" for r in rows.itertuples()], fontsize=9)
         ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_xlim(*x_range)  # one scale for every panel: differences compare across targets
+        ax.set_xlabel(x_label, fontsize=8)
         ax.set_title(f"{target_title(target)} — {metric_label(rows['metric'].iloc[0])}", fontsize=10, loc="left")
         ax.grid(True, axis="x", alpha=0.35)
-    axes[-1, 0].set_xlabel(f"Difference on the test split (percentage points), {100 * ci:g} % CI "
-                           f"(paired bootstrap over patients)")
     save_figure(fig, out_path, dpi)
 
 

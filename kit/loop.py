@@ -141,26 +141,30 @@ def _score(row: dict, headline: str) -> float:
 
 
 
-def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-        scheduler, meta: dict, fingerprint: dict, resume_from: dict | None, args) -> dict:
-    """Trains `model` for args.epochs with the recipe it is given and writes the run folder args.out.
+BEST_KEYS = ("model", "meta", "epoch", "best_metric", "best_epoch", "trained_on")  # what best.pt holds
 
-    `resume_from` is the run's own last.pt (runs.resume_checkpoint) or None; its model, optimizer,
-    scheduler, scaler, RNG states and history are restored and training continues after its
-    epoch. `meta` describes model and data and travels in every checkpoint, so that later stages
-    rebuild both; `fingerprint` identifies the run (runs.fingerprint). From `args` the loop reads
-    only what says how to run: out, epochs, seed, device, amp, channels_last, compile, log_every,
-    sync_bn, workers. Under torchrun: DistributedDataParallel; rank 0 writes. Returns summary.json.
+
+def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler, meta: dict, run: runs.Run, args) -> dict:
+    """Trains `model` for args.epochs with the recipe it is given and writes the run folder.
+
+    `run` is the opened run folder (runs.open_run): when it holds this run's last.pt, its model,
+    optimizer, scheduler, scaler, RNG states and history are restored and training continues after
+    its epoch. `meta` describes model and data and travels in every checkpoint, so that later
+    stages rebuild both; so do the run's fingerprint and its record of the training images and
+    patients (for evaluate.py's overlap check). From `args` the loop reads only what says how to
+    run: epochs, seed, device, amp, channels_last, compile, log_every, sync_bn, workers. Under
+    torchrun: DistributedDataParallel; rank 0 writes. Returns what summary.json holds.
     """
     dist_info, device = init_distributed(args.device)
-    out_dir = Path(args.out)
+    out_dir, main_process = run.out_dir, dist_info.is_main_process
     amp_dtype = autocast_dtype(device, args.amp)
     task, headline = meta["task"], meta["headline_metric"]
-    if dist_info.is_main_process:
-        _start_run_folder(out_dir, meta, args, device, dist_info, resume_from)
+    if main_process:
+        _start_run_folder(out_dir, meta, args, device, dist_info, run.resume_from)
     log(f"model: DenseNet-121, {meta['init_description']}")
 
-    # --- the model on its device, its training state restored on resume
+    # --- the model on its device with its training state (restored on resume), then DDP / compile
     if args.sync_bn and dist_info.enabled:
         if device.type != "cuda":
             raise SystemExit("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel")
@@ -168,20 +172,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     criterion.to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    history, best_score, best_epoch, start_epoch, seconds_before = [], -math.inf, 0, 1, 0.0
-    if resume_from:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        scheduler.load_state_dict(resume_from["scheduler"])
-        scaler.load_state_dict(resume_from["scaler"])
-        history, best_score = list(resume_from["history"]), resume_from["best_metric"]
-        best_epoch, start_epoch = resume_from["best_epoch"], resume_from["epoch"] + 1
-        seconds_before = resume_from.get("seconds", 0.0)
-        rng = resume_from["rng"]
-        set_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
-        log(f"{_name(out_dir)}: resuming after epoch {resume_from['epoch']} from {out_dir / 'last.pt'}")
-    elif dist_info.enabled:
-        seed_everything(args.seed + dist_info.rank)  # one dropout stream per process; weights come from rank 0
+    state = _restore(run, model, optimizer, scheduler, scaler, dist_info, seed=args.seed)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     if args.compile:
@@ -192,61 +183,98 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
         f"images x {dist_info.world_size} process(es) on {device}"
         f"{f' with {amp_dtype} autocast' if amp_dtype else ''}; class weights: {meta.get('loss_weights') or 'none'}")
 
-    # --- epochs
+    # --- epochs: train, validate, write last.pt (and best.pt) and metrics.csv
     columns = ["epoch", "split", "loss", *metrics.metric_names(task), "seconds", "lr"]
-    run_start = time.time()
-    for epoch in range(start_epoch, args.epochs + 1):
-        _seed_epoch(train_loader, val_loader, seed=args.seed, epoch=epoch, rank=dist_info.rank, workers=args.workers)
-        lr = optimizer.param_groups[0]["lr"]
-        rows = []
-        for split, loader in (("train", train_loader), ("val", val_loader)):
-            start = time.time()
-            if split == "val" and dist_info.enabled:
-                for buffer in model.buffers():  # BatchNorm statistics of rank 0, those its checkpoint holds
-                    dist.broadcast(buffer, src=0)
-            training = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler} if split == "train" else {}
-            try:
-                loss, probs, targets = run_epoch(
-                    net if training else model, loader, criterion, device, task=task, amp_dtype=amp_dtype,
-                    channels_last=args.channels_last, desc=f"epoch {epoch} {split}", log_every=args.log_every,
+    history, epoch, run_start = state["history"], state["start_epoch"], time.time()
+    passes = {"train": (net, train_loader, {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}),
+              "val": (model, val_loader, {})}
+    try:
+        for epoch in range(state["start_epoch"], args.epochs + 1):
+            _seed_epoch(train_loader, val_loader, seed=args.seed, epoch=epoch, rank=dist_info.rank, workers=args.workers)
+            lr = optimizer.param_groups[0]["lr"]
+            rows = []
+            for split, (module, loader, training) in passes.items():
+                start = time.time()
+                if split == "val" and dist_info.enabled:
+                    for buffer in model.buffers():  # BatchNorm statistics of rank 0, those its checkpoint holds
+                        dist.broadcast(buffer, src=0)
+                loss, probs, targets = _checked_pass(
+                    module, loader, criterion, device, out_dir=out_dir, epoch=epoch, split=split, task=task,
+                    amp_dtype=amp_dtype, channels_last=args.channels_last, log_every=args.log_every,
                     first_step=(epoch - 1) * steps_per_epoch, dist_info=dist_info, **training)
-            except NonFiniteLoss as err:
-                raise SystemExit(f"{out_dir}: {err} (epoch {epoch}); stopping. The last good checkpoint is kept: "
-                                 f"{out_dir / 'last.pt'} (epoch {epoch - 1}); try a lower --lr") from None
-            if not math.isfinite(loss):
-                raise SystemExit(f"{out_dir}: the {split} loss is {loss} at epoch {epoch}; stopping. The last good "
-                                 f"checkpoint is kept: {out_dir / 'last.pt'} (epoch {epoch - 1})")
-            rows.append(runs.plain({"epoch": epoch, "split": split, "loss": loss,
-                                    **metrics.compute_metrics(task, probs, np.nan_to_num(targets)),
-                                    "seconds": round(time.time() - start, 3), "lr": lr}))
-        history += rows
-        score = _score(rows[1], headline)
-        improved = score > best_score or best_epoch == 0  # epoch 1 always gives a best.pt
-        if improved:
-            best_score, best_epoch = score, epoch
-        rng = gather(rng_state(), dist_info)
-        if dist_info.is_main_process:
-            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                          "best_metric": best_score, "best_epoch": best_epoch, "history": history, "rng": rng,
-                          "seconds": seconds_before + time.time() - run_start, "resume": fingerprint, "meta": meta}
-            # metrics.csv follows the checkpoint: after a kill it never holds an epoch last.pt lacks
-            save_checkpoint(checkpoint, out_dir / "last.pt")
-            files.write_csv(history, out_dir / "metrics.csv", columns)
+                rows.append(runs.plain({"epoch": epoch, "split": split, "loss": loss,
+                                        **metrics.compute_metrics(task, probs, np.nan_to_num(targets)),
+                                        "seconds": round(time.time() - start, 3), "lr": lr}))
+            history += rows
+            improved = _score(rows[1], headline) > state["best_score"] or state["best_epoch"] == 0  # epoch 1 always
             if improved:
-                save_checkpoint(checkpoint, out_dir / "best.pt")
-        log(f"{_name(out_dir)} epoch {epoch}/{args.epochs}: "
-            + " | ".join(f"{row['split']} loss {row['loss']:.4f} {headline} {row.get(headline, math.nan):.4f}"
-                         for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
+                state["best_score"], state["best_epoch"] = _score(rows[1], headline), epoch
+            rng = gather(rng_state(), dist_info)
+            if main_process:
+                checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                              "best_metric": state["best_score"], "best_epoch": state["best_epoch"], "history": history,
+                              "rng": rng, "seconds": state["seconds"] + time.time() - run_start,
+                              "resume": run.fingerprint, "meta": meta,
+                              "trained_on": {name: torch.from_numpy(keys) for name, keys in run.trained_on.items()}}
+                # metrics.csv follows the checkpoint: after a kill it never holds an epoch last.pt lacks
+                save_checkpoint(checkpoint, out_dir / "last.pt")
+                files.write_csv(history, out_dir / "metrics.csv", columns)
+                if improved:  # the model alone: the optimizer state (2/3 of last.pt) serves resuming only
+                    save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, out_dir / "best.pt")
+            log(f"{_name(out_dir)} epoch {epoch}/{args.epochs}: "
+                + " | ".join(f"{row['split']} loss {row['loss']:.4f} {headline} {row.get(headline, math.nan):.4f}"
+                             for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
+    except KeyboardInterrupt:
+        if main_process:
+            print(f"{out_dir}: interrupted (Ctrl-C) during epoch {epoch}; {out_dir / 'last.pt'} holds epoch "
+                  f"{epoch - 1}, written whole; run the same command again to continue from there",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
-    result = runs.summary(history, epochs=args.epochs, best_epoch=best_epoch, best_score=best_score,
-                          headline=headline, seconds=seconds_before + time.time() - run_start, meta=meta)
-    if dist_info.is_main_process:
+    result = runs.summary(history, epochs=args.epochs, best_epoch=state["best_epoch"], best_score=state["best_score"],
+                          headline=headline, seconds=state["seconds"] + time.time() - run_start, meta=meta)
+    if main_process:
         files.write_csv(history, out_dir / "metrics.csv", columns)  # also for a run that was complete already
         files.write_json(result, out_dir / "summary.json")
     if dist_info.enabled:
         dist.barrier()  # no process leaves before rank 0 has written the run
     return result
+
+
+def _restore(run: runs.Run, model, optimizer, scheduler, scaler, dist_info: Distributed, *, seed: int) -> dict:
+    """The training state to start from: a fresh one, or the one in the run's last.pt (model,
+    optimizer, scheduler, scaler and RNG states are loaded in place)."""
+    checkpoint = run.resume_from
+    if not checkpoint:
+        if dist_info.enabled:
+            seed_everything(seed + dist_info.rank)  # one dropout stream per process; weights come from rank 0
+        return {"history": [], "best_score": -math.inf, "best_epoch": 0, "start_epoch": 1, "seconds": 0.0}
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint["rng"]
+    set_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
+    if dist_info.is_main_process and checkpoint["best_epoch"] == checkpoint["epoch"]:
+        # last.pt is then also the best epoch's model: write best.pt again, in case a kill came between the two saves
+        save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, run.out_dir / "best.pt")
+    log(f"{_name(run.out_dir)}: resuming after epoch {checkpoint['epoch']} from {run.out_dir / 'last.pt'}")
+    return {"history": list(checkpoint["history"]), "best_score": checkpoint["best_metric"],
+            "best_epoch": checkpoint["best_epoch"], "start_epoch": checkpoint["epoch"] + 1,
+            "seconds": checkpoint.get("seconds", 0.0)}
+
+
+def _checked_pass(module, loader, criterion, device, *, out_dir: Path, epoch: int, split: str, **settings):
+    """run_epoch, stopping the run with one line at a NaN or infinite loss (the last good last.pt is kept)."""
+    kept = f"The last good checkpoint is kept: {out_dir / 'last.pt'} (epoch {epoch - 1})"
+    try:
+        loss, probs, targets = run_epoch(module, loader, criterion, device, desc=f"epoch {epoch} {split}", **settings)
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{out_dir}: {err} (epoch {epoch}); stopping. {kept}; try a lower --lr") from None
+    if not math.isfinite(loss):
+        raise SystemExit(f"{out_dir}: the {split} loss is {loss} at epoch {epoch}; stopping. {kept}")
+    return loss, probs, targets
 
 
 def _name(out_dir: Path) -> str:

@@ -7,8 +7,9 @@ reads it back with ``load_manifest`` (or ``aggregate_manifests`` for the paper's
 set, Section 5.2.3).
 
 ``make_splits`` adds the ``split`` column (patient-level, stratified, seeded, an official split
-respected); ``cap_per_class`` thins huge sets for quick runs; ``nested_fraction`` takes the
-nested train subsets of a label-efficiency study.
+respected); ``paper_source_rows`` takes a source's rows as the paper used them (every image, an
+official split dropped: prepare_data.py --protocol paper); ``cap_per_class`` thins huge sets for
+quick runs; ``nested_fraction`` takes the nested train subsets of a label-efficiency study.
 
     from kit.manifests import make_splits, load_manifest
     df = make_splits(df, val_frac=0.15, test_frac=0.15, seed=0)
@@ -16,6 +17,7 @@ nested train subsets of a label-efficiency study.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import files
+from .paper import EYEPACS_TEST_GRADES_ADDED
 
 SPLITS = ("train", "val", "test")
 
@@ -235,6 +238,35 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
     return out[first + [c for c in out.columns if c not in first]]
 
 
+# --------------------------------------------------------------------------- the source protocol
+
+PROTOCOLS = ("paper", "held-out-test")
+
+
+def paper_source_rows(df: pd.DataFrame, key: str) -> tuple[pd.DataFrame, dict]:
+    """The rows the paper pretrains source `key` on (Section 5.2), before its 90/10 split.
+
+    Every image of the download, whatever its official split: ChestX-ray14's test_list.txt
+    images too; for EyePACS the official test set's images of grades 1-4 (the paper adds 14,043)
+    and none of its grade-0 images. The official split is dropped (make_splits then carves val
+    from all rows) and kept for the record as ``shipped_split``. Returns (rows, {"added_from_test":
+    n, "left_out_test": n}), the counts 0 where the download ships no test split."""
+    info = {"added_from_test": 0, "left_out_test": 0}
+    if "official_split" not in df.columns:
+        return df, info
+    shipped = df["official_split"].fillna("").astype(str)
+    keep = np.ones(len(df), dtype=bool)
+    if key == "eyepacs":
+        is_test = (shipped == "test").to_numpy()
+        added = is_test & df["label"].isin(EYEPACS_TEST_GRADES_ADDED).to_numpy()
+        keep = ~is_test | added
+        info = {"added_from_test": int(added.sum()), "left_out_test": int((is_test & ~added).sum())}
+    else:
+        info["added_from_test"] = int((shipped == "test").sum())
+    out = df[keep].drop(columns="official_split").assign(shipped_split=shipped[keep])
+    return out.reset_index(drop=True), info
+
+
 def split_counts(df: pd.DataFrame, classes: list[str], task: str) -> dict[str, dict[str, int]]:
     """{split: {class: number of images}} (multi-label: images carrying the class)."""
     counts = {}
@@ -286,13 +318,14 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"{json_path}: 'classes' must be a non-empty list of names")
 
-    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "label_name")}
+    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "shipped_split",
+                                     "label_name")}
     df = files.read_table(csv_path, dtype=text_columns, keep_default_na=False, na_values=[""])
     label_column = "label" if task == "multiclass" else "labels"
     files.require_columns(df, ("image", label_column, "patient", "split"), csv_path)
     if df.empty:
         raise ValueError(f"{csv_path}: manifest has no rows")
-    for column in ("labels", "official_split", "label_name"):
+    for column in ("labels", "official_split", "shipped_split", "label_name"):
         if column in df.columns:
             df[column] = df[column].fillna("")
     row_number = df.index.to_numpy() + 2
@@ -320,6 +353,16 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
             if unknown:
                 fail((df["labels"] == value).to_numpy(),
                      lambda i: f"label {unknown[0]!r} is not one of the sidecar's classes")
+    for column, what in (("image", "image"), ("patient", "patient")):  # a hand edit must not leak across splits
+        splits_of = df.groupby(column, sort=False)["split"].nunique()
+        leaked = splits_of[splits_of > 1]
+        if len(leaked):
+            name = leaked.index[0]
+            rows = df.index[df[column] == name].to_numpy() + 2
+            found = sorted(set(df.loc[df[column] == name, "split"]))
+            raise ValueError(f"{csv_path}: {what} {name!r} is in the {' and '.join(found)} splits (rows "
+                             f"{', '.join(map(str, rows[:5]))}); a {what} must stay in one split "
+                             f"({len(leaked)} {what}s affected); re-run prepare_data.py")
     return df, meta
 
 
@@ -368,7 +411,52 @@ def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
     return df, meta
 
 
+def adopt(csv_path, key: str, out_dir) -> Path:
+    """Copy a manifest (CSV + JSON sidecar, checked with load_manifest) into `out_dir` as `<key>.csv`,
+    its sidecar's key set to `key`: how study.sh takes in a target you prepared yourself."""
+    df, meta = load_manifest(csv_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out_dir / f"{key}.csv", Path(csv_path).read_text())
+    files.write_text_atomic(out_dir / f"{key}.json", json.dumps({**meta, "key": key}, indent=2) + "\n")
+    print(f"{csv_path}: {len(df)} images, {meta['domain']} {meta['task']}, classes {meta['classes']} -> "
+          f"{out_dir / key}.csv")
+    return out_dir / f"{key}.csv"
+
+
 def load_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
     """One manifest (load_manifest), or several as the aggregated set (aggregate_manifests)."""
     csv_paths = list(csv_paths)
     return load_manifest(csv_paths[0]) if len(csv_paths) == 1 else aggregate_manifests(csv_paths)
+
+
+# --------------------------------------------------------------------------- what a run was trained on
+
+def rows_hash(df: pd.DataFrame) -> str:
+    """A content hash of manifest rows: image, label(s), split and patient of every row, in any
+    order. Two frames hash alike exactly when they hold the same rows, so a re-made split (another
+    --seed or --val-frac) or a changed label is told apart from the same data."""
+    label = "label" if "label" in df.columns else "labels"
+    table = df[["image", label, "split", "patient"]].astype(str)
+    lines = sorted("\t".join(row) for row in table.itertuples(index=False, name=None))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def hash64(values) -> np.ndarray:
+    """A 64-bit hash of each string (image paths, dataset-prefixed patient ids)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little", signed=True)
+                        for v in values), dtype=np.int64)
+
+
+def key_hashes(values) -> np.ndarray:
+    """The sorted distinct hash64 of strings: a compact record of which images and patients a model
+    was trained on (0.8 MB for ChestX-ray14's 112,120 images), for evaluate.py's overlap check."""
+    return np.unique(hash64(values))
+
+
+def patient_keys(df: pd.DataFrame, key: str) -> pd.Series:
+    """Patient ids made unique across data sets (``<dataset key>/<patient>``; the aggregated set's
+    patients carry their key already), so two data sets that both number patients 1, 2, ... never
+    share a patient."""
+    patients = df["patient"].astype(str)
+    return patients if key == "all" else key + "/" + patients

@@ -141,3 +141,20 @@ def per_class_report(targets: np.ndarray, preds: np.ndarray) -> list[dict]:
         f1 = 2 * true_pos / (preds.sum(axis=0) + targets.sum(axis=0))
     return [{"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for p, r, f, s in zip(precision, recall, f1, targets.sum(axis=0))]
+
+
+def per_class_rows(classes, targets: np.ndarray, preds: np.ndarray) -> list[dict]:
+    """per_class_report as the rows of evaluate.py's per_class.csv: class, precision, recall, f1,
+    support, note. A value that is 0/0 is left empty (None), as scikit-learn's zero_division=np.nan
+    leaves it undefined rather than 0, and `note` says why: a class never predicted has no precision,
+    a class absent from the split no recall (and, never predicted either, no F1)."""
+    rows = []
+    for name, values in zip(classes, per_class_report(targets, preds)):
+        notes = []
+        if math.isnan(values["precision"]):
+            notes.append("never predicted: precision 0/0 left empty")
+        if math.isnan(values["recall"]):
+            notes.append("absent from the split: recall 0/0 left empty")
+        rows.append({"class": name, **{k: None if isinstance(v, float) and math.isnan(v) else v
+                                       for k, v in values.items()}, "note": "; ".join(notes)})
+    return rows

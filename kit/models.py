@@ -60,11 +60,42 @@ class DenseNetClassifier(nn.Module):
             dropout=nn.Dropout(dropout),
             out=nn.Linear(hidden_dim, num_outputs),
         ))
+        self.frozen = []  # backbone modules kept as they are (see freeze): a plain list, not registered again
+
+    def train(self, mode=True):
+        """As nn.Module.train, but frozen modules stay in eval mode: their BatchNorm statistics do not move."""
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def forward(self, x):
         x = F.relu(self.features(x), inplace=True)  # features end with BatchNorm (norm5), as in MONAI
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.head(x)  # logits
+
+
+STRATEGIES = ("full", "partial", "linear")
+
+
+def freeze(model, strategy):
+    """Fine-tuning strategies: which part of the backbone stays as initialised.
+
+    full: nothing is frozen. partial: everything before the last dense block (conv0 ...
+    transition3) is frozen; denseblock4, norm5 and the head train. linear: the whole backbone is
+    frozen (a linear probe of its features through the head). A frozen module's parameters get no
+    gradient and its BatchNorm layers keep their running statistics (eval mode, also while the
+    model trains). Returns the parameters that train, for the optimizer."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    children = list(model.features.named_children())
+    first_trained = {"full": 0, "partial": [name for name, _ in children].index("denseblock4"),
+                     "linear": len(children)}[strategy]
+    model.frozen = [module for _, module in children[:first_trained]]
+    for module in model.frozen:
+        module.requires_grad_(False)
+    model.train(model.training)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def build_model(num_outputs, *, hidden_dim=512, dropout=0.5):

@@ -172,8 +172,38 @@ def _frame(image, patient, *, label=None, labels=None, classes=None, official_sp
     for name in ("image", "patient", "labels", "official_split", "label_name", ORIGIN, PROBLEM):
         if name in df.columns:
             df[name] = df[name].astype(str)
+    df = _resolve_repeats(df)
     if not skip_bad and (df[PROBLEM] != "").any():
         raise bad_rows_error(bad_rows(df), len(df))
+    return df
+
+
+def _resolve_repeats(df: pd.DataFrame) -> pd.DataFrame:
+    """Every reader treats an image listed more than once alike: identical repeats (same label(s),
+    patient and official split) are dropped, keeping the first, and counted in
+    ``df.attrs["duplicates_dropped"]``; repeats that disagree are bad rows, each naming the other
+    row, never a silent choice between two labels."""
+    label = "labels" if "labels" in df.columns else "label"
+    facts = [c for c in (label, "patient", "official_split") if c in df.columns]
+    repeated = df["image"].duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        df.attrs["duplicates_dropped"] = 0
+        return df
+    identical = df.duplicated(subset=["image", *facts], keep="first").to_numpy()
+    df = df[~identical].copy()
+    problem = df[PROBLEM].to_numpy().copy()
+    for image, rows in df[df["image"].duplicated(keep=False)].groupby("image", sort=False):
+        names = rows["label_name"] if "label_name" in rows.columns else rows[label]
+        for i, position in enumerate(df.index.get_indexer(rows.index)):
+            def fact(j):
+                split = f" ({rows['official_split'].iloc[j] or 'no'} split)" if "official_split" in facts else ""
+                return f"{names.iloc[j]}{split}"
+
+            others = [f"{fact(j)} at {rows[ORIGIN].iloc[j] or 'another row'}" for j in range(len(rows)) if j != i]
+            if problem[position] == "":
+                problem[position] = f"listed more than once with different labels: {fact(i)} here, {'; '.join(others)}"
+    df[PROBLEM] = problem
+    df.attrs["duplicates_dropped"] = int(identical.sum())
     return df
 
 
@@ -613,10 +643,16 @@ def folder_classes(root) -> list[str]:
     return classes
 
 
-def read_folder(root, *, check_files: bool = True, skip_bad: bool = False) -> pd.DataFrame:
+def read_folder(root, *, check_files: bool = True, skip_bad: bool = False, patient_regex: str | None = None
+                ) -> pd.DataFrame:
     """A user's own data set ``<root>/<class>/<image>`` (images at any depth below the class
-    folder; extensions png/jpg/jpeg/tif/tiff/bmp/dcm/nii/nii.gz). Classes = sorted sub-folder
-    names; patient = the image's path below root without extension (no patient ids known)."""
+    folder; extensions png/jpg/jpeg/tif/tiff/bmp/dcm/nii/nii.gz). Classes = sorted sub-folder names.
+
+    Patients: a sub-folder level under the class folder is the patient (``<class>/<patient>/...``;
+    the same name under two classes is one patient), so a patient's images stay in one split; an
+    image directly in its class folder is a patient of its own. ``patient_regex`` takes the patient
+    id from the file name instead (its first group, else the whole match; a name it does not
+    match is a bad row). ``df.attrs["patients_from"]`` says which rule was used."""
     root = _root(root)
     classes = folder_classes(root)
     images, labels = [], []
@@ -626,8 +662,121 @@ def read_folder(root, *, check_files: bool = True, skip_bad: bool = False) -> pd
             raise ValueError(f"{root / cls}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         images += paths
         labels += [i] * len(paths)
-    patient = [_stem(os.path.relpath(p, root).replace(os.sep, "/")) for p in images]
-    return _frame(images, patient, label=labels, classes=classes)
+    problem = _no_problems(len(images))
+    if patient_regex:
+        pattern = re.compile(patient_regex)
+        found = [pattern.search(_stem(Path(path).name)) for path in images]
+        patient = [(m.group(1) if m.re.groups else m.group(0)) if m else "" for m in found]
+        _note(problem, [m is None for m in found], lambda i: f"file name does not match --patient-regex {patient_regex!r}")
+        rule = f"--patient-regex {patient_regex!r} on the file name"
+    else:
+        below = [Path(os.path.relpath(path, root)).parts for path in images]  # (class, [patient, ...], file)
+        patient = [parts[1] if len(parts) > 2 else _stem("/".join(parts)) for parts in below]
+        nested = sum(len(parts) > 2 for parts in below)
+        rule = ("the sub-folder below the class folder" if nested == len(images) else
+                "each image its own patient" if not nested else
+                f"the sub-folder below the class folder ({nested} images), else the image itself")
+    df = _frame(images, patient, label=labels, classes=classes, problem=problem, skip_bad=skip_bad)
+    df.attrs["patients_from"] = rule
+    return df
+
+
+_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "test": "test", "testing": "test", "": ""}
+TASKS = ("multiclass", "multilabel", "ordinal")
+
+
+def _read_any_table(path: Path) -> pd.DataFrame:
+    """A CSV, TSV or Excel table as text, one line naming the file when it cannot be read."""
+    suffix = path.suffix.lower()
+    if suffix in (".xls", ".xlsx"):
+        try:
+            return pd.read_excel(path, sheet_name=0, dtype=str, engine="xlrd" if suffix == ".xls" else "openpyxl")
+        except Exception as err:  # xlrd/openpyxl raise their own types for a damaged workbook
+            raise ValueError(f"{path}: cannot read as an Excel sheet ({' '.join(str(err).split())})") from None
+    return files.read_table(path, sep="\t" if suffix in (".tsv", ".tab") else ",", dtype=str, keep_default_na=False)
+
+
+def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_col: str = "image",
+               label_col: str | None = None, label_cols: list[str] | None = None, patient_col: str | None = None,
+               split_col: str | None = None, task: str = "multiclass") -> pd.DataFrame:
+    """Any labelled image table (``--dataset csv``): ``root`` is the CSV, TSV or Excel file, one row
+    per image. ``image_col`` holds the path (relative paths are taken from the table's folder);
+    ``label_col`` one label per image: class names (multiclass) or integer grades (ordinal: the
+    classes are every grade from the lowest to the highest); or ``label_cols`` several 0/1 columns
+    (multilabel: the columns are the classes). ``patient_col`` (default: each image its own
+    patient) and ``split_col`` (train/val/test, respected like an official split; empty = to be
+    split) are optional. Every class needs at least 2 images. ``df.attrs["classes"]`` holds the
+    classes in index order."""
+    path = Path(os.path.abspath(os.path.expanduser(str(root))))
+    if not path.is_file():
+        raise ValueError(f"{path}: table not found (--dataset csv takes the CSV, TSV or Excel file as --root)")
+    if task not in TASKS:
+        raise ValueError(f"--task {task!r}: choose from {', '.join(TASKS)}")
+    if (label_col is None) == (not label_cols):
+        raise ValueError("--dataset csv needs either --label-col (one label per image) or --label-cols (0/1 columns)")
+    if (task == "multilabel") != bool(label_cols):
+        raise ValueError("--label-cols goes with --task multilabel, --label-col with multiclass or ordinal")
+    table = _read_any_table(path).fillna("")
+    if table.empty:
+        raise ValueError(f"{path}: the table has no rows")
+    wanted = [image_col, *(label_cols or [label_col]), *(c for c in (patient_col, split_col) if c)]
+    files.require_columns(table, wanted, path)
+    table = table.apply(lambda column: column.astype(str).str.strip())
+    problem = _no_problems(len(table))
+    origin = _origin(path, table.index.to_numpy() + 2)
+    _note(problem, table[image_col] == "", lambda i: f"empty {image_col!r}")
+    image = [p if not p or os.path.isabs(p) else os.path.normpath(path.parent / p) for p in table[image_col]]
+
+    if label_cols:  # multilabel: 0/1 per class column
+        values = table[label_cols].apply(lambda column: column.str.lower())
+        ones = values.isin(["1", "1.0", "true", "yes"])
+        bad = ~(ones | values.isin(["0", "0.0", "false", "no"]))
+        _note(problem, bad.any(axis=1), lambda i: f"{bad.columns[bad.iloc[i].to_numpy()][0]!r} is "
+                                                   f"{table.iloc[i][bad.columns[bad.iloc[i].to_numpy()][0]]!r}, not 0 or 1")
+        classes = list(label_cols)
+        labels = ["|".join(c for c, on in zip(classes, row) if on) for row in ones.to_numpy()]
+        label_kwargs = {"labels": labels}
+        counts = {c: int(ones[c][problem == ""].sum()) for c in classes}
+    else:
+        raw = table[label_col]
+        _note(problem, raw == "", lambda i: f"empty {label_col!r}")
+        if task == "ordinal":
+            number = pd.to_numeric(raw, errors="coerce")
+            _note(problem, number.isna() | (number != number.round()),
+                  lambda i: f"{label_col!r} is {raw.iloc[i]!r}, not an integer grade")
+            grades = number[problem == ""].astype(int)
+            if grades.empty:
+                raise ValueError(f"{path}: no row has an integer grade in {label_col!r}")
+            classes = [str(g) for g in range(grades.min(), grades.max() + 1)]
+            names = [str(int(v)) if ok == "" else "" for v, ok in zip(number.fillna(0), problem)]
+        else:
+            classes = sorted(set(raw[problem == ""]), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if
+                                                                     v.lstrip("-").isdigit() else 0, v))
+            names = list(raw)
+        index = {c: i for i, c in enumerate(classes)}
+        label_kwargs = {"label": [index.get(n, 0) for n in names], "classes": classes}
+        counts = {c: int(sum(n == c for n, ok in zip(names, problem) if ok == "")) for c in classes}
+
+    patient = table[patient_col] if patient_col else [os.path.relpath(p, path.parent) if p else "" for p in image]
+    if patient_col:
+        _note(problem, table[patient_col] == "", lambda i: f"empty {patient_col!r}")
+    official = None
+    if split_col:
+        split = table[split_col].str.lower()
+        _note(problem, ~split.isin(list(_SPLIT_NAMES)),
+              lambda i: f"{split_col!r} is {table[split_col].iloc[i]!r}, not train, val or test")
+        official = [_SPLIT_NAMES.get(v, "") for v in split]
+    df = _frame(image, patient, official_split=official, origin=origin, problem=problem, skip_bad=skip_bad,
+                **label_kwargs)  # bad rows first: they are the likelier cause of a rare class
+    rare = {c: n for c, n in counts.items() if n < 2}
+    if rare:
+        listing = ", ".join(f"{c!r}: {n}" for c, n in rare.items())
+        raise ValueError(f"{path}: every class needs at least 2 images (one for training, one for validation); "
+                         f"{listing}")
+    df.attrs["classes"] = classes
+    df.attrs["patients_from"] = f"column {patient_col!r}" if patient_col else "each image its own patient"
+    return df
 
 
 # --------------------------------------------------------------------------- registry
@@ -635,9 +784,9 @@ def read_folder(root, *, check_files: bool = True, skip_bad: bool = False) -> pd
 @dataclass(frozen=True)
 class DatasetSpec:
     key: str
-    domain: str                 # cxr | hwsi | efi ("" for folder: chosen with --domain)
+    domain: str                 # cxr | hwsi | efi ("" for folder and csv: chosen with --domain)
     task: str                   # multiclass | multilabel
-    classes: tuple[str, ...]    # index order; () for folder (sorted sub-folder names)
+    classes: tuple[str, ...]    # index order; () for folder (sorted sub-folder names) and csv (from the table)
     headline_metric: str        # accuracy | kappa | auroc
     class_weights: str          # "balanced" | "none": recommended loss weighting (paper 5.2.1/5.3)
     reader: Callable[..., pd.DataFrame]
@@ -654,22 +803,26 @@ DATASETS: dict[str, DatasetSpec] = {s.key: s for s in (
     DatasetSpec("messidor", "efi", "multiclass", DR_GRADES_4, "kappa", "balanced", read_messidor),
     DatasetSpec("deepdrid", "efi", "multiclass", DR_GRADES_5, "kappa", "balanced", read_deepdrid),
     DatasetSpec("folder", "", "multiclass", (), "accuracy", "none", read_folder),
+    DatasetSpec("csv", "", "multiclass", (), "accuracy", "none", read_table),  # task and metric: --task, --metric
 )}
 
 
-def read_dataset(key: str, root, *, check_files: bool = True,
-                 skip_bad: bool = False) -> tuple[pd.DataFrame, list[str]]:
+def read_dataset(key: str, root, *, check_files: bool = True, skip_bad: bool = False,
+                 **options) -> tuple[pd.DataFrame, list[str]]:
     """Run the reader of `key` on `root`; returns (frame, classes in index order).
 
     check_files: the reader's own check that listed images exist (one error with the count).
     skip_bad: rows that cannot be labelled stay in the frame with their ``problem`` instead of
-    raising (prepare_data.py drops and lists them)."""
+    raising (prepare_data.py drops and lists them). options: the reader's own (folder:
+    patient_regex; csv: image_col, label_col, label_cols, patient_col, split_col, task)."""
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {key!r}; choose from {list(DATASETS)}")
     spec = DATASETS[key]
-    df = spec.reader(root, check_files=check_files, skip_bad=skip_bad)
-    classes = folder_classes(root) if key == "folder" else list(spec.classes)
-    return df, classes
+    df = spec.reader(root, check_files=check_files, skip_bad=skip_bad, **options)
+    if df.empty:
+        raise ValueError(f"{os.path.abspath(root)}: the {key} reader found no images (an empty label table or folder?)")
+    classes = df.attrs.get("classes") or (folder_classes(root) if key == "folder" else list(spec.classes))
+    return df, list(classes)
 
 
 # --------------------------------------------------------------------------- image checks

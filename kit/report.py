@@ -1,21 +1,33 @@
 """Markdown: the paper's Table 2 with held-out test CIs, and OUT/report.md, the one page that ties
-the study's tables and figures together.
+the study's tables and figures together. report.md opens with what was run and what was not (and
+why), then the answer per target and the paper's claims with their verdicts (kit/claims.py).
 """
 import math
+from pathlib import Path
 
 import pandas as pd
 
-from .paper import ARM_HEADERS, CURVE_SPLITS, metric_label, short_name, target_title
+from .claims import CLAIMS, DROP_MARGIN, EPOCH_MARGIN, GAIN_MARGIN, MIN_CURVE_EPOCHS
+from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, SETTINGS, SOURCE_IMAGES, TARGETS, metric_label, short_name,
+                    target_title)
+
 
 def fmt(value, digits=1):
     return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def fmt_mean(mean, sd=math.nan, low=math.nan, high=math.nan):
+def fmt_count(value):
+    """A count such as epochs: '3', not '3.0' (a mean over seeds keeps one decimal: '2.5')."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def fmt_mean(mean, sd=math.nan, low=math.nan, high=math.nan, count=False):
     """'81.2', '81.2 ± 1.3', '81.2 [72.0, 90.1]' or '81.2 ± 1.3 [72.0, 90.1]' (n/a when missing)."""
     if mean is None or pd.isna(mean):
         return "n/a"
-    text = fmt(mean) + (f" ± {fmt(sd)}" if pd.notna(sd) else "")
+    text = (fmt_count(mean) if count else fmt(mean)) + (f" ± {fmt(sd)}" if pd.notna(sd) else "")
     return text + (f" [{fmt(low)}, {fmt(high)}]" if pd.notna(low) and pd.notna(high) else "")
 
 
@@ -29,10 +41,25 @@ def markdown_table(header, rows):
     return lines
 
 
+def spread_words(n_seeds):
+    """How a value over seeds is given: 'mean ± sd across seeds' only where there are several."""
+    return "mean ± sd across seeds" if n_seeds > 1 else "one seed, no sd across seeds"
+
+
+def test_size(n_images, n_patients):
+    """'n = 20 images, 5 patients' (the bootstrap resamples patients); images alone where that is all."""
+    if n_images is None or pd.isna(n_images):
+        return "n unknown"
+    if n_patients is None or pd.isna(n_patients) or n_patients == n_images:
+        return f"n = {n_images:.0f} images" + ("" if n_patients is None or pd.isna(n_patients) else " (one per patient)")
+    return f"n = {n_images:.0f} images, {n_patients:.0f} patients"
+
+
 def table2_markdown(table, table_arms, notes, ci, level="##"):
     """Paper Table 2: one block per metric (Accuracy (%), Kappa Score (%), ...), rows Dx Training/Validation,
     then the held-out test block: mean [CI] of the best-validation and the last checkpoint."""
     headers = [ARM_HEADERS.get(a, a) for a in table_arms]
+    n_seeds = int(table["n_seeds"].max()) if len(table) else 0
     lines = [f"{level} Table 2. Model's performance at last epoch", ""]
     for metric, block in table.groupby("metric", sort=False):
         lines += [f"{level}# {metric_label(metric)} (%)", ""]
@@ -44,8 +71,8 @@ def table2_markdown(table, table_arms, notes, ci, level="##"):
                             + [fmt_mean(by_arm.at[a, split], by_arm.at[a, f"{split}_sd"]) for a in table_arms])
         lines += markdown_table(["Dataset", ""] + headers, rows)
         block_notes = "; ".join(notes[t] for t in block["target"].unique())
-        lines += ["", f"Values at each run's last logged epoch (mean ± sd across seeds where there are several); "
-                      f"n/a = arm not run. {block_notes}.", ""]
+        lines += ["", f"Values at each run's last logged epoch ({spread_words(n_seeds)}); n/a = arm not run. "
+                      f"{block_notes}.", ""]
     tested = table[table["test"].notna() | table["test_last"].notna()]
     if not tested.empty:
         lines += [f"{level}# Held-out test", ""]
@@ -58,10 +85,10 @@ def table2_markdown(table, table_arms, notes, ci, level="##"):
                                         by_arm.at[a, f"{prefix}_ci_low"], by_arm.at[a, f"{prefix}_ci_high"])
                                for a in table_arms])
         lines += markdown_table(["Dataset", "Metric"] + headers, rows)
-        sizes = "; ".join(f"{short_name(t)} n = {fmt(n, 0)}" for t, n in
-                          tested.groupby("target", sort=False)["n_test"].max().items())
-        spread = " ± sd across seeds" if (table["n_seeds"] > 1).any() else ""
-        lines += ["", f"Test split (never used for training or model selection): mean over seeds{spread} "
+        sizes = "; ".join(f"{short_name(t)} {test_size(runs['n_test'].max(), runs['n_test_patients'].max())}"
+                          for t, runs in tested.groupby("target", sort=False))
+        lines += ["", f"Test split (never used for training or model selection; the paper has none): "
+                      f"{'mean over seeds ± sd across seeds' if n_seeds > 1 else 'one seed'} "
                       f"[{100 * ci:g} % bootstrap CI over test patients]; {sizes}.", ""]
     return "\n".join(lines)
 
@@ -73,10 +100,112 @@ def epoch_note(target, epochs, sizes):
     return f"{short_name(target)}: epoch {span}, " + (f"images {text}" if text else "split sizes unknown")
 
 
-def report_markdown(table2_md, paired, convergence, summary, sizes, metrics, main_fraction, settings, args,
-                    figures):
-    """OUT/report.md: what was run, split sizes, Table 2 with test CIs, paired tests, convergence, figures."""
-    lines = ["# Domain-aware transfer learning: study report", "", settings, "", "## Data", ""]
+# --------------------------------------------------------------------------- report.md sections
+
+def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason, claims_checkpoint, domains=None,
+                 strategy=None):
+    """The top of report.md: the data, the arms run and not run and why, the seeds and sizes."""
+    lines = ["## What was run", ""]
+    if strategy:
+        lines.append(f"- Fine-tuning strategy: **{STRATEGY_WORDS.get(strategy, strategy)}** "
+                     f"(finetune_target.py --strategy {strategy}).")
+    if study is None:
+        lines.append("- **Data: unknown** (no study.json in this folder: it was not written by study.sh); check "
+                     "whether the runs used real data before reading anything into the numbers.")
+    elif study.get("demo"):
+        lines.append(f"- **Data: synthetic demo data** (tools/make_demo_data.py, scale {study.get('demo_scale')}): "
+                     "generated pictures in the datasets' layouts, not patients. The numbers below only show that the "
+                     "pipeline runs; they mean nothing about medicine or about the paper's question.")
+    else:
+        lines.append(f"- Data: the downloads in `{study['data']}`.")
+    others = [t for t in targets if (domains or {}).get(t) == "other"]
+    run_everywhere = [a for a in ARMS if all(a in runs_arms.get(t, set()) for t in targets
+                                             if not (t in others and a.startswith("Domain_")))]
+    absent = [a for a in ARMS if a not in run_everywhere]
+    lines.append(f"- Targets: {', '.join(target_title(t) for t in targets)}; arms run: "
+                 f"{', '.join(run_everywhere) or 'none on every target'}.")
+    skipped = [t for t in TARGETS if t not in targets]
+    if skipped:
+        lines.append(f"- Targets not run: {', '.join(target_title(t) for t in skipped)} (study.sh TARGETS); their "
+                     "claims read \"not tested\".")
+    for target in others:
+        lines.append(f"- {target_title(target)} is of domain *other*: no source dataset of its area was pretrained, so "
+                     f"it has no Domain_RI or Domain_IN arm; RI (random init, no pretraining) is the floor its "
+                     f"transfers are measured against.")
+    if absent:
+        why = f": {missing_reason}" if missing_reason else ""
+        lines.append(f"- **Not run: {', '.join(absent)}**{why}. Their cells read n/a and every claim that needs them "
+                     "is \"not tested\". " + ("Rerun with IMAGENET_WEIGHTS=/path/to/densenet121-a639ec97.pth to run "
+                                               "all five arms." if missing_reason else ""))
+    if study is not None:
+        size = study.get("image_size")
+        lines.append(f"- Images at {size} px (paper: 224); {study.get('epochs_pretrain')} pretraining and "
+                     f"{study.get('epochs_finetune')} fine-tuning epochs (paper: not stated); sources prepared with "
+                     f"the {study.get('source_protocol', 'paper')} protocol.")
+    lines.append(f"- Seeds: {', '.join(map(str, seeds))}" + (
+        " — one seed: no sd across seeds; the CIs show the test-sampling noise only, not the training noise."
+        if len(seeds) == 1 else "."))
+    lines.append(f"- The paper has no test split and reports the last epoch's validation values (Table 2). This run "
+                 f"also tests every target on a held-out test split; the answers and the claims below use the "
+                 f"{'last-epoch' if claims_checkpoint == 'last' else 'best-validation'} checkpoint's test results.")
+    if settings_line:
+        lines.append(f"- {settings_line}")
+    return lines + [""]
+
+
+def claims_section(claims, ci, bootstrap):
+    lines = ["## The paper's claims, checked", ""]
+    lines += [f"- ({c.key}) {c.title}: \"{c.quote}\"" for c in CLAIMS]
+    lines.append("")
+    rows = [[f"({r.claim})", r.dataset, r.paper_table, r.evidence, f"**{r.verdict}**"] for r in claims.itertuples()]
+    lines += markdown_table(["Claim", "Dataset", "Paper's Table 2 (validation)", "This run", "Verdict"], rows)
+    alpha = 1 - ci
+    lines += ["", f"Verdict rules (kit/claims.py, docs/statistics.md). Performance claims (a, b, c, f): an arm is "
+                  f"*shown* better than another when their paired test difference is > 0 with a Holm-adjusted p < "
+                  f"{alpha:g} (the {100 * ci:g} % CI excludes 0, corrected for the target's 10 comparisons). A claim "
+                  "that every listed arm beats every other (b, c, f) is supported when every pair is shown, "
+                  "contradicted when any pair is shown the other way; (a) is supported when one All arm is shown "
+                  "better than each of IN, Domain_RI, Domain_IN, contradicted when each All arm has one of them shown "
+                  f"better. Curve claims (d, e) compare seed-means: earlier = at least {EPOCH_MARGIN:g} epoch sooner to "
+                  f"95 % of the best validation value; more stable = a largest validation drop at least "
+                  f"{DROP_MARGIN:g} points smaller; (e1) also needs IN's training curve still rising (gaining more "
+                  f"than {GAIN_MARGIN:g} points over its last third), and a levelled-off IN curve contradicts it; curves "
+                  f"of fewer than {MIN_CURVE_EPOCHS} epochs leave them \"not tested\". "
+                  "Otherwise inconclusive; a claim needing an arm that was not run is \"not tested\". The paper's "
+                  "Table 2 column puts the paper's own validation values through the same rule (no noise: any "
+                  "difference counts), i.e. whether the paper's numbers bear out its text. tables/claims.csv."]
+    if bootstrap < 400:
+        lines.append(f"With {bootstrap} bootstrap resamples the smallest p-value is {2 / (bootstrap + 1):.3f}, too "
+                     "large to survive Holm's correction over 10 comparisons: use --bootstrap 1000 or more.")
+    return lines + [""]
+
+
+def paper_vs_run_section(comparison, rankings, ci, n_seeds):
+    if comparison.empty:
+        return []
+    lines = ["## The paper's Table 2 next to this run", ""]
+    rows = []
+    for r in comparison.itertuples():
+        rows.append([target_title(r.target), r.arm, fmt(r.paper_val), fmt_mean(r.val, r.val_sd),
+                     "n/a" if pd.isna(r.val_minus_paper) else f"{r.val_minus_paper:+.1f}",
+                     fmt_mean(r.test, r.test_sd, r.test_ci_low, r.test_ci_high)])
+    checkpoint = comparison["checkpoint"].iloc[0]
+    lines += markdown_table(["Target", "Arm", "Paper val (%)", "This run val (%)", "Δ val (pp)",
+                             f"This run test (%), {'last epoch' if checkpoint == 'last' else 'best-val checkpoint'} "
+                             f"[{100 * ci:g} % CI]"], rows)
+    lines += ["", f"Paper: Table 2, last epoch, one run per arm, validation split. This run: last epoch, "
+                  f"{spread_words(n_seeds)}; Δ = this run's validation value − the paper's. The validation and test "
+                  "splits are not the paper's (it states none for the targets), so Δ mixes the data split, the "
+                  "settings the paper does not state and the noise. tables/paper_vs_run.csv.", ""]
+    rows = [[target_title(r.target), r.paper_val or "n/a", r.val or "n/a", r.test or "n/a"]
+            for r in rankings.itertuples()]
+    lines += ["Ranking of the arms, best first ('=' where equal at one decimal):", ""]
+    lines += markdown_table(["Target", "Paper (val)", "This run (val)", "This run (test)"], rows)
+    return lines + ["", "tables/rankings.csv.", ""]
+
+
+def data_section(metrics, sizes, summary, sources):
+    lines = ["## Data", ""]
     rows = []
     for target in metrics:
         counts = sizes.get(target) or {}
@@ -86,42 +215,147 @@ def report_markdown(table2_md, paired, convergence, summary, sizes, metrics, mai
                      fmt(patients.max() if len(patients) else None, 0)])
     lines += markdown_table(["Target", "Headline metric", "Train images", "Val images", "Test images",
                              "Test patients"], rows)
-    lines += ["", "Patient-level, stratified, seeded splits made once by prepare_data.py; every run of a target "
-                  "is tested on the same test images, which are never used for training or model selection. "
+    lines += ["", "Targets: patient-level, stratified, seeded splits made once by prepare_data.py; every run of a "
+                  "target is tested on the same test images, which are never used for training or model selection. "
                   "A train fraction < 1 takes a nested, stratified, patient-level subset of the train split.", ""]
-    lines += [table2_md, ""]
-    main_pairs = paired[(paired["checkpoint"] == "best")
-                        & (paired["train_fraction"] == paired["target"].map(main_fraction))]
-    if not main_pairs.empty:
-        lines += ["## Paired comparisons (test split, best-validation checkpoint)", ""]
-        delong = main_pairs[main_pairs["method"] == "DeLong"].set_index(["target", "arm", "reference"])
+    if sources:
+        rows = [[key, meta.get("protocol", "held-out-test"), *(fmt(meta["sizes"].get(s), 0) for s in ("train", "val",
+                                                                                                    "test")),
+                 f"{SOURCE_IMAGES[key]:,}" if key in SOURCE_IMAGES else "n/a"] for key, meta in sources.items()]
+        lines += markdown_table(["Source", "Protocol", "Train images", "Val images", "Test images",
+                                 "Paper's image count"], rows)
+        lines += ["", "Sources: the paper's protocol takes every image (ChestX-ray14's official test list too; "
+                      "EyePACS with its test images of grades 1-4, not those of grade 0), 90/10 train/val by patient, "
+                      "no test split; the All set is their union (paper: 169,198 images).", ""]
+    return lines
+
+
+def paired_section(pairs, checkpoint, args, pairing_notes):
+    lines = []
+    if not pairs.empty:
+        kind = "last-epoch" if checkpoint == "last" else "best-validation"
+        lines += [f"## Paired comparisons (test split, {kind} checkpoint, all pairs of arms)", ""]
+        delong = pairs[pairs["method"] == "DeLong"].set_index(["target", "arm", "reference"])
         rows = []
-        for r in main_pairs[main_pairs["method"] != "DeLong"].itertuples():
+        for r in pairs[pairs["method"] != "DeLong"].itertuples():
             auroc = "n/a"
             if (r.target, r.arm, r.reference) in delong.index:
                 d = delong.loc[(r.target, r.arm, r.reference)]
-                auroc = f"{fmt(d['difference'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p {fmt_p(d['p_value'])}"
+                auroc = (f"{fmt(d['difference'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p {fmt_p(d['p_value'])}, "
+                         f"p_Holm {fmt_p(d['p_holm'])}")
             rows.append([target_title(r.target), f"{r.arm} − {r.reference}", metric_label(r.metric),
-                         f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt_p(r.p_value), auroc])
+                         f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt_p(r.p_value),
+                         fmt_p(r.p_holm), auroc])
         lines += markdown_table(["Target", "Comparison", "Metric", f"Difference (pp) [{100 * args.ci:g} % CI]", "p",
-                                 "AUROC difference (pp), DeLong"], rows)
-        lines += ["", f"Arm minus reference on the same test images and seeds (mean over seeds). Headline metric: "
-                      f"paired bootstrap over test patients ({args.bootstrap} resamples, seed {args.seed}); AUROC "
-                      "(binary targets only): DeLong's test, images as independent. No correction for multiple "
-                      "comparisons. Every fraction and the last-epoch checkpoint: tables/paired.csv; "
-                      "figure: figures/forest.png.", ""]
-    if not convergence.empty:
-        lines += ["## Convergence (validation curves)", ""]
-        rows = [[target_title(r.target), r.arm, fmt_mean(r.best_val, r.best_val_sd),
-                 fmt_mean(r.epochs_to_95, r.epochs_to_95_sd), fmt_mean(r.val_auc, r.val_auc_sd)]
-                for r in convergence.itertuples()]
-        lines += markdown_table(["Target", "Arm", "Best val (%)", "Epochs to 95 % of best", "Val AUC (%)"], rows)
-        lines += ["", "Val AUC: area under the validation curve divided by the epoch span (the curve's mean "
-                      "height); higher = better sooner. Mean ± sd across seeds. tables/convergence.csv.", ""]
+                                 "p (Holm)", "AUROC difference (pp), DeLong"], rows)
+        lines += ["", f"The later arm (paper order IN, Domain_RI, Domain_IN, All_RI, All_IN) minus the earlier, on the "
+                      f"same test images and seeds (mean over seeds). Headline metric: paired bootstrap over test "
+                      f"patients ({args.bootstrap} resamples, seed {args.seed}), two-sided p. Multiple comparisons: "
+                      "Holm's correction within each target (its 10 comparisons; DeLong's separately), p (Holm) next "
+                      "to the raw p. AUROC (binary targets only): DeLong's test, images as independent. The other "
+                      "checkpoint and every fraction: tables/paired.csv; figure: figures/forest.png.", ""]
+    if pairing_notes:
+        lines += ["Not compared as paired:", ""] + [f"- {text}" for text in pairing_notes] + [""]
+    return lines
+
+
+def stability_section(convergence):
+    if convergence.empty:
+        return []
+    lines = ["## Convergence and stability (learning curves)", ""]
+    rows = [[target_title(r.target), r.arm, fmt_mean(r.best_val, r.best_val_sd),
+             fmt_mean(r.epochs_to_95, r.epochs_to_95_sd, count=True), fmt_mean(r.val_curve_mean, r.val_curve_mean_sd),
+             fmt_mean(r.max_drop, r.max_drop_sd), fmt_mean(r.tail_sd, r.tail_sd_sd),
+             fmt_mean(r.train_epochs_to_95, r.train_epochs_to_95_sd, count=True),
+             fmt_mean(r.train_late_gain, r.train_late_gain_sd)]
+            for r in convergence.itertuples()]
+    lines += markdown_table(["Target", "Arm", "Best val (%)", "Val epochs to 95 % of best", "Val curve mean (%)",
+                             "Largest val drop (pp)", "Val sd, last third (pp)", "Train epochs to 95 % of best",
+                             "Train gain, last third (pp)"], rows)
+    n_seeds = int(convergence["n_seeds"].max())
+    lines += ["", "Per run, then " + spread_words(n_seeds) + ". Val curve mean: the area under the validation curve "
+                  "divided by the epoch span (the curve's mean height; higher = better sooner; not an AUROC). Largest "
+                  "drop: the biggest fall between consecutive epochs (the paper's \"ditches\"). Last third: the last "
+                  "ceil(n/3) epochs (sd needs 2); train gain: what the training curve added over them (a curve still "
+                  "rising has not converged). tables/convergence.csv, per run tables/runs.csv.", ""]
+    return lines
+
+
+def settings_section(run_args):
+    """Each setting: what the paper states, or 'not stated' and the kit's choice and why; this run's value."""
+    lines = ["## Settings: the paper's and the kit's", ""]
+    rows = []
+    for name, paper, kit, because, key, paper_value in SETTINGS:
+        flag = f"--{key.replace('_', '-')}" if key else ""
+        values = sorted({str(args.get(key)) for args in run_args.values() if args.get(key) is not None}) if key else []
+        this_run = "; ".join(f"{kind} {flag} {args[key]}" for kind, args in run_args.items()
+                             if args.get(key) is not None) if len(values) > 1 else (f"{flag} {values[0]}" if values else "")
+        if paper_value is not None and values and values != [str(paper_value)]:
+            this_run += " (not the paper's)"
+        said = f"paper: {paper}" if paper else "paper: not stated"
+        rows.append([name, f"{said}; kit: {kit}" + (f" because {because}" if because else ""), this_run or "—"])
+    lines += markdown_table(["Setting", "What the paper states; what the kit chose", "This run"], rows)
+    return lines + ["", "Nothing marked \"kit\" is the paper's setting; docs/settings.md explains each choice.", ""]
+
+
+STRATEGY_WORDS = {"full": "full fine-tuning (every layer trains)",
+                  "partial": "partial fine-tuning (the last dense block and the head train)",
+                  "linear": "linear probe (the head alone trains; the backbone and its BatchNorm statistics frozen)"}
+
+
+def strategies_section(outputs, args):
+    """The strategies side by side: every target and arm's test value (claims checkpoint, mean [CI]) under
+    each strategy, with links to each strategy's own report, Table 2 and forest plot.
+    `outputs`: {strategy: (folder relative to OUT, its tables/table2.csv)}."""
+    prefix = "test_last" if args.claims_checkpoint == "last" else "test"
+    tables = {s: pd.read_csv(path) for s, (_, path) in outputs.items() if Path(path).is_file()}
+    lines = ["## Fine-tuning strategies side by side", "",
+             f"Test split, {'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, mean "
+             f"[{100 * args.ci:g} % CI] in %: the same targets, arms and seeds under each strategy.", ""]
+    first = next(iter(tables.values()))
+    rows = []
+    for row in first[["target", "arm", "metric"]].itertuples(index=False):
+        cells = []
+        for table in tables.values():
+            found = table[(table["target"] == row.target) & (table["arm"] == row.arm)]
+            value = found.iloc[0] if len(found) else {}
+            cells.append(fmt_mean(value.get(prefix, math.nan), low=value.get(f"{prefix}_ci_low", math.nan),
+                                  high=value.get(f"{prefix}_ci_high", math.nan)))
+        if any(cell != "n/a" for cell in cells):
+            rows.append([target_title(row.target), row.arm, metric_label(row.metric), *cells])
+    lines += markdown_table(["Target", "Arm", "Metric", *tables], rows) + [""]
+    for strategy, (folder, _) in outputs.items():
+        base = "" if str(folder) == "." else f"{folder}/"
+        lines.append(f"- {strategy}: {STRATEGY_WORDS.get(strategy, strategy)}: [report]({base}report.md), "
+                     f"[Table 2]({base}tables/table2.md), [forest plot]({base}figures/forest.png)")
+    return "\n".join(lines + [""])
+
+
+def report_markdown(*, table2_md, paired, convergence, summary, sizes, metrics, settings, args, figures,
+                    claims, comparison, rankings, answers, study, runs_arms, seeds, sources, run_args,
+                    missing_reason=None, pairing_notes=(), domains=None, strategy=None):
+    """OUT/report.md: what was run, the answer per target, the claims, the paper's Table 2 next to this
+    run, data, Table 2 with test CIs, all paired comparisons, convergence and stability, settings, figures."""
+    targets = list(metrics)
+    lines = ["# Domain-aware transfer learning: study report", ""]
+    lines += what_was_run(study, runs_arms, targets, seeds, settings, missing_reason, args.claims_checkpoint,
+                          domains, strategy)
+    lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "
+              f"{'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
+              f"{100 * args.ci:g} % CIs, Holm-corrected p)", ""]
+    lines += [f"- {answers[t]}" for t in targets if t in answers] + [""]
+    lines += claims_section(claims, args.ci, args.bootstrap)
+    lines += paper_vs_run_section(comparison, rankings, args.ci, max(1, len(seeds)))
+    lines += data_section(metrics, sizes, summary, sources)
+    lines += [table2_md, ""]
+    lines += paired_section(paired, args.claims_checkpoint, args, pairing_notes)
+    lines += stability_section(convergence)
+    lines += settings_section(run_args)
     lines += ["## Figures", ""]
     lines += [f"- [{title}](figures/{name})" for name, title in figures]
     lines += ["- Confusion matrices and per-class precision/recall/F1: "
               "`eval/<target>/<arm>/<run>/{best,last}/confusion.png`, `per_class.csv`", ""]
-    lines += ["Tables: tables/table2.{csv,md}, tables/test_summary.csv (every fraction and checkpoint), "
-              "tables/paired.csv, tables/convergence.csv, tables/runs.csv (one row per run).", ""]
+    lines += ["Tables: tables/table2.{csv,md}, tables/claims.csv, tables/paper_vs_run.csv, tables/rankings.csv, "
+              "tables/test_summary.csv (every fraction and checkpoint), tables/paired.csv, tables/convergence.csv, "
+              "tables/runs.csv (one row per run).", ""]
     return "\n".join(lines)

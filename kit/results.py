@@ -36,32 +36,44 @@ def read_csv(path):
         raise ValueError(f"{path}: cannot read CSV ({err})") from err
 
 
+STRATEGY_ORDER = ("full", "partial", "linear")  # finetune_target.py --strategy; runs without one are "full"
+
+
 def run_settings(run_dir):
-    """(seed, train fraction) of a run: args.json, else the folder name (frac<F>_seed<S>), else (0, 1.0)."""
-    args = {}
-    if (run_dir / "args.json").is_file():
-        args = read_json(run_dir / "args.json").get("args") or {}
+    """{seed, fraction, strategy, manifest_rows} of a run: from its args.json, else its folder name
+    ([<strategy>_][frac<F>_]seed<S>), else seed 0, fraction 1, full, no manifest hash."""
+    recorded = read_json(run_dir / "args.json") if (run_dir / "args.json").is_file() else {}
+    args = recorded.get("args") or {}
     seed = re.search(r"seed(\d+)", run_dir.name)
     fraction = re.search(r"frac([0-9.]+)", run_dir.name)
-    return (int(args.get("seed", seed.group(1) if seed else 0)),
-            float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)))
+    strategy = re.match(r"(full|partial|linear)_", run_dir.name)
+    data = (recorded.get("meta") or {}).get("data") or {}
+    return {"seed": int(args.get("seed", seed.group(1) if seed else 0)),
+            "fraction": float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)),
+            "strategy": str(args.get("strategy", strategy.group(1) if strategy else "full")),
+            "manifest_rows": data.get("manifest_rows")}
+
+
+def _visible(path: Path, base: Path) -> bool:
+    """False for files in a folder whose name starts with '.': evaluate.py's unfinished folders."""
+    return not any(part.startswith(".") for part in path.relative_to(base).parts)
 
 
 def discover_runs(runs_dir):
-    """One dict per OUT/finetune/<target>/<arm>/[...]/metrics.csv: target, arm, seed, fraction, dir, key."""
+    """One dict per OUT/finetune/<target>/<arm>/[...]/metrics.csv: target, arm, seed, fraction, strategy,
+    manifest_rows, dir, key."""
     finetune = Path(runs_dir) / "finetune"
     runs = []
     for csv_path in sorted(finetune.rglob("metrics.csv")):
         rel = csv_path.parent.relative_to(finetune)
-        if len(rel.parts) < 2:
+        if len(rel.parts) < 2 or not _visible(csv_path, finetune):
             continue
-        seed, fraction = run_settings(csv_path.parent)
-        runs.append({"target": rel.parts[0], "arm": rel.parts[1], "seed": seed, "fraction": fraction,
+        runs.append({"target": rel.parts[0], "arm": rel.parts[1], **run_settings(csv_path.parent),
                      "dir": csv_path.parent, "key": rel.as_posix(), "evals": {}})
     if not runs:
         raise ValueError(f"no metrics.csv under {finetune}/*/*/ — run finetune_target.py first")
     target_order = paper_sorted({r["target"] for r in runs}, TARGETS)
-    arm_order = paper_sorted({r["arm"] for r in runs}, ARMS)
+    arm_order = paper_sorted({r["arm"] for r in runs}, ["RI", *ARMS])  # the random-init floor first
     return sorted(runs, key=lambda r: (target_order.index(r["target"]), arm_order.index(r["arm"]),
                                        r["fraction"], r["seed"], r["key"]))
 
@@ -129,6 +141,8 @@ def attach_evals(runs_dir, runs):
     eval_dir = Path(runs_dir) / "eval"
     by_key = {run["key"]: run for run in runs}
     for csv_path in sorted(eval_dir.rglob("metrics.csv")):
+        if not _visible(csv_path, eval_dir):
+            continue
         frame = read_csv(csv_path)
         if "split" in frame.columns:
             frame = frame[frame["split"].astype(str).str.strip() == "test"]
@@ -165,4 +179,51 @@ def split_sizes(runs_dir, target):
         counts = json.loads(path.read_text())["counts"]
         return {s: sum(int(v) for v in counts.get(s, {}).values()) for s in ("train", "val", "test")}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        return None
+
+
+def read_study(runs_dir):
+    """OUT/study.json as study.sh writes it (data, demo, ImageNet weights found or why not, sizes,
+    epochs, seeds, ...), or None for a folder study.sh did not write."""
+    path = Path(runs_dir) / "study.json"
+    return read_json(path) if path.is_file() else None
+
+
+def source_manifests(runs_dir, keys=("chestxray14", "breakhis", "eyepacs")):
+    """{source key: {"protocol": ..., "sizes": {split: images}}} of the source manifests in OUT/manifests/
+    (images per split from the sidecar's split_images, else counted in the manifest: a multi-label
+    set's class counts are no image counts)."""
+    found = {}
+    for key in keys:
+        path = Path(runs_dir) / "manifests" / f"{key}.json"
+        if not path.is_file() or not path.with_suffix(".csv").is_file():
+            continue
+        meta = read_json(path)
+        sizes = meta.get("split_images")
+        if not isinstance(sizes, dict):
+            sizes = read_csv(path.with_suffix(".csv"))["split"].value_counts().to_dict()
+        found[key] = {"protocol": meta.get("protocol", "held-out-test"),
+                      "sizes": {s: int(sizes.get(s, 0)) for s in ("train", "val", "test")}}
+    return found
+
+
+def run_arguments(runs_dir, runs):
+    """{"fine-tuning": args, "pretraining": args} from the args.json of the first fine-tuning run and of
+    the first pretraining run under OUT/pretrain/ (either left out when absent): the run's settings."""
+    found = {}
+    candidates = (("fine-tuning", [r["dir"] / "args.json" for r in runs]),
+                  ("pretraining", sorted((Path(runs_dir) / "pretrain").glob("*/*/args.json"))))
+    for kind, paths in candidates:
+        path = next((p for p in paths if p.is_file()), None)
+        if path is not None:
+            found[kind] = read_json(path).get("args") or {}
+    return found
+
+
+def target_domain(runs_dir, target):
+    """The domain (cxr, hwsi, efi, other) in OUT/manifests/<target>.json, or None."""
+    path = Path(runs_dir) / "manifests" / f"{target}.json"
+    try:
+        return json.loads(path.read_text()).get("domain")
+    except (OSError, json.JSONDecodeError, AttributeError):
         return None

@@ -11,6 +11,7 @@ argument except the runtime-only ones in RUNTIME_ARGS, the data and the number o
 must equal this run's, so a hyperparameter added to a script tomorrow is covered without
 touching this file.
 """
+import dataclasses
 import math
 import platform
 import subprocess
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import locks, manifests
 from .checkpoints import load_checkpoint
-from .runtime import log
+from .runtime import is_main_process, log
 
 # Arguments that say where or how fast a run goes, never what it computes: they may change
 # between a start and a resume. Every other argument is part of the fingerprint. (--imagenet-weights
@@ -28,13 +30,33 @@ RUNTIME_ARGS = frozenset({"out", "resume", "device", "workers", "amp", "channels
                           "imagenet_weights"})
 
 
-def fingerprint(args, data_meta: dict, *, world_size: int) -> dict:
-    """What a checkpoint in --out must share with this run to be resumed: the data (dataset key,
-    task, classes), the number of processes (the global batch and the schedule depend on it) and
-    every argument not in RUNTIME_ARGS."""
-    settings = {name: value for name, value in sorted(vars(args).items()) if name not in RUNTIME_ARGS}
-    return {"data": {"key": data_meta["key"], "task": data_meta["task"], "classes": list(data_meta["classes"])},
-            "world_size": world_size, **settings}
+def data_identity(df, data_meta: dict) -> dict:
+    """What the data of a run is: dataset key, task, classes, and the content of the train and val
+    rows it learns from (manifests.rows_hash over image, label, split, patient) with their counts."""
+    used = df[df["split"].isin(["train", "val"])]
+    counts = used["split"].value_counts()
+    return {"key": data_meta["key"], "task": data_meta["task"], "classes": list(data_meta["classes"]),
+            "rows": manifests.rows_hash(used), "train": int(counts.get("train", 0)), "val": int(counts.get("val", 0))}
+
+
+def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
+    """What a checkpoint in --out must share with this run to be resumed: the data (data_identity:
+    the manifest's train/val rows by content, not its path), the number of processes (the global
+    batch and the schedule depend on it) and every argument not in RUNTIME_ARGS except the
+    manifest paths, which the data's content replaces (a moved manifest is the same data)."""
+    settings = {name: value for name, value in sorted(vars(args).items())
+                if name not in RUNTIME_ARGS and name not in ("manifest", "manifests")}
+    return {"data": data_identity(df, data_meta), "world_size": world_size, **settings}
+
+
+def _difference(name, saved, now) -> str:
+    if name == "data" and isinstance(saved, dict) and isinstance(now, dict):
+        if (saved.get("key"), saved.get("classes")) != (now.get("key"), now.get("classes")):
+            return f"data: dataset {saved.get('key')!r} -> {now.get('key')!r}"
+        return (f"data: the manifest's train/val rows changed (train {saved.get('train')} -> {now.get('train')}, "
+                f"val {saved.get('val')} -> {now.get('val')} images; content {saved.get('rows')} -> {now.get('rows')}); "
+                f"was prepare_data.py re-run with another split?")
+    return f"{name} {saved!r} -> {now!r}"
 
 
 def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool) -> dict | None:
@@ -56,7 +78,7 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool) -> dict | Non
     if not isinstance(saved, dict):
         raise SystemExit(f"{path}: this checkpoint holds no resume information (not written by a training script "
                          f"of this kit); choose another --out, or pass --no-resume to start over in {out_dir}")
-    changed = [f"{name} {saved.get(name)!r} -> {fingerprint.get(name)!r}"
+    changed = [_difference(name, saved.get(name), fingerprint.get(name))
                for name in dict.fromkeys([*fingerprint, *saved]) if saved.get(name) != fingerprint.get(name)]
     if changed:
         raise SystemExit(f"{out_dir} holds the checkpoint of a different run ({'; '.join(changed)}); choose another "
@@ -64,8 +86,49 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool) -> dict | Non
     return checkpoint
 
 
-def run_meta(data_meta: dict, args, *, init_description: str, loss_weights=None, skipped_images: int = 0) -> dict:
-    """What a checkpoint carries so that later stages rebuild the model and its eval transforms."""
+@dataclasses.dataclass
+class Run:
+    """A run folder opened for training: its fingerprint, the checkpoint to resume from (None: start
+    afresh), and the record of the images and patients it learns from (for evaluate.py)."""
+    out_dir: Path
+    fingerprint: dict
+    resume_from: dict | None
+    trained_on: dict
+    data: dict  # the fingerprint's data identity + the content hash of the whole manifest (all splits)
+
+
+def open_run(args, data_meta: dict, df, *, world_size: int) -> Run:
+    """Open args.out for this run before any expensive work: take its lock (rank 0; a second writer
+    is refused with one line naming the holder), then refuse a last.pt of a different run
+    (resume_checkpoint). `df` is the manifest as loaded: its train and val rows identify the data."""
+    out_dir = Path(args.out)
+    if is_main_process():
+        locks.hold(out_dir / ".lock", what=f"run folder {out_dir}")
+    run_fingerprint = fingerprint(args, data_meta, df, world_size=world_size)
+    used = df[df["split"].isin(["train", "val"])]
+    trained_on = {"images": manifests.key_hashes(used["image"].astype(str)),
+                  "patients": manifests.key_hashes(manifests.patient_keys(used, data_meta["key"]))}
+    return Run(out_dir, run_fingerprint, resume_checkpoint(out_dir, run_fingerprint, resume=args.resume),
+               trained_on, {**run_fingerprint["data"], "manifest_rows": manifests.rows_hash(df)})
+
+
+def training_overlap(checkpoint: dict, df, key: str) -> tuple[int, int] | None:
+    """(images, patients) of the rows `df` of data set `key` that the checkpoint's model was trained
+    or selected on (its train and val rows, by image path and by patient); None when the checkpoint
+    keeps no such record (written by an older version of the kit)."""
+    trained = checkpoint.get("trained_on")
+    if not isinstance(trained, dict) or not {"images", "patients"} <= set(trained):
+        return None
+    images = np.isin(manifests.hash64(df["image"].astype(str)), np.asarray(trained["images"]))
+    patients = manifests.patient_keys(df, key)
+    shared = np.isin(manifests.hash64(patients), np.asarray(trained["patients"]))
+    return int(images.sum()), int(patients[shared].nunique())
+
+
+def run_meta(data_meta: dict, args, run: Run, *, init_description: str, loss_weights=None,
+             skipped_images: int = 0) -> dict:
+    """What a checkpoint carries so that later stages rebuild the model and its eval transforms, and
+    check what it was trained on (``data``: Run.data)."""
     return {
         "key": data_meta["key"], "domain": data_meta["domain"], "task": data_meta["task"],
         "classes": list(data_meta["classes"]),
@@ -79,7 +142,7 @@ def run_meta(data_meta: dict, args, *, init_description: str, loss_weights=None,
         "init": str(args.init), "init_description": init_description,
         "source_checkpoint": None if args.init in ("random", "imagenet") else str(Path(args.init).resolve()),
         "manifests": [str(Path(p).resolve()) for p in (args.manifests if hasattr(args, "manifests") else [args.manifest])],
-        "loss_weights": loss_weights, "skipped_images": skipped_images,
+        "loss_weights": loss_weights, "skipped_images": skipped_images, "data": run.data,
     }
 
 

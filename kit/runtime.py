@@ -12,9 +12,34 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import cli
+
+
+_THREADS_CHOSEN = []
+
+
+def set_cpu_threads() -> int:
+    """Threads for this process's CPU tensor work, chosen once and printed once: OMP_NUM_THREADS
+    when it is set (torchrun sets 1 per process unless told otherwise), else the cores this process
+    may use divided among the processes that share them (cli.processes_per_machine). Processes that
+    each take every core stall one another: OpenMP threads spin waiting for siblings the OS has
+    descheduled (bench/bench_threads.py measures it)."""
+    if not _THREADS_CHOSEN:
+        cores, sharing = cli.available_cores(), cli.processes_per_machine()
+        if os.environ.get("OMP_NUM_THREADS"):
+            threads, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+        else:
+            threads, why = max(1, cores // sharing), f"{cores} cores / {sharing} process(es)"
+            torch.set_num_threads(threads)
+        _THREADS_CHOSEN.append(threads)
+        log(f"CPU threads: {threads} ({why})")
+    return _THREADS_CHOSEN[0]
+
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; 'cuda' without a GPU is an error, not a silent CPU run."""
+    """'auto' picks CUDA when available; 'cuda' without a GPU is an error, not a silent CPU run.
+    Also sets this process's CPU threads (set_cpu_threads)."""
+    set_cpu_threads()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

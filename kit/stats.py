@@ -9,7 +9,9 @@ study reports comes with its noise:
     paired_bootstrap      difference of two statistics on the same resamples (two arms scored on
                           the same test images): percentile CI and a two-sided p-value
     delong_test           DeLong's test for two correlated binary AUROCs on the same images
+    holm                  Holm's step-down adjustment of a family of p-values
     convergence           epochs to reach 95 % of the best validation value; area under the curve
+    stability             largest drop between consecutive epochs, sd and gain over the last third
 """
 import math
 import warnings
@@ -95,6 +97,23 @@ def paired_bootstrap(statistic_a: Callable[[np.ndarray], float], statistic_b: Ca
             "p_value": bootstrap_p_value(differences)}
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values of one family of tests (same order as given).
+
+    With the m finite p-values sorted ascending, p(1) <= ... <= p(m), the i-th is adjusted to
+    max over j <= i of min(1, (m - j + 1) p(j)); rejecting where the adjusted value is below alpha
+    keeps the chance of any false rejection in the family at most alpha. NaN p-values (a test that
+    could not be run) stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adjusted) if m else adjusted
+    return out
+
+
 # --------------------------------------------------------------------------- DeLong
 
 def _delong_components(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,3 +190,27 @@ def convergence(epochs, values, fraction: float = 0.95) -> dict:
     area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(epochs)) / span) if span > 0 else float(values[0])
     return {"best": best, "best_epoch": int(epochs[values.argmax()]),
             "epochs_to_target": int(epochs[np.argmax(values >= threshold)]), "curve_auc": area}
+
+
+def stability(epochs, values) -> dict:
+    """How steady a learning curve is (the paper's "stable" convergence and the "sharp ditches" of
+    IN on Messidor, Section 5.3), in the curve's units. With the n logged epochs in order and
+    k = ceil(n / 3) (the last third):
+
+    max_drop   the largest fall between consecutive epochs, max(v[i-1] - v[i]), 0 if it never
+               falls; NaN for one epoch
+    tail_sd    the sd (ddof 1) of the last k values; NaN when k < 2 (fewer than 4 epochs)
+    late_gain  v[n] - v[n-k], what the last third added: a curve still rising at the end has not
+               converged in the epochs it was given; NaN for one epoch
+    NaN values are left out first."""
+    epochs = np.asarray(epochs, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    values = values[keep][np.argsort(epochs[keep], kind="stable")]
+    n = len(values)
+    if n < 2:
+        return {"max_drop": math.nan, "tail_sd": math.nan, "late_gain": math.nan}
+    k = math.ceil(n / 3)
+    return {"max_drop": float(max(0.0, np.max(values[:-1] - values[1:]))),
+            "tail_sd": float(np.std(values[-k:], ddof=1)) if k >= 2 else math.nan,
+            "late_gain": float(values[-1] - values[-k - 1])}

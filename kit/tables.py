@@ -4,9 +4,12 @@ in percentage points.
 
 Test values are the mean over seeds; "sd" is the standard deviation across seeds (the training
 noise); the CI is a percentile bootstrap over test *patients* of that seed-mean (the
-test-sampling noise). Paired comparisons: every arm against each reference arm on the same test
-images and seeds, with a paired patient bootstrap CI and two-sided p-value of the headline
-metric; for binary targets also DeLong's test of the AUROC difference.
+test-sampling noise). Paired comparisons: all pairs of arms (10 for the paper's five), each later
+arm in paper order minus the earlier one, on the same test images and seeds, with a paired
+patient bootstrap CI and two-sided p-value of the headline metric, Holm-adjusted within each
+target (and checkpoint, train fraction and method); for binary targets also DeLong's test of
+the AUROC difference. Curves: convergence (epochs to 95 % of the best, mean height) and stability
+(largest drop, sd and gain over the last third) of the validation and the training curve.
 """
 import math
 
@@ -14,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, stats
+from .paper import TABLE2, ranking
 from .results import CHECKPOINTS, last_epoch_row, read_predictions
 
 CONVERGENCE = 0.95              # "epochs to reach 95 % of the arm's best validation metric"
@@ -41,13 +45,20 @@ def mean_curves(curves_list):
     return out.join(sd).reset_index()
 
 
-def test_comparisons(group, metric, target, args):
+def test_comparisons(group, metric, target, args, notes=None):
     """Test results of one (target, train fraction, checkpoint kind): the runs' evaluations of
     every arm and seed, bootstrapped together on the same patient resamples.
 
-    Returns (summary rows per arm, paired rows). Without predictions.csv files (or with arms
-    tested on different images) the CI comes from evaluate.py's metrics.csv for a single seed.
+    Returns (summary rows per arm, paired rows). Arms are compared as paired only when every run
+    was trained on the same manifest (same rows: args.json meta.data.manifest_rows) and tested on
+    the same images; otherwise, or without predictions.csv files, there are no paired rows, the CI
+    comes from evaluate.py's metrics.csv for a single seed, and a line saying why goes to `notes`.
     """
+    def note(text):
+        print(f"note: {text}")
+        if notes is not None:
+            notes.append(text)
+
     by_arm = {}
     for run, evaluation in group:
         by_arm.setdefault(run["arm"], {})[run["seed"]] = evaluation
@@ -56,12 +67,16 @@ def test_comparisons(group, metric, target, args):
 
     # --- the seeds' predictions on the same images, or none
     loaded = None
-    if args.bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
+    same_split = len({run.get("manifest_rows") for run, _ in group} - {None}) <= 1
+    if not same_split:
+        note(f"{target}: its runs were trained on different splits (the manifest changed between runs: "
+             f"prepare_data.py was re-run); they are not compared as paired")
+    if same_split and args.bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
             by_arm[a][s]["predictions"] for a, s in columns):
         loaded = {c: read_predictions(by_arm[c[0]][c[1]]["predictions"]) for c in columns}
         first = loaded[columns[0]][0]
         if any(not frame["image"].equals(first["image"]) for frame, *_ in loaded.values()):
-            print(f"note: {target}: the runs were tested on different images; no paired comparisons")
+            note(f"{target}: its runs were tested on different images; they are not compared as paired")
             loaded = None
     distribution = None
     if loaded:
@@ -102,13 +117,12 @@ def test_comparisons(group, metric, target, args):
     if distribution is None:
         return summary, paired
     binary = len(loaded[columns[0]][3]) == 2 and 0 < (targets == 1).sum() < len(targets)  # DeLong needs both
-    done = set()
-    for reference in args.reference:
-        for arm in by_arm:
-            seeds = sorted(set(by_arm.get(reference, {})) & set(by_arm[arm]))
-            if arm == reference or not seeds or (reference, arm) in done:  # B - A is A - B negated
+    arms = list(by_arm)  # paper order (discover_runs sorts the runs)
+    for k, reference in enumerate(arms):
+        for arm in arms[k + 1:]:  # every pair once: the later arm minus the earlier one
+            seeds = sorted(set(by_arm[reference]) & set(by_arm[arm]))
+            if not seeds:
                 continue
-            done.add((arm, reference))
             arm_point, arm_dist = seed_mean(arm, seeds)
             ref_point, ref_dist = seed_mean(reference, seeds)
             low, high = stats.percentile_interval(arm_dist - ref_dist, args.ci)
@@ -140,10 +154,16 @@ def runs_frame(runs, metrics):
         epoch, train, val = last_epoch_row(run["curves"])
         val_rows = run["curves"][run["curves"]["split"] == "val"]
         conv = stats.convergence(val_rows["epoch"], val_rows["value"], CONVERGENCE)
+        train_rows = run["curves"][run["curves"]["split"] == "train"]
+        train_conv = stats.convergence(train_rows["epoch"], train_rows["value"], CONVERGENCE)
+        val_stability = stats.stability(val_rows["epoch"], val_rows["value"])
         row = {"target": run["target"], "arm": run["arm"], "train_fraction": run["fraction"], "seed": run["seed"],
                "metric": metric, "epoch": epoch, "train": 100 * train, "val": 100 * val,
                "best_val": 100 * conv["best"], "best_epoch": conv["best_epoch"],
-               "epochs_to_95": conv["epochs_to_target"], "val_auc": 100 * conv["curve_auc"]}
+               "epochs_to_95": conv["epochs_to_target"], "val_curve_mean": 100 * conv["curve_auc"],
+               "max_drop": 100 * val_stability["max_drop"], "tail_sd": 100 * val_stability["tail_sd"],
+               "train_epochs_to_95": train_conv["epochs_to_target"],
+               "train_late_gain": 100 * stats.stability(train_rows["epoch"], train_rows["value"])["late_gain"]}
         for kind in CHECKPOINTS:
             result = run["evals"].get(kind, {}).get("row", {})
             row |= {f"test_{kind}{suffix}": 100 * number(result.get(f"{metric}{suffix}"))
@@ -155,7 +175,7 @@ def runs_frame(runs, metrics):
     return frame
 
 
-def test_frames(runs, targets, metrics, args):
+def test_frames(runs, targets, metrics, args, notes=None):
     """tables/test_summary.csv and tables/paired.csv (%), one test_comparisons() per (target,
     train fraction, checkpoint), in paper order."""
     summary_rows, paired_rows = [], []
@@ -165,7 +185,7 @@ def test_frames(runs, targets, metrics, args):
                 group = [(r, r["evals"][kind]) for r in runs
                          if r["target"] == target and r["fraction"] == fraction and kind in r["evals"]]
                 if group:
-                    summary, paired = test_comparisons(group, metrics[target], target, args)
+                    summary, paired = test_comparisons(group, metrics[target], target, args, notes)
                     keys = {"target": target, "train_fraction": fraction, "checkpoint": kind}
                     summary_rows += [keys | row for row in summary]
                     paired_rows += [keys | row for row in paired]
@@ -178,6 +198,10 @@ def test_frames(runs, targets, metrics, args):
                            (paired, ["arm_value", "reference_value", "difference", "ci_low", "ci_high",
                                      "difference_sd"])):
         frame[columns] = 100 * frame[columns]
+    # Holm within each family: a target's comparisons at one train fraction and checkpoint, by method
+    family = ["target", "train_fraction", "checkpoint", "method"]
+    paired.insert(paired.columns.get_loc("p_value") + 1, "p_holm",
+                  paired.groupby(family, sort=False)["p_value"].transform(stats.holm) if len(paired) else [])
     return summary, paired
 
 
@@ -198,6 +222,8 @@ def table2_frame(at_main, summary, table_arms, metrics, main_fraction):
                 found = summary[(summary["target"] == target) & (summary["arm"] == arm)
                                 & (summary["checkpoint"] == kind) & (summary["train_fraction"] == main_fraction[target])]
                 values = found.iloc[0] if len(found) else {}
+                if len(found) and pd.notna(values.get("n_patients")):
+                    row["n_test_patients"] = values["n_patients"]
                 row |= {prefix: values.get("test", math.nan), f"{prefix}_sd": values.get("test_sd", math.nan),
                         f"{prefix}_ci_low": values.get("ci_low", math.nan),
                         f"{prefix}_ci_high": values.get("ci_high", math.nan)}
@@ -205,21 +231,57 @@ def table2_frame(at_main, summary, table_arms, metrics, main_fraction):
     table = pd.DataFrame(rows, columns=[
         "target", "arm", "metric", "train", "val", "epoch", "n_seeds", "train_sd", "val_sd", "test", "test_ci_low",
         "test_ci_high", "test_sd", "test_last", "test_last_ci_low", "test_last_ci_high", "test_last_sd", "n_test",
-        "train_fraction"])
-    for column in ("epoch", "n_test"):
+        "train_fraction", "n_test_patients"])
+    for column in ("epoch", "n_test", "n_test_patients"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
     return table
 
 
+CURVE_MEASURES = ("best_val", "epochs_to_95", "val_curve_mean", "max_drop", "tail_sd", "train_epochs_to_95",
+                  "train_late_gain")
+
+
 def convergence_frame(at_main):
-    """tables/convergence.csv: per target and arm (largest fraction), mean and sd across seeds."""
+    """tables/convergence.csv: per target and arm (largest fraction), mean and sd across seeds of the
+    curve measures: convergence and stability of the validation curve, convergence of the training curve."""
     rows = []
     for (target, arm), seeds in at_main.groupby(["target", "arm"], sort=False):
         row = {"target": target, "arm": arm, "train_fraction": seeds["train_fraction"].iloc[0],
-               "metric": seeds["metric"].iloc[0], "n_seeds": len(seeds), "best_epoch": seeds["best_epoch"].mean()}
-        for column in ("best_val", "epochs_to_95", "val_auc"):
+               "metric": seeds["metric"].iloc[0], "n_seeds": len(seeds), "epochs": seeds["epoch"].max(),
+               "best_epoch": seeds["best_epoch"].mean()}
+        for column in CURVE_MEASURES:
             row[column], row[f"{column}_sd"] = mean_sd(seeds[column])
         rows.append(row)
-    return pd.DataFrame(rows, columns=["target", "arm", "train_fraction", "metric", "n_seeds", "best_val",
-                                       "best_val_sd", "best_epoch", "epochs_to_95", "epochs_to_95_sd", "val_auc",
-                                       "val_auc_sd"])
+    return pd.DataFrame(rows, columns=["target", "arm", "train_fraction", "metric", "n_seeds", "epochs", "best_epoch",
+                                       *(f"{c}{sd}" for c in CURVE_MEASURES for sd in ("", "_sd"))])
+
+
+def paper_vs_run_frame(table, checkpoint):
+    """tables/paper_vs_run.csv: for the paper's targets and arms, its Table 2 (last epoch, train and
+    validation) next to this run's last-epoch train and validation (mean and sd across seeds), this
+    run's test value at `checkpoint` (best | last) with its CI, and val - paper val in points."""
+    prefix = "test" if checkpoint == "best" else "test_last"
+    rows = []
+    for r in table.itertuples():
+        if r.arm not in TABLE2.get(r.target, {}):
+            continue
+        paper_train, paper_val = TABLE2[r.target][r.arm]
+        rows.append({"target": r.target, "arm": r.arm, "metric": r.metric, "paper_train": paper_train,
+                     "paper_val": paper_val, "train": r.train, "train_sd": r.train_sd, "val": r.val, "val_sd": r.val_sd,
+                     "val_minus_paper": r.val - paper_val, "checkpoint": checkpoint, "test": getattr(r, prefix),
+                     "test_sd": getattr(r, f"{prefix}_sd"), "test_ci_low": getattr(r, f"{prefix}_ci_low"),
+                     "test_ci_high": getattr(r, f"{prefix}_ci_high"), "n_seeds": r.n_seeds})
+    return pd.DataFrame(rows, columns=["target", "arm", "metric", "paper_train", "paper_val", "train", "train_sd", "val",
+                                       "val_sd", "val_minus_paper", "checkpoint", "test", "test_sd", "test_ci_low",
+                                       "test_ci_high", "n_seeds"])
+
+
+def rankings_frame(comparison):
+    """tables/rankings.csv: per target, the arms best first (ties at one decimal joined by '='): the
+    paper's validation, this run's last-epoch validation and its test values (arms not run left out)."""
+    rows = []
+    for target, arms in comparison.groupby("target", sort=False):
+        by_arm = arms.set_index("arm")
+        rows.append({"target": target, "paper_val": ranking(by_arm["paper_val"].to_dict()),
+                     "val": ranking(by_arm["val"].to_dict()), "test": ranking(by_arm["test"].to_dict())})
+    return pd.DataFrame(rows, columns=["target", "paper_val", "val", "test"])

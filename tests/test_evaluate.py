@@ -50,7 +50,7 @@ def test_best_and_last_with_cis_per_class_and_confusion(run):
         assert row["accuracy"] == pytest.approx((predictions["target"] == predictions["pred"]).mean())
 
         per_class = pd.read_csv(folder / "per_class.csv")
-        assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
+        assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support", "note"]
         assert list(per_class["class"]) == ["blue", "red"] and per_class["support"].sum() == n
         confusion = pd.read_csv(folder / "confusion.csv").set_index("true")
         assert list(confusion.columns) == ["blue", "red"] and confusion.to_numpy().sum() == n

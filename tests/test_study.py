@@ -101,7 +101,7 @@ def test_table2_has_25_finite_values(study):
     assert (table["test"] <= table["test_ci_high"]).all() and table["test_last"].notna().all()
     paired = pd.read_csv(base / "out" / "tables" / "paired.csv")
     headline = paired[(paired["checkpoint"] == "best") & (paired["method"] != "DeLong")]
-    assert len(headline) == 5 * (4 + 3)  # per target: 4 arms vs IN, 3 more vs Domain_RI
+    assert len(headline) == 5 * 10  # per target: all 10 pairs of the five arms
     assert set(paired.loc[paired["method"] == "DeLong", "target"]) == {"shenzhen"}  # the one binary target
     assert headline["p_value"].between(0, 1).all()  # DeLong's is NaN where its variance estimate is 0 (4 images)
     convergence = pd.read_csv(base / "out" / "tables" / "convergence.csv")
