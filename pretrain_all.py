@@ -78,8 +78,9 @@ def main(args):
     if sorted(data_meta["sources"]) == sorted(k for k in paper.SOURCE_IMAGES if k != "all"):  # the paper's three sources
         runtime.log(paper.stated_vs_built("all", len(used), int((used["split"] == "train").sum()),
                                           int((used["split"] == "val").sum())))
-    if args.label_mask:  # each image is scored on its own dataset's labels only
+    if args.label_mask:
         df = data.mask_unknown_labels(df, data_meta)
+        runtime.log("each image is scored on its own dataset labels only (--label-mask)")
     train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
                                                                  dist_info=dist_info)
 

@@ -3,10 +3,13 @@ training runs, a stand-in for the ImageNet weights file, running a script as a s
 fabricated study trees plot_results.py is tested on. Imported as `from helpers import ...`
 (conftest.py puts this folder on sys.path); never import from another test_*.py file.
 """
+import builtins
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +355,135 @@ def write_seeded_study(root):
 
 def hand_accuracy(probs, target):
     return 100 * float((probs.argmax(axis=1) == TRUTH[target]).mean())
+
+
+# --------------------------------------------------------------------------- failure and study scenarios
+
+def colour_folder(root, n=16, size=(40, 48), seed=0) -> Path:
+    """A `folder` dataset of two learnable colours: <root>/{blue,red}/<colour>_<i>.png with noise."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(("blue", "red")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            colour = np.array([60, 60, 200]) if c == 0 else np.array([200, 60, 60])
+            pixels = np.clip(colour + rng.normal(0, 40, (*size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def prepare_colour(data, out, *extra, name="tiny") -> Path:
+    """prepare_data.py (a subprocess) on a colour_folder: 25 % val, 20 % test."""
+    result = run_script("prepare_data.py", "--dataset", "folder", "--root", data, "--name", name, "--domain", "hwsi",
+                        "--out", out, "--val-frac", "0.25", "--test-frac", "0.2", *extra)
+    assert result.returncode == 0, result.stderr
+    return Path(out) / f"{name}.csv"
+
+
+def train_argv(manifest, out, *extra, epochs=1) -> list:
+    """finetune_target.py's command line for a tiny run from random init."""
+    return ["finetune_target.py", "--manifest", manifest, "--init", "random", "--out", out, "--image-size", "32",
+            "--epochs", str(epochs), "--batch-size", "4", "--workers", "0", "--device", "cpu", "--hidden-dim", "16",
+            *extra]
+
+
+def one_line(result) -> str:
+    """A command failed with one line on stderr and no traceback: that line."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.strip()][-1]
+
+
+def picture(path, seed, size=(40, 48)) -> Path:
+    """A random RGB picture (a PNG)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def graded_table(root, suffix=".csv"):
+    """12 patients x 3 images, grade = patient % 3, relative paths, a given split for 8 patients."""
+    rows = []
+    for p in range(12):
+        for k in range(3):
+            name = f"imgs/p{p}_{k}.png"
+            picture(root / name, seed=p * 10 + k)
+            rows.append({"path": name, "grade": p % 3, "pid": f"P{p}",
+                         "set": ["train", "train", "validation", "test"][p % 4] if p < 8 else ""})
+    table = pd.DataFrame(rows)
+    path = root / f"labels{suffix}"
+    if suffix == ".xlsx":
+        table.to_excel(path, index=False)
+    elif suffix == ".tsv":
+        table.to_csv(path, sep="\t", index=False)
+    else:
+        table.to_csv(path, index=False)
+    return path, table
+
+
+def eyepacs_tree(root, rows):
+    """An EyePACS tree: train/<image>.jpeg (random pictures) and trainLabels.csv of `rows`."""
+    (root / "train").mkdir(parents=True)
+    for name in {r.split(",")[0] for r in rows}:
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(root / "train" / f"{name}.jpeg")
+    (root / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+
+
+def hold_lock(path):
+    """Hold the lock file `path` as another process would, naming pid 4242 on testhost."""
+    handle = open(path, "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.write("pid 4242 on testhost since now\n")
+    handle.flush()
+    return handle
+
+
+def wait_until_free(lock_path, seconds=60):
+    deadline = time.time() + seconds
+    with open(lock_path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                assert time.time() < deadline, "the killed study still holds its lock"
+                time.sleep(0.1)
+
+
+def study_env(out, **settings) -> dict:
+    """study.sh's environment for a tiny demo study into `out`: 32 px, one epoch each, one target,
+    one thread per run, offline (no ImageNet file)."""
+    env = {**os.environ, "OUT": str(out), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1", "EPOCHS_FINETUNE": "1",
+           "BATCH_SIZE": "16", "DEMO_SCALE": "0.3", "WORKERS": "0", "DEVICE": "cpu", "TARGETS": "shenzhen",
+           "THREADS": "1", "TORCH_HOME": str(Path(out).parent / "no_torch_home"), **settings}
+    for name in ("DATA", "IMAGENET_WEIGHTS", "OMP_NUM_THREADS"):
+        env.pop(name, None)
+    return env
+
+
+def run_tiny_study(out, **settings) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "study.sh")], env=study_env(out, **settings), capture_output=True,
+                          text=True, timeout=3000)
+
+
+def image_sizes(out):
+    """{run folder: the image size its args.json records}, for every run of a study."""
+    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["meta"]["image_size"]
+            for p in out.glob("*/**/args.json")}
+
+
+class Payload:
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def payloads(marker):
+    """Pickled payloads that would create `marker` if a loader ran them."""
+    touch = f"touch {marker}"
+    return {"os.system": Payload(os.system, touch),
+            "subprocess.Popen": Payload(subprocess.Popen, ["touch", str(marker)]),
+            "builtins.exec": Payload(builtins.exec, f"open({str(marker)!r}, 'w')"),
+            "eval": Payload(builtins.eval, f"open({str(marker)!r}, 'w')"),
+            "nested __reduce__": {"model": {"a": [1, {"b": Payload(os.system, touch)}]}}}

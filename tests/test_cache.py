@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import ROOT, run_script
 from PIL import Image
 
 import transforms
-from helpers import ROOT, run_script
 from kit import cache, data
 
 S = 32
@@ -207,8 +207,9 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys):
-    import prepare_data
     from PIL import Image
+
+    import prepare_data
     root = tmp_path / "data"
     for name, colour in (("a", 40), ("b", 200)):
         (root / name).mkdir(parents=True)

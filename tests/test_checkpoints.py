@@ -1,15 +1,33 @@
 """kit.checkpoints: atomic saves that refuse what cannot be loaded, loads that never run code from
 the file, and one clear line for every unreadable file."""
 import argparse
+import resource
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import (
+    ROOT,
+    colour_folder,
+    payloads,
+    prepare_colour,
+    run_script,
+    train_argv,
+)
 
-from kit.checkpoints import CheckpointError, first_keys, load_checkpoint, one_line, save_checkpoint, torch_load
+from kit.checkpoints import (
+    CheckpointError,
+    first_keys,
+    load_checkpoint,
+    one_line,
+    save_checkpoint,
+    torch_load,
+)
 from kit.models import build_model
-
 
 # --- loading ----------------------------------------------------------------------------------------
 
@@ -113,3 +131,52 @@ def test_torch_load_names_what_it_reads_and_message_helpers(tmp_path):
     assert first_keys(["f", "b", "a"]) == "a, b, f"
     assert first_keys([f"k{i}" for i in range(8)]) == "k0, k1, k2, k3, k4 and 3 more"
     assert one_line(OSError("first line\nsecond line")) == "OSError: first line"
+
+
+@pytest.mark.slow
+def test_pickled_payloads_are_refused_on_every_loading_path(tmp_path):
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=8), tmp_path / "m")
+    marker = tmp_path / "PWNED"
+    for name, payload in payloads(marker).items():
+        evil = tmp_path / f"evil_{name.split()[0]}.pt"
+        torch.save({"model": {}, "meta": {}, "x": payload}, evil)
+        outs = tmp_path / f"o_{name.split()[0]}"
+        outs.mkdir()
+        (outs / "resume").mkdir()
+        torch.save({"model": {}, "resume": payload}, outs / "resume" / "last.pt")
+        commands = {
+            "--init": train_argv(manifest, outs / "init", "--init", evil),
+            "resume": train_argv(manifest, outs / "resume"),
+            "evaluate": ["evaluate.py", "--checkpoint", evil, "--manifest", manifest, "--out", outs / "eval"],
+            "--imagenet-weights": [*train_argv(manifest, outs / "in"), "--init", "imagenet", "--imagenet-weights", evil],
+        }
+        for path, argv in commands.items():
+            line = one_line(run_script(*argv))
+            assert "contains Python objects that could run code" in line and "refused" in line, (name, path, line)
+            assert "weights_only" not in line, line
+        assert not marker.exists(), name
+    sys.path.insert(0, str(ROOT))
+    from kit import models
+    with pytest.raises(ValueError, match="could run code"):
+        models.model_from_checkpoint(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=12), tmp_path / "m")
+    out = tmp_path / "run"
+    assert run_script(*train_argv(manifest, out)).returncode == 0
+    size = (out / "last.pt").stat().st_size
+    before = (out / "last.pt").read_bytes()
+
+    def limit_file_size():  # writes past the limit fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    result = subprocess.run([sys.executable, *map(str, train_argv(manifest, out, "--no-resume"))], cwd=ROOT,
+                            capture_output=True, text=True, preexec_fn=limit_file_size)
+    line = one_line(result)
+    assert "last.pt" in line and "could not be written" in line and "is intact" in line, line
+    assert (out / "last.pt").read_bytes() == before
+    assert not list(out.glob("*.tmp"))

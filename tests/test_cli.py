@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT, load_make_demo_data
+
 from kit import cli
 
 # script -> how to start it, how to get its parser in this process

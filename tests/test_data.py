@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import finetune_argv, run_finetune, tiny_frame, two_colour_manifest
+
 from kit import data
 
 CPU = torch.device("cpu")

@@ -1,17 +1,28 @@
 """evaluate.py: metrics with bootstrap CIs over patients, per-class report, confusion matrix, and the
 output folders of several checkpoints (how study.sh evaluates best.pt and last.pt of every run)."""
 import argparse
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import (
+    ROOT,
+    TINY,
+    colour_folder,
+    folder_manifest,
+    one_line,
+    prepare_colour,
+    run_script,
+    train_argv,
+)
 from PIL import Image
 
 import evaluate
 import finetune_target
-from helpers import TINY, folder_manifest
 
 EVAL = ["--workers", "0", "--device", "cpu"]
 
@@ -131,3 +142,49 @@ def test_evaluate_refuses_a_checkpoint_of_other_classes(run, tmp_path):
         evaluate.main(evaluate.get_args_parser().parse_args(
             ["--checkpoint", str(run / "best.pt"), "--manifest", str(other), "--out", str(tmp_path / "e"),
              "--workers", "0", "--device", "cpu"]))
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_test_rows_it_was_trained_on_and_notes_a_disjoint_manifest(tmp_path):
+    data = colour_folder(tmp_path / "data", n=20)
+    manifest = prepare_colour(data, tmp_path / "m")
+    assert run_script(*train_argv(manifest, tmp_path / "run")).returncode == 0
+    checkpoint = tmp_path / "run" / "best.pt"
+    evaluate = ["evaluate.py", "--checkpoint", checkpoint, "--bootstrap", "10", "--workers", "0", "--device", "cpu"]
+    # the same data split again with another seed: its test split holds images the model trained on
+    other = prepare_colour(data, tmp_path / "m2", "--seed", "5")
+    line = one_line(run_script(*[*evaluate, "--manifest", other, "--out", tmp_path / "e1"]))
+    assert "were used to train or select" in line and "test images" in line
+    assert not (tmp_path / "e1").exists()
+    # a manifest of other images (another folder) with the same classes: allowed, with a note
+    external = prepare_colour(colour_folder(tmp_path / "external", n=6, seed=9), tmp_path / "m3", name="external")
+    result = run_script(*[*evaluate, "--manifest", external, "--out", tmp_path / "e2"])
+    assert result.returncode == 0, result.stderr
+    assert "is not the manifest" in result.stdout and "shares no image and no patient" in result.stdout
+    # its own manifest: no note
+    result = run_script(*[*evaluate, "--manifest", manifest, "--out", tmp_path / "e3"])
+    assert result.returncode == 0 and "note:" not in result.stdout
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_between_files_leaves_the_previous_folder_whole(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import evaluate
+
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=12), tmp_path / "m")
+    assert run_script(*train_argv(manifest, tmp_path / "run")).returncode == 0
+    argv = ["--checkpoint", str(tmp_path / "run" / "best.pt"), "--manifest", str(manifest), "--out",
+            str(tmp_path / "e"), "--bootstrap", "10", "--workers", "0", "--device", "cpu"]
+    evaluate.main(evaluate.get_args_parser().parse_args(argv))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "e").iterdir()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after predictions.csv and per_class.csv, before the figure and metrics.csv
+    monkeypatch.setattr(evaluate, "plot_confusion", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(evaluate.get_args_parser().parse_args([*argv, "--seed", "1"]))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "e").iterdir()} == before
+    monkeypatch.undo()
+    evaluate.main(evaluate.get_args_parser().parse_args([*argv, "--seed", "1"]))  # the leftover does not stop it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".e.tmp")) == []
+    assert json.loads(json.dumps(pd.read_csv(tmp_path / "e" / "metrics.csv")["bootstrap_seed"].tolist())) == [1]

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import ROOT, TINY, folder_manifest, run_finetune, run_script
+from PIL import Image
 
 import finetune_target
-from helpers import ROOT, TINY, folder_manifest, run_finetune
 from kit import checkpoints
 
 SCRIPT = (ROOT / "finetune_target.py").read_text()
@@ -134,3 +136,36 @@ def test_the_recipe_is_editable_in_the_script_alone(tmp_path):
         assert torch.equal(run["model"][key], init[key]), key  # BatchNorm's affine parameters are frozen too
     for key in ("head.fc.weight", "head.bn.weight", "head.out.weight", "head.out.bias"):
         assert not torch.equal(run["model"][key], init[key]), key  # the head learned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,frozen", [("linear", "features."), ("partial", "features.denseblock1.")])
+def test_a_frozen_part_keeps_every_weight_and_batchnorm_statistic(tmp_path, strategy, frozen):
+    sys.path.insert(0, str(ROOT))
+    from kit import models
+
+    root = tmp_path / "data"
+    for cls, colour in (("blue", (60, 60, 200)), ("red", (200, 60, 60))):
+        for i in range(12):
+            pixels = np.clip(np.array(colour) + np.random.default_rng(i).normal(0, 40, (40, 48, 3)), 0, 255)
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / cls / f"{i}.png")
+    assert run_script(*["prepare_data.py", "--dataset", "folder", "--root", root, "--domain", "hwsi", "--name", "t",
+                "--out", tmp_path / "m"]).returncode == 0
+    init = tmp_path / "init.pt"
+    torch.manual_seed(3)
+    start = models.build_model(2)
+    torch.save({"model": start.state_dict(), "meta": {}}, init)
+    result = run_script(*["finetune_target.py", "--manifest", tmp_path / "m" / "t.csv", "--init", init, "--out", tmp_path / "r",
+                  "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                  "--strategy", strategy])
+    assert result.returncode == 0, result.stderr
+    trained = models.load_checkpoint(tmp_path / "r" / "last.pt")["model"]
+    before = start.state_dict()
+    kept = [k for k in trained if k.startswith(frozen)]
+    assert kept and all(torch.equal(trained[k], before[k]) for k in kept)  # weights and running_mean/var alike
+    assert any("running_mean" in k for k in kept)
+    assert not torch.equal(trained["head.fc.weight"], before["head.fc.weight"])
+    if strategy == "partial":
+        assert not torch.equal(trained["features.denseblock4.denselayer1.layers.conv1.weight"],
+                               before["features.denseblock4.denselayer1.layers.conv1.weight"])

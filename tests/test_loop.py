@@ -3,13 +3,27 @@
 at a non-finite loss."""
 import argparse
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import (
+    ROOT,
+    colour_folder,
+    finetune_argv,
+    prepare_colour,
+    read_metrics,
+    run_finetune,
+    tiny_frame,
+    train_argv,
+    two_colour_manifest,
+)
 
-from helpers import finetune_argv, read_metrics, run_finetune, tiny_frame, two_colour_manifest
 from kit import checkpoints, data, loop, losses, metrics, models, runs, runtime
 
 CPU = torch.device("cpu")
@@ -183,3 +197,25 @@ def test_warmup_cosine_resumes_from_its_state_dict():
 def test_fast_kernels():
     assert loop.fast_kernels(torch.device("cpu")) == {"foreach": True}
     assert loop.fast_kernels(torch.device("cuda", 0)) == {"fused": True}
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_where_the_run_stopped(tmp_path):
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=40), tmp_path / "m")
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, *map(str, train_argv(manifest, out, epochs=50))], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "interrupted (Ctrl-C) during epoch" in stderr and "run the same command again" in stderr
+
+
+def test_best_pt_holds_the_model_and_meta_only(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from kit import loop
+    assert set(loop.BEST_KEYS) == {"model", "meta", "epoch", "best_metric", "best_epoch", "trained_on"}

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xlrd
-from PIL import Image
-
 from helpers import ROOT, load_make_demo_data, run_script
+from PIL import Image
 
 demo = load_make_demo_data()
 

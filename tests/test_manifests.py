@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import colour_folder, prepare_colour
 
 from kit import manifests, readers
-
 
 # --------------------------------------------------------------------------- splits
 
@@ -238,3 +238,20 @@ def test_load_manifests_one_is_the_manifest_several_the_aggregate(tmp_path):
     pd.testing.assert_frame_equal(df, both_df)
     assert meta == both_meta and meta["key"] == "all"
     assert meta["classes"] == ["shenzhen/normal", "shenzhen/tuberculosis", "breakhis/benign", "breakhis/malignant"]
+
+
+def test_load_manifest_refuses_an_image_or_patient_in_two_splits(tmp_path):
+    from kit import manifests
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=8), tmp_path / "m")
+    df = pd.read_csv(manifest)
+    edited = df.copy()
+    edited.loc[len(edited)] = {**df.iloc[0].to_dict(), "split": "test" if df.iloc[0]["split"] != "test" else "train"}
+    edited.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"image .* is in the .* splits"):
+        manifests.load_manifest(manifest)
+    edited = df.copy()
+    first, other = edited.index[edited["split"] == "train"][0], edited.index[edited["split"] == "val"][0]
+    edited.loc[other, "patient"] = edited.loc[first, "patient"]
+    edited.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"patient .* is in the train and val splits"):
+        manifests.load_manifest(manifest)

@@ -64,7 +64,11 @@ def test_bad_shapes_and_task():
 
 
 def test_fast_metrics_agree_with_scikit_learn():
-    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, roc_auc_score
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        cohen_kappa_score,
+        roc_auc_score,
+    )
 
     rng = np.random.default_rng(0)
     for num_classes in (2, 5):

@@ -6,11 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from helpers import ALL_ARMS, ROOT, last, make_runs, plot
 
 import plot_results
-from helpers import ALL_ARMS, last, make_runs, plot
 
 
 def test_no_temporary_files_left(plain_study):
@@ -72,3 +73,31 @@ def test_error_on_malformed_csv(tmp_path, problem):
         plot(tmp_path, tmp_path)
     assert str(bad) in str(info.value)
     assert not (tmp_path / "tables" / "table2.csv").exists()  # nothing half-written
+
+
+def test_plot_results_does_not_pair_arms_trained_on_different_splits(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import plot_results
+
+    for arm, manifest_rows in (("IN", "aaaa"), ("Domain_RI", "bbbb")):
+        run_dir = tmp_path / "finetune" / "shenzhen" / arm / "seed0"
+        run_dir.mkdir(parents=True)
+        pd.DataFrame({"epoch": [1, 1], "split": ["train", "val"], "loss": [0.5, 0.6], "accuracy": [0.7, 0.6]}) \
+            .to_csv(run_dir / "metrics.csv", index=False)
+        (run_dir / "args.json").write_text(json.dumps({"args": {"seed": 0}, "meta": {"data": {"manifest_rows": manifest_rows}}}))
+        ev = tmp_path / "eval" / "shenzhen" / arm / "seed0" / "best"
+        ev.mkdir(parents=True)
+        images = [f"/x/{i}.png" for i in range(8)]
+        target = ["normal", "tuberculosis"] * 4
+        prob = np.linspace(0.1, 0.9, 8)
+        pd.DataFrame({"image": images, "patient": images, "split": "test", "target": target,
+                      "pred": ["normal"] * 8, "prob_normal": 1 - prob, "prob_tuberculosis": prob}) \
+            .to_csv(ev / "predictions.csv", index=False)
+        pd.DataFrame([{"split": "test", "checkpoint": str(run_dir / "best.pt"), "accuracy": 0.5, "n": 8,
+                       "n_patients": 8}]).to_csv(ev / "metrics.csv", index=False)
+    plot_results.main(plot_results.get_args_parser().parse_args(
+        ["--runs", str(tmp_path), "--out", str(tmp_path), "--bootstrap", "20", "--no-loss-plots"]))
+    paired = pd.read_csv(tmp_path / "tables" / "paired.csv")
+    assert paired.empty
+    report = (tmp_path / "report.md").read_text()
+    assert "trained on different splits" in report

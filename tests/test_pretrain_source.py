@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY
 
 import pretrain_source
-from helpers import TINY
 
 
 @pytest.mark.slow

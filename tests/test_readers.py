@@ -10,11 +10,10 @@ import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
+from helpers import BREAKHIS_EXPECTED, breakhis_tree, link, write_image, write_xls
 from PIL import Image
 
-from helpers import BREAKHIS_EXPECTED, breakhis_tree, link, write_image, write_xls
 from kit import manifests, readers
-
 
 # --------------------------------------------------------------------------- chestxray14
 
@@ -521,3 +520,14 @@ def test_registry():
     assert weights == {"eyepacs", "messidor", "deepdrid"}
     assert sum(len(readers.DATASETS[k].classes) for k in ("chestxray14", "breakhis", "eyepacs")) == 22
     assert {s.headline_metric for k, s in readers.DATASETS.items() if k in ("messidor", "deepdrid")} == {"kappa"}
+
+
+def test_eyepacs_identical_repeats_dropped_contradictions_refused(tmp_path):
+    from kit import readers
+    eyepacs_tree(tmp_path / "ep", ["646_left,1", "646_right,0", "10_left,0", "10_right,2", "10_left,0", "646_left,4"])
+    with pytest.raises(ValueError) as err:
+        readers.read_dataset("eyepacs", tmp_path / "ep")
+    assert "646_left" in str(err.value) and "grade_1 here" in str(err.value) and "grade_4 at" in str(err.value)
+    df, _ = readers.read_dataset("eyepacs", tmp_path / "ep", skip_bad=True)
+    assert df.attrs["duplicates_dropped"] == 1
+    assert len(df) == 5 and (df["problem"] != "").sum() == 2

@@ -3,6 +3,7 @@ writes them for hand-written runs trees; the number formats."""
 import math
 
 from helpers import last
+
 from kit import report
 
 

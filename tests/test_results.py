@@ -6,8 +6,8 @@ from pathlib import PurePath
 
 import pandas as pd
 import pytest
-
 from helpers import plot, write_metrics
+
 from kit import results
 
 

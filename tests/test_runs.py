@@ -4,6 +4,7 @@ SIGKILL in the middle of an epoch and started again ends with the weights and me
 never interrupted; a checkpoint of another run (any non-runtime argument changed) is refused.
 """
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -13,12 +14,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import (
+    ROOT,
+    assert_same_weights,
+    checkpoint_weights,
+    colour_folder,
+    finetune_argv,
+    one_line,
+    prepare_colour,
+    read_metrics,
+    run_finetune,
+    run_script,
+    train_argv,
+    two_colour_manifest,
+)
 
 import finetune_target
-from helpers import (ROOT, assert_same_weights, checkpoint_weights, finetune_argv, read_metrics, run_finetune,
-                     two_colour_manifest)
 from kit import checkpoints, runs
-
 
 # --------------------------------------------------------------------------- resume, end to end
 
@@ -218,3 +230,43 @@ def test_run_meta_summary_and_plain_values(tmp_path):
     summary = runs.summary([row], epochs=2, best_epoch=1, best_score=float("-inf"), headline="accuracy",
                            seconds=1.234, meta=meta)
     assert summary["best_val_score"] is None and summary["skipped_images"] == 3 and summary["seconds"] == 1.23
+
+
+@pytest.mark.slow
+def test_resume_after_the_manifest_was_re_split_is_refused(tmp_path):
+    data = colour_folder(tmp_path / "data", n=20)
+    manifest = prepare_colour(data, tmp_path / "m")
+    assert run_script(*train_argv(manifest, tmp_path / "run")).returncode == 0
+    prepare_colour(data, tmp_path / "m", "--seed", "3", "--val-frac", "0.4")
+    result = run_script(*train_argv(manifest, tmp_path / "run"))
+    line = one_line(result)
+    assert "data: the manifest's train/val rows changed (train 22 -> 16, val 10 -> 16 images" in line, line
+    assert line.count(" -> ") == 3, line  # the data (train, val, content) and nothing else changed
+    assert "resuming" not in result.stdout
+
+
+@pytest.mark.slow
+def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path):
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=20), tmp_path / "m")
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, *map(str, train_argv(manifest, out, epochs=3))], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ((out / ".lock").exists() and (out / ".lock").read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    second = run_script(*train_argv(manifest, out, "--lr", "3e-4"))
+    first_rc = first.wait()
+    line = one_line(second)
+    assert f"pid {first.pid}" in line and "in use by" in line, line
+    assert first_rc == 0, first.stderr.read()
+    # the folder is the first run's alone: 3 epochs, the first run's lr
+    saved = json.loads((out / "args.json").read_text())["args"]
+    assert saved["lr"] == 1e-4 and len(pd.read_csv(out / "metrics.csv")) == 6
+    # a killed holder leaves no stale lock
+    killed = subprocess.Popen([sys.executable, *map(str, train_argv(manifest, tmp_path / "run2", epochs=3))], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (tmp_path / "run2" / ".lock").exists() or not (tmp_path / "run2" / ".lock").read_text():
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert run_script(*train_argv(manifest, tmp_path / "run2")).returncode == 0

@@ -8,14 +8,24 @@ TORCH_HOME, so the IN-based models and arms run through the real loading path.
 import json
 import math
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-
-from helpers import ROOT, write_imagenet_standin
+from helpers import (
+    ROOT,
+    graded_table,
+    image_sizes,
+    run_script,
+    run_tiny_study,
+    study_env,
+    wait_until_free,
+    write_imagenet_standin,
+)
 
 pytestmark = pytest.mark.slow  # every test here runs study.sh
 
@@ -192,3 +202,104 @@ def test_other_settings_in_the_same_folder_are_refused(study):
     assert result.returncode == 2
     assert "holds a study with other settings" in result.stderr and "image_size=48" in result.stderr
     assert (base / "out" / "study_settings.txt").read_text().split()[3] == "image_size=32"
+
+
+@pytest.mark.slow
+def test_study_force_and_changed_settings_redo_everything_and_a_plain_run_continues(tmp_path):
+    out = tmp_path / "out"
+    first = run_tiny_study(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert set(image_sizes(out).values()) == {32}
+    refused = run_tiny_study(out, IMAGE_SIZE="48")
+    assert refused.returncode == 2 and "FORCE=1" in refused.stderr
+    # the remedy the message names, interrupted after its first pretraining ...
+    process = subprocess.Popen(["bash", str(ROOT / "study.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=study_env(out, IMAGE_SIZE="48", FORCE="1"), start_new_session=True)
+    summary = out / "pretrain" / "CXR_RI" / "seed0" / "summary.json"
+    deadline = time.time() + 900
+    while time.time() < deadline and process.poll() is None:
+        if summary.exists() and json.loads((summary.parent / "args.json").read_text())["meta"]["image_size"] == 48:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    wait_until_free(out / ".study.lock")  # the killed stages' processes end a moment after the script
+    # ... then continued by the plain command with the new settings: every run ends at 48 px, none resumed a 32 px one
+    resumed = run_tiny_study(out, IMAGE_SIZE="48")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "holds the checkpoint of a different run" not in resumed.stderr
+    assert set(image_sizes(out).values()) == {48}, image_sizes(out)
+    again = run_tiny_study(out, IMAGE_SIZE="48")
+    assert again.returncode == 0 and "pretrain CXR_RI seed 0: done, skipped" in again.stdout
+    # FORCE=1 retrains (never "resuming after epoch 1") and a plain run afterwards skips
+    forced = run_tiny_study(out, IMAGE_SIZE="48", FORCE="1")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "resuming after" not in forced.stdout and "done, skipped" not in forced.stdout
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_numbers_of_one_and_a_killed_parallel_study_continues(tmp_path):
+    one = run_tiny_study(tmp_path / "one", JOBS="1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    # two at a time, killed as soon as the first fine-tuning is under way ...
+    two = tmp_path / "two"
+    process = subprocess.Popen(["bash", str(ROOT / "study.sh")], env=study_env(two, JOBS="2"), start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 1500
+    while time.time() < deadline and process.poll() is None and not list((two / "finetune").glob("*/*/*/last.pt")):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(2)  # the killed stages' processes end a moment after the script
+    # ... and continued by the same command
+    again = run_tiny_study(two, JOBS="2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "start report" in again.stdout and "done  report" in again.stdout
+    assert (tmp_path / "one" / "tables" / "table2.csv").read_text() == (two / "tables" / "table2.csv").read_text()
+    # each job printed its CPU threads: cores split among the jobs, as THREADS says
+    assert "CPU threads: 1" in (two / ".study" / "logs" / "finetune_shenzhen_Domain_RI_seed0.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_failing_run_stops_the_study_with_its_log_and_keeps_the_rest(tmp_path):
+    out = tmp_path / "out"
+    first = run_tiny_study(out, JOBS="2", TARGETS="shenzhen")
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    # break one fine-tuning: its pretrained model is not a checkpoint any more (newer: the arm is redone)
+    init = out / "pretrain" / "All_RI" / "seed0" / "last.pt"
+    (out / "pretrain" / "All_RI" / "seed0" / "summary.json").touch()
+    init.write_bytes(b"not a checkpoint")
+    failed = run_tiny_study(out, JOBS="2", TARGETS="shenzhen")
+    assert failed.returncode != 0
+    assert "=== FAILED: finetune_shenzhen_All_RI_seed0" in failed.stderr
+    assert "not a readable PyTorch checkpoint" in failed.stderr  # the log's last lines
+    assert "the study stopped at a failed stage" in failed.stderr.splitlines()[-1]
+    # the other arm's results are intact and the report was not rewritten
+    assert (out / "finetune" / "shenzhen" / "Domain_RI" / "seed0" / "summary.json").is_file()
+    assert (out / "report.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_your_own_target_and_two_strategies_in_the_study(tmp_path):
+    path, _ = graded_table(tmp_path / "own")
+    assert run_script("prepare_data.py", "--dataset", "csv", "--root", path, "--image-col", "path", "--label-col",
+                      "grade", "--patient-col", "pid", "--domain", "other", "--task", "ordinal", "--name", "mytask",
+                      "--out", tmp_path / "own" / "manifests").returncode == 0
+    out = tmp_path / "out"
+    result = run_tiny_study(out, EPOCHS_FINETUNE="2", JOBS="2", STRATEGIES="full linear",
+                            TARGETS=f"shenzhen mytask={tmp_path / 'own' / 'manifests' / 'mytask.csv'}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for folder in (out, out / "strategies" / "linear"):
+        table = pd.read_csv(folder / "tables" / "table2.csv")
+        mine = table[(table["target"] == "mytask") & table["test_last"].notna()]
+        assert set(mine["arm"]) == {"RI", "All_RI"}  # domain other: no Domain arms; RI is the floor
+        paired = pd.read_csv(folder / "tables" / "paired.csv")
+        assert {("All_RI", "RI")} <= set(zip(paired.loc[paired["target"] == "mytask", "arm"],
+                                               paired.loc[paired["target"] == "mytask", "reference"]))
+        assert (folder / "figures" / "forest.png").stat().st_size > 10_000
+        assert (folder / "figures" / "mytask.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Fine-tuning strategies side by side" in report and "| mytask | All_RI |" in report
+    assert "mytask is of domain *other*" in report
+    assert "strategies/linear/report.md" in report

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import ALL_ARMS, RUNS, SEEDS, hand_accuracy, last
+
 from kit import tables
 
 

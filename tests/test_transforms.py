@@ -10,7 +10,11 @@ import tifffile
 import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from transforms import (
     DOMAINS,
@@ -386,6 +390,7 @@ def test_head_is_cacheable(domain):
     """MONAI's CacheDataset caches up to the first random transform: that must be the end of the
     head (rounded to uint8, as cache_transforms stores it)."""
     from monai.transforms import Randomizable
+
     from transforms import cache_transforms
     head = cache_transforms(domain, image_size=S).transforms
     assert not any(isinstance(t, Randomizable) for t in head)
@@ -489,6 +494,7 @@ def test_tail_jitter_and_affine_grid():
     """Brightness multiplies, contrast scales about the mean, the result is clipped to [0, 1];
     affine_grid equals torch's."""
     import torch.nn.functional as F
+
     from transforms import affine_grid, apply_tail, tail_numbers
     x = torch.tensor([[[[50, 100], [150, 200]]]], dtype=torch.uint8)
     unit = x.float() / 255
@@ -505,7 +511,7 @@ def test_tail_jitter_and_affine_grid():
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_tail_draws(domain):
     """RandTaild's draws follow the documented probabilities and ranges (2,000 draws)."""
-    from transforms import (CXR_AFFINE_PROB, IDENTITY_TAIL, JITTER_PROB, RandTaild)
+    from transforms import CXR_AFFINE_PROB, IDENTITY_TAIL, JITTER_PROB, RandTaild
     t = RandTaild(keys="image", domain=domain, image_size=S, train=True)
     t.set_random_state(seed=0)
     tails = torch.stack([t.randomize() for _ in range(2000)])
@@ -545,3 +551,17 @@ def test_tail_crop_and_channels():
     assert centre["tail"].tolist() == [1, 0, 0, 0, 1, 0, 1, 1]
     with pytest.raises(ValueError, match="uint8"):
         train({"image": picture.float()})
+
+
+@pytest.mark.parametrize("pixels,words", [
+    (np.full((1, 1, 3), 128, np.uint8), "1x1 px"),
+    (np.full((4, 30, 3), 128, np.uint8), "4x30 px"),
+    (np.full((40, 40, 3), 77, np.uint8), "every pixel has the same value"),
+])
+@pytest.mark.parametrize("domain", ["cxr", "hwsi", "efi"])
+def test_tiny_and_constant_images_are_refused(tmp_path, pixels, words, domain):
+    import transforms
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(ValueError, match=words):
+        transforms.eval_transforms(domain, image_size=32)({"image": str(path)})

@@ -49,10 +49,15 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import tifffile
 import xlwt
 from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere: the kit's cli
+from kit import cli  # noqa: E402
 
 DATASET_KEYS = ("chestxray14", "breakhis", "eyepacs", "shenzhen", "covid19_radiography",
                 "kather2016", "messidor", "deepdrid")
@@ -91,8 +96,7 @@ SIZE_DEEPDRID = (320, 320)     # real ~1956x1934
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     # Data
     parser.add_argument("--out", type=Path, required=True,
                         help="folder that receives one sub-folder per data set (e.g. OUT/demo_data)")
@@ -105,7 +109,7 @@ def get_args_parser():
                         help="multiplies the image counts (0.01-100; 1 gives ~1,300 images in all; "
                              "small scales keep at least a few images per class)")
     # Runtime
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=cli.non_negative_int, default=min(4, cli.available_cores()),
                         help="processes drawing images (0 = draw in this process); does not change the files")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="replace an existing non-empty <out>/<key> folder instead of refusing")
