@@ -200,10 +200,6 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         options["task"] = "ordinal" if ordinal else task
     print(f"dataset {args.dataset} -> key {key} ({domain}, {'ordinal' if ordinal else task}), root {root}")
 
-    # --- one writer per manifest: a second prepare_data.py into the same manifest is refused
-    out_dir = Path(args.out)
-    locks.hold(out_dir / f".{key}.lock", what=f"manifest {out_dir / key}.csv")
-
     # --- read the native layout, check the images (one pass, first bytes of each file)
     df, classes = readers.read_dataset(args.dataset, root, check_files=False, skip_bad=args.skip_bad, **options)
     if df.attrs.get("patients_from"):
@@ -255,7 +251,10 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
         "max_per_class": args.max_per_class,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per manifest (its .csv, .json and skipped list must come from one run): a second
+    # prepare_data.py writing the same manifest is refused; the lock is the hidden .<key>.lock
+    out_dir = Path(args.out)
+    locks.hold(out_dir / f".{key}.lock", what=f"manifest {out_dir / key}.csv")
     csv_path, json_path = out_dir / f"{key}.csv", out_dir / f"{key}.json"
     skipped_path = out_dir / f"{key}_skipped.csv"
     if len(bad):

@@ -51,8 +51,9 @@ def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
 
 def _difference(name, saved, now) -> str:
     if name == "data" and isinstance(saved, dict) and isinstance(now, dict):
-        if (saved.get("key"), saved.get("classes")) != (now.get("key"), now.get("classes")):
-            return f"data: dataset {saved.get('key')!r} -> {now.get('key')!r}"
+        for field in ("key", "task", "classes"):
+            if saved.get(field) != now.get(field):
+                return f"data: {'dataset' if field == 'key' else field} {saved.get(field)!r} -> {now.get(field)!r}"
         return (f"data: the manifest's train/val rows changed (train {saved.get('train')} -> {now.get('train')}, "
                 f"val {saved.get('val')} -> {now.get('val')} images; content {saved.get('rows')} -> {now.get('rows')}); "
                 f"was prepare_data.py re-run with another split?")

@@ -420,7 +420,7 @@ def graded_table(root, suffix=".csv"):
     return path, table
 
 
-def eyepacs_tree(root, rows):
+def eyepacs_labels_tree(root, rows):
     """An EyePACS tree: train/<image>.jpeg (random pictures) and trainLabels.csv of `rows`."""
     (root / "train").mkdir(parents=True)
     for name in {r.split(",")[0] for r in rows}:

@@ -16,7 +16,7 @@ from kit import cache, data
 
 S = 32
 SHAPES = {"cxr": [(48, 80), (40, 40), (70, 50)], "hwsi": [(46, 70), (60, 40), (32, 32)],
-          "efi": [(50, 60), (64, 64), (60, 40)]}
+          "efi": [(50, 60), (64, 64), (60, 40)], "other": [(50, 60), (64, 64), (60, 40)]}
 
 
 def _picture(rng, h, w, channels):
@@ -126,17 +126,17 @@ def test_parallel_build_and_loader_with_workers(tmp_path):
     parallel = cache.build_cache(csv_path, image_size=S, workers=2, progress=False)
     assert np.array_equal(np.load(parallel["pixels"]), pixels)  # same bytes, same order
     assert isinstance(data.make_loader(dataset(csv_path, "hwsi", train=True), batch_size=2, train=True,
-                                         workers=3, seed=0, device=torch.device("cpu")), cache.ThreadLoader)
+                                         workers=3, seed=0, device=torch.device("cpu")), data.ThreadLoader)
     # two rows not in the cache: worker processes decode them and open the memmap for the others
     extra = [tmp_path / "new_0.png", tmp_path / "new_1.png"]
     for path in extra:
-        Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(path)
+        Image.fromarray((90 + np.arange(40 * 50 * 3) % 7).astype(np.uint8).reshape(40, 50, 3)).save(path)
     df = pd.concat([pd.read_csv(csv_path), pd.DataFrame({"image": [str(p) for p in extra], "label": 0})])
     ds = data.ImageDataset(df, task="multiclass", classes=["a", "b"], image_size=S, train=True, domain="hwsi",
                              cache_dirs=[tmp_path])
     assert (ds.n_cached, len(ds)) == (3, 5)
     loader = data.make_loader(ds, batch_size=2, train=True, workers=3, seed=0, device=torch.device("cpu"))
-    assert not isinstance(loader, cache.ThreadLoader)  # 3 worker processes, each opening the memmap
+    assert not isinstance(loader, data.ThreadLoader)  # 3 worker processes, each opening the memmap
     assert [len(images) for images, _, _ in loader] == [2, 2]  # the last batch of one is dropped
 
 
@@ -147,7 +147,7 @@ def test_thread_loader_for_cached_data_is_seeded(tmp_path):
     for _ in range(2):
         loader = data.make_loader(dataset(csv_path, "efi", train=True), batch_size=3, train=True, workers=2,
                                     seed=0, device=torch.device("cpu"))
-        assert isinstance(loader, cache.ThreadLoader)
+        assert isinstance(loader, data.ThreadLoader)
         for epoch_seed in (5, 6, 5):  # reseeding the generator per epoch reseeds the augmentation
             loader.generator.manual_seed(epoch_seed)
             passes.append(torch.cat([transforms.apply_tail(images, tails) for images, tails, _ in loader]))
@@ -163,7 +163,7 @@ def test_up_to_date_cache_is_not_rebuilt_and_changes_invalidate(tmp_path, capsys
     assert dataset(csv_path, "hwsi").n_cached == 0  # another domain's chain: not this cache
 
     image = pd.read_csv(csv_path)["image"][1]
-    Image.fromarray(np.zeros((30, 30), np.uint8)).save(image)
+    Image.fromarray((np.arange(30 * 30) % 5).astype(np.uint8).reshape(30, 30)).save(image)
     os.utime(image, ns=(0, 10**18))  # a new mtime even on a coarse-grained file system
     capsys.readouterr()
     stale = dataset(csv_path, "cxr")
@@ -214,7 +214,7 @@ def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys)
     for name, colour in (("a", 40), ("b", 200)):
         (root / name).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(np.full((40, 48, 3), colour + i, np.uint8)).save(root / name / f"{name}{i}.png")
+            Image.fromarray((np.full((40, 48, 3), colour + i) + (np.arange(48) % 3)[None, :, None]).astype(np.uint8)).save(root / name / f"{name}{i}.png")
     argv = ["--dataset", "folder", "--root", str(root), "--domain", "hwsi", "--out", str(tmp_path / "m"),
             "--val-frac", "0.25", "--test-frac", "0.25", "--cache-size", "32", "--workers", "1"]
     prepare_data.main(prepare_data.get_args_parser().parse_args(argv))
@@ -238,7 +238,7 @@ def test_stack_in_numpy_equals_the_default_collate(tmp_path):
     assert items[0][0].stride(0) == 0  # the grey image is an expanded view
     labels = [(pixels, tail, torch.tensor([1.0, float("nan")])) for pixels, tail, _ in items]
     for batch in (items, labels):
-        ours, torch_s = cache.stack_in_numpy(batch), torch.utils.data.default_collate(batch)
+        ours, torch_s = data.stack_in_numpy(batch), torch.utils.data.default_collate(batch)
         assert [x.dtype for x in ours] == [x.dtype for x in torch_s]
         assert all(torch.equal(a.nan_to_num(-1), b.nan_to_num(-1)) for a, b in zip(ours, torch_s))
 

@@ -51,10 +51,10 @@ def _fit(df, data_meta, args):
                                   **loop.fast_kernels(CPU))
     scheduler = loop.warmup_cosine(optimizer, total_steps=args.epochs * len(train_loader),
                                    warmup_steps=args.warmup_epochs * len(train_loader))
-    meta = runs.run_meta(data_meta, args, init_description="random", loss_weights=class_weights)
-    fingerprint = runs.fingerprint(args, data_meta, world_size=1)
+    run = runs.open_run(args, data_meta, df, world_size=1)
+    meta = runs.run_meta(data_meta, args, run, init_description="random", loss_weights=class_weights)
     return loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                    meta=meta, fingerprint=fingerprint, resume_from=None, args=args)
+                    meta=meta, run=run, args=args)
 
 
 # --------------------------------------------------------------------------- fit
@@ -78,7 +78,7 @@ def test_fit_writes_the_run_folder(tmp_path):
     assert checkpoint["epoch"] == 2
     assert checkpoint["meta"]["classes"] == ["red", "blue"]
     assert checkpoint["meta"]["loss_weights"] == pytest.approx([1.0, 1.0])  # 6 + 6 train images
-    assert checkpoint["resume"] == runs.fingerprint(args, data_meta, world_size=1)
+    assert checkpoint["resume"] == runs.fingerprint(args, data_meta, df, world_size=1)
     restored = models.build_model(2, hidden_dim=32, dropout=0.1)
     restored.load_state_dict(checkpoint["model"])
     assert summary["best_epoch"] in (1, 2) and math.isfinite(summary["best_val_score"])

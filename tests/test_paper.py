@@ -187,13 +187,6 @@ def test_targets_keep_train_val_test(tmp_path, capsys):
     assert "paper (Section" not in printed
 
 
-def test_study_prepares_sources_with_the_paper_protocol_and_targets_held_out():
-    script = (ROOT / "study.sh").read_text()
-    assert "SOURCE_PROTOCOL=${SOURCE_PROTOCOL:-paper}" in script
-    assert 'protocol=held-out-test; [[ " ${SOURCES[*]} " == *" $key "* ]] && protocol=$SOURCE_PROTOCOL' in script
-    assert '--protocol "$protocol"' in script
-
-
 # --------------------------------------------------------------------------- the All set: 22 one-hot labels, plain BCE
 
 def write_manifest(folder: Path, key: str, rows: list, task: str, classes) -> Path:

@@ -10,6 +10,7 @@ from helpers import (
     BREAKHIS_EXPECTED,
     breakhis_tree,
     colour_folder,
+    eyepacs_labels_tree,
     graded_table,
     link,
     one_line,
@@ -45,7 +46,7 @@ def test_end_to_end_shenzhen(tmp_path, capsys):
                               "--val-frac", "0.2", "--test-frac", "0.2", "--seed", "3")
     printed = capsys.readouterr().out
     assert "tuberculosis" in printed and "(patients)" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["shenzhen.csv", "shenzhen.json"]  # no .tmp left
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["shenzhen.csv", "shenzhen.json"]  # no .tmp left
 
     df = pd.read_csv(csv_path)
     assert list(df.columns) == ["image", "label", "patient", "split", "label_name"]
@@ -88,11 +89,14 @@ def test_folder_dataset_needs_domain_and_uses_name(tmp_path):
 
 def eyepacs_tree(root: Path) -> Path:
     (root / "train").mkdir(parents=True)
-    for name in ("1_left", "1_right", "2_left", "2_right", "3_left", "3_right"):
+    for name in (f"{p}_{eye}" for p in range(1, 7) for eye in ("left", "right")):
         Image.new("RGB", (4, 4)).save(root / "train" / f"{name}.jpeg")
     (root / "trainLabels.csv").write_text("image,level\n1_left,0\n1_right,1\n2_left,2\n2_right,0\n"
-                                          "3_left,4\n3_right,3\n")
+                                          "3_left,4\n3_right,3\n" + MORE_EYES)
     return root
+
+
+MORE_EYES = "4_left,0\n4_right,1\n5_left,2\n5_right,0\n6_left,1\n6_right,0\n"  # enough for a split after skipping
 
 
 def make_missing(path: Path) -> None:
@@ -113,7 +117,7 @@ def test_bad_image_is_one_error_naming_file_and_row(tmp_path, spoil, reason):
     root = eyepacs_tree(tmp_path / "eyepacs")
     spoil(root / "train" / "2_right.jpeg")
     out = tmp_path / "manifests"
-    message = rf"^error: {root}/trainLabels\.csv: row 5: {root}/train/2_right\.jpeg: {reason}.*\(1 of 6 rows bad"
+    message = rf"^error: {root}/trainLabels\.csv: row 5: {root}/train/2_right\.jpeg: {reason}.*\(1 of 12 rows bad"
     with pytest.raises(SystemExit, match=message):
         run("--dataset", "eyepacs", "--root", str(root), "--out", str(out))
     assert not out.exists() or not any(out.iterdir())
@@ -125,24 +129,27 @@ def test_skip_bad_counts_lists_and_leaves_out(tmp_path, capsys):
     make_empty(root / "train" / "2_left.jpeg")
     make_not_an_image(root / "train" / "3_right.jpeg")
     out = tmp_path / "manifests"
-    csv_path, json_path = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad")
+    csv_path, json_path = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad",
+                              "--protocol", "held-out-test", "--val-frac", "0.4", "--test-frac", "0")
     assert "skipped 3 bad row(s)" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["eyepacs.csv", "eyepacs.json", "eyepacs_skipped.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["eyepacs.csv", "eyepacs.json", "eyepacs_skipped.csv"]
     skipped = pd.read_csv(out / "eyepacs_skipped.csv")
     assert list(skipped.columns) == ["image", "origin", "reason"]
     assert [Path(p).name for p in skipped["image"]] == ["1_right.jpeg", "2_left.jpeg", "3_right.jpeg"]
     assert skipped["origin"].tolist() == [f"{root}/trainLabels.csv: row {r}" for r in (3, 4, 7)]
     assert skipped["reason"].str[:12].tolist() == ["not found", "zero-byte fi", "not an image"]
     df = pd.read_csv(csv_path)
-    assert [Path(p).name for p in df["image"]] == ["1_left.jpeg", "2_right.jpeg", "3_left.jpeg"]
+    kept = ["1_left.jpeg", "2_right.jpeg", "3_left.jpeg"] + [f"{p}_{eye}.jpeg" for p in (4, 5, 6) for eye in ("left", "right")]
+    assert [Path(p).name for p in df["image"]] == kept
     assert "origin" not in df.columns
     meta = json.loads(json_path.read_text())
-    assert (meta["n_skipped"], meta["skip_bad"], meta["n_images"]) == (3, True, 3)
+    assert (meta["n_skipped"], meta["skip_bad"], meta["n_images"]) == (3, True, 9)
     # repaired: the next run lists nothing, and the old list goes
     for name in ("1_right", "2_left", "3_right"):
         Image.new("RGB", (4, 4)).save(root / "train" / f"{name}.jpeg")
-    run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad")
-    assert sorted(p.name for p in out.iterdir()) == ["eyepacs.csv", "eyepacs.json"]
+    run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad", "--protocol", "held-out-test",
+        "--val-frac", "0.4", "--test-frac", "0")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["eyepacs.csv", "eyepacs.json"]
     # a data set labelled by file names: the file itself is named, no row
     shenzhen = shenzhen_tree(tmp_path / "shenzhen", n=12)
     bad_png = shenzhen / "ChinaSet_AllFiles" / "CXR_png" / "CHNCXR_0003_1.png"
@@ -220,7 +227,7 @@ def test_failed_run_keeps_the_previous_manifest(tmp_path):
     with pytest.raises(SystemExit, match=r"shenzhen: no images found"):
         run("--dataset", "shenzhen", "--root", str(root), "--out", str(out))
     assert (csv_path.read_bytes(), json_path.read_bytes()) == before
-    assert sorted(p.name for p in out.iterdir()) == ["shenzhen.csv", "shenzhen.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["shenzhen.csv", "shenzhen.json"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -252,19 +259,20 @@ def test_chestxray14_metadata_only(shared_data, tmp_path):
 def test_skip_bad_unknown_label_values(tmp_path, capsys):
     root = eyepacs_tree(tmp_path / "eyepacs")
     (root / "trainLabels.csv").write_text("image,level\n1_left,0\n1_right,7\n2_left,2\n2_right,0\n"
-                                          "3-left,4\n3_right,\n")
+                                          "3-left,4\n3_right,\n" + MORE_EYES)
     out = tmp_path / "manifests"
     with pytest.raises(SystemExit, match=rf"^error: {root}/trainLabels\.csv: row 3: .*1_right\.jpeg: level '7' is not "
-                                         r"a grade 0\.\.4 \(3 of 6 rows bad"):
+                                         r"a grade 0\.\.4 \(3 of 12 rows bad"):
         run("--dataset", "eyepacs", "--root", str(root), "--out", str(out))
     assert not out.exists()
-    csv_path, _ = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad")
+    csv_path, _ = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad",
+                      "--protocol", "held-out-test", "--val-frac", "0.4", "--test-frac", "0")
     assert "skipped 3 bad row(s)" in capsys.readouterr().out
     skipped = pd.read_csv(out / "eyepacs_skipped.csv")
     assert skipped["origin"].str.extract(r"row (\d+)$")[0].astype(int).tolist() == [3, 6, 7]
     assert skipped["reason"].tolist() == ["level '7' is not a grade 0..4", "image '3-left' is not <patient>_<left|right>",
                                           "level (empty) is not a grade 0..4"]
-    assert pd.read_csv(csv_path)["label"].tolist() == [0, 2, 0]
+    assert pd.read_csv(csv_path)["label"].tolist() == [0, 2, 0] + [0, 1, 2, 0, 1, 0]
 
 
 @pytest.mark.parametrize("dataset, write, message", [
@@ -299,7 +307,8 @@ def test_chestxray14_full_metadata_official_split(shared_data, tmp_path):
     (root / "train_val_list.txt").write_text("\n".join(names[~is_test]) + "\n")
     out = tmp_path / "manifests"
     prepare_data.main(prepare_data.get_args_parser().parse_args(
-        ["--dataset", "chestxray14", "--root", str(root), "--out", str(out), "--no-check-files", "--val-frac", "0.1"]))
+        ["--dataset", "chestxray14", "--root", str(root), "--out", str(out), "--no-check-files", "--val-frac", "0.1",
+         "--protocol", "held-out-test"]))  # the official test list kept (the paper's protocol: tests/test_paper.py)
     df, meta = manifests.load_manifest(out / "chestxray14.csv")
     assert len(df) == 112_120
     assert (df["split"] == "test").tolist() == is_test.tolist()  # the official test split, exactly
@@ -316,7 +325,8 @@ def test_breakhis_manifest_keeps_subtype_slide_magnification(shared_data, tmp_pa
     root = breakhis_tree(shared_data, tmp_path / "breakhis")
     out = tmp_path / "manifests"
     prepare_data.main(prepare_data.get_args_parser().parse_args(
-        ["--dataset", "breakhis", "--root", str(root), "--out", str(out), "--val-frac", "0.2", "--test-frac", "0.2"]))
+        ["--dataset", "breakhis", "--root", str(root), "--out", str(out), "--protocol", "held-out-test",
+         "--val-frac", "0.2", "--test-frac", "0.2"]))
     df, _ = manifests.load_manifest(out / "breakhis.csv")
     assert list(df.columns) == ["image", "label", "patient", "split", "label_name", "subtype", "slide", "magnification"]
     got = {Path(r.image).name: (r.label_name, r.subtype, r.slide, r.magnification) for r in df.itertuples()}
@@ -325,7 +335,7 @@ def test_breakhis_manifest_keeps_subtype_slide_magnification(shared_data, tmp_pa
 
 
 def test_prepare_data_prints_dropped_repeats_and_lists_contradictions(tmp_path):
-    eyepacs_tree(tmp_path / "ep", ["1_left,0", "1_right,0", "2_left,1", "2_right,1", "3_left,2", "3_right,2",
+    eyepacs_labels_tree(tmp_path / "ep", ["1_left,0", "1_right,0", "2_left,1", "2_right,1", "3_left,2", "3_right,2",
                                "4_left,0", "4_right,0", "5_left,1", "5_right,0", "6_left,0", "6_right,3",
                                "7_left,4", "7_right,4", "8_left,0", "8_right,0", "2_left,1", "5_right,2"])
     result = run_script(*["prepare_data.py", "--dataset", "eyepacs", "--root", tmp_path / "ep", "--out", tmp_path / "m",

@@ -10,7 +10,7 @@ import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
-from helpers import BREAKHIS_EXPECTED, breakhis_tree, link, write_image, write_xls
+from helpers import BREAKHIS_EXPECTED, breakhis_tree, eyepacs_labels_tree, link, write_image, write_xls
 from PIL import Image
 
 from kit import manifests, readers
@@ -454,7 +454,8 @@ def test_folder_reader(tmp_path):
     df = readers.read_folder(root)
     assert readers.folder_classes(root) == ["healthy", "sick"]
     assert df["label_name"].tolist() == ["healthy", "healthy", "sick", "sick"]
-    assert df["patient"].tolist() == ["healthy/c", "healthy/d", "sick/a", "sick/nested/b"]
+    # an image directly in its class folder is its own patient; a sub-folder under the class is the patient
+    assert df["patient"].tolist() == ["healthy/c", "healthy/d", "sick/a", "nested"]
     (root / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: class folder holds no images"):
         readers.read_folder(root)
@@ -515,7 +516,7 @@ def test_find_bad_images_names_origin(shared_data, tmp_path):
 
 def test_registry():
     assert list(readers.DATASETS) == ["chestxray14", "breakhis", "eyepacs", "shenzhen", "covid19_radiography",
-                                       "kather2016", "messidor", "deepdrid", "folder"]
+                                       "kather2016", "messidor", "deepdrid", "folder", "csv"]
     weights = {k for k, s in readers.DATASETS.items() if s.class_weights == "balanced"}
     assert weights == {"eyepacs", "messidor", "deepdrid"}
     assert sum(len(readers.DATASETS[k].classes) for k in ("chestxray14", "breakhis", "eyepacs")) == 22
@@ -524,7 +525,7 @@ def test_registry():
 
 def test_eyepacs_identical_repeats_dropped_contradictions_refused(tmp_path):
     from kit import readers
-    eyepacs_tree(tmp_path / "ep", ["646_left,1", "646_right,0", "10_left,0", "10_right,2", "10_left,0", "646_left,4"])
+    eyepacs_labels_tree(tmp_path / "ep", ["646_left,1", "646_right,0", "10_left,0", "10_right,2", "10_left,0", "646_left,4"])
     with pytest.raises(ValueError) as err:
         readers.read_dataset("eyepacs", tmp_path / "ep")
     assert "646_left" in str(err.value) and "grade_1 here" in str(err.value) and "grade_4 at" in str(err.value)

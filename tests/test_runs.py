@@ -30,7 +30,7 @@ from helpers import (
 )
 
 import finetune_target
-from kit import checkpoints, runs
+from kit import checkpoints, manifests, runs
 
 # --------------------------------------------------------------------------- resume, end to end
 
@@ -141,13 +141,15 @@ def test_any_changed_setting_outside_runtime_args_is_refused(tmp_path):
     with pytest.raises(SystemExit) as info:
         run_finetune(finetune_argv(manifest, out, epochs=1))
     message = str(info.value)
-    assert "data {" in message and "'blue', 'red'" in message and "'cyan', 'red'" in message, message
+    assert "data: classes ['blue', 'red'] -> ['cyan', 'red']" in message, message
     assert (out / "last.pt").read_bytes() == before
 
 
 # --------------------------------------------------------------------------- the fingerprint, resume_checkpoint, records
 
 DATA = {"key": "tiny", "domain": "hwsi", "task": "multiclass", "classes": ["blue", "red"]}
+ROWS = pd.DataFrame({"image": [f"/x/{i}.png" for i in range(6)], "label": [0, 1, 0, 1, 0, 1],
+                     "patient": [f"p{i}" for i in range(6)], "split": ["train"] * 3 + ["val"] * 2 + ["test"]})
 
 
 def _finetune_args(tmp_path, *extra):
@@ -158,43 +160,50 @@ def _finetune_args(tmp_path, *extra):
 
 def test_fingerprint_is_every_argument_but_the_runtime_ones(tmp_path):
     args = _finetune_args(tmp_path)
-    fingerprint = runs.fingerprint(args, DATA, world_size=1)
-    assert set(fingerprint) == (set(vars(args)) - runs.RUNTIME_ARGS) | {"data", "world_size"}
-    assert {"warmup_epochs", "dropout", "hidden_dim", "train_fraction", "skip_bad", "sync_bn", "manifest",
+    fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    # every argument but the runtime ones; the manifest by its content (data), not its path
+    assert set(fingerprint) == (set(vars(args)) - runs.RUNTIME_ARGS - {"manifest"}) | {"data", "world_size"}
+    assert {"warmup_epochs", "dropout", "hidden_dim", "train_fraction", "skip_bad", "sync_bn", "strategy",
             "init"} <= set(fingerprint)
-    assert fingerprint["data"] == {"key": "tiny", "task": "multiclass", "classes": ["blue", "red"]}
-    assert fingerprint["manifest"] == str(tmp_path / "m.csv")  # absolute (cli.existing_file)
+    assert fingerprint["data"] == {"key": "tiny", "task": "multiclass", "classes": ["blue", "red"],
+                                   "rows": manifests.rows_hash(ROWS[ROWS["split"] != "test"]), "train": 3, "val": 2}
     assert runs.RUNTIME_ARGS == {"out", "resume", "device", "workers", "amp", "channels_last", "compile",
                                  "log_every", "imagenet_weights"}
 
 
 def test_a_new_argument_is_in_the_fingerprint_without_touching_runs(tmp_path):
     args = _finetune_args(tmp_path)
-    fingerprint = runs.fingerprint(args, DATA, world_size=1)
+    fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
     # a hyperparameter added to a script tomorrow: a parser with one more argument ...
     parser = finetune_target.get_args_parser()
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     extended = parser.parse_args(["--manifest", str(tmp_path / "m.csv"), "--init", "random", "--out",
                                   str(tmp_path / "run")])
-    assert runs.fingerprint(extended, DATA, world_size=1) == {**fingerprint, "label_smoothing": 0.0}
-    smoothed = runs.fingerprint(argparse.Namespace(**{**vars(extended), "label_smoothing": 0.1}), DATA, world_size=1)
-    assert smoothed != runs.fingerprint(extended, DATA, world_size=1) and smoothed["label_smoothing"] == 0.1
+    assert runs.fingerprint(extended, DATA, ROWS, world_size=1) == {**fingerprint, "label_smoothing": 0.0}
+    smoothed = runs.fingerprint(argparse.Namespace(**{**vars(extended), "label_smoothing": 0.1}), DATA, ROWS,
+                               world_size=1)
+    assert smoothed != runs.fingerprint(extended, DATA, ROWS, world_size=1) and smoothed["label_smoothing"] == 0.1
     # ... while the runtime flags, the number of processes aside, never change it
     for name, value in (("device", "cuda:3"), ("workers", 7), ("log_every", 1), ("amp", False), ("compile", True),
                         ("channels_last", False), ("out", "elsewhere"), ("resume", False),
                         ("imagenet_weights", "/w.pth")):
         changed = argparse.Namespace(**{**vars(args), name: value})
-        assert runs.fingerprint(changed, DATA, world_size=1) == fingerprint, name
+        assert runs.fingerprint(changed, DATA, ROWS, world_size=1) == fingerprint, name
     for name, value in (("lr", 3e-4), ("warmup_epochs", 1), ("seed", 1), ("batch_size", 8)):
         changed = argparse.Namespace(**{**vars(args), name: value})
-        assert runs.fingerprint(changed, DATA, world_size=1) != fingerprint, name
-    assert runs.fingerprint(args, DATA, world_size=2) != fingerprint
-    assert runs.fingerprint(args, {**DATA, "classes": ["blue", "cyan"]}, world_size=1) != fingerprint
+        assert runs.fingerprint(changed, DATA, ROWS, world_size=1) != fingerprint, name
+    assert runs.fingerprint(args, DATA, ROWS, world_size=2) != fingerprint
+    assert runs.fingerprint(args, {**DATA, "classes": ["blue", "cyan"]}, ROWS, world_size=1) != fingerprint
+    # the data by content: another split of the rows changes it, the manifest's path does not
+    resplit = ROWS.assign(split=["train"] * 2 + ["val"] * 3 + ["test"])
+    assert runs.fingerprint(args, DATA, resplit, world_size=1)["data"] != fingerprint["data"]
+    moved = argparse.Namespace(**{**vars(args), "manifest": "/elsewhere/m.csv"})
+    assert runs.fingerprint(moved, DATA, ROWS, world_size=1) == fingerprint
 
 
 def test_resume_checkpoint_refuses_another_run_with_one_line(tmp_path, capsys):
     args = _finetune_args(tmp_path)
-    fingerprint = runs.fingerprint(args, DATA, world_size=1)
+    fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
     out = tmp_path / "run"
     assert runs.resume_checkpoint(out, fingerprint, resume=True) is None  # nothing there: a fresh start
     out.mkdir()
@@ -205,9 +214,7 @@ def test_resume_checkpoint_refuses_another_run_with_one_line(tmp_path, capsys):
         runs.resume_checkpoint(out, other, resume=True)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{out} holds the checkpoint of a different run (")
-    for change in ("lr 0.0001 -> 0.0003", "world_size 1 -> 2",
-                   "data {'key': 'tiny', 'task': 'multiclass', 'classes': ['blue', 'red']} -> "
-                   "{'key': 'tiny', 'task': 'multiclass', 'classes': ['a', 'b']}"):
+    for change in ("lr 0.0001 -> 0.0003", "world_size 1 -> 2", "data: classes ['blue', 'red'] -> ['a', 'b']"):
         assert change in message, change
     assert "choose another --out, or pass --no-resume" in message
     assert runs.resume_checkpoint(out, other, resume=False) is None
@@ -218,8 +225,10 @@ def test_run_meta_summary_and_plain_values(tmp_path):
     (tmp_path / "CXR_RI").mkdir()
     (tmp_path / "CXR_RI" / "last.pt").write_bytes(b"")
     args = _finetune_args(tmp_path, "--init", str(tmp_path / "CXR_RI" / "last.pt"), "--image-size", "64")
-    meta = runs.run_meta({**DATA, "headline_metric": "accuracy", "class_weights": "none"}, args,
+    run = runs.Run(tmp_path / "run", {}, None, {}, {"rows": "abc", "manifest_rows": "def"})
+    meta = runs.run_meta({**DATA, "headline_metric": "accuracy", "class_weights": "none"}, args, run,
                          init_description="backbone of CXR_RI", loss_weights=[1.0, 2.0], skipped_images=3)
+    assert meta["data"] == {"rows": "abc", "manifest_rows": "def"}
     assert (meta["num_outputs"], meta["image_size"], meta["hidden_dim"], meta["dropout"]) == (2, 64, 512, 0.5)
     assert meta["source_checkpoint"] == str(tmp_path / "CXR_RI" / "last.pt")
     assert meta["manifests"] == [str(tmp_path / "m.csv")] and meta["domains"] == {"tiny": "hwsi"}

@@ -76,6 +76,11 @@ def test_every_stage_wrote_its_files(study):
         assert (out / "tables" / f).is_file(), f
     assert (out / "figures" / "forest.png").is_file() and (out / "report.md").is_file()
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.tmp.*"))
+    # the sources as the paper used them (no test split), the targets with a held-out test split
+    for key in SOURCES + TARGETS:
+        meta = json.loads((out / "manifests" / f"{key}.json").read_text())
+        assert meta["protocol"] == ("paper" if key in SOURCES else "held-out-test"), key
+        assert (meta["split_images"]["test"] == 0) == (key in SOURCES), key
 
 
 def test_metrics_csv_columns(study):

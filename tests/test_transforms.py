@@ -132,13 +132,13 @@ def test_orientation_and_aspect_hwsi(tmp_path):
     head = preprocess_transforms("hwsi", image_size=S)({"image": path})["image"]
     assert head.shape == (3, S, int(S * W / H))  # shorter side = S, aspect kept (torchvision's rounding)
     assert_bar(head)
-    portrait = save_png(tmp_path / "portrait.png", np.zeros((60, 40, 3), np.uint8))
+    portrait = save_png(tmp_path / "portrait.png", np.arange(60 * 40 * 3, dtype=np.uint8).reshape(60, 40, 3))
     assert preprocess_transforms("hwsi", image_size=S)({"image": portrait})["image"].shape == (3, 48, S)
 
 
 def test_hwsi_breakhis_size_as_in_paper(tmp_path):
     """Paper 5.2.1: BreakHis 700x460 -> 340x224, then 224x224 crops."""
-    path = save_png(tmp_path / "breakhis.png", np.full((460, 700, 3), 200, np.uint8))
+    path = save_png(tmp_path / "breakhis.png", np.random.default_rng(0).integers(0, 255, (460, 700, 3), dtype=np.uint8))
     assert preprocess_transforms("hwsi", image_size=224)({"image": path})["image"].shape == (3, 224, 340)
     assert train_transforms("hwsi", image_size=224)({"image": path})["image"].shape == (3, 224, 224)
 
@@ -358,10 +358,11 @@ def test_eye_crop_removes_black_border(tmp_path):
     assert abs(float(r) - (S - 1) / 2) < 1.5 and abs(float(c) - (S - 1) / 2) < 1.5  # centred
 
 
-def test_black_image_does_not_crash(tmp_path):
+def test_a_black_image_is_refused_with_one_line(tmp_path):
+    """An all-black picture (a failed export) is refused, not turned into zeros without a word."""
     path = save_png(tmp_path / "black.png", np.zeros((40, 50, 3), np.uint8))
-    x = preprocess_transforms("efi", image_size=S)({"image": path})["image"]
-    assert x.shape == (3, S, S) and float(x.abs().max()) == 0.0
+    with pytest.raises(ValueError, match=r"black\.png: every pixel has the same value \(0\)"):
+        preprocess_transforms("efi", image_size=S)({"image": path})
 
 
 # --- dictionaries, pickling, errors ------------------------------------------------------------------
