@@ -105,14 +105,7 @@ def folder_manifest(tmp_path: Path, name: str, classes, domain="hwsi") -> Path:
 
 def two_colour_manifest(tmp_path: Path, n=16) -> Path:
     """A `folder` dataset of two learnable colours, n images each of 40x48 px, split by prepare_data.py."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for c, name in enumerate(("blue", "red")):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            colour = np.array([60, 60, 200]) if c == 0 else np.array([200, 60, 60])
-            pixels = np.clip(colour + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    root = colour_folder(tmp_path / "data", n=n)
     prepare("--dataset", "folder", "--root", str(root), "--name", "tiny", "--domain", "hwsi",
             "--out", str(tmp_path / "manifests"), "--val-frac", "0.25", "--test-frac", "0.1")
     return tmp_path / "manifests" / "tiny.csv"
@@ -201,6 +194,30 @@ def run_script(*argv, env=None, timeout=600, cwd=ROOT) -> subprocess.CompletedPr
     """`python <argv>` from the repository root; text output captured."""
     return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def masked_targets():
+    """A 3-label aggregate of two sources (a: x, y; b: z), three rows: (targets, targets with --label-mask)."""
+    from kit import data
+
+    df = pd.DataFrame({"labels": ["a/x", "", "b/z"], "source": ["a", "a", "b"]})
+    meta = {"label_groups": {"a": ["a/x", "a/y"], "b": ["b/z"]}}
+    classes = ["a/x", "a/y", "b/z"]
+    return (data.encode_targets(df, "multilabel", classes),
+            data.encode_targets(data.mask_unknown_labels(df, meta), "multilabel", classes))
+
+
+def start_script(*argv, **popen) -> subprocess.Popen:
+    """`python <argv>` from the repository root, in the background."""
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=ROOT, **popen)
+
+
+def wait_for(condition, seconds=120, every=0.05) -> bool:
+    """Poll `condition()` until it is true or `seconds` have passed; its last value."""
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(every)
+    return condition()
 
 
 def load_make_demo_data():

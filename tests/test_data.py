@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import finetune_argv, run_finetune, tiny_frame, two_colour_manifest
+from helpers import (
+    finetune_argv,
+    masked_targets,
+    run_finetune,
+    tiny_frame,
+    two_colour_manifest,
+)
 
 from kit import data
 
@@ -28,11 +34,7 @@ def test_encode_targets_multiclass_and_multilabel():
 
 
 def test_label_mask_marks_other_datasets_labels_unknown():
-    df = pd.DataFrame({"labels": ["a/x", "", "b/z"], "source": ["a", "a", "b"]})
-    meta = {"label_groups": {"a": ["a/x", "a/y"], "b": ["b/z"]}}
-    classes = ["a/x", "a/y", "b/z"]
-    plain = data.encode_targets(df, "multilabel", classes)
-    masked = data.encode_targets(data.mask_unknown_labels(df, meta), "multilabel", classes)
+    plain, masked = masked_targets()
     assert plain.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
     assert np.isnan(masked).tolist() == [[False, False, True], [False, False, True], [True, True, False]]
     assert np.nan_to_num(masked).tolist() == plain.tolist()

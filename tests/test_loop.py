@@ -6,7 +6,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,11 @@ from helpers import (
     prepare_colour,
     read_metrics,
     run_finetune,
+    start_script,
     tiny_frame,
     train_argv,
     two_colour_manifest,
+    wait_for,
 )
 
 from kit import checkpoints, data, loop, losses, metrics, models, runs, runtime
@@ -203,11 +204,9 @@ def test_fast_kernels():
 def test_ctrl_c_says_where_the_run_stopped(tmp_path):
     manifest = prepare_colour(colour_folder(tmp_path / "data", n=40), tmp_path / "m")
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, *map(str, train_argv(manifest, out, epochs=50))], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "last.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    process = start_script(*train_argv(manifest, out, epochs=50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    wait_for(lambda: (out / "last.pt").exists())
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130

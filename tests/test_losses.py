@@ -1,10 +1,10 @@
 """kit.losses: class weights, the masked multi-label BCE, the criterion per task, probabilities."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from helpers import masked_targets
 
-from kit import data, losses
+from kit import losses
 
 
 def test_balanced_class_weights_match_sklearn_formula():
@@ -35,11 +35,7 @@ def test_make_criterion_per_task():
 
 
 def test_masked_bce_ignores_unknown_labels():
-    df = pd.DataFrame({"labels": ["a/x", "", "b/z"], "source": ["a", "a", "b"]})
-    meta = {"label_groups": {"a": ["a/x", "a/y"], "b": ["b/z"]}}
-    classes = ["a/x", "a/y", "b/z"]
-    plain = data.encode_targets(df, "multilabel", classes)
-    masked = data.encode_targets(data.mask_unknown_labels(df, meta), "multilabel", classes)
+    plain, masked = masked_targets()
 
     logits = torch.tensor([[2.0, -1.0, 3.0], [0.5, 0.1, -4.0], [9.0, 9.0, 1.0]])
     criterion = losses.make_criterion("multilabel", None)

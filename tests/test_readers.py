@@ -10,7 +10,14 @@ import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
-from helpers import BREAKHIS_EXPECTED, breakhis_tree, eyepacs_labels_tree, link, write_image, write_xls
+from helpers import (
+    BREAKHIS_EXPECTED,
+    breakhis_tree,
+    eyepacs_labels_tree,
+    link,
+    write_image,
+    write_xls,
+)
 from PIL import Image
 
 from kit import manifests, readers

@@ -25,8 +25,10 @@ from helpers import (
     read_metrics,
     run_finetune,
     run_script,
+    start_script,
     train_argv,
     two_colour_manifest,
+    wait_for,
 )
 
 import finetune_target
@@ -258,11 +260,9 @@ def test_resume_after_the_manifest_was_re_split_is_refused(tmp_path):
 def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path):
     manifest = prepare_colour(colour_folder(tmp_path / "data", n=20), tmp_path / "m")
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, *map(str, train_argv(manifest, out, epochs=3))], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not ((out / ".lock").exists() and (out / ".lock").read_text()) and time.time() < deadline:
-        time.sleep(0.05)
+    first = start_script(*train_argv(manifest, out, epochs=3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    wait_for(lambda: (out / ".lock").exists() and (out / ".lock").read_text(), seconds=60)
     second = run_script(*train_argv(manifest, out, "--lr", "3e-4"))
     first_rc = first.wait()
     line = one_line(second)
@@ -272,10 +272,9 @@ def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path):
     saved = json.loads((out / "args.json").read_text())["args"]
     assert saved["lr"] == 1e-4 and len(pd.read_csv(out / "metrics.csv")) == 6
     # a killed holder leaves no stale lock
-    killed = subprocess.Popen([sys.executable, *map(str, train_argv(manifest, tmp_path / "run2", epochs=3))], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (tmp_path / "run2" / ".lock").exists() or not (tmp_path / "run2" / ".lock").read_text():
-        time.sleep(0.05)
+    killed = start_script(*train_argv(manifest, tmp_path / "run2", epochs=3), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    wait_for(lambda: (tmp_path / "run2" / ".lock").exists() and (tmp_path / "run2" / ".lock").read_text())
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert run_script(*train_argv(manifest, tmp_path / "run2")).returncode == 0
