@@ -25,7 +25,6 @@ The recipe is main() below, top to bottom: data, model, loss, what trains (--str
 partial, linear), optimizer, schedule, then the shared loop. To train with SGD, edit the optimizer
 line as its comment says.
 """
-import argparse
 
 from kit import cli
 
@@ -42,9 +41,6 @@ def get_args_parser():
     model = parser.add_argument_group("model")
     model.add_argument("--init", type=cli.init_source, required=True,
                        help="random | imagenet | path to a pretrain checkpoint (its backbone only is taken)")
-    model.add_argument("--imagenet-weights", type=cli.existing_file, default=None,
-                       help="torchvision's densenet121-a639ec97.pth for --init imagenet (default: the torch hub "
-                            "cache, else a download)")
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
     model.add_argument("--strategy", type=str, default="full", choices=["full", "partial", "linear"],
@@ -63,13 +59,7 @@ def get_args_parser():
                        help="cross-entropy class weights; auto = what the manifest recommends (balanced for "
                             "Messidor and DeepDRiD, as in the paper; none elsewhere)")
     optim.add_argument("--seed", type=int, default=0, help="fixes init of the head, augmentation and data order")
-    run = parser.add_argument_group("run folder")
-    run.add_argument("--out", type=str, required=True, help="run folder, e.g. OUT/finetune/shenzhen/Domain_RI/seed0")
-    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                     help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
-    run.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
-                     help="decode every train/val image first and leave out those that cannot be read (listed in "
-                          "OUT/skipped.csv); default: stop at the first")
+    cli.add_run_folder_args(parser, example="OUT/finetune/shenzhen/Domain_RI/seed0")
     cli.add_runtime_args(parser, training=True)
     return parser
 

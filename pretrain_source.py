@@ -14,7 +14,6 @@ The manifest says the task: multi-label BCE for ChestX-ray14, cross-entropy (cla
 EyePACS, as in the paper) for the others. Trains on the manifest's train split, selects on val.
 The recipe is main() below, top to bottom: data, model, loss, optimizer, schedule, the shared loop.
 """
-import argparse
 
 from kit import cli
 
@@ -27,9 +26,6 @@ def get_args_parser():
     model = parser.add_argument_group("model")
     model.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
                        help="random -> <AREA>_RI, imagenet -> <AREA>_IN")
-    model.add_argument("--imagenet-weights", type=cli.existing_file, default=None,
-                       help="torchvision's densenet121-a639ec97.pth for --init imagenet (default: the torch hub "
-                            "cache, else a download)")
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
     optim = parser.add_argument_group("optimisation")
@@ -45,13 +41,7 @@ def get_args_parser():
                        help="cross-entropy class weights; auto = what the manifest recommends (balanced for "
                             "EyePACS, as in the paper; none elsewhere; multi-label sets are never weighted)")
     optim.add_argument("--seed", type=int, default=0, help="fixes init, augmentation and data order")
-    run = parser.add_argument_group("run folder")
-    run.add_argument("--out", type=str, required=True, help="run folder, e.g. OUT/pretrain/CXR_RI/seed0")
-    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                     help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
-    run.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
-                     help="decode every train/val image first and leave out those that cannot be read (listed in "
-                          "OUT/skipped.csv); default: stop at the first")
+    cli.add_run_folder_args(parser, example="OUT/pretrain/CXR_RI/seed0")
     cli.add_runtime_args(parser, training=True)
     return parser
 

@@ -95,6 +95,17 @@ def default_workers() -> int:
     return max(1, min(8, available_cores() // processes_per_machine()))
 
 
+def add_run_folder_args(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """The `run folder` flags of the training scripts: where the run goes and whether it resumes there."""
+    group = parser.add_argument_group("run folder")
+    group.add_argument("--out", type=str, required=True, help=f"run folder, e.g. {example}")
+    group.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                       help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
+    group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                       help="decode every train/val image first and leave out those that cannot be read (listed in "
+                            "OUT/skipped.csv); default: stop at the first")
+
+
 def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None:
     """The `runtime` flags: where and how fast a script runs, never what it computes. Training
     scripts also get --compile, --log-every and --sync-bn."""
@@ -111,6 +122,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None
                        help="channels-last memory format (faster convolutions on CPUs and tensor cores)")
     if not training:
         return
+    group.add_argument("--imagenet-weights", type=existing_file, default=None,
+                       help="torchvision's densenet121-a639ec97.pth for --init imagenet (default: the torch hub cache, "
+                            "else a download); where the file lies, not what the run computes")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="torch.compile the model (minutes of compilation; pays off on long GPU runs)")
     group.add_argument("--log-every", type=positive_int, default=50,
