@@ -141,3 +141,16 @@ def per_class_report(targets: np.ndarray, preds: np.ndarray) -> list[dict]:
         f1 = 2 * true_pos / (preds.sum(axis=0) + targets.sum(axis=0))
     return [{"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for p, r, f, s in zip(precision, recall, f1, targets.sum(axis=0))]
+
+
+def prediction_columns(task: str, classes: list[str], probs: np.ndarray) -> dict[str, list]:
+    """The `pred` and `prob_<class>` columns of a predictions.csv (evaluate.py, predict.py): the
+    decision (argmax; multi-label: the `|`-joined labels with p >= 0.5) and each probability,
+    rounded to 6 decimals."""
+    if task == "multiclass":
+        columns = {"pred": [classes[p] for p in probs.argmax(axis=1)]}
+    else:
+        columns = {"pred": ["|".join(c for c, p in zip(classes, row) if p >= 0.5) for row in probs]}
+    for i, name in enumerate(classes):
+        columns[f"prob_{name}"] = probs[:, i].astype(np.float64).round(6).tolist()
+    return columns
