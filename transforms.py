@@ -38,9 +38,9 @@ Head, in order:
 3. Channels and intensities, to float32 in [0, 1]. cxr: grey, RGB or RGBA becomes one grey
    channel (ITU-R 601 luma), scaled per image by min-max so that 8-bit PNG, 16-bit PNG and
    12-bit DICOM all work (DICOM arrives windowed and with bone white, see step 1). hwsi/efi:
-   alpha is dropped; 8-bit
-   images are divided by 255; any other dtype (16-bit, float) is min-max scaled over all
-   channels together, which keeps the colour balance (the stored dtype is the cheap test).
+   alpha is dropped; 8-bit images are divided by 255; any other dtype (16-bit, float) is min-max
+   scaled over all channels together, which keeps the colour balance (the stored dtype is the
+   cheap test).
    NaN and +-inf pixels of a float image (no data) are set to its smallest finite value
    before scaling, i.e. black; an image without any finite pixel is an error.
 4. Geometry (paper 5.2.1). cxr: resize to image_size x image_size. hwsi: resize the

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +47,8 @@ def corner_picture(corner, rng, size=SIZE):
 def write_dicom(path, stored, *, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, modality="CR",
                 frames=None, rgb=False, patient="P001"):
     """A DICOM file written with pydicom: 12-bit grey (or 8-bit RGB with rgb=True) pixels."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.PatientID, ds.Modality = patient, modality
     ds.Rows, ds.Columns = stored.shape[-3:-1] if rgb else stored.shape[-2:]
@@ -70,6 +65,8 @@ def write_dicom(path, stored, *, photometric="MONOCHROME2", slope=1.0, intercept
         ds.PixelData = stored.astype(np.uint16).tobytes()
     if frames:
         ds.NumberOfFrames = frames
+    ds.ensure_file_meta()  # the file meta (media storage UIDs) follows from the dataset on writing
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
     return ds
 
