@@ -16,6 +16,7 @@ $(VENV)/.installed: requirements.txt tools/install_torch.sh
 	$(PYTHON) -m venv $(VENV)
 	bash tools/install_torch.sh $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 study: setup

@@ -12,6 +12,8 @@ selection. Writes, per checkpoint:
                       the split) is left empty and the note says why
     confusion.csv     true, <predicted class>... counts, rows = true class (multi-class only)
     confusion.png     the same as a figure, counts and row-normalised % (multi-class only)
+    cam/              with --cam N: Grad-CAM heat maps of N images per class, correct and wrong
+                      (cam/<class>/{correct,wrong}/<image>.png: the input | the map over it), cam/cam.csv
 
 Confidence intervals are percentile bootstrap intervals (--bootstrap resamples, --seed). The
 resampling unit is the patient (the manifest's `patient` column): a patient's images are drawn
@@ -56,6 +58,10 @@ def get_args_parser():
     stats.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=str, required=True, help="output folder")
+    output.add_argument("--cam", type=cli.non_negative_int, default=0, metavar="N",
+                        help="Grad-CAM heat maps (where the model looked) of up to N images per class and outcome, "
+                             "the most confident first: OUT/cam/<class>/{correct,wrong}/<image>.png and "
+                             "OUT/cam/cam.csv; 0 = none")
     output.add_argument("--relative-to", type=str, default=None,
                         help="outputs go to OUT/<checkpoint path relative to this folder, without .pt>/ (default: the "
                              "checkpoints' common folder; a single checkpoint without it writes to OUT itself)")
@@ -140,12 +146,10 @@ def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df
     predictions = pd.DataFrame({"image": df["image"].to_numpy(), "patient": patients, "split": args.split})
     if multiclass:
         predictions["target"] = [classes[t] for t in targets]
-        predictions["pred"] = [classes[p] for p in probs.argmax(axis=1)]
     else:
         predictions["target"] = ["|".join(c for c, t in zip(classes, row) if t) for row in targets]
-        predictions["pred"] = ["|".join(c for c, p in zip(classes, row) if p >= 0.5) for row in probs]
-    for i, name in enumerate(classes):
-        predictions[f"prob_{name}"] = probs[:, i].astype(np.float64).round(6)
+    for column, values in metrics.prediction_columns(meta["task"], classes, probs).items():
+        predictions[column] = values
 
     # --- metrics with CIs over patients; per-class report; confusion matrix
     row = {"split": args.split, "checkpoint": str(path.resolve()), "epoch": checkpoint.get("epoch"), "loss": loss,
@@ -247,6 +251,11 @@ def main(args):
         tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp_dir, ignore_errors=True)
         row = write_evaluation(tmp_dir, path, checkpoint, meta, df, loss, probs, targets, args)
+        if args.cam:  # inside the folder before it is put in place
+            from kit import cam
+
+            cam.write_examples(tmp_dir / "cam", model, dataset, task=meta["task"], classes=meta["classes"],
+                               targets=targets, probs=probs, n=args.cam, device=device)
         publish(tmp_dir, out_dir)
         headline = meta["headline_metric"]
         print(f"{path}: {args.split} n={len(df)} ({row['n_patients']} patients) loss {loss:.4f} {headline} "

@@ -21,18 +21,27 @@ Head, in order:
 
 1. ``LoadImaged`` picks the reader by suffix: PNG/JPEG/BMP/TIFF through PIL (for TIFF
    2.5x faster than ITK; a TIFF that PIL cannot read, e.g. multi-channel 16-bit, falls back
-   to ITK), DICOM through ITK, NIfTI through nibabel. Pixels keep their stored dtype so that step 3 can
-   tell 8-bit colour from 16-bit or float data.
+   to ITK), DICOM (``.dcm``, ``.dicom``, or any file with DICOM's ``DICM`` preamble) through
+   pydicom (:class:`DicomReader`), NIfTI through nibabel. Pixels keep their stored dtype so that
+   step 3 can tell 8-bit colour from 16-bit or float data.
+
+   DICOM is shown as a radiologist's viewer shows it: the modality LUT (rescale slope and
+   intercept, or a Modality LUT Sequence), then the first VOI transform (a VOI LUT Sequence,
+   else the first Window Center / Window Width, honouring VOI LUT Function; none: the full
+   range), then MONOCHROME1 inverted so that bone is white (Presentation LUT Shape, which in
+   DX files restates the same inversion, is not applied twice). Colour DICOM (RGB, YBR_*,
+   PALETTE COLOR) is read as RGB. A multi-frame file is refused (one 2-D image per file).
 2. Picture order. MONAI's readers return (C, x, y), i.e. columns before rows (the
    transpose of PIL and torchvision); we transpose to (C, rows, cols) so that row 0 is the
-   top of the picture. A single-slice volume (a DICOM file read by ITK, a NIfTI with z = 1)
-   is squeezed to 2-D. For NIfTI, the first array axis is x (columns), as in MONAI and ITK.
+   top of the picture. A single-slice volume (a NIfTI with z = 1) is squeezed to 2-D; a 3-D
+   volume is refused, since no chain knows which slice to take. For NIfTI, the first array axis
+   is x (columns), as in MONAI and ITK.
 3. Channels and intensities, to float32 in [0, 1]. cxr: grey, RGB or RGBA becomes one grey
    channel (ITU-R 601 luma), scaled per image by min-max so that 8-bit PNG, 16-bit PNG and
-   12-bit DICOM all work (ITK's DICOM reader already shows MONOCHROME1 films with bone
-   white, applying the rescale slope and intercept on the way). hwsi/efi/other: alpha is dropped; 8-bit
-   images are divided by 255; any other dtype (16-bit, float) is min-max scaled over all
-   channels together, which keeps the colour balance (the stored dtype is the cheap test).
+   12-bit DICOM all work (DICOM arrives windowed and with bone white, see step 1).
+   hwsi/efi/other: alpha is dropped; 8-bit images are divided by 255; any other dtype (16-bit,
+   float) is min-max scaled over all channels together, which keeps the colour balance (the
+   stored dtype is the cheap test).
    NaN and +-inf pixels of a float image (no data) are set to its smallest finite value
    before scaling, i.e. black; an image without any finite pixel is an error.
 4. Geometry (paper 5.2.1). cxr: resize to image_size x image_size. hwsi: resize the
@@ -67,7 +76,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from monai.data import MetaTensor, PILReader
+from monai.data import ImageReader, MetaTensor, PILReader
 from monai.transforms import (
     CenterSpatialCropd,
     Compose,
@@ -81,7 +90,7 @@ from monai.utils import convert_to_dst_type
 DOMAINS = ("cxr", "hwsi", "efi", "other")
 # Bump when the deterministic head (load, channels, eye crop, resize) changes what it outputs:
 # preprocessing caches (kit/cache.py) store the head's output and are keyed on this number.
-HEAD_VERSION = 2  # 2: tiny and constant images are refused (they were cached before)
+HEAD_VERSION = 3  # 2: tiny and constant images refused; 3: DICOM through pydicom, windowed (VOI LUT)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's convert("L")
@@ -178,9 +187,13 @@ class PictureOrderd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            if img.ndim < 3 or any(size != 1 for size in img.shape[3:]):
+            if img.ndim < 3:
                 raise ValueError(f"{_file_name(img)}: expected a 2-D image, got (channels, spatial) "
                                  f"shape {tuple(img.shape)}")
+            if any(size != 1 for size in img.shape[3:]):
+                spatial = " x ".join(str(size) for size in img.shape[1:])
+                raise ValueError(f"{_file_name(img)}: expected a 2-D image, got a 3-D volume ({spatial} voxels); "
+                                 "save the slice or projection you mean as a 2-D file")
             # copy in the stored dtype (1 byte a pixel for 8-bit): later float passes run contiguous
             d[key] = img.reshape(img.shape[:3]).transpose(1, 2).contiguous()
         return d
@@ -513,6 +526,82 @@ class PictureReader(PILReader):
         return super().verify_suffix(filename)
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+_OTHER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".gz")
+
+
+def is_dicom(path):
+    """Whether a file is DICOM: a DICOM suffix, or (no other image suffix) DICOM's ``DICM``
+    preamble at byte 128, as in the suffix-less files of a series folder (IM0001, ...)."""
+    name = str(path).lower()
+    if name.endswith(DICOM_SUFFIXES):
+        return True
+    if name.endswith(_OTHER_SUFFIXES):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_pixels(ds, name="image"):
+    """A pydicom Dataset's picture as a viewer shows it: grey -> float32 (rows, cols) after the
+    modality LUT, the first VOI transform and MONOCHROME1 inversion; colour -> (rows, cols, 3)
+    RGB in the stored dtype. Raises ValueError("<name>: ...") for what is no single 2-D picture."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ValueError(f"{name}: a multi-frame DICOM ({frames} frames, e.g. a cine loop or a tomosynthesis "
+                         "stack); the chains take one 2-D image per file")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    try:
+        pixels = ds.pixel_array  # pydicom converts YBR_* to RGB
+    except Exception as err:  # no decoder for the transfer syntax, truncated pixel data, ...
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        hint = f" (transfer syntax {syntax.name}: pydicom needs a decoder plugin such as pylibjpeg or " \
+               "python-gdcm)" if syntax is not None and syntax.is_compressed else ""
+        raise ValueError(f"{name}: cannot decode the DICOM pixel data{hint}: {str(err).splitlines()[0]}") from None
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if pixels.ndim != 2:
+            raise ValueError(f"{name}: grey DICOM with pixel array shape {pixels.shape}; expected rows x columns")
+        grey = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
+        return -grey if photometric == "MONOCHROME1" else grey  # the head scales min-max: bone white
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)
+    elif not (photometric == "RGB" or photometric.startswith("YBR")):
+        raise ValueError(f"{name}: DICOM photometric interpretation {photometric or 'missing'} is not supported "
+                         "(MONOCHROME1, MONOCHROME2, RGB, YBR_*, PALETTE COLOR are)")
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"{name}: colour DICOM with pixel array shape {pixels.shape}; expected rows x columns x 3")
+    return pixels
+
+
+class DicomReader(ImageReader):
+    """MONAI reader for one DICOM file through pydicom, windowed as a viewer shows it (see
+    :func:`dicom_pixels`); registered before ITK, so training and prediction read DICOM alike.
+    Returns MONAI's (x, y[, C]) layout, like the other readers."""
+
+    def verify_suffix(self, filename):
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        return len(names) == 1 and is_dicom(names[0])
+
+    def read(self, data, **kwargs):
+        import pydicom
+
+        name = str(data[0] if isinstance(data, (list, tuple)) else data)
+        return name, pydicom.dcmread(name)
+
+    def get_data(self, img):
+        name, ds = img
+        pixels = np.swapaxes(dicom_pixels(ds, name), 0, 1)  # (rows, cols[, 3]) -> MONAI's (x, y[, 3])
+        colour = pixels.ndim == 3
+        meta = {"spatial_shape": np.asarray(pixels.shape[:2]), "original_channel_dim": -1 if colour else float("nan"),
+                "modality": str(ds.get("Modality", ""))}
+        return np.ascontiguousarray(pixels), meta
+
+
 def _check(domain, image_size):
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}: expected one of {', '.join(DOMAINS)}")
@@ -532,6 +621,7 @@ def _head(domain, image_size):
         warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
         load = LoadPictured(keys="image", image_only=True, ensure_channel_first=True, dtype=None)
     codec_logger.setLevel(level)
+    load.register(DicomReader())  # before ITK: DICOM windowed as a viewer shows it
     load.register(PictureReader(converter=pil_standard_mode))  # tried first for PNG, JPEG, BMP, TIFF
     head = [load, PictureOrderd(keys="image"), UnitRanged(keys="image", grey=domain == "cxr")]
     if domain == "cxr":

@@ -20,9 +20,14 @@
     claims       the paper's claims as rules, and their verdicts on this run
     figures      learning curves, forest plot, label efficiency
     report       Markdown: Table 2 and report.md
+    inputs       predict.py's inputs: files, folders, CSVs; what a model of each domain refuses
+    cam          Grad-CAM heat maps over the input (predict.py --cam, evaluate.py --cam)
+    export       TorchScript, MONAI bundle and backbone files from a checkpoint (export.py)
 
 The transform chains live in the top-level ``transforms.py``, the file clinical code reads and
-copies; inside this package it is ``kit.transforms``.
+copies; inside this package it is ``kit.transforms``. Installed (``pip install -e .`` or
+``pip install .``, see pyproject.toml), the repository root is the package ``domaintl``: this
+package is ``domaintl.kit`` and ``transforms.py`` is ``domaintl.transforms``.
 """
 
 

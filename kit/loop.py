@@ -58,6 +58,15 @@ def _check_finite(first_bad: torch.Tensor, dist_info: Distributed) -> None:
         raise NonFiniteLoss(f"the training loss became NaN or infinite at step {step}")
 
 
+def forward(model, images, tails, device, *, amp_dtype, memory_format=torch.contiguous_format):
+    """A loader's batch -> logits: uint8 images and their tails (data.ImageDataset) are augmented and
+    normalised here, batched, on `device` (transforms.apply_tail), then the model runs under autocast
+    (`amp_dtype`; None = fp32). The one forward of training, evaluation and predict.py."""
+    images = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=memory_format)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        return model(images)
+
+
 def run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_last, optimizer=None,
                scheduler=None, scaler=None, desc="", log_every=50, first_step=0, dist_info=Distributed()):
     """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, probs, targets).
@@ -82,11 +91,8 @@ def run_epoch(model, loader, criterion, device, *, task, amp_dtype, channels_las
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if dist_info.is_main_process else True)
     with torch.set_grad_enabled(training):
         for step, (images, tails, targets) in enumerate(bar, start=1):
-            # uint8 from the loader; augmentation and normalisation run here, batched, on the device
-            images = transforms.apply_tail(images.to(device, non_blocking=True), tails, memory_format=memory_format)
+            logits = forward(model, images, tails, device, amp_dtype=amp_dtype, memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                logits = model(images)
             loss = criterion(logits.float(), targets)
             if training:
                 bad = ~torch.isfinite(loss) & (first_bad == _NO_BAD_STEP)

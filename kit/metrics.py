@@ -158,3 +158,16 @@ def per_class_rows(classes, targets: np.ndarray, preds: np.ndarray) -> list[dict
         rows.append({"class": name, **{k: None if isinstance(v, float) and math.isnan(v) else v
                                        for k, v in values.items()}, "note": "; ".join(notes)})
     return rows
+
+
+def prediction_columns(task: str, classes: list[str], probs: np.ndarray) -> dict[str, list]:
+    """The `pred` and `prob_<class>` columns of a predictions.csv (evaluate.py, predict.py): the
+    decision (argmax; multi-label: the `|`-joined labels with p >= 0.5) and each probability,
+    rounded to 6 decimals."""
+    if task == "multiclass":
+        columns = {"pred": [classes[p] for p in probs.argmax(axis=1)]}
+    else:
+        columns = {"pred": ["|".join(c for c, p in zip(classes, row) if p >= 0.5) for row in probs]}
+    for i, name in enumerate(classes):
+        columns[f"prob_{name}"] = probs[:, i].astype(np.float64).round(6).tolist()
+    return columns

@@ -22,8 +22,11 @@ Usage::
     print(initialise(model, "imagenet", imagenet_weights=None))  # hub cache, else download
     print(initialise(model, "OUT/pretrain/CXR_RI/last.pt"))      # domain-pretrained backbone
 
-``model_from_checkpoint`` rebuilds a trained model from a checkpoint's ``meta`` (checkpoint
-files themselves: checkpoints.py).
+``model_from_checkpoint`` (or ``load_model``) rebuilds a trained model from a checkpoint's
+``meta`` (checkpoint files themselves: checkpoints.py). ``load_backbone`` turns a backbone file
+(export.py --formats backbone: a pretrained model's ``features.*`` alone, with its meta) or any
+checkpoint of this kit into MONAI's DenseNet-121 feature extractor, to use as your ImageNet;
+``initialise`` (``finetune_target.py --init``) takes the same files.
 """
 import re
 import socket
@@ -132,6 +135,33 @@ def model_from_checkpoint(path):
         raise CheckpointError(f"{path}: weights do not fit the model its meta describes "
                               f"({' '.join(line.strip() for line in str(err).splitlines()[:2])})") from None
     return model.eval(), meta, ckpt
+
+
+def load_model(path):
+    """The trained model of a checkpoint, in eval mode, and its meta (classes, task, domain, image size)."""
+    model, meta, _ = model_from_checkpoint(path)
+    return model, meta
+
+
+def load_backbone(path, out_channels=None):
+    """A pretrained backbone as MONAI's DenseNet-121, from a backbone file (export.py --formats
+    backbone) or any checkpoint of this kit; every backbone tensor must fit (strict).
+
+    Without ``out_channels``: ``DenseNet121(...).features``, a feature extractor (B, 3, H, W) ->
+    (B, 1024, H/32, W/32) (the kit's model and MONAI's classifier add ReLU and global average
+    pooling). With ``out_channels``: a whole ``monai.networks.nets.DenseNet121`` whose features
+    are the pretrained ones and whose final Linear layer is new, ready to fine-tune. Inputs as
+    in training: 3 channels, ImageNet-normalised (transforms.eval_transforms).
+    """
+    net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=out_channels or 1)
+    prefix = "features."
+    state = {k[len(prefix):]: v for k, v in load_checkpoint(path)["model"].items() if k.startswith(prefix)}
+    try:
+        net.features.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: backbone is not this kit's DenseNet-121 "
+                              f"({' '.join(line.strip() for line in str(err).splitlines()[:2])})") from None
+    return net if out_channels else net.features.eval()
 
 
 # --- initialisation ----------------------------------------------------------------------------
@@ -265,7 +295,8 @@ def initialise(model, init, *, imagenet_weights=None):
 
     init: "random" (MONAI's default initialisation, nothing to do), "imagenet" (torchvision's
     ImageNet weights, see find_imagenet_weights; ``imagenet_weights`` is an explicit path) or
-    the path of a project checkpoint (backbone only; the head stays new).
+    the path of a project checkpoint or of a backbone file exported from one (export.py
+    --formats backbone); either way the backbone only, with every key checked; the head stays new.
     """
     init = str(init)
     if init == "random":
@@ -277,7 +308,8 @@ def initialise(model, init, *, imagenet_weights=None):
     if Path(init).is_file():
         meta = load_backbone_from_checkpoint(model, init)
         source = f"; pretrained on {meta['key']}" if isinstance(meta.get("key"), str) else ""
-        return f"checkpoint {Path(init).resolve()} (backbone only, new head{source})"
+        kind = "backbone file" if meta.get("kind") == "backbone" else "checkpoint"
+        return f"{kind} {Path(init).resolve()} (backbone only, new head{source})"
     if Path(init).is_dir():
         raise ValueError(f"{init}: is a folder; --init takes a checkpoint file, e.g. {Path(init) / 'last.pt'}")
     raise ValueError(f"{init}: unknown init: expected 'random', 'imagenet' or the path of an existing "

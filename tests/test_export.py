@@ -1,0 +1,336 @@
+"""export.py (TorchScript, MONAI bundle, backbone), models.load_backbone, and the kit as an installed
+package (`domaintl`, editable and wheel). Self-contained: tiny runs are trained here (32 px grey
+pictures of two classes), and the installs go into virtual environments made with
+--system-site-packages, so they reuse this Python's torch and MONAI."""
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+SIZE = 32
+TS_TOLERANCE = 1e-5  # TorchScript vs the eager model, probabilities (both fp32 on the CPU)
+BUNDLE_TOLERANCE = 1e-5  # bundle vs predict.py --no-amp (which rounds to 6 decimals)
+
+
+def run(argv, cwd=ROOT, python=PY, **kw):
+    return subprocess.run([str(python), *map(str, argv)], cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def ok(result):
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+def bars_folder(root, n=16, seed=0):
+    """A `folder` data set of grey pictures: a bright horizontal bar (class `horizontal`) or a vertical one."""
+    rng = np.random.default_rng(seed)
+    for name in ("horizontal", "vertical"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            x = rng.normal(60, 10, (40, 40))
+            position = rng.integers(8, 30)
+            if name == "horizontal":
+                x[position:position + 4] = 220
+            else:
+                x[:, position:position + 4] = 220
+            Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A pretrained checkpoint (pretrain_source.py) and a model fine-tuned from it, with its evaluation."""
+    tmp = tmp_path_factory.mktemp("runs")
+    ok(run(["prepare_data.py", "--dataset", "folder", "--root", bars_folder(tmp / "data"), "--name", "bars",
+            "--domain", "cxr", "--out", tmp / "m", "--val-frac", "0.25", "--test-frac", "0.25"]))
+    common = ["--image-size", SIZE, "--epochs", "1", "--batch-size", "8", "--hidden-dim", "16", "--workers", "0",
+              "--device", "cpu"]
+    ok(run(["pretrain_source.py", "--manifest", tmp / "m" / "bars.csv", "--init", "random", "--out", tmp / "pretrain",
+            *common], timeout=1800))
+    ok(run(["finetune_target.py", "--manifest", tmp / "m" / "bars.csv", "--init", tmp / "pretrain" / "last.pt",
+            "--out", tmp / "finetune", *common], timeout=1800))
+    ok(run(["evaluate.py", "--checkpoint", tmp / "finetune" / "best.pt", "--manifest", tmp / "m" / "bars.csv",
+            "--split", "test", "--out", tmp / "eval", "--workers", "0", "--device", "cpu", "--bootstrap", "50"]))
+    test_images = pd.read_csv(tmp / "m" / "bars.csv").query("split == 'test'")["image"].tolist()
+    return {"tmp": tmp, "pretrained": tmp / "pretrain" / "last.pt", "finetuned": tmp / "finetune" / "best.pt",
+            "manifest": tmp / "m" / "bars.csv", "metrics": tmp / "eval" / "metrics.csv", "test_images": test_images}
+
+
+def make_venv(path):
+    ok(subprocess.run([PY, "-m", "venv", "--system-site-packages", str(path)], capture_output=True, text=True))
+    return path / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def editable_python(tmp_path_factory):
+    """A virtual environment with `pip install -e <this repository>` (no dependencies: they are this Python's)."""
+    python = make_venv(tmp_path_factory.mktemp("venv") / "editable")
+    ok(run(["-m", "pip", "install", "--quiet", "--no-deps", "-e", ROOT], python=python, timeout=900))
+    return python
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+TORCH_ONLY = """
+import json, sys, torch
+extra = {"meta.json": ""}
+model = torch.jit.load("model.ts", _extra_files=extra)
+pixels = torch.load("pixels.pt")
+with torch.no_grad():
+    torch.save({"uint8": model(pixels), "float": model(pixels.float() / 255)}, "out.pt")
+print(json.dumps({"meta": json.loads(extra["meta.json"]), "monai": "monai" in sys.modules,
+                  "kit": [m for m in sys.modules if m.split(".")[0] in ("kit", "transforms", "domaintl")]}))
+"""
+
+
+@pytest.mark.slow
+def test_torchscript_runs_with_torch_alone_and_equals_the_eager_model(runs, tmp_path):
+    from kit import models
+    from transforms import apply_tail, loader_transforms
+
+    ok(run(["export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--formats", "torchscript"]))
+    model, meta = models.load_model(runs["finetuned"])
+    chain = loader_transforms("cxr", image_size=SIZE, train=False)
+    items = [chain({"image": path}) for path in runs["test_images"]]
+    pixels, tails = torch.stack([i["image"] for i in items]), torch.stack([i["tail"] for i in items])
+    assert pixels.dtype == torch.uint8 and pixels.shape[1] == 1  # grey, as the loader ships it
+    with torch.no_grad():
+        eager = torch.softmax(model(apply_tail(pixels, tails)), dim=1)
+    sandbox = tmp_path / "sandbox"  # neither the kit nor MONAI importable from here with python -I
+    sandbox.mkdir()
+    shutil.copy(tmp_path / "export" / "model.ts", sandbox / "model.ts")
+    torch.save(pixels, sandbox / "pixels.pt")
+    result = ok(run(["-I", "-c", TORCH_ONLY], cwd=sandbox))
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["monai"] is False and report["kit"] == []
+    out = torch.load(sandbox / "out.pt")
+    torch.testing.assert_close(out["uint8"], eager, rtol=0, atol=TS_TOLERANCE)
+    torch.testing.assert_close(out["float"], eager, rtol=0, atol=TS_TOLERANCE)
+    info = report["meta"]
+    assert info["classes"] == meta["classes"] == ["horizontal", "vertical"]
+    assert (info["domain"], info["image_size"], info["task"]) == ("cxr", SIZE, "multiclass")
+    assert info["input"]["dtype"] == "uint8 in [0, 255], or float in [0, 1]"
+    assert info["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    assert info["output"]["kind"] == "probabilities" and "softmax" in info["output"]["activation"]
+
+
+# --------------------------------------------------------------------------- MONAI bundle
+
+IN_BUNDLE_TOOLS = """
+import json, sys, torch
+import monai.bundle
+from monai.bundle import ConfigParser
+bundle, images, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+parser = ConfigParser()
+parser.read_config(f"{bundle}/configs/inference.json")
+parser.read_meta(f"{bundle}/configs/metadata.json")
+parser["bundle_root"] = bundle
+network = parser.get_parsed_content("network")
+parser.get_parsed_content("load_weights")
+network.eval()
+preprocess = parser.get_parsed_content("preprocessing")
+with torch.no_grad():
+    x = torch.stack([preprocess({"image": path})["image"] for path in images])
+    probs = parser.get_parsed_content("postprocessing")(network(x))
+monai.bundle.verify_net_in_out(net_id="network_def", meta_file=f"{bundle}/configs/metadata.json",
+                               config_file=f"{bundle}/configs/inference.json", device="cpu")
+monai.bundle.run(config_file=f"{bundle}/configs/inference.json", bundle_root=bundle, dataset_dir=sys.argv[4],
+                 output_dir=out)
+print(json.dumps({"probs": probs.tolist(), "network": type(network).__name__,
+                  "backbone": type(network.backbone).__module__ + "." + type(network.backbone).__name__}))
+"""
+
+
+@pytest.mark.slow
+def test_bundle_loads_with_monai_bundle_and_predicts_what_predict_py_predicts(runs, editable_python, tmp_path):
+    ok(run(["export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--metrics",
+            runs["metrics"]]))
+    bundle = tmp_path / "export" / "bundle"
+    assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
+        "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"]
+    pd.DataFrame({"image": runs["test_images"]}).to_csv(tmp_path / "test.csv", index=False)
+    ok(run(["predict.py", "--checkpoint", runs["finetuned"], tmp_path / "test.csv", "--out", tmp_path / "pred",
+            "--workers", "0", "--device", "cpu", "--no-amp"]))
+    predicted = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    reference = predicted[["prob_horizontal", "prob_vertical"]].to_numpy()
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in runs["test_images"]:
+        shutil.copy(path, images / Path(path).name)
+    result = ok(run(["-c", IN_BUNDLE_TOOLS, bundle, json.dumps(runs["test_images"]), tmp_path / "bundle_out", images],
+                    cwd=tmp_path, python=editable_python))
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["backbone"] == "monai.networks.nets.densenet.DenseNet121" and report["network"] == "Sequential"
+    np.testing.assert_allclose(np.array(report["probs"]), reference, rtol=0, atol=BUNDLE_TOLERANCE)
+    ran = pd.read_csv(tmp_path / "bundle_out" / "predictions.csv", header=None, names=["file", "p0", "p1"])
+    ran["name"] = ran["file"].map(lambda p: Path(p).name)
+    expected = predicted.assign(name=predicted["image"].map(lambda p: Path(p).name)).set_index("name")
+    np.testing.assert_allclose(ran.set_index("name").loc[expected.index, ["p0", "p1"]].to_numpy(), reference,
+                               rtol=0, atol=BUNDLE_TOLERANCE)
+
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format", "intended_use", "changelog"):
+        assert key in metadata, key
+    image = metadata["network_data_format"]["inputs"]["image"]
+    assert (image["num_channels"], image["spatial_shape"], image["dtype"]) == (3, [SIZE, SIZE], "float32")
+    assert image["value_range"][0] < -2 and image["value_range"][1] > 2.5  # ImageNet-normalised [0, 1]
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    assert pred["channel_def"] == {"0": "horizontal", "1": "vertical"} and pred["num_channels"] == 2
+    assert "domaintl" in metadata["required_packages_version"]
+    metrics = pd.read_csv(runs["metrics"]).iloc[0]
+    assert metadata["eval_metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert f"| accuracy | {metrics['accuracy']:.4f} | {metrics['accuracy_ci_low']:.4f} | " \
+           f"{metrics['accuracy_ci_high']:.4f} |" in readme
+    for words in ("## Training data", "## Intended use", "not for diagnosis", "bars"):
+        assert words in readme, words
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["backbone"]["_target_"] == "monai.networks.nets.DenseNet121"
+    assert inference["preprocessing"]["transforms"][1]["_target_"] == "domaintl.transforms.eval_transforms"
+
+
+# --------------------------------------------------------------------------- backbone
+
+@pytest.mark.slow
+def test_a_backbone_exported_from_a_pretrained_model_loads_in_monai_and_fine_tunes(runs, tmp_path):
+    from monai.networks.nets import DenseNet121
+
+    from kit import models
+    from kit.checkpoints import load_checkpoint
+
+    result = ok(run(["export.py", "--checkpoint", runs["pretrained"], "--out", tmp_path / "CXR_RI", "--formats",
+                     "backbone"]))
+    backbone = tmp_path / "CXR_RI" / "backbone.pt"
+    assert "backbone.pt" in result.stdout and not (tmp_path / "CXR_RI" / "model.ts").exists()
+    saved = load_checkpoint(backbone)
+    assert saved["meta"]["kind"] == "backbone" and all(k.startswith("features.") for k in saved["model"])
+    pretrained = load_checkpoint(runs["pretrained"])["model"]
+    features = models.load_backbone(backbone)
+    for key, value in features.state_dict().items():
+        assert torch.equal(value, pretrained[f"features.{key}"]), key
+    with torch.no_grad():
+        assert features(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 1024, 1, 1)
+    net = models.load_backbone(backbone, out_channels=5)
+    assert isinstance(net, DenseNet121) and net.class_layers.out.out_features == 5
+
+    run_dir = tmp_path / "target"
+    ok(run(["finetune_target.py", "--manifest", runs["manifest"], "--init", backbone, "--out", run_dir, "--image-size",
+            SIZE, "--epochs", "1", "--batch-size", "8", "--hidden-dim", "16", "--workers", "0", "--device", "cpu"],
+           timeout=1800))
+    meta = load_checkpoint(run_dir / "last.pt")["meta"]
+    assert meta["init_description"].startswith(f"backbone file {backbone.resolve()} (backbone only, new head; "
+                                               "pretrained on bars)")
+    tuned = load_checkpoint(run_dir / "last.pt")["model"]
+    assert not torch.equal(tuned["features.conv0.weight"], pretrained["features.conv0.weight"])  # it trained
+
+    # the strict key checks hold for backbone files: one tensor missing is refused, in one line
+    broken = dict(saved, model={k: v for k, v in saved["model"].items() if k != "features.norm5.weight"})
+    torch.save(broken, tmp_path / "broken.pt")
+    result = run(["finetune_target.py", "--manifest", runs["manifest"], "--init", tmp_path / "broken.pt", "--out",
+                  tmp_path / "refused", "--image-size", SIZE, "--epochs", "1", "--workers", "0", "--device", "cpu"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "backbone is not this kit's DenseNet-121: 1 missing (features.norm5.weight)" in result.stderr
+    with pytest.raises(ValueError, match="backbone is not this kit's DenseNet-121"):
+        models.load_backbone(tmp_path / "broken.pt")
+
+
+@pytest.mark.slow
+def test_export_refuses_a_bundle_of_a_mixed_domain_model_in_one_line(runs, tmp_path):
+    ckpt = torch.load(runs["pretrained"], weights_only=True)
+    ckpt["meta"]["domain"] = "mixed"
+    torch.save(ckpt, tmp_path / "all.pt")
+    result = run(["export.py", "--checkpoint", tmp_path / "all.pt", "--out", tmp_path / "out"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("export it with --formats torchscript backbone")
+
+
+# --------------------------------------------------------------------------- the installed package
+
+IMPORTS = """
+import sys
+from domaintl.transforms import eval_transforms
+from domaintl.kit.models import model_from_checkpoint
+import domaintl, domaintl.transforms
+model, meta = domaintl.load_model(sys.argv[1])
+x = domaintl.eval_transforms(meta["domain"], image_size=meta["image_size"])({"image": sys.argv[2]})["image"]
+print(domaintl.transforms.__file__)
+print(meta["classes"], tuple(model(x[None]).shape), domaintl.load_backbone(sys.argv[1]).__class__.__name__)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("kit", "transforms", "models")))
+"""
+
+
+@pytest.mark.slow
+def test_the_kit_installs_editable_and_as_a_wheel_and_imports_from_anywhere(runs, editable_python, tmp_path):
+    elsewhere = tmp_path / "clinic"
+    elsewhere.mkdir()
+    (elsewhere / "models.py").write_text("raise ImportError('the clinic code base has its own models module')\n")
+    (elsewhere / "transforms.py").write_text("raise ImportError('and its own transforms module')\n")
+    args = [runs["finetuned"], runs["test_images"][0]]
+    result = ok(run(["-c", IMPORTS, *args], cwd=elsewhere, python=editable_python))
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == str(ROOT / "transforms.py")  # editable: the checkout's file
+    assert lines[1] == "['horizontal', 'vertical'] (1, 2) Sequential" and lines[2] == "[]"
+
+    # a wheel, built from a copy of the repository (the build writes build/ in the tree), into a fresh venv
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".venv"))
+    wheels = tmp_path / "wheels"
+    ok(run(["-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, source], timeout=900))
+    wheel = next(wheels.glob("domaintl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"domaintl/__init__.py", "domaintl/transforms.py", "domaintl/kit/models.py", "domaintl/kit/inputs.py"} \
+        <= set(names)
+    assert not [n for n in names if n.startswith("domaintl/") and n.count("/") == 1
+                and n not in ("domaintl/__init__.py", "domaintl/transforms.py")]  # no stage scripts
+    python = make_venv(tmp_path / "wheel_venv")
+    ok(run(["-m", "pip", "install", "--quiet", "--no-deps", wheel], python=python, timeout=900))
+    result = ok(run(["-c", IMPORTS, *args], cwd=elsewhere, python=python))
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith(str(tmp_path / "wheel_venv")) and lines[0].endswith("site-packages/domaintl/transforms.py")
+    assert lines[1] == "['horizontal', 'vertical'] (1, 2) Sequential" and lines[2] == "[]"
+    # `import domaintl` alone stays light
+    result = ok(run(["-c", "import sys, domaintl; print('torch' in sys.modules, 'monai' in sys.modules)"],
+                    cwd=elsewhere, python=python))
+    assert result.stdout.strip() == "False False"
+
+
+def test_kit_imports_no_top_level_script():
+    """Inside kit/ every import of the repository's own code is relative (kit.x), so the package works
+    as domaintl.kit; the one exception is kit/__init__.py's documented checkout fallback for transforms."""
+    top_level = {p.stem for p in ROOT.glob("*.py")} | {"kit"}
+    found = []
+    for path in sorted((ROOT / "kit").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            found += [(path.name, name) for name in names if name.split(".")[0] in top_level]
+    assert found == [("__init__.py", "transforms")]
+    text = (ROOT / "kit" / "__init__.py").read_text()
+    assert "from .. import transforms" in text and "except (ImportError, ValueError):" in text
+
+
+def test_pyproject_names_the_package_and_the_makefile_installs_it():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["package-dir"] == {"domaintl": "."}
+    assert project["tool"]["setuptools"]["packages"] == ["domaintl", "domaintl.kit"]
+    assert "pydicom>=3.0" in project["project"]["dependencies"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/python -m pip install --quiet -e ." in makefile
+    assert os.path.isfile(ROOT / "__init__.py")

@@ -1,0 +1,485 @@
+"""predict.py, the DICOM reader of transforms.py, kit/inputs.py (what a model accepts) and kit/cam.py
+(Grad-CAM, with predict.py --cam and evaluate.py --cam). Self-contained: the tiny model is trained
+here, on 64 px grey noise pictures whose class, `square`, is decided by a bright square in one of the
+four corners (`none`: no square).
+
+Why not "square top-left vs square bottom-right" as classes: then the class is *where* the square is,
+which a network that averages its features over the picture (global average pooling) must encode in
+its channels, not in where they fire; measured on such a model, the maps of one class peaked in the
+wrong quadrant (24 of 48). When the class is *what* is there, the map must follow the square to
+whichever corner it is in, which is the question a researcher asks of a COVID-19 model."""
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+SIZE = 64
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+CLASSES = ("none", "square")  # the folder reader sorts class folders: label 0, 1
+PROBS = ["prob_none", "prob_square"]
+
+
+# --------------------------------------------------------------------------- pictures and files
+
+def corner_picture(corner, rng, size=SIZE):
+    """Grey noise with a bright square (a quarter of the side) in one corner; corner None: noise alone."""
+    x = rng.normal(70, 12, (size, size)).clip(0, 255)
+    side = size // 4
+    if corner:
+        r0 = 4 if corner.startswith("top") else size - 4 - side
+        c0 = 4 if corner.endswith("left") else size - 4 - side
+        x[r0:r0 + side, c0:c0 + side] = 230
+    return x.astype(np.uint8)
+
+
+def write_dicom(path, stored, *, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, modality="CR",
+                frames=None, rgb=False, patient="P001"):
+    """A DICOM file written with pydicom: 12-bit grey (or 8-bit RGB with rgb=True) pixels."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = patient, modality
+    ds.Rows, ds.Columns = stored.shape[-3:-1] if rgb else stored.shape[-2:]
+    if rgb:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = stored.astype(np.uint8).tobytes()
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+    if frames:
+        ds.NumberOfFrames = frames
+    ds.ensure_file_meta()  # the file meta (media storage UIDs) follows from the dataset on writing
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def same_picture_in_every_format(picture, folder):
+    """One grey picture as PNG, NIfTI and DICOM (MONOCHROME2 and MONOCHROME1, each with a rescale
+    slope and intercept): after the modality LUT (and the inversion) every file holds the picture
+    up to a positive linear map, which the cxr head's min-max scaling removes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"png": folder / "picture.png", "nifti": folder / "picture.nii.gz",
+             "dicom_m2": folder / "picture_m2.dcm", "dicom_m1": folder / "picture_m1.dcm"}
+    Image.fromarray(picture).save(files["png"])
+    nib.save(nib.Nifti1Image(picture.T.astype(np.float32), np.eye(4)), files["nifti"])  # NIfTI: x (columns) first
+    values = picture.astype(np.int64)
+    write_dicom(files["dicom_m2"], values * 8 + 100, slope=0.5, intercept=-1024.0)  # HU-like: 4 x picture - 974
+    write_dicom(files["dicom_m1"], 4095 - values * 10, photometric="MONOCHROME1", slope=2.0, intercept=-500.0)
+    return files
+
+
+def run(argv, cwd=ROOT, **kw):
+    return subprocess.run([PY, *map(str, argv)], cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def one_line(result):
+    """The command failed with one line on stderr and no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "nvImageCodec" not in line
+             and "NvImgCodec" not in line and "%|" not in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- the tiny model (slow)
+
+@pytest.fixture(scope="module")
+def corner_model(tmp_path_factory):
+    """A cxr model trained on corner pictures (`square` ones named square_<corner>_<n>.png): its
+    checkpoint, manifest and data folder."""
+    tmp = tmp_path_factory.mktemp("corner")
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (tmp / "data" / name).mkdir(parents=True)
+    for i in range(24):
+        Image.fromarray(corner_picture(None, rng)).save(tmp / "data" / "none" / f"none_{i:02d}.png")
+        corner = CORNERS[i % 4]
+        Image.fromarray(corner_picture(corner, rng)).save(tmp / "data" / "square" / f"square_{corner}_{i:02d}.png")
+    result = run(["prepare_data.py", "--dataset", "folder", "--root", tmp / "data", "--name", "corner", "--domain",
+                  "cxr", "--out", tmp / "m", "--val-frac", "0.2", "--test-frac", "0.2"])
+    assert result.returncode == 0, result.stderr
+    manifest = tmp / "m" / "corner.csv"
+    result = run(["finetune_target.py", "--manifest", manifest, "--init", "random", "--out", tmp / "run",
+                  "--image-size", SIZE, "--epochs", "12", "--batch-size", "8", "--lr", "1e-3", "--hidden-dim", "32",
+                  "--workers", "0", "--device", "cpu"], timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"checkpoint": tmp / "run" / "best.pt", "manifest": manifest, "data": tmp / "data", "tmp": tmp}
+
+
+def predictions(folder):
+    return pd.read_csv(folder / "predictions.csv"), pd.read_csv(folder / "skipped.csv")
+
+
+@pytest.mark.slow
+def test_predict_equals_evaluate_on_the_test_images(corner_model, tmp_path):
+    """Same rows, same probabilities (to 1e-6): predict.py reads a CSV with an `image` column (here
+    the test rows of the manifest) through evaluate.py's own eval chain, batching and precision."""
+    evaluated = tmp_path / "eval"
+    result = run(["evaluate.py", "--checkpoint", corner_model["checkpoint"], "--manifest", corner_model["manifest"],
+                  "--split", "test", "--out", evaluated, "--workers", "0", "--device", "cpu", "--bootstrap", "10"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    test_rows = pd.read_csv(corner_model["manifest"]).query("split == 'test'")[["image"]]
+    test_rows.to_csv(tmp_path / "test_images.csv", index=False)
+    result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "test_images.csv",
+                  "--out", tmp_path / "pred", "--workers", "0", "--device", "cpu"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted, skipped = predictions(tmp_path / "pred")
+    reference = pd.read_csv(evaluated / "predictions.csv")
+    assert skipped.empty
+    assert list(predicted.columns) == ["image", "pred", *PROBS]
+    assert predicted["image"].tolist() == reference["image"].tolist()
+    assert predicted["pred"].tolist() == reference["pred"].tolist()
+    np.testing.assert_allclose(predicted[PROBS].to_numpy(), reference[PROBS].to_numpy(), rtol=0, atol=1e-6)
+    assert (reference["pred"] == reference["target"]).mean() >= 0.8  # a model that learned the task
+
+
+@pytest.mark.slow
+def test_every_format_of_one_picture_gives_the_same_prediction(corner_model, tmp_path):
+    rng = np.random.default_rng(7)
+    outputs = {}
+    for name, corner in (("square", "top_left"), ("none", None)):
+        files = same_picture_in_every_format(corner_picture(corner, rng), tmp_path / name)
+        result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / name, "--out",
+                      tmp_path / f"pred_{name}", "--workers", "0", "--device", "cpu", "--no-amp"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        predicted, skipped = predictions(tmp_path / f"pred_{name}")
+        assert skipped.empty, skipped.to_dict("records")
+        assert sorted(predicted["image"]) == sorted(map(str, files.values()))
+        assert set(predicted["pred"]) == {name}, predicted
+        probs = predicted[PROBS].to_numpy()
+        assert np.abs(probs - probs[0]).max() <= 2e-3, predicted  # 8-bit PNG vs 12-bit DICOM: rounding only
+        dicom_rows = predicted[predicted["image"].str.endswith(".dcm")]
+        assert (dicom_rows["PatientID"].astype(str) == "P001").all()
+        assert dicom_rows["SOPInstanceUID"].str.len().min() > 10 and dicom_rows["StudyInstanceUID"].notna().all()
+        assert predicted[predicted["image"].str.endswith(".png")]["SOPInstanceUID"].isna().all()
+        outputs[name] = probs
+    assert (outputs["square"][:, 1] > 0.5).all() and (outputs["none"][:, 0] > 0.5).all()
+
+
+@pytest.mark.slow
+def test_unreadable_volume_and_wrong_domain_files_are_skipped_with_a_reason(corner_model, tmp_path):
+    good = tmp_path / "in" / "good.png"
+    good.parent.mkdir()
+    Image.fromarray(corner_picture("top_left", np.random.default_rng(1))).save(good)
+    bad = {
+        "truncated.png": lambda p: p.write_bytes(good.read_bytes()[:80]),
+        "empty.dcm": lambda p: p.write_bytes(b""),
+        "volume.nii.gz": lambda p: nib.save(nib.Nifti1Image(np.random.default_rng(2).random((40, 40, 12),
+                                                                                            dtype=np.float32),
+                                                            np.eye(4)), p),
+        "ct_slice.dcm": lambda p: write_dicom(p, np.random.default_rng(3).integers(0, 4000, (48, 48)), modality="CT"),
+        "cine.dcm": lambda p: write_dicom(p, np.random.default_rng(4).integers(0, 4000, (3, 48, 48)), frames=3),
+        "fundus.png": lambda p: Image.fromarray(fundus_picture()).save(p),
+    }
+    for name, make in bad.items():
+        make(tmp_path / "in" / name)
+    result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "in", "--out", tmp_path / "out",
+                  "--workers", "0", "--device", "cpu"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted, skipped = predictions(tmp_path / "out")
+    assert predicted["image"].tolist() == [str(good)] and predicted["pred"].tolist() == ["square"]
+    reasons = dict(zip(skipped["image"].map(lambda p: Path(p).name), skipped["reason"]))
+    assert set(reasons) == set(bad)
+    assert "cannot read the image" in reasons["truncated.png"]
+    assert "cannot read the image" in reasons["empty.dcm"]
+    assert "3-D volume (40 x 40 x 12 voxels)" in reasons["volume.nii.gz"]
+    assert "DICOM modality CT (computed tomography); this cxr model was trained on grey chest X-rays" in \
+        reasons["ct_slice.dcm"]
+    assert "multi-frame DICOM (3 frames" in reasons["cine.dcm"]
+    assert "a colour image" in reasons["fundus.png"] and "trained on grey chest X-rays" in reasons["fundus.png"]
+    assert all(reason.startswith(str(tmp_path / "in")) and "\n" not in reason for reason in reasons.values())
+    assert "6 skipped" in result.stdout
+
+    # the only input refused: one line, the reason; skipped.csv still says it
+    for name in ("volume.nii.gz", "ct_slice.dcm", "fundus.png", "truncated.png"):
+        result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "in" / name, "--out",
+                      tmp_path / "alone", "--workers", "0", "--device", "cpu"])
+        line = one_line(result)
+        assert line == f"error: {reasons[name]}", line
+        assert not (tmp_path / "alone" / "predictions.csv").exists()
+    # --no-check-domain predicts a colour picture with the grey model; a volume stays refused
+    result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "in" / "fundus.png",
+                  tmp_path / "in" / "volume.nii.gz", "--out", tmp_path / "forced", "--workers", "0", "--device",
+                  "cpu", "--no-check-domain"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted, skipped = predictions(tmp_path / "forced")
+    assert len(predicted) == 1 and skipped["reason"].str.contains("3-D volume").all()
+
+
+@pytest.mark.slow
+def test_a_missing_input_or_a_mixed_domain_checkpoint_is_one_line(corner_model, tmp_path):
+    line = one_line(run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "nope.png", "--out",
+                         tmp_path / "out"]))
+    assert line == f"error: {tmp_path / 'nope.png'}: no such file or folder"
+    ckpt = torch.load(corner_model["checkpoint"], weights_only=True)
+    ckpt["meta"]["domain"] = "mixed"
+    torch.save(ckpt, tmp_path / "mixed.pt")
+    (tmp_path / "x.png").write_bytes((corner_model["data"] / "none" / "none_00.png").read_bytes())
+    line = one_line(run(["predict.py", "--checkpoint", tmp_path / "mixed.pt", tmp_path / "x.png", "--out",
+                         tmp_path / "out", "--device", "cpu"]))
+    assert "a model of mixed domains" in line
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+def quadrant(heat):
+    row, col = np.unravel_index(int(torch.as_tensor(heat).argmax()), tuple(heat.shape))
+    return ("top" if row < heat.shape[0] / 2 else "bottom") + "_" + ("left" if col < heat.shape[1] / 2 else "right")
+
+
+def corner_of(path):
+    """The corner a training picture's square is in, from its name (square_<corner>_<n>.png), or None."""
+    name = Path(path).name
+    return next((corner for corner in CORNERS if name.startswith(f"square_{corner}_")), None)
+
+
+@pytest.mark.slow
+def test_grad_cam_peaks_in_the_corner_of_the_square_that_decides_the_class(corner_model):
+    from kit import cam, models
+    from transforms import eval_transforms
+
+    model, meta, _ = models.model_from_checkpoint(corner_model["checkpoint"])
+    rows = pd.read_csv(corner_model["manifest"])
+    chain = eval_transforms(meta["domain"], image_size=meta["image_size"])
+    images = torch.stack([chain({"image": path})["image"] for path in rows["image"]])
+    with torch.no_grad():
+        predicted = model(images).argmax(dim=1)
+    truth = torch.as_tensor(rows["label"].to_numpy())
+    assert float((predicted == truth).float().mean()) >= 0.9  # the model has learned what decides the class
+    heat = cam.GradCam(model)(images, predicted)
+    assert heat.shape == (len(rows), SIZE, SIZE) and float(heat.min()) >= 0 and float(heat.max()) == 1
+    # the maps of the square pictures it calls `square`: where the square is, in every corner
+    corners = rows["image"].map(corner_of)
+    explained = [(quadrant(h), c) for h, c, p in zip(heat, corners, predicted) if c and CLASSES[p] == "square"]
+    assert len(explained) >= 20 and {c for _, c in explained} == set(CORNERS)
+    hits = [peak == corner for peak, corner in explained]
+    assert np.mean(hits) >= 0.9, f"{sum(hits)} of {len(hits)} maps peak in the square's corner: {explained}"
+
+
+@pytest.mark.slow
+def test_predict_cam_pngs_show_the_map_over_the_input(corner_model, tmp_path):
+    from matplotlib import colormaps
+
+    from kit.cam import ALPHA
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for corner in ("top_left", "bottom_right"):
+        Image.fromarray(corner_picture(corner, rng)).save(folder / f"{corner}.png")
+    write_dicom(folder / "IM0001", corner_picture("bottom_left", rng).astype(np.int64) * 16)
+    result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], folder, "--out", tmp_path / "out",
+                  "--cam", tmp_path / "cam", "--workers", "0", "--device", "cpu"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted, _ = predictions(tmp_path / "out")
+    assert predicted["pred"].tolist() == ["square"] * 3
+    assert predicted["cam"].map(lambda p: Path(p).is_file()).all()
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == ["IM0001.png", "bottom_right.png", "top_left.png"]
+    for path, corner in zip(predicted["cam"], ("bottom_left", "bottom_right", "top_left")):  # input order: sorted
+        with Image.open(path) as png:
+            assert png.format == "PNG" and png.mode == "RGB"
+            pixels = np.asarray(png).astype(int)
+        height, width, _ = pixels.shape
+        assert width == 2 * height and height >= 256
+        left, right = pixels[:, : width // 2], pixels[:, width // 2:]
+        assert np.abs(left - left[..., :1]).max() == 0  # the input as the model saw it: grey
+        assert np.abs(right - right[..., :1]).max() > 60  # the heat map's colours over it
+        # the map's colours (the overlay minus the grey picture), read back as values on the jet scale
+        colours = (right / 255 - (1 - ALPHA) * left.mean(axis=2, keepdims=True) / 255) / ALPHA
+        scale = colormaps["jet"](np.linspace(0, 1, 256))[:, :3]
+        values = ((colours[::4, ::4, None, :] - scale) ** 2).sum(-1).argmin(-1)
+        assert quadrant(torch.as_tensor(values)) == corner, path
+
+
+@pytest.mark.slow
+def test_evaluate_cam_writes_correct_and_wrong_examples_per_class_inside_the_folder(corner_model, tmp_path):
+    out = tmp_path / "eval"
+    result = run(["evaluate.py", "--checkpoint", corner_model["checkpoint"], "--manifest", corner_model["manifest"],
+                  "--split", "val", "--out", out, "--workers", "0", "--device", "cpu", "--bootstrap", "0",
+                  "--cam", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    listed = pd.read_csv(out / "cam" / "cam.csv")
+    evaluated = pd.read_csv(out / "predictions.csv")
+    counts = listed.groupby("folder").size().to_dict()
+    for name in CLASSES:
+        mine = evaluated[evaluated["target"] == name]
+        right = int((mine["pred"] == name).sum())
+        assert counts.get(f"{name}/correct", 0) == min(2, right)
+        assert counts.get(f"{name}/wrong", 0) == min(2, len(mine) - right)
+    for file in listed["file"]:
+        with Image.open(out / "cam" / file) as png:
+            assert png.size[0] == 2 * png.size[1]
+    assert not list(tmp_path.glob(".*tmp*"))  # written inside the folder before it was put in place
+
+
+def test_pick_examples_takes_the_most_confident_correct_and_wrong_per_class():
+    from kit.cam import pick_examples
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.55, 0.45], [0.45, 0.55]])
+    targets = np.array([0, 0, 0, 1, 1, 1])
+    picks = pick_examples("multiclass", ["a", "b/c"], targets, probs, 1)
+    assert picks == [(0, 0, "a/correct"), (2, 1, "a/wrong"), (3, 1, "b_c/correct"), (4, 0, "b_c/wrong")]
+    multilabel = pick_examples("multilabel", ["a", "b"], np.array([[1, 0], [1, 1]]), np.array([[0.2, 0.9], [0.7, 0.3]]),
+                               2)
+    assert multilabel == [(1, 0, "a/correct"), (0, 0, "a/wrong"), (1, 1, "b/wrong")]
+
+
+# --------------------------------------------------------------------------- reading DICOM (fast)
+
+def head(path, domain="cxr"):
+    from transforms import preprocess_transforms
+
+    return preprocess_transforms(domain, image_size=48)({"image": str(path)})["image"]
+
+
+def test_dicom_monochrome1_rescale_and_png_give_the_same_head(tmp_path):
+    files = same_picture_in_every_format(corner_picture("top_left", np.random.default_rng(0)), tmp_path)
+    reference = head(files["png"])
+    for name in ("nifti", "dicom_m2", "dicom_m1"):
+        assert float((head(files[name]) - reference).abs().max()) <= 1.01 / 255, name
+
+
+def test_dicom_window_is_applied_as_a_viewer_applies_it(tmp_path):
+    """Window centre 1000, width 800 on a ramp of 0..4000: what a viewer shows is the ramp clipped to
+    [600, 1400] (DICOM's linear function, to within one stored value), which equals a PNG of it."""
+    ramp = np.tile(np.linspace(0, 4000, 96), (64, 1)).round().astype(np.int64)
+    write_dicom(tmp_path / "windowed.dcm", ramp, window=(1000, 800))
+    shown = ((np.clip(ramp, 600, 1400) - 600) / 800 * 255).round().astype(np.uint8)
+    Image.fromarray(shown).save(tmp_path / "shown.png")
+    windowed = head(tmp_path / "windowed.dcm")
+    assert float((windowed - head(tmp_path / "shown.png")).abs().max()) <= 2.01 / 255
+    write_dicom(tmp_path / "plain.dcm", ramp)
+    assert float((windowed - head(tmp_path / "plain.dcm")).abs().max()) > 0.3  # without the window: the full ramp
+
+
+def test_dicom_files_are_read_by_pydicom_before_itk_with_or_without_suffix(tmp_path):
+    from transforms import DicomReader, preprocess_transforms
+
+    load = preprocess_transforms("cxr").transforms[0]
+    assert any(isinstance(reader, DicomReader) for reader in load._loader.readers)
+    picture = corner_picture("bottom_right", np.random.default_rng(0)).astype(np.int64)
+    write_dicom(tmp_path / "IM0001", picture * 16)
+    write_dicom(tmp_path / "scan.dcm", picture * 16)
+    assert DicomReader().verify_suffix(str(tmp_path / "IM0001")) and not DicomReader().verify_suffix("x.png")
+    loaded = load({"image": str(tmp_path / "IM0001")})["image"]
+    assert loaded.meta["modality"] == "CR"  # DicomReader's metadata (ITK would name tags 0008|0060)
+    assert float((head(tmp_path / "IM0001") - head(tmp_path / "scan.dcm")).abs().max()) == 0
+
+
+def test_colour_dicom_reads_as_rgb(tmp_path):
+    rgb = np.zeros((40, 56, 3), np.uint8)
+    rgb[:, :28] = (200, 40, 40)
+    rgb[:, 28:] = (40, 40, 200)
+    write_dicom(tmp_path / "colour.dcm", rgb, rgb=True, modality="OP")
+    x = head(tmp_path / "colour.dcm", domain="hwsi")
+    assert x.shape == (3, 48, 67)
+    assert float(x[0, :, :20].mean()) > 0.7 and float(x[2, :, -20:].mean()) > 0.7
+
+
+# --------------------------------------------------------------------------- what a model accepts (fast)
+
+def fundus_picture(size=64):
+    """A reddish disc on black: colourful even with its black border."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.45) ** 2
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[disc] = (190, 80, 30)
+    return rgb
+
+
+def test_refusal_rules_per_domain(tmp_path):
+    from kit.inputs import inspect
+
+    grey = corner_picture("top_left", np.random.default_rng(0))
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "grey_rgb.jpg", quality=90)  # grey saved as colour
+    Image.fromarray(fundus_picture()).save(tmp_path / "fundus.png")
+    he = np.random.default_rng(1).integers(0, 40, (64, 64, 3)).astype(np.uint8) + np.array([200, 120, 180], np.uint8)
+    Image.fromarray(he).save(tmp_path / "he.tif")
+    nib.save(nib.Nifti1Image(grey.T.astype(np.float32), np.eye(4)), tmp_path / "slice.nii.gz")
+    write_dicom(tmp_path / "cr.dcm", grey.astype(np.int64) * 16, modality="CR")
+    write_dicom(tmp_path / "ot.dcm", grey.astype(np.int64) * 16, modality="OT")
+    write_dicom(tmp_path / "mr.dcm", grey.astype(np.int64) * 16, modality="MR")
+    write_dicom(tmp_path / "op.dcm", fundus_picture(), rgb=True, modality="OP")
+    write_dicom(tmp_path / "sc_grey_rgb.dcm", np.stack([grey] * 3, -1), rgb=True, modality="OT")
+
+    def refused(name, domain):
+        return inspect(str(tmp_path / name), domain)[1]
+
+    for name in ("grey.png", "grey_rgb.jpg", "slice.nii.gz", "cr.dcm", "ot.dcm", "sc_grey_rgb.dcm"):
+        assert refused(name, "cxr") is None, name
+    for name in ("grey.png", "grey_rgb.jpg", "slice.nii.gz", "ot.dcm", "sc_grey_rgb.dcm"):
+        assert "a grey image; this efi model was trained on colour fundus photographs" in refused(name, "efi"), name
+        assert "a grey image; this hwsi model was trained on colour histology" in refused(name, "hwsi"), name
+    for name in ("fundus.png", "he.tif"):
+        assert "a colour image (mean chroma" in refused(name, "cxr"), name
+    assert "DICOM modality OP (ophthalmic photography); this cxr model" in refused("op.dcm", "cxr")
+    assert refused("fundus.png", "efi") is None and refused("op.dcm", "efi") is None
+    assert refused("he.tif", "hwsi") is None and refused("fundus.png", "hwsi") is None  # no evidence: predicted
+    assert refused("op.dcm", "hwsi").endswith("DICOM modality OP (ophthalmic photography); this hwsi model was "
+                                              "trained on colour histology (H&E) images (DICOM modality SM, GM); "
+                                              "refused")
+    assert "DICOM modality MR (magnetic resonance)" in refused("mr.dcm", "cxr")
+    assert "DICOM modality CR" in refused("cr.dcm", "efi")
+    ids = inspect(str(tmp_path / "cr.dcm"), "cxr")[0]
+    assert ids["PatientID"] == "P001" and ids["SOPInstanceUID"] == str(pydicom.dcmread(tmp_path / "cr.dcm").SOPInstanceUID)
+
+
+def test_find_inputs_walks_folders_reads_csvs_and_refuses_typos(tmp_path):
+    from kit.inputs import find_inputs
+
+    picture = corner_picture("top_left", np.random.default_rng(0))
+    (tmp_path / "study" / "series1").mkdir(parents=True)
+    Image.fromarray(picture).save(tmp_path / "study" / "a.png")
+    write_dicom(tmp_path / "study" / "series1" / "IM0002", picture.astype(np.int64))
+    write_dicom(tmp_path / "study" / "series1" / "IM0001", picture.astype(np.int64))
+    (tmp_path / "study" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    (tmp_path / "study" / "notes.txt").write_text("not an image")
+    pd.DataFrame({"image": ["study/a.png", str(tmp_path / "elsewhere.png")]}).to_csv(tmp_path / "list.csv", index=False)
+    images, notes = find_inputs([tmp_path / "study", tmp_path / "list.csv", tmp_path / "study" / "a.png"])
+    study = tmp_path / "study"
+    assert images == [str(study / "a.png"), str(study / "series1" / "IM0001"), str(study / "series1" / "IM0002"),
+                      str(study / "a.png"), str(tmp_path / "elsewhere.png"), str(study / "a.png")]
+    assert notes == [f"{study}: 2 file(s) that are no image left out"]
+    with pytest.raises(ValueError, match="no such file or folder"):
+        find_inputs([tmp_path / "typo.png"])
+    pd.DataFrame({"path": ["a.png"]}).to_csv(tmp_path / "wrong.csv", index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['image'\]"):
+        find_inputs([tmp_path / "wrong.csv"])
+
+
+def test_predict_help_shows_defaults_without_loading_torch():
+    result = run(["-X", "importtime", "predict.py", "--help"])
+    assert result.returncode == 0
+    assert "(default: 64)" in result.stdout and "--cam DIR" in result.stdout and "--no-check-domain" in result.stdout
+    for column in ("predictions.csv", "skipped.csv", "PatientID", "StudyInstanceUID", "SOPInstanceUID"):
+        assert column in result.stdout
+    assert "| torch" not in result.stderr and "| monai" not in result.stderr
+
+
+def test_heat_maps_are_scaled_with_the_largest_value_hottest():
+    """MONAI's default GradCAM normaliser maps (min, max) to (1, 0); ours keeps the largest value largest."""
+    from kit.cam import unit_range
+
+    maps = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]], [[[3.0, 3.0], [3.0, 3.0]]]])
+    scaled = unit_range(maps)
+    assert scaled[0, 0].tolist() == [[0.0, 0.25], [0.5, 1.0]] and scaled[1].abs().max() == 0
