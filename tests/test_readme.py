@@ -1,13 +1,15 @@
 """README.md and docs/*.md say what the code does.
 
 * slow: the README's "stages one by one" block runs as written, command by command, in a copy of
-  the repository (every path a command reads was written by an earlier command), and its
-  clinical block then runs on the checkpoint the stages wrote and prints class probabilities.
+  the repository with the kit installed (every path a command reads was written by an earlier
+  command); then its clinical commands (predict, heat maps, export) and its Python snippet run on
+  the checkpoint the stages wrote; and its own-task block runs on a generated table.
 * fast: every script, module, shell script and make target the documents name exists; every flag
   written after a script in a command is in that script's --help; README.md stays short; the
   documents name nothing outside the repository.
 """
 import functools
+import json
 import os
 import re
 import shlex
@@ -17,13 +19,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 STAGES_MARKER = "<!-- stages: run by tests/test_readme.py -->"
 CLINICAL_MARKER = "<!-- clinical: run by tests/test_readme.py -->"
+COMMANDS_MARKER = "<!-- clinical-commands: run by tests/test_readme.py -->"
+OWN_TASK_MARKER = "<!-- own-task: run by tests/test_readme.py -->"
+RUN = "OUT/finetune/shenzhen/Domain_RI/seed0/best.pt"
+EVAL = "OUT/eval/shenzhen/Domain_RI/seed0/best"
 COMMAND_TIMEOUT = 1200  # seconds for one stage on a slow, busy CPU
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
 
@@ -208,6 +217,10 @@ def test_the_blocks_the_slow_test_runs_are_there():
     stages = commands(block_after(text, STAGES_MARKER, "bash"))
     assert stages and all(c.startswith("python ") for c in stages), stages
     assert "model_from_checkpoint" in block_after(text, CLINICAL_MARKER, "python")
+    assert [c.split()[1] for c in commands(block_after(text, COMMANDS_MARKER, "bash"))] == [
+        "predict.py", "evaluate.py", "export.py", "export.py"]
+    own = commands(block_after(text, OWN_TASK_MARKER, "bash"))
+    assert len(own) == 3 and "--dataset csv" in own[0] and "bash study.sh" in own[1]
 
 
 # --------------------------------------------------------------------------- the README, run
@@ -259,34 +272,138 @@ def run(command, cwd, env, **kwargs):
                           **kwargs)
 
 
-@pytest.mark.slow
-def test_readme_stages_then_clinical_block_run_as_written(tmp_path):
-    text = README.read_text()
-    stages = commands(block_after(text, STAGES_MARKER, "bash"))
-    clinical = block_after(text, CLINICAL_MARKER, "python")
-    repo = copy_repository(tmp_path / "repo")
-    assert not (repo / "OUT").exists(), "the copy must start without OUT: every input comes from the block"
-    env = python_first_on_path(tmp_path / "bin")
+def kit_environment(tmp_path, repo):
+    """PATH with a virtual environment first whose `python` has this Python's packages and the
+    copy installed as `domaintl` (editable), as `make` sets it up."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e",
+                             str(repo)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    env["MPLBACKEND"] = "Agg"
+    return env
 
-    for number, command in enumerate(stages, start=1):
-        missing = [p for p in paths_read(command) if not (repo / p).exists()]
-        assert not missing, f"stage {number} reads {missing}, which no earlier stage wrote:\n{command}"
+
+def run_block(body, repo, env, what):
+    for number, command in enumerate(commands(body), start=1):
         result = run(["bash", "-c", command], repo, env)
-        assert result.returncode == 0, (f"stage {number} failed (exit {result.returncode}):\n{command}\n"
+        assert result.returncode == 0, (f"{what} command {number} failed (exit {result.returncode}):\n{command}\n"
                                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
-    # the stages' products: the run the clinical block loads, its evaluation, the report
-    run_dir = repo / "OUT/finetune/shenzhen/Domain_RI/seed0"
-    for name in ("best.pt", "last.pt", "metrics.csv", "args.json", "summary.json"):
-        assert (run_dir / name).is_file(), f"{run_dir / name} was not written"
-    assert (repo / "OUT/eval/shenzhen/Domain_RI/seed0/best/metrics.csv").is_file()
-    assert (repo / "OUT/report.md").is_file() and (repo / "OUT/tables/table2.md").is_file()
 
-    # the clinical block, with the same python, from the copy's root
-    result = run([sys.executable, "-"], repo, env, input=clinical)
-    assert result.returncode == 0, f"the clinical block failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+@pytest.mark.slow
+def test_readme_stages_then_clinical_blocks_run_as_written(tmp_path):
+    text = README.read_text()
+    stages = block_after(text, STAGES_MARKER, "bash")
+    clinical = block_after(text, COMMANDS_MARKER, "bash")
+    snippet = block_after(text, CLINICAL_MARKER, "python")
+    assert [c.split()[1] for c in commands(clinical)] == ["predict.py", "evaluate.py", "export.py", "export.py"]
+    repo = copy_repository(tmp_path / "repo")
+    env = kit_environment(tmp_path, repo)
+    run_block(stages, repo, env, "stages")
+    evaluated = pd.read_csv(repo / EVAL / "predictions.csv")
+    run_block(clinical, repo, env, "clinical")
+    out = repo / "OUT"
+
+    # predict.py: every demo image of the folder, with its heat map; nothing skipped
+    folder = out / "demo_data/shenzhen/ChinaSet_AllFiles/CXR_png"
+    predicted = pd.read_csv(out / "predict/shenzhen/predictions.csv")
+    assert list(predicted.columns) == ["image", "pred", "prob_normal", "prob_tuberculosis", "cam"]
+    assert sorted(Path(p).name for p in predicted["image"]) == sorted(p.name for p in folder.glob("*.png"))
+    assert pd.read_csv(out / "predict/shenzhen/skipped.csv").empty
+    np.testing.assert_allclose(predicted[["prob_normal", "prob_tuberculosis"]].sum(axis=1), 1, atol=2e-6)
+    assert set(predicted["pred"]) <= {"normal", "tuberculosis"}
+    for path in predicted["cam"].sample(3, random_state=0):
+        with Image.open(repo / path) as png:
+            assert png.format == "PNG" and png.size[0] == 2 * png.size[1]
+    # ... and on the test images, evaluate.py's numbers: same rows, to 1e-6 when predict.py reads the
+    # test images (a CSV); the folder run batches them with other images, which bf16 kernels may round
+    # differently, so it is held to 1e-3
+    by_name = predicted.assign(name=predicted["image"].map(lambda p: Path(p).name)).set_index("name")
+    names = evaluated["image"].map(lambda p: Path(p).name)
+    columns = ["prob_normal", "prob_tuberculosis"]
+    np.testing.assert_allclose(by_name.loc[names, columns].to_numpy(), evaluated[columns].to_numpy(), atol=1e-3)
+    evaluated[["image"]].to_csv(out / "test_images.csv", index=False)
+    result = run(["bash", "-c", f"python predict.py --checkpoint {RUN} OUT/test_images.csv --out OUT/predict/test "
+                                "--workers 0"], repo, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    on_test = pd.read_csv(out / "predict/test/predictions.csv")
+    assert on_test["image"].tolist() == evaluated["image"].tolist()
+    assert on_test["pred"].tolist() == evaluated["pred"].tolist()
+    np.testing.assert_allclose(on_test[columns].to_numpy(), evaluated[columns].to_numpy(), rtol=0, atol=1e-6)
+
+    # evaluate.py --cam 2: the same evaluation, now with heat maps per class and outcome
+    again = pd.read_csv(repo / EVAL / "predictions.csv")
+    np.testing.assert_allclose(again[columns].to_numpy(), evaluated[columns].to_numpy(), rtol=0, atol=1e-6)
+    listed = pd.read_csv(repo / EVAL / "cam/cam.csv")
+    assert set(listed["folder"]) <= {f"{c}/{o}" for c in ("normal", "tuberculosis") for o in ("correct", "wrong")}
+    assert listed.groupby("folder").size().max() <= 2 and len(listed) >= 2
+    assert all((repo / EVAL / "cam" / file).is_file() for file in listed["file"])
+
+    # export.py: TorchScript with its description, the bundle with the test metrics and CIs, the backbone
+    extra = {"meta.json": ""}
+    import torch
+
+    model = torch.jit.load(str(out / "export/shenzhen/model.ts"), _extra_files=extra)
+    assert json.loads(extra["meta.json"])["classes"] == ["normal", "tuberculosis"]
+    assert model(torch.zeros(1, 1, 64, 64, dtype=torch.uint8)).shape == (1, 2)
+    bundle = out / "export/shenzhen/bundle"
+    metrics = pd.read_csv(repo / EVAL / "metrics.csv").iloc[0]
+    assert f"| accuracy | {metrics['accuracy']:.4f} | {metrics['accuracy_ci_low']:.4f}" in \
+        (bundle / "docs/README.md").read_text()
+    assert json.loads((bundle / "configs/metadata.json").read_text())["network_data_format"]["outputs"]["pred"][
+        "channel_def"] == {"0": "normal", "1": "tuberculosis"}
+    assert (bundle / "models/model.pt").is_file() and (bundle / "configs/inference.json").is_file()
+    from kit.models import load_backbone
+
+    assert load_backbone(out / "export/CXR_RI/backbone.pt")(torch.rand(1, 3, 64, 64)).shape == (1, 1024, 2, 2)
+
+    # the Python snippet, with the installed names, from the copy's root
+    result = run(["python", "-"], repo, env, input=snippet)
+    assert result.returncode == 0, result.stderr[-3000:]
     printed = dict(re.findall(r"^(.+?):\s*([0-9]*\.[0-9]+)\s*$", result.stdout, re.M))
-    assert set(printed) == {"normal", "tuberculosis"}, f"expected shenzhen's classes, got:\n{result.stdout}"
-    probabilities = [float(value) for value in printed.values()]
-    assert all(0 <= p <= 1 for p in probabilities)
-    assert abs(sum(probabilities) - 1) < 1e-3, f"probabilities sum to {sum(probabilities)}:\n{result.stdout}"
+    assert set(printed) == {"normal", "tuberculosis"} and abs(sum(map(float, printed.values())) - 1) < 1e-3
+
+
+def write_own_table(repo: Path) -> None:
+    """mydata/labels.csv as the README's own-task block reads it: a path, a grade (0-3) and a patient
+    column, two pictures per patient, paths relative to the table."""
+    rows = []
+    for patient in range(24):
+        for k in range(2):
+            name = f"images/p{patient}_{k}.png"
+            pixels = np.random.default_rng(patient * 2 + k).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            (repo / "mydata" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(repo / "mydata" / name)
+            rows.append({"path": name, "grade": patient % 4, "patient": f"P{patient}"})
+    pd.DataFrame(rows).to_csv(repo / "mydata" / "labels.csv", index=False)
+
+
+@pytest.mark.slow
+def test_readme_own_task_block_runs_as_written(tmp_path):
+    """The three commands as written, on a generated table; study.sh's size comes from the environment
+    (a tiny demo: 32 px, one epoch, two jobs), as a user would shrink it."""
+    own = commands(block_after(README.read_text(), OWN_TASK_MARKER, "bash"))
+    repo = copy_repository(tmp_path / "repo")
+    write_own_table(repo)
+    env = {**python_first_on_path(tmp_path / "bin"), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1",
+           "EPOCHS_FINETUNE": "1", "BATCH_SIZE": "16", "DEMO_SCALE": "0.3", "WORKERS": "0", "DEVICE": "cpu",
+           "JOBS": "2", "THREADS": "1", "TORCH_HOME": str(tmp_path / "no_torch_home")}
+    for name in ("DATA", "OUT", "IMAGENET_WEIGHTS", "TARGETS", "STRATEGIES"):
+        env.pop(name, None)
+    printed = ""
+    for number, command in enumerate(own, start=1):
+        result = run(["bash", "-c", command], repo, env)
+        assert result.returncode == 0, (f"own-task command {number} failed:\n{command}\n{result.stdout[-3000:]}\n"
+                                        f"{result.stderr[-3000:]}")
+        printed = result.stdout
+    meta = json.loads((repo / "mydata/manifests/mytask.json").read_text())
+    assert meta["ordinal"] and meta["classes"] == ["0", "1", "2", "3"] and meta["domain"] == "efi"
+    report = (repo / "runs/demo/report.md").read_text()
+    assert printed.strip() and printed.strip().splitlines()[0] == report.splitlines()[0]  # head shows the report
+    assert "## Fine-tuning strategies side by side" in report and "| mytask |" in report
+    for folder in ("runs/demo", "runs/demo/strategies/linear"):
+        table = pd.read_csv(repo / folder / "tables/table2.csv")
+        assert table.loc[table["target"] == "mytask", "test_last"].notna().any(), folder
