@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import files
+
 _SHOW = 5  # offending keys quoted in an error message
 
 
@@ -70,19 +72,20 @@ def save_checkpoint(obj, path):
             "checkpoints hold tensors and plain values only (convert numpy with torch.from_numpy or "
             ".tolist(), an argparse.Namespace with vars())")
     tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # a full disk shows as OSError or torch's "enforce fail" RuntimeError
-        tmp.unlink(missing_ok=True)
-        kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        raise CheckpointWriteError(f"{path}: could not be written ({_write_reason(err)}){kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with files.ctrl_c_after_writes():  # a Ctrl-C inside torch.save would surface as a write error
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # a full disk shows as OSError or torch's "enforce fail" RuntimeError
+            tmp.unlink(missing_ok=True)
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise CheckpointWriteError(f"{path}: could not be written ({_write_reason(err)}){kept}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class CheckpointWriteError(OSError):
@@ -97,10 +100,11 @@ def _write_reason(err) -> str:
     text = str(err)
     if "failed writing" in text or "file write failed" in text or "enforce fail" in text:
         return "the file system refused the write: no space left on the device, or a quota or file-size limit"
-    return one_line(err)
+    return first_line(err)
 
 
-def one_line(err):
+def first_line(err):
+    """`<ErrorType>: <first line of its message>`, at most 200 characters of it."""
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 

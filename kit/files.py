@@ -2,13 +2,46 @@
 
 Every file the kit writes (manifests, CSVs, JSON, tables, figures, checkpoints) goes to a
 temporary name in the same folder and is then renamed over the old one: a crash, a full disk or
-a kill during a write leaves the previous file intact and no temporary file behind.
+a kill during a write leaves the previous file intact and no temporary file behind. A Ctrl-C
+during a group of writes (a run's checkpoint and metrics of one epoch) waits until the group is
+written, so the files on disk always agree with each other.
 """
+import contextlib
 import csv
 import io
 import json
 import os
+import signal
+import threading
 from pathlib import Path
+
+_deferral = {"depth": 0, "pending": False, "previous": None}
+
+
+@contextlib.contextmanager
+def ctrl_c_after_writes():
+    """Holds back a Ctrl-C (SIGINT) until the block is done, then raises it as KeyboardInterrupt.
+    Without it a Ctrl-C that lands inside torch.save can surface as a write error. Blocks nest;
+    outside the main thread (where signals cannot be handled) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hold(signum, frame):
+        _deferral["pending"] = True
+
+    if _deferral["depth"] == 0:
+        _deferral["pending"], _deferral["previous"] = False, signal.signal(signal.SIGINT, hold)
+    _deferral["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferral["depth"] -= 1
+        if _deferral["depth"] == 0:
+            signal.signal(signal.SIGINT, _deferral["previous"] or signal.SIG_DFL)
+    if _deferral["depth"] == 0 and _deferral["pending"]:
+        _deferral["pending"] = False
+        raise KeyboardInterrupt
 
 
 def write_text_atomic(path, text: str) -> None:

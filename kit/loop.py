@@ -192,6 +192,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     # --- epochs: train, validate, write last.pt (and best.pt) and metrics.csv
     columns = ["epoch", "split", "loss", *metrics.metric_names(task), "seconds", "lr"]
     history, epoch, run_start = state["history"], state["start_epoch"], time.time()
+    saved = state["start_epoch"] - 1  # the epoch last.pt holds
     passes = {"train": (net, train_loader, {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}),
               "val": (model, val_loader, {})}
     try:
@@ -224,18 +225,21 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
                               "resume": run.fingerprint, "meta": meta,
                               "trained_on": {name: torch.from_numpy(keys) for name, keys in run.trained_on.items()}}
                 # metrics.csv follows the checkpoint: after a kill it never holds an epoch last.pt lacks
-                save_checkpoint(checkpoint, out_dir / "last.pt")
-                files.write_csv(history, out_dir / "metrics.csv", columns)
-                if improved:  # the model alone: the optimizer state (2/3 of last.pt) serves resuming only
-                    save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, out_dir / "best.pt")
+                with files.ctrl_c_after_writes():
+                    save_checkpoint(checkpoint, out_dir / "last.pt")
+                    saved = epoch
+                    files.write_csv(history, out_dir / "metrics.csv", columns)
+                    if improved:  # the model alone: the optimizer state (2/3 of last.pt) serves resuming only
+                        save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, out_dir / "best.pt")
             log(f"{_name(out_dir)} epoch {epoch}/{args.epochs}: "
                 + " | ".join(f"{row['split']} loss {row['loss']:.4f} {headline} {row.get(headline, math.nan):.4f}"
                              for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
     except KeyboardInterrupt:
         if main_process:
-            print(f"{out_dir}: interrupted (Ctrl-C) during epoch {epoch}; {out_dir / 'last.pt'} holds epoch "
-                  f"{epoch - 1}, written whole; run the same command again to continue from there",
-                  file=sys.stderr, flush=True)
+            where = f"after epoch {saved}" if saved == epoch else f"during epoch {epoch}"
+            kept = (f"{out_dir / 'last.pt'} holds epoch {saved}, written whole; run the same command again to "
+                    "continue from there") if saved else "no epoch had finished, so nothing was saved"
+            print(f"{out_dir}: interrupted (Ctrl-C) {where}; {kept}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
 
     result = runs.summary(history, epochs=args.epochs, best_epoch=state["best_epoch"], best_score=state["best_score"],

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
 
-from .checkpoints import CheckpointError, first_keys, load_checkpoint, one_line, torch_load
+from .checkpoints import CheckpointError, first_keys, first_line, load_checkpoint, torch_load
 
 NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
 IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights
@@ -197,7 +197,7 @@ def find_imagenet_weights(path=None, *, download=True):
         torch.hub.download_url_to_file(IMAGENET_URL, str(dst), progress=False)  # temp file, then rename
     except Exception as err:
         raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found and the download failed "
-                                         f"({one_line(err)}). {_how_to_supply(dst)}") from None
+                                         f"({first_line(err)}). {_how_to_supply(dst)}") from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
     return dst

@@ -15,6 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -403,11 +409,15 @@ def train_argv(manifest, out, *extra, epochs=1) -> list:
             *extra]
 
 
-def one_line(result) -> str:
-    """A command failed with one line on stderr and no traceback: that line."""
-    assert result.returncode != 0
+def one_line(result, only=False) -> str:
+    """A command failed with no traceback: the last line on stderr (with `only`, the one line there,
+    leaving aside image-codec and progress-bar noise)."""
+    assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    return [line for line in result.stderr.splitlines() if line.strip()][-1]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "nvImageCodec" not in line
+             and "NvImgCodec" not in line and "%|" not in line]
+    assert lines and (len(lines) == 1 or not only), lines
+    return lines[-1]
 
 
 def picture(path, seed, size=(40, 48)) -> Path:
@@ -504,3 +514,30 @@ def payloads(marker):
             "builtins.exec": Payload(builtins.exec, f"open({str(marker)!r}, 'w')"),
             "eval": Payload(builtins.eval, f"open({str(marker)!r}, 'w')"),
             "nested __reduce__": {"model": {"a": [1, {"b": Payload(os.system, touch)}]}}}
+
+
+def write_dicom(path, stored, *, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, modality="CR",
+                frames=None, rgb=False, patient="P001"):
+    """A DICOM file written with pydicom: 12-bit grey (or 8-bit RGB with rgb=True) pixels."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = patient, modality
+    ds.Rows, ds.Columns = stored.shape[-3:-1] if rgb else stored.shape[-2:]
+    if rgb:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = stored.astype(np.uint8).tobytes()
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+    if frames:
+        ds.NumberOfFrames = frames
+    ds.ensure_file_meta()  # the file meta (media storage UIDs) follows from the dataset on writing
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return ds

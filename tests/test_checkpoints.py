@@ -13,6 +13,7 @@ import torch.nn as nn
 from helpers import (
     ROOT,
     colour_folder,
+    one_line,
     payloads,
     prepare_colour,
     run_script,
@@ -22,8 +23,8 @@ from helpers import (
 from kit.checkpoints import (
     CheckpointError,
     first_keys,
+    first_line,
     load_checkpoint,
-    one_line,
     save_checkpoint,
     torch_load,
 )
@@ -130,7 +131,7 @@ def test_torch_load_names_what_it_reads_and_message_helpers(tmp_path):
     assert torch.equal(torch_load(path, "file")["a"], torch.ones(1))
     assert first_keys(["f", "b", "a"]) == "a, b, f"
     assert first_keys([f"k{i}" for i in range(8)]) == "k0, k1, k2, k3, k4 and 3 more"
-    assert one_line(OSError("first line\nsecond line")) == "OSError: first line"
+    assert first_line(OSError("first line\nsecond line")) == "OSError: first line"
 
 
 @pytest.mark.slow

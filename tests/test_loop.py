@@ -201,17 +201,27 @@ def test_fast_kernels():
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_where_the_run_stopped(tmp_path):
+@pytest.mark.parametrize("moment", ["after a save", "inside a save"])
+def test_ctrl_c_says_where_the_run_stopped(moment, tmp_path):
     manifest = prepare_colour(colour_folder(tmp_path / "data", n=40), tmp_path / "m")
     out = tmp_path / "run"
     process = start_script(*train_argv(manifest, out, epochs=50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
-    wait_for(lambda: (out / "last.pt").exists())
+    if moment == "after a save":
+        wait_for(lambda: (out / "last.pt").exists())
+    else:  # the Ctrl-C lands while epoch 1's last.pt is being written: the epoch's files are completed first
+        wait_for(lambda: (out / "last.pt.tmp").exists(), every=0.002)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert "interrupted (Ctrl-C) during epoch" in stderr and "run the same command again" in stderr
+    assert "interrupted (Ctrl-C)" in stderr and "run the same command again" in stderr
+    assert not list(out.glob("*.tmp"))
+    held = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert f"last.pt holds epoch {held}, written whole" in stderr
+    assert len(pd.read_csv(out / "metrics.csv")) == 2 * held  # metrics.csv agrees with last.pt
+    if moment == "inside a save":
+        assert held == 1 and "after epoch 1" in stderr and (out / "best.pt").exists()
 
 
 def test_best_pt_holds_the_model_and_meta_only(tmp_path):

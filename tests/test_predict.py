@@ -8,23 +8,20 @@ which a network that averages its features over the picture (global average pool
 its channels, not in where they fire; measured on such a model, the maps of one class peaked in the
 wrong quadrant (24 of 48). When the class is *what* is there, the map must follow the square to
 whichever corner it is in, which is the question a researcher asks of a COVID-19 model."""
-import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 import torch
+from helpers import ROOT, run_script, write_dicom
 from PIL import Image
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PY = sys.executable
 SIZE = 64
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 CLASSES = ("none", "square")  # the folder reader sorts class folders: label 0, 1
@@ -44,33 +41,6 @@ def corner_picture(corner, rng, size=SIZE):
     return x.astype(np.uint8)
 
 
-def write_dicom(path, stored, *, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, modality="CR",
-                frames=None, rgb=False, patient="P001"):
-    """A DICOM file written with pydicom: 12-bit grey (or 8-bit RGB with rgb=True) pixels."""
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.Modality = patient, modality
-    ds.Rows, ds.Columns = stored.shape[-3:-1] if rgb else stored.shape[-2:]
-    if rgb:
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = stored.astype(np.uint8).tobytes()
-    else:
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        if window:
-            ds.WindowCenter, ds.WindowWidth = window
-        ds.PixelData = stored.astype(np.uint16).tobytes()
-    if frames:
-        ds.NumberOfFrames = frames
-    ds.ensure_file_meta()  # the file meta (media storage UIDs) follows from the dataset on writing
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return ds
-
-
 def same_picture_in_every_format(picture, folder):
     """One grey picture as PNG, NIfTI and DICOM (MONOCHROME2 and MONOCHROME1, each with a rescale
     slope and intercept): after the modality LUT (and the inversion) every file holds the picture
@@ -86,18 +56,13 @@ def same_picture_in_every_format(picture, folder):
     return files
 
 
-def run(argv, cwd=ROOT, **kw):
-    return subprocess.run([PY, *map(str, argv)], cwd=cwd, capture_output=True, text=True, **kw)
+def run(argv, **kw):
+    return run_script(*argv, **kw)
 
 
 def one_line(result):
     """The command failed with one line on stderr and no traceback."""
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "nvImageCodec" not in line
-             and "NvImgCodec" not in line and "%|" not in line]
-    assert len(lines) == 1, lines
-    return lines[0]
+    return helpers.one_line(result, only=True)
 
 
 # --------------------------------------------------------------------------- the tiny model (slow)
