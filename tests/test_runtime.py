@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, assert_same_weights, read_metrics, two_colour_manifest
+from helpers import ROOT, assert_same_weights, hold_lock, read_metrics, two_colour_manifest
 
 import evaluate
 from kit import checkpoints, metrics, runtime
@@ -64,10 +64,10 @@ def ddp_run(tmp_path_factory):
 @pytest.mark.slow
 def test_torchrun_two_processes_complete_and_rank_0_alone_writes(ddp_run):
     _, _, out, done = ddp_run
-    # the run folder's lock (.lock, empty) stays: removing a lock file another process may be opening is a race
+    # the run folder's lock file stays, released (removing a lock file another process may be opening is a race)
     assert sorted(p.name for p in out.iterdir()) == [".lock", "args.json", "best.pt", "last.pt", "metrics.csv",
                                                      "summary.json"]
-    assert (out / ".lock").stat().st_size == 0
+    hold_lock(out / ".lock").close()
     assert done.stdout.count("epoch 2/2:") == 1  # one process prints
     assert "x 2 process(es)" in done.stdout
     log = pd.read_csv(out / "metrics.csv")
