@@ -5,11 +5,11 @@ core each but OpenMP's idle threads sleeping (OMP_WAIT_POLICY=PASSIVE), and with
 
     python bench/bench_threads.py                  # ~2 minutes on 2 CPU cores
 
-If the slow-down of "every core each" comes from OpenMP threads spinning while they wait for
-siblings the OS has descheduled, the passive wait policy removes most of it and so does the
-split; each line gives the median seconds per training step (64 px, batch 16, bf16 +
-channels-last) and the slow-down against the process alone. The last line is
-ratio=<median step of 'every core each' / median step of 'cores split'>.
+If the slow-down of "every core each" came only from OpenMP threads spinning while they wait
+for siblings the OS has descheduled, the passive wait policy would remove most of it; the split
+removes it by giving each process cores of its own. Each line gives the median seconds per
+training step (64 px, batch 16, bf16 + channels-last) and the slow-down against the process
+alone. The last line is ratio=<median step of 'every core each' / median step of 'cores split'>.
 """
 import argparse
 import json

@@ -2,13 +2,14 @@
 real sample files of the datasets, and the runs that several test files read."""
 import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE_DATA = Path(os.environ.get("SAMPLE_DATA") or ROOT / "sample_data")  # see README, Tests
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -17,13 +18,14 @@ import helpers  # noqa: E402 (needs the paths above)
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Real excerpts of the datasets, kept beside the repository; tests using them skip without."""
-    if not SHARED_DATA.is_dir():
+    """Real excerpts of the datasets' public downloads (a folder per dataset, files in their native
+    layout); tests using them skip without."""
+    if not SAMPLE_DATA.is_dir():
         pytest.skip(f"real dataset sample files (ChestX-ray14 metadata and images, EyePACS labels and images, "
-                    f"BreakHis, COVID-19 Radiography, Messidor and DeepDRiD samples) not found at {SHARED_DATA}; "
-                    f"they are excerpts of the public downloads; without them the readers and prepare_data.py are "
-                    f"tested on generated native trees only")
-    return SHARED_DATA
+                    f"BreakHis, COVID-19 Radiography, Messidor and DeepDRiD samples) not found at {SAMPLE_DATA} "
+                    f"(set SAMPLE_DATA; see the README, Tests): excerpts of the public downloads; without them "
+                    f"the readers and prepare_data.py are tested on generated native trees only")
+    return SAMPLE_DATA
 
 
 @pytest.fixture(scope="session")
