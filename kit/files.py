@@ -15,32 +15,29 @@ import signal
 import threading
 from pathlib import Path
 
-_deferral = {"depth": 0, "pending": False, "previous": None}
+_held_back = []  # the Ctrl-Cs that arrived inside a ctrl_c_after_writes block
+
+
+def _hold(signum, frame):
+    _held_back.append(signum)
 
 
 @contextlib.contextmanager
 def ctrl_c_after_writes():
     """Holds back a Ctrl-C (SIGINT) until the block is done, then raises it as KeyboardInterrupt.
-    Without it a Ctrl-C that lands inside torch.save can surface as a write error. Blocks nest;
-    outside the main thread (where signals cannot be handled) the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
+    Without it a Ctrl-C that lands inside torch.save can surface as a write error. Inside an outer
+    block, and outside the main thread (where signals cannot be handled), the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _hold:
         yield
         return
-
-    def hold(signum, frame):
-        _deferral["pending"] = True
-
-    if _deferral["depth"] == 0:
-        _deferral["pending"], _deferral["previous"] = False, signal.signal(signal.SIGINT, hold)
-    _deferral["depth"] += 1
+    _held_back.clear()
+    previous = signal.signal(signal.SIGINT, _hold)
     try:
         yield
     finally:
-        _deferral["depth"] -= 1
-        if _deferral["depth"] == 0:
-            signal.signal(signal.SIGINT, _deferral["previous"] or signal.SIG_DFL)
-    if _deferral["depth"] == 0 and _deferral["pending"]:
-        _deferral["pending"] = False
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if _held_back:
+        _held_back.clear()
         raise KeyboardInterrupt
 
 

@@ -2,6 +2,7 @@
 one line naming the file."""
 import json
 import os
+import signal
 
 import pandas as pd
 import pytest
@@ -56,3 +57,20 @@ def test_save_figure_is_atomic_and_closes(tmp_path):
     files.save_figure(fig, tmp_path / "f.png", dpi=50)
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"] and not plt.fignum_exists(fig.number)
+
+
+def test_a_ctrl_c_inside_nested_write_blocks_waits_for_the_outer_block(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with files.ctrl_c_after_writes():
+            with files.ctrl_c_after_writes():
+                os.kill(os.getpid(), signal.SIGINT)
+                files.write_json({"a": 1}, tmp_path / "one.json")
+                done.append("inner")
+            files.write_json({"b": 2}, tmp_path / "two.json")
+            done.append("outer")
+    assert done == ["inner", "outer"] and (tmp_path / "two.json").is_file()
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
+    with files.ctrl_c_after_writes():  # no Ctrl-C: nothing is raised
+        done.append("quiet")
