@@ -54,7 +54,10 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     interrupted_at = checkpoints.load_checkpoint(killed / "last.pt")["epoch"]
     assert interrupted_at < 3 and not (killed / "summary.json").exists()
-    assert read_metrics(killed)["epoch"].max() == interrupted_at  # metrics.csv never runs ahead of last.pt
+    # metrics.csv follows last.pt, so a kill between the two leaves it one epoch behind (or not yet written),
+    # never ahead
+    logged = read_metrics(killed)["epoch"].max() if (killed / "metrics.csv").exists() else 0
+    assert logged in (interrupted_at - 1, interrupted_at)
 
     resumed = subprocess.run([*command, *finetune_argv(manifest, killed, workers=1)], check=True, capture_output=True,
                              text=True, cwd=ROOT)
