@@ -6,7 +6,9 @@ the last checkpoint of every run on the test split, which is never used for trai
 selection. Writes, per checkpoint:
     predictions.csv   image, patient, split, target, pred, prob_<class>... (one row per image)
     metrics.csv       one row: split, checkpoint, epoch, loss, then per metric <m>, <m>_ci_low,
-                      <m>_ci_high (fractions), then n, n_patients, bootstrap, ci_level, bootstrap_seed
+                      <m>_ci_high (fractions), then n, n_patients, bootstrap, ci_level, bootstrap_seed,
+                      seen_in_pretraining (images of the split its backbone's pretraining saw: check_overlap.py;
+                      empty where not checked)
     per_class.csv     class, precision, recall, f1, support, note (decision: argmax; multi-label p >= 0.5);
                       a 0/0 value (precision of a class never predicted, recall of a class absent from
                       the split) is left empty and the note says why
@@ -29,6 +31,7 @@ Many in one process (how study.sh runs it): outputs go to OUT/<checkpoint path r
         --split test --out runs/demo/eval/shenzhen          # -> eval/shenzhen/<arm>/seed0/{best,last}/
 """
 
+import argparse
 import os
 import shutil
 from pathlib import Path
@@ -50,6 +53,12 @@ def get_args_parser():
     data.add_argument("--split", type=str, default="test", choices=["train", "val", "test"],
                       help="which split to evaluate; the test split is never used for training or selection")
     data.add_argument("--batch-size", type=cli.positive_int, default=64, help="images per forward pass")
+    data.add_argument("--overlap", type=cli.existing_file, default=None, metavar="OVERLAP_CSV",
+                      help="check_overlap.py's overlap.csv: a checkpoint whose backbone was pretrained on a picture "
+                           "of the evaluated split is refused (default: the overlap.csv its pretraining left out)")
+    data.add_argument("--allow-pretraining-overlap", action=argparse.BooleanOptionalAction, default=False,
+                      help="evaluate anyway when the pretraining saw pictures of the split (the paper's way: "
+                           "metrics.csv counts them in seen_in_pretraining and the report flags them)")
     stats = parser.add_argument_group("statistics")
     stats.add_argument("--bootstrap", type=cli.non_negative_int, default=1000,
                        help="bootstrap resamples (of patients) for the confidence intervals; 0 = none; >= 1000 "
@@ -135,7 +144,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, path: 
 
 
 def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame, loss: float,
-                     probs: np.ndarray, targets: np.ndarray, args) -> dict:
+                     probs: np.ndarray, targets: np.ndarray, args, seen: int | None = None) -> dict:
     """The files listed above for one checkpoint; returns the metrics row."""
     from kit import files, metrics
 
@@ -155,7 +164,7 @@ def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df
     row = {"split": args.split, "checkpoint": str(path.resolve()), "epoch": checkpoint.get("epoch"), "loss": loss,
            **metrics_with_ci(meta["task"], probs, targets, patients, args),
            "n": len(df), "n_patients": len(set(patients)), "bootstrap": args.bootstrap, "ci_level": args.ci,
-           "bootstrap_seed": args.seed}
+           "bootstrap_seed": args.seed, "seen_in_pretraining": "" if seen is None else seen}
     onehot_targets = np.eye(len(classes), dtype=bool)[targets] if multiclass else targets.astype(bool)
     decisions = np.eye(len(classes), dtype=bool)[probs.argmax(axis=1)] if multiclass else probs >= 0.5
     per_class = metrics.per_class_rows(classes, onehot_targets, decisions)  # 0/0 left empty, with a note
@@ -198,20 +207,40 @@ def check_data(path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame, manif
             f"and no patient with the training data")
 
 
-def publish(tmp_dir: Path, out_dir: Path) -> None:
-    """Put a finished evaluation folder in place in one rename: readers see the old folder or the
-    new one, never a mix (folders whose name starts with '.' are ignored by plot_results.py)."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp_dir, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+def check_pretraining(path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame, data_meta: dict, args):
+    """(pictures of the split the backbone's pretraining was trained on, or None where nothing tells, note).
+
+    The pretraining is the one recorded in the checkpoint (finetune_target.py --init a pretrained model);
+    overlap.csv (check_overlap.py: --overlap, else the one that pretraining left out) pairs the target's
+    images with source pictures. A split sharing pictures with the pretraining is refused unless
+    --allow-pretraining-overlap: the arm would be tested on images it has seen, with other labels."""
+    from kit import overlap
+
+    record = meta.get("pretraining")
+    if not record:
+        return None, None  # random or ImageNet init: no medical pretraining to have seen anything
+    recorded = (record.get("overlap") or {}).get("file")
+    overlap_csv = args.overlap or (recorded if recorded and Path(recorded).is_file() else None)
+    pretrained = (checkpoint.get("trained_on") or {}).get("pretrained_images")
+    if overlap_csv is None or pretrained is None:
+        why = "no overlap.csv (run check_overlap.py and pass --overlap)" if overlap_csv is None else \
+            "its checkpoint keeps no record of the pretraining's images"
+        return None, f"note: {path}: not checked whether its pretraining saw pictures of this split ({why})"
+    seen = overlap.seen_in_pretraining(overlap_csv, data_meta["key"], df["image"], pretrained)
+    if seen and not args.allow_pretraining_overlap:
+        raise ValueError(f"{args.manifest[0]}: {seen} of the {len(df)} {args.split} images are pictures that the "
+                         f"pretraining of {path} ({record.get('key')}, {record.get('checkpoint')}) was trained on "
+                         f"(pairs listed in {overlap_csv}); pretrain with --exclude-overlap {overlap_csv}, or pass "
+                         f"--allow-pretraining-overlap to evaluate anyway")
+    note = f"note: {path}: {seen} {args.split} image(s) were seen in pretraining (--allow-pretraining-overlap)" \
+        if seen else None
+    return seen, note
 
 
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, locks, loop, losses, manifests, models, runtime
+    from kit import data, files, locks, loop, losses, manifests, models, runtime
 
     runtime.seed_everything(args.seed)
     device = runtime.resolve_device(args.device)
@@ -235,8 +264,10 @@ def main(args):
             raise ValueError(f"{path}: the checkpoint's classes {meta['classes']} differ from the manifest's "
                              f"{data_meta['classes']}; evaluate it on the manifest it was trained on")
         note = check_data(path, checkpoint, meta, df, manifest_rows, data_meta, args)
-        if note:
-            print(note)
+        seen, seen_note = check_pretraining(path, checkpoint, meta, df, data_meta, args)
+        for line in (note, seen_note):
+            if line:
+                print(line)
         model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
         dataset = data.ImageDataset(df, task=meta["task"], classes=meta["classes"], image_size=meta["image_size"],
                                     train=False, domain=meta["domain"],
@@ -250,13 +281,13 @@ def main(args):
                                             channels_last=args.channels_last, desc=f"eval {path.parent.name}")
         tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        row = write_evaluation(tmp_dir, path, checkpoint, meta, df, loss, probs, targets, args)
+        row = write_evaluation(tmp_dir, path, checkpoint, meta, df, loss, probs, targets, args, seen=seen)
         if args.cam:  # inside the folder before it is put in place
             from kit import cam
 
             cam.write_examples(tmp_dir / "cam", model, dataset, task=meta["task"], classes=meta["classes"],
                                targets=targets, probs=probs, n=args.cam, device=device)
-        publish(tmp_dir, out_dir)
+        files.publish(tmp_dir, out_dir)
         headline = meta["headline_metric"]
         print(f"{path}: {args.split} n={len(df)} ({row['n_patients']} patients) loss {loss:.4f} {headline} "
               f"{row[headline]:.4f} [{row[f'{headline}_ci_low']:.4f}, {row[f'{headline}_ci_high']:.4f}] -> {out_dir}")

@@ -85,6 +85,7 @@ def main(args):
     model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
                                                   dropout=args.dropout, imagenet_weights=args.imagenet_weights)
     model.to(device)
+    pretraining = runs.pretraining_of(args.init, run)  # what the backbone saw: evaluate.py checks the test split
 
     # --- loss: cross-entropy, class-weighted where the paper weights (Messidor, DeepDRiD)
     class_weights = losses.class_weights(args.class_weights, data_meta, train_loader.dataset.targets)
@@ -103,7 +104,7 @@ def main(args):
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
     meta = runs.run_meta(data_meta, args, run, init_description=init_description, loss_weights=class_weights,
-                         skipped_images=n_skipped)
+                         skipped_images=n_skipped, pretraining=pretraining)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
              meta=meta, run=run, args=args)
 

@@ -123,6 +123,16 @@ def main(args):
         files.write_text_atomic(outs[order[0]] / "report.md", report)
 
 
+def overlap_facts(runs_dir, runs, targets, study, checkpoint) -> dict:
+    """What report.md says about pictures shared by a source and a target (kit/report.py overlap_section)."""
+    from kit import results
+
+    found, record = results.read_overlap(runs_dir)
+    return {"found": found if found is None else found[found["target"].isin(targets)], "record": record,
+            "mode": (study or {}).get("overlap"), "seen": results.seen_in_pretraining(runs, checkpoint),
+            "twins": {t: results.manifest_twins(runs_dir, t) for t in targets}}
+
+
 def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     """Tables, figures and report.md of the runs of one fine-tuning strategy, into `out`; returns
     the report's text."""
@@ -235,7 +245,8 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
         claims=verdicts, comparison=comparison, rankings=rankings, answers=answers, study=study, runs_arms=runs_arms,
         seeds=seeds, sources=results.source_manifests(args.runs), run_args=results.run_arguments(args.runs, runs),
         missing_reason=missing_reason, pairing_notes=list(dict.fromkeys(pairing_notes)),
-        domains={t: results.target_domain(args.runs, t) for t in targets}, strategy=strategy if several else None)
+        domains={t: results.target_domain(args.runs, t) for t in targets}, strategy=strategy if several else None,
+        overlap=overlap_facts(args.runs, runs, targets, study, args.claims_checkpoint))
     files.write_text_atomic(out / "report.md", report)
 
     print(f"{strategy}: wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures "

@@ -25,6 +25,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kit import cli, files, locks, manifests, paper, readers
@@ -65,6 +66,12 @@ def get_args_parser():
                              "the data set ships an official test split (default: 0 with --protocol paper, "
                              "which allows no other, else 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
+    parser.add_argument("--find-twins", default=None, action=argparse.BooleanOptionalAction,
+                        help="look for pictures that are in the data set twice under different names (resized, "
+                             "re-encoded, cropped by a few %%: kit/overlap.py) and keep each in one split, as a "
+                             "patient; a given split that puts them apart is refused (with --skip-bad: they move "
+                             "to one split, test first); default: on with a test split (--protocol held-out-test) "
+                             "unless --no-check-files")
     # Your own data: --dataset folder (<root>/<class>/[<patient>/]<image>) or csv (a table, --root = the file)
     own = parser.add_argument_group("your own data (--dataset folder or csv)")
     own.add_argument("--domain", type=str, default=None, choices=["cxr", "hwsi", "efi", "other"],
@@ -149,6 +156,8 @@ def resolve_protocol(args) -> None:
     protocol) and refuse the combinations that contradict it."""
     if args.protocol is None:
         args.protocol = "paper" if args.dataset in PAPER_SOURCES else "held-out-test"
+    if args.find_twins is None:  # twins matter where a test split could hold one of them; it reads every image
+        args.find_twins = args.protocol == "held-out-test" and args.check_files
     if args.protocol == "paper":
         if args.dataset not in PAPER_SOURCES:
             raise ValueError(f"--protocol paper: the paper's source protocol applies to {', '.join(PAPER_SOURCES)}; "
@@ -175,6 +184,51 @@ def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
             raise ValueError(f"{root}: the {split} split would hold {counts.get(split, 0)} image(s) of {len(df)} "
                              f"(training needs >= 2 train and >= 2 val images; a test split needs one); use more "
                              f"data or other --val-frac/--test-frac")
+
+
+def find_twins(df: pd.DataFrame, thumbs, args) -> dict:
+    """The pictures in the data set twice or more under different names (kit/overlap.py): their patients
+    go to one split together (make_splits(together=...)). Twins that a given split (official or --split-col)
+    puts into two splits are refused, or with --skip-bad moved to one split (test, then val, then train).
+    Returns {"groups", "images", "moved", "patients": [patient groups], "examples"}; prints what it found."""
+    from kit import overlap
+
+    wanted = set(df["image"].astype(str))
+    kept = np.array([path in wanted for path in thumbs.images], dtype=bool)
+    groups = overlap.twin_groups(overlap.Thumbnails(thumbs.key, thumbs.domain, list(np.asarray(thumbs.images)[kept]),
+                                                    thumbs.thumbs[kept], {}))
+    image = df["image"].astype(str)
+    given = df["official_split"].fillna("").astype(str) if "official_split" in df.columns else pd.Series("", df.index)
+    moved = 0
+    for group in groups:
+        rows = image.isin(group)
+        splits = sorted(set(given[rows]) - {""})
+        if len(splits) > 1:
+            if not args.skip_bad:
+                first, second = (image[rows & (given == split)].iloc[0] for split in splits[:2])
+                raise ValueError(f"{first} and {second} are one picture (kit/overlap.py), but the data set's own "
+                                 f"split puts them in {splits[0]} and {splits[1]}; a picture must stay in one split "
+                                 f"({len(groups)} such group(s) in all). Fix the split, or pass --skip-bad to move each "
+                                 f"to one split")
+            winner = next(split for split in ("test", "val", "train") if split in splits)
+            moved += int((rows & (given != winner) & (given != "")).sum())
+            df.loc[rows, "official_split"] = winner
+    patients = [sorted(set(df.loc[image.isin(group), "patient"].astype(str))) for group in groups]
+    patients = [group for group in patients if len(group) > 1]
+    n_images = sum(len(group) for group in groups)
+    if groups:
+        example = " = ".join(Path(path).name for path in groups[0][:3])
+        print(f"twins: {len(groups)} picture(s) are here twice or more under other names ({n_images} images, e.g. "
+              f"{example}); each is kept in one split" + (f"; {moved} image(s) moved to their twin's given split "
+                                                          f"(--skip-bad)" if moved else ""))
+    else:
+        print(f"twins: none among {kept.sum()} images (no picture here twice under another name)")
+    unchecked = sum(image in thumbs.bad for image in image.unique())
+    if unchecked:
+        example, reason = next((i, r) for i, r in thumbs.bad.items() if i in set(image))
+        print(f"twins: {unchecked} image(s) could not be read and were not compared, e.g. {example}: {reason}")
+    return {"groups": len(groups), "images": n_images, "moved": moved, "patients": patients,
+            "examples": [list(group) for group in groups[:5]]}
 
 
 def prepare_manifest(args) -> tuple[Path, Path]:
@@ -208,6 +262,12 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         print(f"dropped {df.attrs['duplicates_dropped']} row(s) that repeat an image with the same label")
     if args.check_files:
         df = readers.check_images(df)
+    thumbs = None
+    if args.find_twins:  # a thumbnail of every image, kept for check_overlap.py too
+        from kit import overlap
+
+        thumbs = overlap.thumbnails(df.loc[df[readers.PROBLEM] == "", "image"], key=key, domain=domain,
+                                    manifest_csv=Path(args.out) / f"{key}.csv", workers=args.workers)
     bad = readers.bad_rows(df)
     if len(bad) and (not args.skip_bad or len(bad) == len(df)):  # --skip-bad never leaves nothing
         raise readers.bad_rows_error(bad, len(df))
@@ -232,7 +292,9 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         n_before = len(df)
         df = manifests.cap_per_class(df, args.max_per_class, seed=args.seed)
         print(f"--max-per-class {args.max_per_class}: kept {len(df)} of {n_before} images")
-    df = manifests.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
+    twins = find_twins(df, thumbs, args) if thumbs is not None else None
+    df = manifests.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed,
+                               together=twins["patients"] if twins else ())
     check_split_sizes(df, root, args)
     if "official_split" in df.columns and (df["official_split"] != "").any():
         shipped = sorted(set(df["official_split"]) - {""})
@@ -250,6 +312,7 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         "headline_metric": headline, "class_weights": class_weights,
         "check_files": args.check_files, "skip_bad": args.skip_bad, "n_skipped": len(bad),
         "max_per_class": args.max_per_class,
+        "twins": None if twins is None else {k: v for k, v in twins.items() if k != "patients"},
     }
     # one writer per manifest (its .csv, .json and skipped list must come from one run): a second
     # prepare_data.py writing the same manifest is refused; the lock is the hidden .<key>.lock

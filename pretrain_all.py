@@ -29,6 +29,10 @@ def get_args_parser():
     data.add_argument("--manifests", type=cli.existing_file, nargs="+", required=True,
                       help="source manifest CSVs from prepare_data.py (paper: chestxray14, breakhis, eyepacs)")
     data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    data.add_argument("--exclude-overlap", type=cli.existing_file, default=None, metavar="OVERLAP_CSV",
+                      help="leave out of training and validation the images that check_overlap.py found to be "
+                           "pictures of a target (its overlap.csv), so no target image is seen in pretraining; "
+                           "default: none left out (the paper's way)")
     model = parser.add_argument_group("model")
     model.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
                        help="random -> All_RI, imagenet -> All_IN")
@@ -55,13 +59,17 @@ def get_args_parser():
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, loop, losses, manifests, models, paper, runs, runtime
+    from kit import data, loop, losses, manifests, models, overlap, paper, runs, runtime
 
     runtime.seed_everything(args.seed)
     dist_info, device = runtime.init_distributed(args.device)
 
     # --- data: the union of the source manifests (22 labels), each keeping its own train/val split
     df, data_meta = manifests.aggregate_manifests(args.manifests)
+    overlap_record = None
+    if args.exclude_overlap:  # no target's picture in pretraining (check_overlap.py); recorded in the run's meta
+        df, overlap_record = overlap.leave_out(df, args.exclude_overlap, pretraining=str(args.out))
+        runtime.log(overlap.left_out_line(overlap_record))
     run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
     used = df[df["split"].isin(["train", "val"])]  # a source's test rows (--protocol held-out-test) are never used
     runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(used)} train+val "
@@ -94,7 +102,8 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * steps_per_epoch)
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, run, init_description=init_description, skipped_images=n_skipped)
+    meta = runs.run_meta(data_meta, args, run, init_description=init_description, skipped_images=n_skipped,
+                         overlap=overlap_record)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
              meta=meta, run=run, args=args)
 

@@ -23,6 +23,10 @@ def get_args_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=cli.existing_file, required=True, help="source manifest CSV from prepare_data.py")
     data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    data.add_argument("--exclude-overlap", type=cli.existing_file, default=None, metavar="OVERLAP_CSV",
+                      help="leave out of training and validation the images that check_overlap.py found to be "
+                           "pictures of a target (its overlap.csv), so no target image is seen in pretraining; "
+                           "default: none left out (the paper's way)")
     model = parser.add_argument_group("model")
     model.add_argument("--init", type=str, default="random", choices=["random", "imagenet"],
                        help="random -> <AREA>_RI, imagenet -> <AREA>_IN")
@@ -49,13 +53,17 @@ def get_args_parser():
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, loop, losses, manifests, models, runs, runtime
+    from kit import data, loop, losses, manifests, models, overlap, runs, runtime
 
     runtime.seed_everything(args.seed)
     dist_info, device = runtime.init_distributed(args.device)
 
     # --- data: one source manifest, its own train/val split
     df, data_meta = manifests.load_manifest(args.manifest)
+    overlap_record = None
+    if args.exclude_overlap:  # no target's picture in pretraining (check_overlap.py); recorded in the run's meta
+        df, overlap_record = overlap.leave_out(df, args.exclude_overlap, pretraining=str(args.out))
+        runtime.log(overlap.left_out_line(overlap_record))
     run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
     train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
                                                                  dist_info=dist_info)
@@ -81,7 +89,7 @@ def main(args):
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
     meta = runs.run_meta(data_meta, args, run, init_description=init_description, loss_weights=class_weights,
-                         skipped_images=n_skipped)
+                         skipped_images=n_skipped, overlap=overlap_record)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
              meta=meta, run=run, args=args)
 

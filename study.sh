@@ -11,7 +11,8 @@
 #   JOBS=32 JOB_LAUNCHER="srun --ntasks=1 --gpus-per-task=1 --exclusive" DATA=... bash study.sh   # in a SLURM allocation
 #   IMAGENET_WEIGHTS=~/densenet121-a639ec97.pth bash study.sh
 #
-# Stages: demo data -> manifests -> 8 pretrained models per seed -> 25 fine-tuned arms per seed and
+# Stages: demo data -> manifests -> the same picture in a source and a target (OUT/overlap/, left out of
+# pretraining unless OVERLAP=keep) -> 8 pretrained models per seed -> 25 fine-tuned arms per seed and
 # train fraction -> test-split evaluation of each run's best and last checkpoint (with bootstrap
 # CIs) -> figures, tables (Table 2 with CIs, paired comparisons, convergence) and OUT/report.md.
 # study.sh writes each stage as a job into OUT/.study/Makefile and lets GNU make run them in
@@ -90,6 +91,7 @@ TARGETS=${TARGETS:-shenzhen covid19_radiography kather2016 messidor deepdrid}  #
 ARMS=${ARMS:-IN Domain_RI Domain_IN All_RI All_IN}  # the paper's five; add RI (random init, no pretraining) for the floor
 SOURCE_PROTOCOL=${SOURCE_PROTOCOL:-paper}  # sources: paper = every image, 90/10 train/val (Section 5.2); held-out-test = + a test split
 STRATEGIES=${STRATEGIES:-full}      # fine-tuning strategies, a set of arms each: full, partial, linear (finetune_target.py --strategy)
+OVERLAP=${OVERLAP:-drop}            # drop: source images that are pictures of a target stay out of pretraining (check_overlap.py); keep: the paper's way, flagged in report.md
 read -ra SEED_LIST <<< "$SEEDS"
 read -ra FRACTION_LIST <<< "$TRAIN_FRACTIONS"
 read -ra GPU_LIST <<< "$GPUS"
@@ -157,6 +159,7 @@ done
 (( ${#ARM_LIST[@]} && ${#STRATEGY_LIST[@]} )) || fail "ARMS and STRATEGIES must not be empty"
 [[ "$SOURCE_PROTOCOL" == paper || "$SOURCE_PROTOCOL" == held-out-test ]] \
   || fail "SOURCE_PROTOCOL=$SOURCE_PROTOCOL: choose paper or held-out-test"
+[[ "$OVERLAP" == drop || "$OVERLAP" == keep ]] || fail "OVERLAP=$OVERLAP: choose drop (no target picture in pretraining) or keep"
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail "JOBS=$JOBS is not a whole number >= 1"
 [[ -z "$THREADS" || "$THREADS" =~ ^[1-9][0-9]*$ ]] || fail "THREADS=$THREADS is not a whole number >= 1"
 for gpu in "${GPU_LIST[@]}"; do [[ "$gpu" =~ ^[0-9]+$ ]] || fail "GPUS: '$gpu' is not a GPU index"; done
@@ -176,7 +179,7 @@ echo "pid $$ on $(hostname) since $(date -Iseconds)" > "$OUT/.study.lock"
 # change speed only.
 SETTINGS="data=${DATA:-demo scale $DEMO_SCALE} image_size=$IMAGE_SIZE epochs_pretrain=$EPOCHS_PRETRAIN"
 SETTINGS+=" epochs_finetune=$EPOCHS_FINETUNE batch_size=$BATCH_SIZE split_seed=$SPLIT_SEED"
-SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed} source_protocol=$SOURCE_PROTOCOL"
+SETTINGS+=" pretrain_seed=${PRETRAIN_SEED:-per-seed} source_protocol=$SOURCE_PROTOCOL overlap=$OVERLAP"
 SETTINGS_FILE="$OUT/study_settings.txt"
 if [[ "$FORCE" != 1 && -f "$SETTINGS_FILE" && "$(cat "$SETTINGS_FILE")" != "$SETTINGS" ]]; then
   fail "$OUT holds a study with other settings (was: $(cat "$SETTINGS_FILE"); now: $SETTINGS)." \
@@ -210,12 +213,12 @@ INITS=(RI); [[ $HAVE_IN == 1 ]] && INITS=(RI IN)
 # (demo or the DATA folder), whether ImageNet weights were found and why not, and the settings.
 "$PYTHON" - "$OUT/study.json" "${DATA_GIVEN:-demo}" "$DEMO_SCALE" "$HAVE_IN" "${WEIGHTS:-}" "$OUT/imagenet_weights.log" \
   "$IMAGE_SIZE" "$EPOCHS_PRETRAIN" "$EPOCHS_FINETUNE" "$BATCH_SIZE" "$SEEDS" "$SPLIT_SEED" "${PRETRAIN_SEED:-}" \
-  "$TRAIN_FRACTIONS" "${TARGETS[*]}" "$SOURCE_PROTOCOL" "$ARMS" "$STRATEGIES" <<'PY'
+  "$TRAIN_FRACTIONS" "${TARGETS[*]}" "$SOURCE_PROTOCOL" "$ARMS" "$STRATEGIES" "$OVERLAP" <<'PY'
 import json, re, sys
 from pathlib import Path
 from kit import files
 (path, data, scale, have_in, weights, log, size, ep_pre, ep_ft, batch, seeds, split_seed, pretrain_seed,
- fractions, targets, protocol, arms, strategies) = sys.argv[1:]
+ fractions, targets, protocol, arms, strategies, overlap) = sys.argv[1:]
 reason = [line for line in Path(log).read_text().splitlines() if line.strip()] if Path(log).is_file() else []
 files.write_text_atomic(path, json.dumps({
     "data": data, "demo": data == "demo", "demo_scale": float(scale) if data == "demo" else None,
@@ -225,7 +228,8 @@ files.write_text_atomic(path, json.dumps({
     "seeds": [int(s) for s in seeds.split()], "split_seed": int(split_seed),
     "pretrain_seed": int(pretrain_seed) if pretrain_seed else None,
     "train_fractions": [float(f) for f in fractions.split()], "targets": targets.split(),
-    "source_protocol": protocol, "arms": arms.split(), "strategies": strategies.split()}, indent=2) + "\n")
+    "source_protocol": protocol, "arms": arms.split(), "strategies": strategies.split(), "overlap": overlap},
+    indent=2) + "\n")
 PY
 
 # --------------------------------------------------------------------------- the stages
@@ -240,9 +244,16 @@ done_already() {
   for input in "$SETTINGS_FILE" "$@"; do [[ "$input" -nt "$output" ]] && return 1; done
   return 0
 }
-# resume_flag RUN: a run folder whose last.pt predates the settings file starts over (--no-resume):
-# its checkpoint belongs to the settings before a FORCE=1; a newer one is this study's, resumed.
-resume_flag() { if [[ -e "$1/last.pt" && ! "$1/last.pt" -nt "$SETTINGS_FILE" ]]; then echo --no-resume; else echo --resume; fi; }
+# resume_flag RUN [INPUT...]: a run folder whose last.pt predates the settings file or an INPUT starts over
+# (--no-resume): its checkpoint belongs to the settings before a FORCE=1, or to other data (a changed
+# overlap.csv); a newer one is this study's, resumed.
+resume_flag() {
+  local run=$1 input; shift
+  for input in "$SETTINGS_FILE" "$@"; do
+    if [[ -e "$run/last.pt" && ! "$run/last.pt" -nt "$input" ]]; then echo --no-resume; return; fi
+  done
+  echo --resume
+}
 init_flag() { [[ $1 == RI ]] && echo random || echo imagenet; }
 
 demo_data() {
@@ -276,16 +287,29 @@ preprocessing_cache() {  # preprocessing_cache MANIFEST...
   "$PYTHON" -m kit.cache --manifest "$@" --image-size "$IMAGE_SIZE" --no-progress  # all cores: nothing runs beside it
 }
 
+# Which source images are pictures of a target (and which targets hold a picture twice in two splits):
+# OUT/overlap/overlap.csv, rewritten only when what it finds changes (so pretraining is redone only then);
+# overlap.json, rewritten every time, marks the stage done.
+check_overlap() {  # check_overlap TARGET_MANIFEST...
+  local sources=() key
+  for key in "${SOURCES[@]}"; do sources+=("$OUT/manifests/$key.csv"); done
+  if done_already "$OUT/overlap/overlap.json" "${sources[@]}" "$@"; then say "overlap: checked, skipped"; return; fi
+  say "the same picture in a source and a target, or in two splits of a target"
+  "$PYTHON" check_overlap.py --sources "${sources[@]}" --targets "$@" --out "$OUT/overlap" --no-progress
+}
+
 # pretrain NAME SEED SCRIPT FLAG INPUT...: one pretrained model into OUT/pretrain/NAME/seedSEED; NAME
-# ends in _RI or _IN (the init), FLAG INPUT... are the script's manifest flag and files.
+# ends in _RI or _IN (the init), FLAG INPUT... are the script's manifest flag and files. OVERLAP=drop:
+# the source images that are pictures of a target are left out (--exclude-overlap).
 pretrain() {
   local name=$1 seed=$2 script=$3 flag=$4; shift 4
-  local run="$OUT/pretrain/$name/seed$seed" launch
-  if done_already "$run/summary.json" "$@"; then say "pretrain $name seed $seed: done, skipped"; return; fi
+  local run="$OUT/pretrain/$name/seed$seed" launch exclude=()
+  [[ $OVERLAP == drop ]] && exclude=(--exclude-overlap "$OUT/overlap/overlap.csv")
+  if done_already "$run/summary.json" "$@" "${exclude[@]:1}"; then say "pretrain $name seed $seed: done, skipped"; return; fi
   say "pretrain $name seed $seed"
   read -ra launch <<< "$LAUNCH"
-  "${launch[@]}" "$script" "$flag" "$@" --init "$(init_flag "${name##*_}")" "${IMAGENET_FLAGS[@]}" \
-    --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}" --seed "$seed" "$(resume_flag "$run")"
+  "${launch[@]}" "$script" "$flag" "$@" "${exclude[@]}" --init "$(init_flag "${name##*_}")" "${IMAGENET_FLAGS[@]}" \
+    --out "$run" --epochs "$EPOCHS_PRETRAIN" "${TRAIN_FLAGS[@]}" --seed "$seed" "$(resume_flag "$run" "${exclude[@]:1}")"
 }
 
 # finetune TARGET ARM RUN_NAME SEED INIT [--train-fraction F]: one arm into OUT/finetune/TARGET/ARM/RUN_NAME.
@@ -315,9 +339,11 @@ evaluate() {
   done
   if (( ! ${#todo[@]} )); then say "evaluate $target: done, skipped"; return; fi
   say "evaluate $target on the test split (${#todo[@]} checkpoints)"
+  local seen=(--overlap "$OUT/overlap/overlap.csv")  # a test picture that pretraining saw: refused, or (keep) counted
+  [[ $OVERLAP == keep ]] && seen+=(--allow-pretraining-overlap)
   "$PYTHON" evaluate.py --checkpoint "${todo[@]}" --relative-to "$OUT/finetune/$target" \
     --manifest "$OUT/manifests/$target.csv" --split test --out "$OUT/eval/$target" --device "$DEVICE" \
-    --workers "$WORKERS"
+    --workers "$WORKERS" "${seen[@]}"
 }
 
 report() {
@@ -369,9 +395,9 @@ run_job() {  # run_job ID GPU_NEED STAGE ARGS...: called by the job's script (OU
 rm -rf "$JOB_DIR"
 mkdir -p "$JOB_DIR/logs"
 { declare -p OUT DATA REPO PYTHON LAUNCH FINETUNE_LAUNCH JOBS THREADS GPU_LIST SETTINGS_FILE SPLIT_SEED DEMO_SCALE \
-             SOURCES SOURCE_PROTOCOL \
+             SOURCES SOURCE_PROTOCOL OVERLAP \
              IMAGE_SIZE EPOCHS_PRETRAIN EPOCHS_FINETUNE DEVICE WORKERS TRAIN_FLAGS IMAGENET_FLAGS WEIGHTS JOB_DIR
-  declare -f say done_already resume_flag init_flag demo_data manifest preprocessing_cache pretrain finetune \
+  declare -f say done_already resume_flag init_flag demo_data manifest preprocessing_cache check_overlap pretrain finetune \
              evaluate report job_cores take_gpus run_job
 } > "$JOB_DIR/lib.sh"
 ALL=()
@@ -401,6 +427,10 @@ for key in "${SOURCES[@]}" "${TARGETS[@]}"; do
 done
 READY="${MANIFEST_JOBS[*]}"
 if [[ "$CACHE" == 1 ]]; then job cache "$READY" none preprocessing_cache "${MANIFESTS[@]}"; READY=cache; fi
+TARGET_MANIFESTS=()
+for key in "${TARGETS[@]}"; do TARGET_MANIFESTS+=("$OUT/manifests/$key.csv"); done
+job overlap "$READY" none check_overlap "${TARGET_MANIFESTS[@]}"  # before any pretraining; evaluations read it too
+READY=overlap
 
 # pretraining: 8 models per seed (4 without ImageNet weights)
 PRETRAIN_SEEDS=("${SEED_LIST[@]}"); [[ -n "$PRETRAIN_SEED" ]] && PRETRAIN_SEEDS=("$PRETRAIN_SEED")

@@ -86,29 +86,36 @@ def cache_hash(paths, stats, domain, image_size) -> str:
 
 # --------------------------------------------------------------------------- building
 
-_HEAD = None  # the worker's head chain, built once per process
+_HEAD = None  # the worker's head chain, built once per process, in two parts: the picture, the rest
+_THUMBNAILS = False  # whether the worker also makes overlap thumbnails (from the picture it decoded anyway)
 
 
-def _start_worker(domain, image_size, in_pool=True):
+def _start_worker(domain, image_size, thumbnails=False, in_pool=True):
     import torch
 
     from . import transforms
 
-    global _HEAD
+    global _HEAD, _THUMBNAILS
     if in_pool:
         torch.set_num_threads(1)  # one image per process at a time: threads would only contend
-    _HEAD = transforms.cache_transforms(domain, image_size=image_size)
+    steps = transforms.cache_transforms(domain, image_size=image_size).transforms
+    _HEAD = (transforms.Chain(steps[:transforms.PICTURE_STEPS]), transforms.Chain(steps[transforms.PICTURE_STEPS:]))
+    _THUMBNAILS = thumbnails
 
 
 def _run_head(path):
-    """(uint8 (C, H, W) array, None) or (None, reason) for an image that cannot be used."""
-    from . import transforms
+    """(uint8 (C, H, W) array, None, thumbnail or None) or (None, reason, None) for an image that cannot be
+    used; the thumbnail (kit/overlap.py) comes from the same decoded picture when the worker makes them."""
+    from . import overlap, transforms
 
+    picture, rest = _HEAD
     try:
-        pixels = _HEAD({"image": path})["image"].numpy()
+        data = picture({"image": path})
+        thumb = overlap.thumbnail(np.moveaxis(np.asarray(data["image"]), 0, -1)) if _THUMBNAILS else None
+        pixels = rest(data)["image"].numpy()
     except Exception as err:
-        return None, transforms.read_error(path, err).removeprefix(f"{path}: ")
-    return pixels, None
+        return None, transforms.read_error(path, err).removeprefix(f"{path}: "), None
+    return pixels, None, thumb
 
 
 def _write_npy_header(f, length):
@@ -151,8 +158,14 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
 
     folder.mkdir(parents=True, exist_ok=True)
     workers = workers or available_cores()
+    from . import overlap  # thumbnails for check_overlap.py, when its file is missing: no second decoding pass
+
+    thumbs_path = overlap.thumbnail_file(manifest_csv, paths)
+    make_thumbs = not thumbs_path.is_file()
+    thumbs = np.zeros((len(paths), overlap.THUMB, overlap.THUMB), dtype=np.uint8) if make_thumbs else None
     bad = [(path, "file not found") for path, stat in zip(paths, stats) if stat is None]
     todo = [(path, stat) for path, stat in zip(paths, stats) if stat is not None]
+    position = {path: i for i, path in enumerate(paths)}
     rows = {"images": [], "offsets": [], "shapes": [], "stats": []}
     tmp = pixels_path.with_name(pixels_path.name + ".tmp")
     try:
@@ -160,19 +173,21 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
             f.write(b"\0" * HEADER_BYTES)
             offset = 0
             if workers > 1:
-                pool = multiprocessing.Pool(workers, _start_worker, (domain, image_size))
+                pool = multiprocessing.Pool(workers, _start_worker, (domain, image_size, make_thumbs))
                 results = pool.imap(_run_head, [path for path, _ in todo], chunksize=8)
             else:
                 pool = None
-                _start_worker(domain, image_size, in_pool=False)
+                _start_worker(domain, image_size, make_thumbs, in_pool=False)
                 results = map(_run_head, [path for path, _ in todo])
             try:
                 bar = tqdm(results, total=len(todo), desc=f"cache {key} {domain} {image_size}px",
                            disable=not progress, dynamic_ncols=True)
-                for (path, stat), (pixels, reason) in zip(todo, bar):
+                for (path, stat), (pixels, reason, thumb) in zip(todo, bar):
                     if pixels is None:
                         bad.append((path, reason))
                         continue
+                    if thumb is not None:
+                        thumbs[position[path]] = thumb
                     f.write(pixels.tobytes())
                     rows["images"].append(path)
                     rows["offsets"].append(offset)
@@ -189,6 +204,8 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
     index = {"format": FORMAT, "head_version": transforms.HEAD_VERSION, "domain": domain,
              "image_size": image_size, "manifest": str(manifest_csv), "pixels": pixels_path.name, **rows,
              "bad": [list(b) for b in bad]}
+    if make_thumbs:
+        overlap.save_thumbnails(thumbs_path, paths, thumbs, dict(bad))
     write_text_atomic(index_path, json.dumps(index) + "\n")  # last: an index means a complete cache
     for old in folder.glob(f"{key}_{domain}_{image_size}_*.json"):  # earlier builds of this manifest
         if old != index_path:

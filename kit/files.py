@@ -52,6 +52,20 @@ def write_text_atomic(path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def write_atomic(path):
+    """A binary file handle on `path.tmp` in the same folder, renamed over `path` when the block ends
+    without an error (e.g. ``with write_atomic(p) as f: np.savez(f, ...)``); removed otherwise."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(obj, path) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -77,6 +91,19 @@ def save_figure(fig, path, dpi: int = 120) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         plt.close(fig)
+
+
+def publish(tmp_dir, out_dir) -> None:
+    """Put a finished folder in place in one rename: readers see the old folder or the new one, never
+    a mix (folders whose name starts with '.' are ignored by the kit's readers)."""
+    import shutil
+
+    tmp_dir, out_dir = Path(tmp_dir), Path(out_dir)
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_table(path, **kwargs):

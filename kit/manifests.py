@@ -154,7 +154,7 @@ def _allocate(weights: np.ndarray, cuts: list[tuple[int, float]], n_targets: int
 
 
 def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 0.15,
-                seed: int = 0) -> pd.DataFrame:
+                seed: int = 0, together=()) -> pd.DataFrame:
     """Add a ``split`` column (train/val/test): patient-level, stratified, seeded.
 
     * No patient is in two splits; the result depends only on (patients, labels, seed), not on
@@ -167,6 +167,8 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
       val. A split the data set does not ship is carved from the remaining rows (official train
       and unassigned), with its fraction taken of those rows: e.g. ChestX-ray14's official
       test -> val = val_frac of train_val_list; DeepDRiD's train/val -> test = test_frac of train.
+    * `together`: groups of patients that must share a split (the patients of a picture that is in the
+      data set twice under two names, kit/overlap.py twin_groups), split as one patient.
     """
     check_fractions(val_frac, test_frac)
     if df.empty:
@@ -175,7 +177,7 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
         raise ValueError("make_splits: empty patient id")
     n = len(df)
     membership = _indicator(df)
-    patient_code, _ = pd.factorize(df["patient"].astype(str), sort=True)
+    patient_code, _ = pd.factorize(df["patient"].astype(str).map(linked_patients(together)), sort=True)
     n_patients = int(patient_code.max()) + 1
     if "official_split" in df.columns:
         official = df["official_split"].fillna("").astype(str).str.strip().to_numpy()
@@ -236,6 +238,25 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
     out["split"] = np.asarray(SPLITS)[split_of_patient[patient_code]]
     first = [c for c in ("image", "label", "labels", "patient", "split") if c in out.columns]
     return out[first + [c for c in out.columns if c not in first]]
+
+
+def linked_patients(groups):
+    """A function patient -> the patient that stands for its group: groups of patients that must share a
+    split (overlapping groups merge), each patient outside every group standing for itself."""
+    parent = {}
+
+    def root(p):
+        while parent.get(p, p) != p:
+            p = parent[p]
+        return p
+
+    for group in groups:
+        members = sorted(map(str, group))
+        for member in members[1:]:
+            a, b = root(members[0]), root(member)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return lambda patient: root(patient)
 
 
 # --------------------------------------------------------------------------- the source protocol

@@ -230,6 +230,48 @@ def data_section(metrics, sizes, summary, sources):
     return lines
 
 
+def overlap_section(found, record, mode, seen, twins):
+    """The same picture in a source and a target, or twice in a target (check_overlap.py, prepare_data.py):
+    what was found per target and source, what was done, and whether the test images were unseen.
+
+    found: OUT/overlap/summary.csv (None: not checked); record: its overlap.json; mode: study.json's
+    overlap ("drop" | "keep", None: unknown); seen: {target: [seen_in_pretraining per evaluation]};
+    twins: {target: the manifest's twins record}."""
+    lines = ["## The same picture in a source and a target", ""]
+    if found is None:
+        return lines + ["Not checked (no `overlap/` folder: check_overlap.py was not run). Public data sets borrow "
+                        "each other's images, so a target's test image may have been seen in pretraining, and a "
+                        "picture may sit in two splits under two names; run check_overlap.py to know.", ""]
+    rows = []
+    for r in found.itertuples():
+        what = ("—" if not r.found else "twins in two splits" if r.source == r.target else
+                "left out of pretraining" if mode == "drop" else
+                "**kept in pretraining** (OVERLAP=keep, the paper's way)" if mode == "keep" else "unknown")
+        rows.append([target_title(r.target), "itself" if r.source == r.target else r.source,
+                     f"{r.found} of {r.target_images}", f"{r.found_train} / {r.found_val} / {r.found_test}",
+                     "" if r.source == r.target else f"{r.source_matched} of {r.source_images}", what])
+    lines += markdown_table(["Target", "Found in", "Target images", "Train / val / test", "Source images",
+                             "Done"], rows)
+    twin_notes = [f"{target_title(t)}: {info['groups']} picture(s) there twice or more under other names "
+                  f"({info['images']} images), each kept in one split" for t, info in twins.items()
+                  if info and info.get("groups")]
+    lines += [""] + [f"- {note}." for note in twin_notes]
+    for target, values in seen.items():
+        checked = [v for v in values if v is not None]
+        if not values or len(checked) < len(values):
+            lines.append(f"- {target_title(target)}: not every evaluation was checked against the pretraining.")
+        elif max(checked, default=0) > 0:
+            lines.append(f"- **{target_title(target)}: up to {max(checked)} test image(s) were seen in pretraining** "
+                         "by a pretrained arm: its results there favour the arms pretrained on them.")
+        else:
+            lines.append(f"- {target_title(target)}: every arm was tested on images no pretraining saw.")
+    thresholds = ", ".join(f"{k} {v:g}" for k, v in (record or {}).get("match_distance", {}).items())
+    lines += ["", "Pictures are matched up to resizing, re-encoding, 8/16 bit, grey/RGB, a border crop of a few % "
+                  "and mild brightness or contrast changes (check_overlap.py; aligned thumbnail distance thresholds "
+                  f"per domain: {thresholds or 'n/a'}); a flip, rotation or heavy crop is not caught.", ""]
+    return lines
+
+
 def paired_section(pairs, checkpoint, args, pairing_notes):
     lines = []
     if not pairs.empty:
@@ -333,13 +375,14 @@ def strategies_section(outputs, args):
 
 def report_markdown(*, table2_md, paired, convergence, summary, sizes, metrics, settings, args, figures,
                     claims, comparison, rankings, answers, study, runs_arms, seeds, sources, run_args,
-                    missing_reason=None, pairing_notes=(), domains=None, strategy=None):
+                    missing_reason=None, pairing_notes=(), domains=None, strategy=None, overlap=None):
     """OUT/report.md: what was run, the answer per target, the claims, the paper's Table 2 next to this
     run, data, Table 2 with test CIs, all paired comparisons, convergence and stability, settings, figures."""
     targets = list(metrics)
     lines = ["# Domain-aware transfer learning: study report", ""]
     lines += what_was_run(study, runs_arms, targets, seeds, settings, missing_reason, args.claims_checkpoint,
                           domains, strategy)
+    lines += overlap_section(**overlap) if overlap else []
     lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "
               f"{'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
               f"{100 * args.ci:g} % CIs, Holm-corrected p)", ""]

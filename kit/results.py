@@ -227,3 +227,35 @@ def target_domain(runs_dir, target):
         return json.loads(path.read_text()).get("domain")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def read_overlap(runs_dir):
+    """What check_overlap.py found for the study in OUT/overlap/: (summary.csv as a frame, overlap.json), or
+    (None, None) where it was not run. The twins each target's prepare_data.py kept in one split are in
+    its manifest sidecar (manifest_twins)."""
+    folder = Path(runs_dir) / "overlap"
+    if not (folder / "summary.csv").is_file():
+        return None, None
+    record = read_json(folder / "overlap.json") if (folder / "overlap.json").is_file() else {}
+    return read_csv(folder / "summary.csv"), record
+
+
+def manifest_twins(runs_dir, target):
+    """The sidecar's record of the pictures prepare_data.py found twice in a target (None: not looked for)."""
+    path = Path(runs_dir) / "manifests" / f"{target}.json"
+    try:
+        return json.loads(path.read_text()).get("twins")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def seen_in_pretraining(runs, kind):
+    """{target: [the seen_in_pretraining of each run's `kind` evaluation: a count, or None where not checked]}."""
+    seen = {}
+    for run in runs:
+        row = run["evals"].get(kind, {}).get("row")
+        if row is None:
+            continue
+        value = pd.to_numeric(pd.Series([row.get("seen_in_pretraining")]), errors="coerce").iloc[0]
+        seen.setdefault(run["target"], []).append(None if pd.isna(value) else int(value))
+    return seen

@@ -30,6 +30,11 @@ RUNTIME_ARGS = frozenset({"out", "resume", "device", "workers", "amp", "channels
                           "imagenet_weights"})
 
 
+# Arguments that say which data a run reads: the data's content (data_identity) stands for them in the
+# fingerprint, so a moved manifest or overlap.csv is the same run, and changed content is another.
+DATA_ARGS = frozenset({"manifest", "manifests", "exclude_overlap"})
+
+
 def data_identity(df, data_meta: dict) -> dict:
     """What the data of a run is: dataset key, task, classes, and the content of the train and val
     rows it learns from (manifests.rows_hash over image, label, split, patient) with their counts."""
@@ -45,7 +50,7 @@ def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
     batch and the schedule depend on it) and every argument not in RUNTIME_ARGS except the
     manifest paths, which the data's content replaces (a moved manifest is the same data)."""
     settings = {name: value for name, value in sorted(vars(args).items())
-                if name not in RUNTIME_ARGS and name not in ("manifest", "manifests")}
+                if name not in RUNTIME_ARGS and name not in DATA_ARGS}
     return {"data": data_identity(df, data_meta), "world_size": world_size, **settings}
 
 
@@ -126,10 +131,27 @@ def training_overlap(checkpoint: dict, df, key: str) -> tuple[int, int] | None:
     return int(images.sum()), int(patients[shared].nunique())
 
 
+def pretraining_of(init, run: Run) -> dict | None:
+    """What the backbone an --init checkpoint gives was pretrained on, for evaluate.py: its data identity
+    and the overlap.csv it left out (kit/overlap.py), None for random or ImageNet init. The images it was
+    trained on go into the run's record (run.trained_on["pretrained_images"]), so that evaluate.py can
+    tell a test image the pretraining saw."""
+    if str(init) in ("random", "imagenet"):
+        return None
+    checkpoint = load_checkpoint(init)
+    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
+    trained = checkpoint.get("trained_on")
+    if isinstance(trained, dict) and "images" in trained:
+        run.trained_on["pretrained_images"] = np.asarray(trained["images"])
+    return {"checkpoint": str(Path(init).resolve()), "key": meta.get("key"), "data": meta.get("data"),
+            "overlap": meta.get("overlap"), "images_recorded": "pretrained_images" in run.trained_on}
+
+
 def run_meta(data_meta: dict, args, run: Run, *, init_description: str, loss_weights=None,
-             skipped_images: int = 0) -> dict:
+             skipped_images: int = 0, overlap: dict | None = None, pretraining: dict | None = None) -> dict:
     """What a checkpoint carries so that later stages rebuild the model and its eval transforms, and
-    check what it was trained on (``data``: Run.data)."""
+    check what it was trained on (``data``: Run.data; ``overlap``: the target pictures a pretraining left
+    out, kit/overlap.py; ``pretraining``: what an --init backbone was pretrained on, pretraining_of)."""
     return {
         "key": data_meta["key"], "domain": data_meta["domain"], "task": data_meta["task"],
         "classes": list(data_meta["classes"]),
@@ -144,6 +166,7 @@ def run_meta(data_meta: dict, args, run: Run, *, init_description: str, loss_wei
         "source_checkpoint": None if args.init in ("random", "imagenet") else str(Path(args.init).resolve()),
         "manifests": [str(Path(p).resolve()) for p in (args.manifests if hasattr(args, "manifests") else [args.manifest])],
         "loss_weights": loss_weights, "skipped_images": skipped_images, "data": run.data,
+        "overlap": overlap, "pretraining": pretraining,
     }
 
 

@@ -211,10 +211,12 @@ def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys)
 
     import prepare_data
     root = tmp_path / "data"
+    rng = np.random.default_rng(0)
     for name, colour in (("a", 40), ("b", 200)):
         (root / name).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray((np.full((40, 48, 3), colour + i) + (np.arange(48) % 3)[None, :, None]).astype(np.uint8)).save(root / name / f"{name}{i}.png")
+        for i in range(4):  # each its own picture (noise), or prepare_data.py would keep them in one split as twins
+            pixels = np.full((40, 48, 3), colour + i) + (np.arange(48) % 3)[None, :, None] + rng.integers(0, 20, (40, 48, 3))
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{name}{i}.png")
     argv = ["--dataset", "folder", "--root", str(root), "--domain", "hwsi", "--out", str(tmp_path / "m"),
             "--val-frac", "0.25", "--test-frac", "0.25", "--cache-size", "32", "--workers", "1"]
     prepare_data.main(prepare_data.get_args_parser().parse_args(argv))

@@ -188,3 +188,47 @@ def test_an_evaluation_killed_between_files_leaves_the_previous_folder_whole(tmp
     evaluate.main(evaluate.get_args_parser().parse_args([*argv, "--seed", "1"]))  # the leftover does not stop it
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".e.tmp")) == []
     assert json.loads(json.dumps(pd.read_csv(tmp_path / "e" / "metrics.csv")["bootstrap_seed"].tolist())) == [1]
+
+
+@pytest.mark.slow
+def test_a_test_picture_the_pretraining_saw_is_refused_or_counted(tmp_path):
+    """overlap.csv pairs a target test image with a source train image: a fine-tuned arm whose backbone was
+    pretrained on that image is refused, unless --allow-pretraining-overlap (then counted); pretrained with
+    --exclude-overlap, it is evaluated."""
+    import pretrain_source
+
+    source = folder_manifest(tmp_path, "src", ["x", "y"])
+    target = folder_manifest(tmp_path, "tgt", ["blue", "red"])
+    src, tgt = pd.read_csv(source), pd.read_csv(target)
+    test_image = tgt.loc[tgt["split"] == "test", "image"].iloc[0]
+    seen_image = src.loc[src["split"] == "train", "image"].iloc[0]
+    overlap_csv = tmp_path / "overlap.csv"
+    pd.DataFrame([["tgt", test_image, "test", "src", seen_image, "train", 0.01]],
+                 columns=["target", "target_image", "split", "source", "source_image", "source_split", "distance"]
+                 ).to_csv(overlap_csv, index=False)
+    for name, extra in (("kept", []), ("dropped", ["--exclude-overlap", str(overlap_csv)])):
+        pretrain_source.main(pretrain_source.get_args_parser().parse_args(
+            ["--manifest", str(source), "--init", "random", "--out", str(tmp_path / f"pre_{name}"), *TINY, *extra]))
+        finetune_target.main(finetune_target.get_args_parser().parse_args(
+            ["--manifest", str(target), "--init", str(tmp_path / f"pre_{name}" / "last.pt"),
+             "--out", str(tmp_path / f"ft_{name}"), *TINY]))
+    meta = json.loads((tmp_path / "pre_dropped" / "args.json").read_text())["meta"]
+    assert meta["overlap"]["left_out"] == {"train": 1, "val": 0} and meta["overlap"]["by_target"] == {"tgt": 1}
+
+    def evaluate_run(name, *extra):
+        return run_script("evaluate.py", "--checkpoint", tmp_path / f"ft_{name}" / "best.pt", "--manifest", target,
+                          "--out", tmp_path / f"eval_{name}", "--bootstrap", "10", *EVAL, *extra)
+
+    refused = evaluate_run("kept", "--overlap", overlap_csv)
+    assert "1 of the 4 test images are pictures that the pretraining" in one_line(refused)
+    assert "--allow-pretraining-overlap" in one_line(refused) and not (tmp_path / "eval_kept").exists()
+    # the overlap.csv its pretraining left out is found without --overlap
+    assert evaluate_run("dropped").returncode == 0
+    assert pd.read_csv(tmp_path / "eval_dropped" / "metrics.csv")["seen_in_pretraining"].tolist() == [0]
+    counted = evaluate_run("kept", "--overlap", overlap_csv, "--allow-pretraining-overlap")
+    assert counted.returncode == 0 and "1 test image(s) were seen in pretraining" in counted.stdout
+    assert pd.read_csv(tmp_path / "eval_kept" / "metrics.csv")["seen_in_pretraining"].tolist() == [1]
+    # no overlap.csv anywhere: evaluated, the column empty and a note saying what was not checked
+    plain = evaluate_run("kept")
+    assert plain.returncode == 0 and "not checked whether its pretraining saw pictures" in plain.stdout
+    assert pd.read_csv(tmp_path / "eval_kept" / "metrics.csv")["seen_in_pretraining"].isna().all()

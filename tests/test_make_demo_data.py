@@ -336,3 +336,22 @@ def test_runs_as_a_script_from_tools(tmp_path):
     assert "shenzhen: " in done.stdout
     generate(tmp_path / "b", "--datasets", "shenzhen", "--workers", "0")
     assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
+
+
+def test_covid_borrows_two_chestxray14_radiographs_and_holds_one_twin(demo_root):
+    """Like the real database: a COVID and a Normal image are ChestX-ray14 radiographs resized to 299 px,
+    and one COVID picture is there twice under two names (what check_overlap.py and prepare_data.py find)."""
+    base = demo_root / "covid19_radiography" / "COVID-19_Radiography_Dataset"
+    covid = sorted((base / "COVID" / "images").glob("*.png"), key=lambda p: int(p.stem.split("-")[1]))
+    normal = sorted((base / "Normal" / "images").glob("*.png"), key=lambda p: int(p.stem.split("-")[1]))
+    assert len(covid) == len(normal) + 1
+    twins = [(a, b) for i, a in enumerate(covid) for b in covid[i + 1:] if a.read_bytes() == b.read_bytes()]
+    assert [(a.name, b.name) for a, b in twins] == [(f"COVID-{len(normal) - 2}.png", f"COVID-{len(normal) + 1}.png")]
+    cxr14 = {p: np.asarray(Image.open(p).resize(demo.SIZE_COVID), dtype=float)
+             for p in (demo_root / "chestxray14").glob("images_*/images/*.png")}
+    for borrowed in (covid[len(normal) - 1], normal[-1]):
+        pixels = np.asarray(Image.open(borrowed), dtype=float)
+        closest = min(np.abs(pixels - other).mean() for other in cxr14.values())
+        assert closest < 3, borrowed  # the same radiograph, resized
+    drawn = np.asarray(Image.open(normal[0]), dtype=float)
+    assert min(np.abs(drawn - other).mean() for other in cxr14.values()) > 10

@@ -46,7 +46,10 @@ def test_end_to_end_shenzhen(tmp_path, capsys):
                               "--val-frac", "0.2", "--test-frac", "0.2", "--seed", "3")
     printed = capsys.readouterr().out
     assert "tuberculosis" in printed and "(patients)" in printed
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["shenzhen.csv", "shenzhen.json"]  # no .tmp left
+    # no .tmp left; cache/ holds the thumbnails of the twin check, kept for check_overlap.py
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["cache", "shenzhen.csv",
+                                                                                "shenzhen.json"]
+    assert [p.name.split("_thumbs_")[0] for p in (out / "cache").iterdir()] == ["shenzhen"]
 
     df = pd.read_csv(csv_path)
     assert list(df.columns) == ["image", "label", "patient", "split", "label_name"]
@@ -132,7 +135,8 @@ def test_skip_bad_counts_lists_and_leaves_out(tmp_path, capsys):
     csv_path, json_path = run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad",
                               "--protocol", "held-out-test", "--val-frac", "0.4", "--test-frac", "0")
     assert "skipped 3 bad row(s)" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["eyepacs.csv", "eyepacs.json", "eyepacs_skipped.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["cache", "eyepacs.csv", "eyepacs.json",
+                                                                                "eyepacs_skipped.csv"]
     skipped = pd.read_csv(out / "eyepacs_skipped.csv")
     assert list(skipped.columns) == ["image", "origin", "reason"]
     assert [Path(p).name for p in skipped["image"]] == ["1_right.jpeg", "2_left.jpeg", "3_right.jpeg"]
@@ -149,7 +153,8 @@ def test_skip_bad_counts_lists_and_leaves_out(tmp_path, capsys):
         Image.new("RGB", (4, 4)).save(root / "train" / f"{name}.jpeg")
     run("--dataset", "eyepacs", "--root", str(root), "--out", str(out), "--skip-bad", "--protocol", "held-out-test",
         "--val-frac", "0.4", "--test-frac", "0")
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["eyepacs.csv", "eyepacs.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["cache", "eyepacs.csv",
+                                                                                "eyepacs.json"]
     # a data set labelled by file names: the file itself is named, no row
     shenzhen = shenzhen_tree(tmp_path / "shenzhen", n=12)
     bad_png = shenzhen / "ChinaSet_AllFiles" / "CXR_png" / "CHNCXR_0003_1.png"
@@ -227,7 +232,8 @@ def test_failed_run_keeps_the_previous_manifest(tmp_path):
     with pytest.raises(SystemExit, match=r"shenzhen: no images found"):
         run("--dataset", "shenzhen", "--root", str(root), "--out", str(out))
     assert (csv_path.read_bytes(), json_path.read_bytes()) == before
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["shenzhen.csv", "shenzhen.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ["cache", "shenzhen.csv",
+                                                                                "shenzhen.json"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -454,3 +460,50 @@ def test_patients_in_class_folders_are_split_whole(tmp_path):
     assert result.returncode == 0, result.stderr
     df = pd.read_csv(tmp_path / "m" / "flat.csv")
     assert set(df["patient"]) == {f"P{p:02d}" for p in range(6)} and df.groupby("patient")["split"].nunique().max() == 1
+
+
+def twin_folder(root, n=10):
+    """<root>/<a|b>/<image>: demo radiographs, each its own patient, and a JPEG copy of a/cxr_2.png as
+    a/copy.jpg: one picture under two names."""
+    from test_overlap import demo_pictures
+
+    for i, path in enumerate(demo_pictures(root.parent / "pictures", "cxr", n, size=(128, 128))):
+        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        path.rename(root / "ab"[i % 2] / path.name)
+    Image.open(root / "a" / "cxr_2.png").save(root / "a" / "copy.jpg", quality=75)
+    return root
+
+
+def test_twins_are_kept_in_one_split(tmp_path, capsys):
+    root = twin_folder(tmp_path / "data")
+    for seed in range(4):
+        csv_path, json_path = run("--dataset", "folder", "--root", str(root), "--domain", "cxr", "--name", "data",
+                                  "--out", str(tmp_path / f"m{seed}"), "--seed", str(seed), "--val-frac", "0.3",
+                                  "--test-frac", "0.3")
+        df = pd.read_csv(csv_path).set_index("image")
+        assert df.at[str(root / "a" / "cxr_2.png"), "split"] == df.at[str(root / "a" / "copy.jpg"), "split"]
+        twins = json.loads(json_path.read_text())["twins"]
+        assert (twins["groups"], twins["images"], twins["moved"]) == (1, 2, 0)
+    assert "twins: 1 picture(s) are here twice or more under other names (2 images, e.g. copy.jpg = cxr_2.png)" \
+        in capsys.readouterr().out
+    csv_path, json_path = run("--dataset", "folder", "--root", str(root), "--domain", "cxr", "--name", "data",
+                              "--out", str(tmp_path / "unchecked"), "--no-find-twins")
+    assert json.loads(json_path.read_text())["twins"] is None
+
+
+def test_twins_a_given_split_puts_apart_are_refused_or_moved(tmp_path, capsys):
+    root = twin_folder(tmp_path / "data")
+    images = sorted(str(p) for p in root.glob("[ab]/*.*"))
+    splits = ["test" if name.endswith("copy.jpg") else "train" if i % 3 else "val" for i, name in enumerate(images)]
+    pd.DataFrame({"path": images, "label": [Path(p).parent.name for p in images], "split": splits}).to_csv(
+        tmp_path / "table.csv", index=False)
+    argv = ["--dataset", "csv", "--root", str(tmp_path / "table.csv"), "--image-col", "path", "--label-col", "label",
+            "--split-col", "split", "--domain", "cxr", "--name", "tw", "--out", str(tmp_path / "m")]
+    with pytest.raises(SystemExit, match=r"copy.jpg and .*cxr_2.png are one picture .* puts them in test and "):
+        run(*argv)
+    assert not (tmp_path / "m" / "tw.csv").exists()
+    csv_path, json_path = run(*argv, "--skip-bad")
+    df = pd.read_csv(csv_path).set_index("image")
+    assert df.at[str(root / "a" / "cxr_2.png"), "split"] == "test" == df.at[str(root / "a" / "copy.jpg"), "split"]
+    assert json.loads(json_path.read_text())["twins"]["moved"] == 1
+    assert "1 image(s) moved to their twin's given split (--skip-bad)" in capsys.readouterr().out

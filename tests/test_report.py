@@ -45,3 +45,26 @@ def test_formats():
     assert report.epoch_note("shenzhen", [3, 3], {"train": 450, "val": 66, "test": 160}) == \
         "D1: epoch 3, images train 450 / val 66 / test 160"
     assert report.epoch_note("my_set", [3, 2], None) == "my_set: epoch 2-3, split sizes unknown"
+
+
+def test_overlap_section_says_what_was_found_what_was_done_and_what_the_arms_saw():
+    import pandas as pd
+
+    overlap_section = report.overlap_section
+    found = pd.DataFrame([
+        {"target": "covid19_radiography", "source": "chestxray14", "target_images": 120, "source_images": 240,
+         "found": 2, "found_train": 1, "found_val": 0, "found_test": 1, "source_matched": 2, "pairs": 2},
+        {"target": "covid19_radiography", "source": "covid19_radiography", "target_images": 120, "source_images": 120,
+         "found": 0, "found_train": 0, "found_val": 0, "found_test": 0, "source_matched": 0, "pairs": 0}])
+    record = {"match_distance": {"cxr": 0.36}}
+    twins = {"covid19_radiography": {"groups": 1, "images": 2}}
+    text = "\n".join(overlap_section(found, record, "drop", {"covid19_radiography": [0, 0]}, twins))
+    assert "| D2 COVID-19 Radiography | chestxray14 | 2 of 120 | 1 / 0 / 1 | 2 of 240 | left out of pretraining |" in text
+    assert "| D2 COVID-19 Radiography | itself | 0 of 120 | 0 / 0 / 0 |  | — |" in text
+    assert "1 picture(s) there twice or more under other names (2 images), each kept in one split" in text
+    assert "every arm was tested on images no pretraining saw" in text and "cxr 0.36" in text
+    kept = "\n".join(overlap_section(found, record, "keep", {"covid19_radiography": [1, None]}, {}))
+    assert "**kept in pretraining** (OVERLAP=keep" in kept and "not every evaluation was checked" in kept
+    seen = "\n".join(overlap_section(found, record, "keep", {"covid19_radiography": [1, 0]}, {}))
+    assert "**D2 COVID-19 Radiography: up to 1 test image(s) were seen in pretraining**" in seen
+    assert "Not checked" in "\n".join(overlap_section(None, None, None, {}, {}))

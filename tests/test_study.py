@@ -83,6 +83,28 @@ def test_every_stage_wrote_its_files(study):
         assert (meta["split_images"]["test"] == 0) == (key in SOURCES), key
 
 
+def test_no_target_picture_is_seen_in_pretraining(study):
+    """The demo's COVID-19 Radiography set holds two ChestX-ray14 radiographs and a twin, as the real one does:
+    the radiographs stay out of the chest and All pretraining, every evaluation is checked, the report says so."""
+    out = study[0] / "out"
+    found = pd.read_csv(out / "overlap" / "overlap.csv")
+    borrowed = found[found["source"] == "chestxray14"]
+    assert borrowed["target"].tolist() == ["covid19_radiography"] * 2 and len(found) == 2
+    for name in PRETRAINED:
+        record = json.loads((out / "pretrain" / name / "seed0" / "args.json").read_text())["meta"]["overlap"]
+        left_out = sum(record["left_out"].values())
+        assert left_out == (2 if name.startswith(("CXR", "All")) else 0), name
+        assert record["file"] == str((out / "overlap" / "overlap.csv").resolve())
+    assert json.loads((out / "study.json").read_text())["overlap"] == "drop"
+    assert json.loads((out / "manifests" / "covid19_radiography.json").read_text())["twins"]["groups"] == 1
+    for path in (out / "eval").rglob("metrics.csv"):
+        assert pd.read_csv(path)["seen_in_pretraining"].tolist() == [0], path
+    report = (out / "report.md").read_text()
+    section = report.split("## The same picture in a source and a target")[1].split("\n## ")[0]
+    assert "| D2 COVID-19 Radiography | chestxray14 | 2 of " in section and "left out of pretraining" in section
+    assert "D2 COVID-19 Radiography: every arm was tested on images no pretraining saw" in section
+
+
 def test_metrics_csv_columns(study):
     base, _ = study
     out = base / "out"
@@ -160,7 +182,7 @@ def test_without_imagenet_weights_the_in_arms_are_skipped_not_faked(study, tmp_p
     env = {**os.environ, "OUT": str(out), "DATA": str(base / "out" / "demo_data"),
            "TORCH_HOME": str(tmp_path / "empty_torch_home"), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1",
            "EPOCHS_FINETUNE": "1", "BATCH_SIZE": "16", "WORKERS": "0", "DEVICE": "cpu", "SEEDS": "3",
-           "TRAIN_FRACTIONS": "0.5 1", "LAUNCH": f"python {launcher}",
+           "TRAIN_FRACTIONS": "0.5 1", "LAUNCH": f"python {launcher}", "OVERLAP": "keep",
            # offline for certain: the download attempt is refused at once
            "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     env.pop("IMAGENET_WEIGHTS", None)
@@ -188,6 +210,11 @@ def test_without_imagenet_weights_the_in_arms_are_skipped_not_faked(study, tmp_p
     assert sorted(set(summary["train_fraction"])) == [0.5, 1.0]
     assert (out / "figures" / "label_efficiency.png").is_file()
     assert "(figures/label_efficiency.png)" in (out / "report.md").read_text()
+    # OVERLAP=keep, the paper's way: the pictures stay in pretraining, evaluations count them, the report flags it
+    assert json.loads((out / "pretrain" / "CXR_RI" / "seed3" / "args.json").read_text())["meta"]["overlap"] is None
+    seen = [pd.read_csv(p)["seen_in_pretraining"].iloc[0] for p in (out / "eval" / "covid19_radiography").rglob("metrics.csv")]
+    assert seen and all(v >= 0 for v in seen)
+    assert "**kept in pretraining** (OVERLAP=keep" in (out / "report.md").read_text()
 
 
 def test_a_given_but_missing_weights_file_is_an_error(tmp_path):

@@ -26,7 +26,9 @@ Layout written under ``OUT/demo_data/<key>/`` (sizes at ``--scale 1``):
   ``ChinaSet_AllFiles/ClinicalReadings/CHNCXR_<nnnn>_<0|1>.txt``; grey PNG, 256-300 px a side; 50 + 50.
 * covid19_radiography: newer layout ``COVID-19_Radiography_Dataset/<Class>/images/<Class>-<n>.png``
   plus the lung masks ``<Class>/masks/<Class>-<n>.png`` (256x256, 0/255); 299x299 grey PNG;
-  30 per class (no ``<Class>.metadata.xlsx``: openpyxl stamps the current time into it).
+  30 per class, and like the real one a few borrowed pictures: one COVID and one Normal image are
+  ChestX-ray14 radiographs (when chestxray14 is written in the same run) and one COVID picture is
+  there twice under two names (no ``<Class>.metadata.xlsx``: openpyxl stamps the current time into it).
 * kather2016: ``Kather_texture_2016_image_tiles_5000/<nn>_<CLASS>/<id>.tif`` with the real
   name pattern ``<hex>_CRC-Prim-HE-<nn>_<nnn>.tif_Row_<r>_Col_<c>.tif``; 150x150 RGB TIFF; 16 per class.
 * messidor: ``Base11`` ... ``Base34`` with ``<yyyymmdd>_<nnnnn>_<0100|0200|0400>_PP.tif`` and
@@ -661,7 +663,17 @@ def render_fundus(rng, width, height, severity, eye, radius_frac):
 # ----------------------------------------------------------------------------------------------
 # Image jobs: (paths, renderer, params, seed) drawn in worker processes
 
-RENDERERS = {"cxr": render_cxr, "histology": render_histology, "fundus": render_fundus}
+def copy_picture(rng, source, width, height, mask_size):
+    """A picture of another demo data set, resized to this one's size (how public data sets borrow
+    each other's images), with a lung mask drawn as two ellipses."""
+    picture = Image.open(source).convert("L").resize((width, height), Image.BILINEAR)
+    yy, xx = np.ogrid[0:mask_size[1], 0:mask_size[0]]
+    u, v = xx / mask_size[0], yy / mask_size[1]
+    lungs = sum(((u - cx) / 0.16) ** 2 + ((v - 0.47) / 0.31) ** 2 < 1 for cx in (0.315, 0.685))
+    return [np.asarray(picture), to_uint8(lungs > 0)]
+
+
+RENDERERS = {"cxr": render_cxr, "histology": render_histology, "fundus": render_fundus, "copy": copy_picture}
 
 
 def save_image(path, array):
@@ -697,6 +709,11 @@ class Planner:
         relpaths = (relpaths,) if isinstance(relpaths, str) else tuple(relpaths)
         paths = tuple(str(self.root / p) for p in relpaths)
         self.jobs.append((paths, renderer, params, (*self.base_seed, 1, len(self.jobs))))
+
+    def add_again(self, relpaths, *, of):
+        """The drawing of job `of` once more (same renderer, parameters and seed) under other names."""
+        _, renderer, params, seed = self.jobs[of]
+        self.jobs.append((tuple(str(self.root / p) for p in relpaths), renderer, params, seed))
 
 
 def write_csv(path, header, rows):
@@ -838,15 +855,32 @@ def plan_shenzhen(root, rng, planner, scale):
 
 
 def plan_covid19_radiography(root, rng, planner, scale):
+    """As the real database: per class `per_class` drawn images and their lung masks; like it, too, a
+    few pictures that are not its own. Two are ChestX-ray14 radiographs resized to 299 px (the real
+    Normal class was partly assembled from NIH images, as COVID images have been), and one COVID
+    image is there twice under two names (as COVID-18.png and COVID-21.png of the real one): what
+    check_overlap.py and prepare_data.py find."""
     per_class = scaled(30, scale, 6)
     findings = {"COVID": ("covid",), "Lung_Opacity": ("lung_opacity",), "Normal": (),
                 "Viral Pneumonia": ("viral_pneumonia",)}
+    borrowed = sorted((Path(root).parent / "chestxray14").glob("images_*/images/*.png"))  # drawn just before
+    copies = [borrowed[i] for i in rng.choice(len(borrowed), 2, replace=False)] if len(borrowed) >= 2 else []
     for cls in COVID_CLASSES:
-        for n in range(1, per_class + 1):
-            base = f"COVID-19_Radiography_Dataset/{cls}"
-            planner.add((f"{base}/images/{cls}-{n}.png", f"{base}/masks/{cls}-{n}.png"), "cxr",
-                        width=SIZE_COVID[0], height=SIZE_COVID[1], findings=findings[cls], mask_size=SIZE_COVID_MASK)
-    return f"{4 * per_class} images ({per_class} per class) + lung masks"
+        base = f"COVID-19_Radiography_Dataset/{cls}"
+        names = [(f"{base}/images/{cls}-{n}.png", f"{base}/masks/{cls}-{n}.png") for n in range(1, per_class + 1)]
+        mine = names[:-1] if copies and cls in ("COVID", "Normal") else names
+        for paths in mine:
+            planner.add(paths, "cxr", width=SIZE_COVID[0], height=SIZE_COVID[1], findings=findings[cls],
+                        mask_size=SIZE_COVID_MASK)
+        if len(mine) < len(names):
+            planner.add(names[-1], "copy", source=str(copies.pop()), width=SIZE_COVID[0], height=SIZE_COVID[1],
+                        mask_size=SIZE_COVID_MASK)
+        if cls == "COVID":
+            twin = f"{base}/images/{cls}-{per_class + 1}.png", f"{base}/masks/{cls}-{per_class + 1}.png"
+            planner.add_again(twin, of=len(planner.jobs) - 3)  # the same drawing as COVID-<per_class - 2>
+    extra = " (2 of them ChestX-ray14 radiographs, 1 COVID picture twice)" if borrowed else \
+        " (1 COVID picture twice; no ChestX-ray14 copies: write chestxray14 in the same run for those)"
+    return f"{4 * per_class + 1} images ({per_class} per class, COVID {per_class + 1}){extra} + lung masks"
 
 
 def plan_kather2016(root, rng, planner, scale):
