@@ -98,7 +98,7 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's con
 # Eye crop (efi): a pixel is eye when its channel mean exceeds EYE_THRESHOLD (10/255 lies above
 # JPEG noise on the black background); a row or column belongs to the eye box when at least
 # EYE_MIN_FRACTION of it is eye, so stray bright pixels or burnt-in text do not widen the box.
-PICTURE_STEPS = 3  # the head's first steps (read, axis order, values to [0, 1]): the picture before any crop or resize
+PICTURE_STEPS = 2  # the head's first steps (read, axis order): the picture as stored, before any scaling, crop or resize
 MIN_SIDE = 8  # px: a smaller image (a 1x1 placeholder, a broken thumbnail) is refused, not resized up
 EYE_THRESHOLD = 10 / 255
 EYE_MIN_FRACTION = 0.02
@@ -643,9 +643,9 @@ def _head(domain, image_size):
 
 
 def picture_reader():
-    """File path -> {"image": float32 (C, H, W) in [0, 1]}: the first steps of every chain (read with
-    the kit's readers, MONAI's axis order undone, alpha dropped, values scaled), before any domain
-    crop or resize; C = 1 (grey) or 3. kit/overlap.py makes its thumbnails from it."""
+    """File path -> {"image": (C, H, W) in the file's own values and dtype}: the first steps of every chain
+    (read with the kit's readers, DICOM windowed, MONAI's axis order undone), before any scaling, crop or
+    resize. kit/overlap.py makes its thumbnails from it."""
     return Chain(_head("hwsi", MIN_SIDE)[:PICTURE_STEPS])
 
 
