@@ -218,7 +218,7 @@ def check_pretraining(path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame
 
     record = meta.get("pretraining")
     if not record:
-        return None, None  # random or ImageNet init: no medical pretraining to have seen anything
+        return 0, None  # random or ImageNet init: no medical pretraining, nothing of the split seen
     recorded = (record.get("overlap") or {}).get("file")
     overlap_csv = args.overlap or (recorded if recorded and Path(recorded).is_file() else None)
     pretrained = (checkpoint.get("trained_on") or {}).get("pretrained_images")

@@ -706,10 +706,6 @@ def read_overlap(path) -> "pd.DataFrame":
     return frame
 
 
-def file_digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def leave_out(df, overlap_csv, *, pretraining: str):
     """The rows of `df` (a source manifest, or the aggregated All set) without the train and val images
     that check_overlap.py found to be pictures of a target: (rows kept, record for the run's meta:
@@ -720,7 +716,9 @@ def leave_out(df, overlap_csv, *, pretraining: str):
     image = df["image"].astype(str)
     gone = image.isin(matched).to_numpy() & df["split"].isin(["train", "val"]).to_numpy()
     targets = found[found["source_image"].isin(set(image[gone]))].groupby("target")["source_image"].nunique()
-    record = {"file": str(Path(overlap_csv).resolve()), "digest": file_digest(overlap_csv),
+    from .files import digest
+
+    record = {"file": str(Path(overlap_csv).resolve()), "digest": digest(overlap_csv),
               "left_out": {split: int((gone & (df["split"] == split).to_numpy()).sum()) for split in ("train", "val")},
               "by_target": {target: int(n) for target, n in targets.items()}}
     if gone.all():

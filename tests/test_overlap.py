@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from helpers import load_make_demo_data
-from kit import manifests, overlap
+from kit import files, manifests, overlap
 
 
 def demo_pictures(folder, domain, n, size=(256, 256)):
@@ -122,7 +122,7 @@ def test_leave_out_drops_the_matched_train_and_val_images(tmp_path):
     kept, record = overlap.leave_out(df, path, pretraining="CXR_RI")
     assert kept["image"].tolist() == ["a", "d", "e"]  # a source's test rows are never trained on
     assert record["left_out"] == {"train": 1, "val": 1} and record["by_target"] == {"covid": 2, "shenzhen": 1}
-    assert record["digest"] == overlap.file_digest(path) and record["file"] == str(path.resolve())
+    assert record["digest"] == files.digest(path) and record["file"] == str(path.resolve())
     with pytest.raises(ValueError, match="nothing would be left"):
         overlap.leave_out(df[df["image"].isin(["b", "c"])], path, pretraining="CXR_RI")
 
