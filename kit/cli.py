@@ -101,6 +101,9 @@ def add_run_folder_args(parser: argparse.ArgumentParser, *, example: str) -> Non
     group.add_argument("--out", type=str, required=True, help=f"run folder, e.g. {example}")
     group.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                        help="continue from OUT/last.pt when it holds this very run; --no-resume starts over in OUT")
+    group.add_argument("--restart-if-changed", action=argparse.BooleanOptionalAction, default=False,
+                       help="when OUT/last.pt holds another run (other settings or data), start over in OUT, saying "
+                            "what changed, instead of refusing (what the study workflow does after a setting changed)")
     group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                        help="decode every train/val image first and leave out those that cannot be read (listed in "
                             "OUT/skipped.csv); default: stop at the first")

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import locks, manifests
+from . import files, locks, manifests
 from .checkpoints import load_checkpoint
 from .runtime import is_main_process, log
 
 # Arguments that say where or how fast a run goes, never what it computes: they may change
 # between a start and a resume. Every other argument is part of the fingerprint. (--imagenet-weights
 # is where the ImageNet file lies; the init itself is --init.)
-RUNTIME_ARGS = frozenset({"out", "resume", "device", "workers", "amp", "channels_last", "compile", "log_every",
-                          "imagenet_weights"})
+RUNTIME_ARGS = frozenset({"out", "resume", "restart_if_changed", "device", "workers", "amp", "channels_last",
+                          "compile", "log_every", "imagenet_weights"})
 
 
 # Arguments that say which data a run reads: the data's content (data_identity) stands for them in the
@@ -48,10 +48,15 @@ def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
     """What a checkpoint in --out must share with this run to be resumed: the data (data_identity:
     the manifest's train/val rows by content, not its path), the number of processes (the global
     batch and the schedule depend on it) and every argument not in RUNTIME_ARGS except the
-    manifest paths, which the data's content replaces (a moved manifest is the same data)."""
+    manifest paths, which the data's content replaces (a moved manifest is the same data). An --init
+    checkpoint counts by its content too: a pretraining done again is another start, the same file
+    moved is not."""
     settings = {name: value for name, value in sorted(vars(args).items())
                 if name not in RUNTIME_ARGS and name not in DATA_ARGS}
+    if "init" in settings and str(settings["init"]) not in ("random", "imagenet"):
+        settings["init"] = f"checkpoint sha256:{files.digest(settings['init'])}"
     return {"data": data_identity(df, data_meta), "world_size": world_size, **settings}
+
 
 
 def _difference(name, saved, now) -> str:
@@ -65,12 +70,12 @@ def _difference(name, saved, now) -> str:
     return f"{name} {saved!r} -> {now!r}"
 
 
-def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool) -> dict | None:
+def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool, restart_if_changed: bool = False) -> dict | None:
     """The checkpoint to resume from (out_dir/last.pt of this very run), or None to start afresh.
 
     A last.pt of another run (other data or any other non-runtime argument) is refused with one
-    line naming what changed, rather than overwritten or silently continued; --no-resume starts
-    over in the folder.
+    line naming what changed, rather than overwritten or silently continued (restart_if_changed:
+    started over, saying what changed); --no-resume starts over in the folder.
     """
     out_dir = Path(out_dir)
     path = out_dir / "last.pt"
@@ -81,11 +86,17 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool) -> dict | Non
         return None
     checkpoint = load_checkpoint(path)
     saved = checkpoint.get("resume")
+    if not isinstance(saved, dict) and restart_if_changed:
+        log(f"{out_dir}: its last.pt holds no resume information: starting over (--restart-if-changed)")
+        return None
     if not isinstance(saved, dict):
         raise SystemExit(f"{path}: this checkpoint holds no resume information (not written by a training script "
                          f"of this kit); choose another --out, or pass --no-resume to start over in {out_dir}")
     changed = [_difference(name, saved.get(name), fingerprint.get(name))
                for name in dict.fromkeys([*fingerprint, *saved]) if saved.get(name) != fingerprint.get(name)]
+    if changed and restart_if_changed:
+        log(f"{out_dir}: its last.pt is another run's ({'; '.join(changed)}): starting over (--restart-if-changed)")
+        return None
     if changed:
         raise SystemExit(f"{out_dir} holds the checkpoint of a different run ({'; '.join(changed)}); choose another "
                          f"--out, or pass --no-resume to start over in it")
@@ -114,7 +125,8 @@ def open_run(args, data_meta: dict, df, *, world_size: int) -> Run:
     used = df[df["split"].isin(["train", "val"])]
     trained_on = {"images": manifests.key_hashes(used["image"].astype(str)),
                   "patients": manifests.key_hashes(manifests.patient_keys(used, data_meta["key"]))}
-    return Run(out_dir, run_fingerprint, resume_checkpoint(out_dir, run_fingerprint, resume=args.resume),
+    return Run(out_dir, run_fingerprint, resume_checkpoint(out_dir, run_fingerprint, resume=args.resume,
+                                                           restart_if_changed=args.restart_if_changed),
                trained_on, {**run_fingerprint["data"], "manifest_rows": manifests.rows_hash(df)})
 
 

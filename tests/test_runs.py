@@ -167,13 +167,13 @@ def test_fingerprint_is_every_argument_but_the_runtime_ones(tmp_path):
     args = _finetune_args(tmp_path)
     fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
     # every argument but the runtime ones; the manifest by its content (data), not its path
-    assert set(fingerprint) == (set(vars(args)) - runs.RUNTIME_ARGS - {"manifest"}) | {"data", "world_size"}
+    assert set(fingerprint) == (set(vars(args)) - runs.RUNTIME_ARGS - runs.DATA_ARGS) | {"data", "world_size"}
     assert {"warmup_epochs", "dropout", "hidden_dim", "train_fraction", "skip_bad", "sync_bn", "strategy",
             "init"} <= set(fingerprint)
     assert fingerprint["data"] == {"key": "tiny", "task": "multiclass", "classes": ["blue", "red"],
                                    "rows": manifests.rows_hash(ROWS[ROWS["split"] != "test"]), "train": 3, "val": 2}
-    assert runs.RUNTIME_ARGS == {"out", "resume", "device", "workers", "amp", "channels_last", "compile",
-                                 "log_every", "imagenet_weights"}
+    assert runs.RUNTIME_ARGS == {"out", "resume", "restart_if_changed", "device", "workers", "amp", "channels_last",
+                                 "compile", "log_every", "imagenet_weights"}
 
 
 def test_a_new_argument_is_in_the_fingerprint_without_touching_runs(tmp_path):
@@ -191,7 +191,7 @@ def test_a_new_argument_is_in_the_fingerprint_without_touching_runs(tmp_path):
     # ... while the runtime flags, the number of processes aside, never change it
     for name, value in (("device", "cuda:3"), ("workers", 7), ("log_every", 1), ("amp", False), ("compile", True),
                         ("channels_last", False), ("out", "elsewhere"), ("resume", False),
-                        ("imagenet_weights", "/w.pth")):
+                        ("restart_if_changed", True), ("imagenet_weights", "/w.pth")):
         changed = argparse.Namespace(**{**vars(args), name: value})
         assert runs.fingerprint(changed, DATA, ROWS, world_size=1) == fingerprint, name
     for name, value in (("lr", 3e-4), ("warmup_epochs", 1), ("seed", 1), ("batch_size", 8)):
@@ -281,3 +281,20 @@ def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert run_script(*train_argv(manifest, tmp_path / "run2")).returncode == 0
+
+
+def test_an_init_checkpoint_counts_by_its_content(tmp_path):
+    """A pretraining done again is another start (the run restarts with --restart-if-changed); the same file
+    moved elsewhere is the same start."""
+    first = tmp_path / "a" / "last.pt"
+    first.parent.mkdir()
+    first.write_bytes(b"weights one")
+    args = argparse.Namespace(**{**vars(_finetune_args(tmp_path)), "init": str(first)})
+    before = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    moved = tmp_path / "b" / "last.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(b"weights one")
+    assert runs.fingerprint(argparse.Namespace(**{**vars(args), "init": str(moved)}), DATA, ROWS, world_size=1) == before
+    first.write_bytes(b"weights two")
+    after = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    assert after["init"] != before["init"] and after["init"].startswith("checkpoint sha256:")
