@@ -1,9 +1,9 @@
-# Set-up and the two everyday commands, from a fresh clone with Python 3.10+ and pip:
-#   make study   creates .venv, installs the kit, runs the demo study (study.sh) into runs/demo
+# Set-up and the two everyday commands, from a fresh clone with Python 3.11+ and pip:
+#   make study   creates .venv, installs the kit, runs the demo study (snakemake: Snakefile, config/demo.yaml) into runs/demo
 #   make test    creates .venv, installs the kit, runs the tests
 # PyTorch's build is chosen for the machine (tools/install_torch.sh: CPU wheel without an NVIDIA
 # GPU, the CUDA build from PyPI with one; TORCH_BUILD=cpu|cuda or TORCH_INDEX=<url> to choose).
-# study.sh's settings pass through the environment, e.g. `SEEDS="0 1 2" make study`.
+# Settings: `make study SETTINGS='seeds=[0,1,2]'` runs `snakemake --config seeds=[0,1,2]` (config/demo.yaml lists them).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt tools/install_torch.sh
 	touch $@
 
 study: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash study.sh
+	$(BIN)/snakemake $(if $(SETTINGS),--config $(SETTINGS))
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q

@@ -83,13 +83,13 @@ def available_cores() -> int:
 
 def processes_per_machine() -> int:
     """The training/evaluation processes that share this machine's cores: the ones torchrun starts
-    here (LOCAL_WORLD_SIZE) times the jobs study.sh runs side by side (STUDY_JOBS)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * int(os.environ.get("STUDY_JOBS", "1"))
+    here (LOCAL_WORLD_SIZE). The study workflow sets each job's threads itself (OMP_NUM_THREADS)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def default_workers() -> int:
     """--workers default: the cores per training process (torchrun starts LOCAL_WORLD_SIZE on this
-    machine, study.sh runs STUDY_JOBS side by side), at most 8 (each worker holds its own MONAI and
+    machine), at most 8 (each worker holds its own MONAI and
     transforms). Decoding a full-size image takes ~10 ms of a core; a fully cached set loads in one
     thread instead."""
     return max(1, min(8, available_cores() // processes_per_machine()))

@@ -476,20 +476,31 @@ def wait_until_free(lock_path, seconds=60):
                 time.sleep(0.1)
 
 
-def study_env(out, **settings) -> dict:
-    """study.sh's environment for a tiny demo study into `out`: 32 px, one epoch each, one target,
-    one thread per run, offline (no ImageNet file)."""
-    env = {**os.environ, "OUT": str(out), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1", "EPOCHS_FINETUNE": "1",
-           "BATCH_SIZE": "16", "DEMO_SCALE": "0.3", "WORKERS": "0", "DEVICE": "cpu", "TARGETS": "shenzhen",
-           "THREADS": "1", "TORCH_HOME": str(Path(out).parent / "no_torch_home"), **settings}
-    for name in ("DATA", "IMAGENET_WEIGHTS", "OMP_NUM_THREADS"):
-        env.pop(name, None)
-    return env
+TINY_STUDY = {"image_size": 32, "epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 16, "demo_scale": 0.3,
+              "workers": 0, "device": "cpu", "targets": ["shenzhen"], "threads": 1}
 
 
-def run_tiny_study(out, **settings) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "study.sh")], env=study_env(out, **settings), capture_output=True,
-                          text=True, timeout=3000)
+def study_command(out, *extra, cores=2, **settings) -> list:
+    """The workflow's command line for a tiny demo study into `out` (32 px, one epoch each, one target, one
+    thread per run; TINY_STUDY overridden by `settings`), with snakemake from this Python's environment."""
+    config = {**TINY_STUDY, "out": str(out), **settings}
+
+    def value(v):
+        return "[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v)
+
+    return [str(Path(sys.executable).parent / "snakemake"), "--cores", str(cores), *extra,
+            "--config", *(f"{key}={value(v)}" for key, v in config.items())]
+
+
+def run_study(out, *extra, cores=2, torch_home=None, env=None, **settings) -> subprocess.CompletedProcess:
+    """Run the workflow (study_command) from the repository folder, offline for ImageNet unless `torch_home`
+    holds a stand-in file; returns the finished process."""
+    environment = {**os.environ, "TORCH_HOME": str(torch_home or Path(out).parent / "no_torch_home"), **(env or {}),
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("OMP_NUM_THREADS",):
+        environment.pop(name, None)
+    return subprocess.run(study_command(out, *extra, cores=cores, **settings), cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=3000)
 
 
 def image_sizes(out):

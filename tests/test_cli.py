@@ -161,26 +161,3 @@ def test_help_of_each_script_says_what_it_offers(tmp_path):
     assert "bootstrap" in _entry(evaluate, "--seed")
 
 
-# --------------------------------------------------------------------------- study.sh
-
-def test_study_sh_help_lists_the_settings_and_starts_nothing(tmp_path):
-    out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out)}
-    result = subprocess.run(["bash", str(ROOT / "study.sh"), "--help"], env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    for setting in ("SEEDS", "IMAGE_SIZE", "LAUNCH", "DATA", "OUT", "TRAIN_FRACTIONS", "EPOCHS_FINETUNE"):
-        assert re.search(rf"^\s+{setting}=", result.stdout, re.M), setting
-    assert "===" not in result.stdout and not out.exists()  # no stage ran, no folder was made
-    short = subprocess.run(["bash", str(ROOT / "study.sh"), "-h"], env=env, capture_output=True, text=True, timeout=60)
-    assert short.returncode == 0 and short.stdout == result.stdout
-
-
-def test_study_sh_refuses_arguments_with_one_line(tmp_path):
-    out = tmp_path / "out"
-    result = subprocess.run(["bash", str(ROOT / "study.sh"), "foo"], env={**os.environ, "OUT": str(out)},
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("error: study.sh takes no arguments ('foo')") and "--help" in result.stderr
-    assert not out.exists()

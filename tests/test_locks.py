@@ -12,6 +12,7 @@ from helpers import (
     one_line,
     prepare_colour,
     run_script,
+    study_command,
     train_argv,
 )
 
@@ -29,12 +30,10 @@ def test_prepare_data_evaluate_and_study_refuse_a_folder_in_use(tmp_path):
         result = run_script(*["evaluate.py", "--checkpoint", tmp_path / "ckpt.pt", "--manifest", tmp_path / "none.csv",
                       "--out", tmp_path / "e"])
         assert "pid 4242 on testhost" in one_line(result)
-    (tmp_path / "study").mkdir()
-    with hold_lock(tmp_path / "study" / ".study.lock"):
-        result = subprocess.run(["bash", str(ROOT / "study.sh")], env={**os.environ, "OUT": str(tmp_path / "study")},
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 2 and "pid 4242 on testhost" in result.stderr
-        assert not (tmp_path / "study" / "demo_data").exists()
+    with hold_lock(tmp_path / ".study.lock"):  # the workflow's lock on OUT = tmp_path/study
+        result = subprocess.run(study_command(tmp_path / "study"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and "pid 4242 on testhost" in result.stderr
+        assert not (tmp_path / "study").exists()
 
 
 def test_a_read_only_output_folder_fails_before_any_work(tmp_path):

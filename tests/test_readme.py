@@ -220,7 +220,7 @@ def test_the_blocks_the_slow_test_runs_are_there():
     assert [c.split()[1] for c in commands(block_after(text, COMMANDS_MARKER, "bash"))] == [
         "predict.py", "evaluate.py", "export.py", "export.py"]
     own = commands(block_after(text, OWN_TASK_MARKER, "bash"))
-    assert len(own) == 3 and "--dataset csv" in own[0] and "bash study.sh" in own[1]
+    assert len(own) == 3 and "--dataset csv" in own[0] and own[1].startswith("snakemake ")
 
 
 # --------------------------------------------------------------------------- the README, run
@@ -388,16 +388,20 @@ def write_own_table(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_readme_own_task_block_runs_as_written(tmp_path):
-    """The three commands as written, on a generated table; study.sh's size comes from the environment
-    (a tiny demo: 32 px, one epoch, two jobs), as a user would shrink it."""
+    """The three commands as written, on a generated table; the study's size comes from a Snakemake profile
+    (SNAKEMAKE_PROFILE: a tiny demo, 32 px, one epoch, two runs at a time), as a user would shrink it."""
     own = commands(block_after(README.read_text(), OWN_TASK_MARKER, "bash"))
     repo = copy_repository(tmp_path / "repo")
     write_own_table(repo)
-    env = {**python_first_on_path(tmp_path / "bin"), "IMAGE_SIZE": "32", "EPOCHS_PRETRAIN": "1",
-           "EPOCHS_FINETUNE": "1", "BATCH_SIZE": "16", "DEMO_SCALE": "0.3", "WORKERS": "0", "DEVICE": "cpu",
-           "JOBS": "2", "THREADS": "1", "TORCH_HOME": str(tmp_path / "no_torch_home")}
-    for name in ("DATA", "OUT", "IMAGENET_WEIGHTS", "TARGETS", "STRATEGIES"):
-        env.pop(name, None)
+    profile = tmp_path / "tiny"
+    profile.mkdir()
+    (profile / "tiny.yaml").write_text("image_size: 32\nepochs_pretrain: 1\nepochs_finetune: 1\nbatch_size: 16\n"
+                                       "demo_scale: 0.3\nworkers: 0\ndevice: cpu\nthreads: 1\n")
+    (profile / "profile.yaml").write_text(f"cores: 2\nconfigfile: [{repo / 'config' / 'demo.yaml'}, "
+                                          f"{profile / 'tiny.yaml'}]\n")
+    env = {**python_first_on_path(tmp_path / "bin"), "SNAKEMAKE_PROFILE": str(profile),
+           "TORCH_HOME": str(tmp_path / "no_torch_home")}
+    env.pop("OMP_NUM_THREADS", None)
     printed = ""
     for number, command in enumerate(own, start=1):
         result = run(["bash", "-c", command], repo, env)

@@ -149,12 +149,12 @@ def test_a_plain_process_is_rank_0_of_1(monkeypatch, capsys):
 def test_threads_are_the_cores_divided_among_the_processes_that_share_them():
     code = ("import sys; sys.path.insert(0, {root!r}); from kit import runtime, cli; import torch; "
             "runtime.set_cpu_threads(); print(torch.get_num_threads(), cli.available_cores())")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "STUDY_JOBS", "LOCAL_WORLD_SIZE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE")}
     alone = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))], env=env, capture_output=True,
                            text=True)
     threads, cores = map(int, alone.stdout.split()[-2:])
     assert threads == cores and f"CPU threads: {cores} ({cores} cores / 1 process(es))" in alone.stdout
-    shared = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))], env={**env, "STUDY_JOBS": str(cores)},
+    shared = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))], env={**env, "LOCAL_WORLD_SIZE": str(cores)},
                             capture_output=True, text=True)
     assert shared.stdout.split()[-2] == "1"
     told = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))],
