@@ -78,7 +78,6 @@ D1_D5 = tuple(TARGETS)
 MARGIN = 2.0
 LEVELLED_OFF = 2.0    # points: a training curve shown to gain less than this over its last third has levelled off
 MIN_CURVE_EPOCHS = 5  # curve claims on fewer epochs are not tested: too short to tell how a curve converges
-THRESHOLD_SHARE = 0.95  # "earlier": the epoch a curve reaches 95 % of the best arm's last value
 ONE_NETWORK = "one network per arm: training noise not measured"
 SEE_TOP = "see What was run"
 # The paper's Table 2 put through a claim's rule: does it bear out the paper's text?
@@ -226,6 +225,7 @@ def _value(row, column):
 
 
 def fmt_p(p):
+    """A p-value as the report prints it: '< 0.001', '0.012' or 'n/a'."""
     return "n/a" if p is None or pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
@@ -547,21 +547,24 @@ def answer(target, paired, summary_row, arms_run, alpha, metric_name, missing_re
                 f"p_Holm {fmt_p(_value(pair, 'p_holm'))})")
 
     spread = "" if n_seeds is None else f", {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    tail = f"; {ONE_NETWORK}" if one else ""
     if "IN" not in arms or "IN" not in summary_row:
         why = f" ({missing_reason}: {SEE_TOP})" if missing_reason else ""
+        few = (f"; too few test patients for an interval (fewest per class {fewest:.0f} < "
+               f"{stats.MIN_PATIENTS_PER_CLASS})" if too_few else "")
         return (f"{name}: the ImageNet arm was not run{why}, so whether medical pretraining beats ImageNet is not "
-                f"tested" + (f"; test ({metric_name} in %{spread}): {best_part()}." if medical else "."))
+                f"tested" + (f"; test ({metric_name} in %{spread}): {best_part()}{few}{tail}." if medical else "."))
     if not medical:
         return f"{name}: no medical arm has test results; the question is not tested."
     head = f"{name} ({metric_name} in %, test{spread}): IN {value('IN')}; {best_part()}"
     if too_few:
         return (f"{head}: too few test patients for an interval (fewest per class {fewest:.0f} < "
-                f"{stats.MIN_PATIENTS_PER_CLASS}), so the difference to ImageNet is not tested.")
+                f"{stats.MIN_PATIENTS_PER_CLASS}), so the difference to ImageNet is not tested{tail}.")
     found = {}
     for arm in medical:
         pair, sign = find_pair(pairs, target, arm, "IN")
         if pair is None:
-            return f"{head}; no paired test results, so the difference to ImageNet is not tested."
+            return f"{head}; no paired test results, so the difference to ImageNet is not tested{tail}."
         found[arm] = performance_direction("all", pair, sign, alpha, 1, 0.0)
     better = [a for a in medical if found[a][0] == 1]
     worse = [a for a in medical if found[a][0] == -1]

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import CLAIMS, LEVELLED_OFF, MARGIN, MIN_CURVE_EPOCHS, ONE_NETWORK, THRESHOLD_SHARE, margin
+from .claims import CLAIMS, LEVELLED_OFF, MARGIN, MIN_CURVE_EPOCHS, ONE_NETWORK, fmt_p, margin
 from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, LIMITS, NO_PATIENT_IDS, SETTINGS, SOURCE_IMAGES, TARGETS,
                     metric_label, short_name, target_title)
 from .stats import DEFAULT_RESAMPLES, MIN_PATIENTS_PER_CLASS
+from .tables import CONVERGENCE as THRESHOLD_SHARE  # "earlier": 95 % of the best arm's last value
 
 TABLE_WIDTH = 200   # characters of a table row: wider rows go to lists
 TOO_FEW = "too few test patients for an interval"
+TOO_FEW_MARK = "‡"  # a table cell's estimate without an interval; the note under the table says why
 
 
 def fmt(value, digits=1):
@@ -37,20 +39,26 @@ def fmt_mean(mean, sd=math.nan, low=math.nan, high=math.nan, count=False):
     return text + (f" [{fmt(low)}, {fmt(high)}]" if pd.notna(low) and pd.notna(high) else "")
 
 
-def fmt_p(p):
-    return "n/a" if p is None or pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-
-
 def too_few(fewest):
     """True when the fewest test patients of a class are below stats.MIN_PATIENTS_PER_CLASS."""
     return fewest is not None and pd.notna(fewest) and fewest < MIN_PATIENTS_PER_CLASS
 
 
-def fmt_test(mean, sd=math.nan, low=math.nan, high=math.nan, fewest=None):
-    """fmt_mean of a test value, or the estimate with 'too few test patients for an interval'."""
+def fmt_test(mean, sd=math.nan, low=math.nan, high=math.nan, fewest=None, mark=False):
+    """fmt_mean of a test value, or the estimate with 'too few test patients for an interval' (in a
+    table: the estimate and TOO_FEW_MARK, explained by too_few_note under the table)."""
     if too_few(fewest) and mean is not None and pd.notna(mean):
-        return fmt_mean(mean, sd) + f" ({TOO_FEW})"
+        return fmt_mean(mean, sd) + (f" {TOO_FEW_MARK}" if mark else f" ({TOO_FEW})")
     return fmt_mean(mean, sd, low, high)
+
+
+def too_few_note(fewest_values):
+    """The note under a table holding TOO_FEW_MARK cells, or nothing."""
+    fewest = [f for f in fewest_values if too_few(f)]
+    if not fewest:
+        return []
+    return ["", f"{TOO_FEW_MARK} {TOO_FEW}: fewer than {MIN_PATIENTS_PER_CLASS} test patients in a class (here "
+                f"{min(fewest):.0f}); the estimate alone.", ""]
 
 
 def markdown_table(header, rows):
@@ -101,7 +109,8 @@ def table2_markdown(table, table_arms, notes, ci, level="##"):
                 rows.append([target_title(target), f"{metric_label(runs['metric'].iloc[0])}, {name}"]
                             + [fmt_test(by_arm.at[a, prefix], by_arm.at[a, f"{prefix}_sd"],
                                         by_arm.at[a, f"{prefix}_ci_low"], by_arm.at[a, f"{prefix}_ci_high"],
-                                        by_arm.at[a, "min_class_patients"] if "min_class_patients" in by_arm else None)
+                                        by_arm.at[a, "min_class_patients"] if "min_class_patients" in by_arm else None,
+                                        mark=True)
                                for a in table_arms])
         lines += markdown_table(["Dataset", "Checkpoint (%)"] + headers, rows)
         sizes = "; ".join(f"{short_name(t)} {test_size(runs['n_test'].max(), runs['n_test_patients'].max())}"
@@ -110,8 +119,8 @@ def table2_markdown(table, table_arms, notes, ci, level="##"):
                     f"bootstrap CI over test patients; {ONE_NETWORK}")
         lines += ["", f"Test split (never used for training or model selection; the paper has none): "
                       f"{'mean over seeds ± sd across seeds' if n_seeds > 1 else 'one seed'} "
-                      f"[{100 * ci:g} % {interval}]; best-val = the best-validation checkpoint; {sizes}. Fewer than "
-                      f"{MIN_PATIENTS_PER_CLASS} test patients in a class: the estimate alone, \"{TOO_FEW}\".", ""]
+                      f"[{100 * ci:g} % {interval}]; best-val = the best-validation checkpoint; {sizes}.", ""]
+        lines += too_few_note(tested["min_class_patients"] if "min_class_patients" in tested else [])
     return "\n".join(lines)
 
 
@@ -240,12 +249,14 @@ def paper_vs_run_section(comparison, rankings, ci, n_seeds):
     for r in comparison.itertuples():
         rows.append([target_title(r.target), r.arm, fmt(r.paper_val), fmt_mean(r.val, r.val_sd),
                      "n/a" if pd.isna(r.val_minus_paper) else f"{r.val_minus_paper:+.1f}",
-                     fmt_test(r.test, r.test_sd, r.test_ci_low, r.test_ci_high, getattr(r, "min_class_patients", None))])
+                     fmt_test(r.test, r.test_sd, r.test_ci_low, r.test_ci_high, getattr(r, "min_class_patients", None),
+                              mark=True)])
     checkpoint = comparison["checkpoint"].iloc[0]
     lines += markdown_table(["Target", "Arm", "Paper val (%)", "This run val (%)", "Δ val (pp)",
                              f"Test (%), {'last epoch' if checkpoint == 'last' else 'best-val'} [{100 * ci:g} % CI]"],
                             rows)
-    lines += ["", f"Paper: Table 2, last epoch, one run per arm, validation split. This run: last epoch, "
+    lines += too_few_note(comparison["min_class_patients"] if "min_class_patients" in comparison else [])
+    lines += ["", f"Paper: Table 2, last epoch, one value per arm (no spread), validation split. This run: last epoch, "
                   f"{spread_words(n_seeds)}; Δ = this run's validation value − the paper's. The validation and test "
                   "splits are not the paper's (it states none for the targets), so Δ mixes the data split, the "
                   "settings the paper does not state and the noise. tables/paper_vs_run.csv.", ""]
@@ -291,11 +302,11 @@ def paired_section(pairs, checkpoint, args, pairing_notes):
         for r in pairs[pairs["method"] != "DeLong"].itertuples():
             interval = f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
             if too_few(getattr(r, "min_class_patients", None)):
-                interval = f"{fmt(r.difference)} ({TOO_FEW})"
+                interval = f"{fmt(r.difference)} {TOO_FEW_MARK}"
             elif zero_edge(r, 1 - args.ci):
                 interval, discrete = interval + " †", True
             rows.append([target_title(r.target), f"{r.arm} − {r.reference}", str(int(r.n_seeds)), interval,
-                         fmt_p(r.p_value), f"{fmt_p(r.p_holm)} ({fmt(getattr(r, 'holm_m', None), 0)})"])
+                         fmt_p(r.p_value), fmt_p(r.p_holm) + (f" ({r.holm_m:.0f})" if getattr(r, "holm_m", 0) else "")])
         lines += markdown_table(["Target", "Comparison", "Seeds", f"Difference (pp) [{100 * args.ci:g} % CI]", "p",
                                  "p Holm (of m)"], rows)
         lines += ["", f"The later arm (paper order IN, Domain_RI, Domain_IN, All_RI, All_IN) minus the earlier, on the "
@@ -307,6 +318,7 @@ def paired_section(pairs, checkpoint, args, pairing_notes):
                       "and every fraction: tables/paired.csv; figure: figures/forest.png.", ""]
         if discrete:
             lines += [f"† {DISCRETE}", ""]
+        lines += too_few_note(pairs["min_class_patients"] if "min_class_patients" in pairs else [])
         delong = pairs[pairs["method"] == "DeLong"]
         if not delong.empty:
             rows = [[target_title(r.target), f"{r.arm} − {r.reference}",

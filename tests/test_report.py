@@ -50,6 +50,9 @@ def test_formats():
 
 def test_too_few_test_patients_print_the_estimate_alone():
     assert report.fmt_test(36.4, math.nan, 0.0, 36.4, fewest=2) == "36.4 (too few test patients for an interval)"
+    assert report.fmt_test(36.4, math.nan, 0.0, 36.4, fewest=2, mark=True) == "36.4 ‡"
+    assert report.too_few_note([12, 2, None])[1].startswith("‡ too few test patients for an interval: fewer than 10")
+    assert report.too_few_note([12, None]) == []
     assert report.fmt_test(36.4, 1.0, 20.0, 50.0, fewest=12) == "36.4 ± 1.0 [20.0, 50.0]"
     assert report.fmt_test(36.4, math.nan, 20.0, 50.0, fewest=None) == "36.4 [20.0, 50.0]"
 
