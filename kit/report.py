@@ -322,6 +322,7 @@ def paired_section(pairs, checkpoint, args, pairing_notes):
         delong = pairs[pairs["method"] == "DeLong"]
         if not delong.empty:
             rows = [[target_title(r.target), f"{r.arm} − {r.reference}",
+                     f"{fmt(r.difference)} {TOO_FEW_MARK}" if too_few(getattr(r, "min_class_patients", None)) else
                      f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt_p(r.p_value), fmt_p(r.p_holm)]
                     for r in delong.itertuples()]
             lines += ["AUROC of the binary targets, DeLong's test (images as independent; with several seeds the "

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import rankdata
 from scipy.stats import t as student_t
 
 DEFAULT_RESAMPLES = 10_000   # Holm over 10 comparisons asks p < 0.005 first: 2/(B + 1) must sit well below

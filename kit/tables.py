@@ -142,7 +142,8 @@ def test_comparisons(group, metric, target, args, notes=None):
     patients = first["patient"].astype(str).to_numpy()
     summary, paired = compare_networks(columns, probs, targets, patients, metric, args.bootstrap, args.ci, args.seed)
     binary = len(loaded[columns[0]][3]) == 2 and 0 < (targets == 1).sum() < len(targets)  # DeLong needs both
-    if binary and summary[0]["min_class_patients"] >= stats.MIN_PATIENTS_PER_CLASS:
+    too_few = summary[0]["min_class_patients"] < stats.MIN_PATIENTS_PER_CLASS  # then the AUROC difference alone
+    if binary:
         for row in list(paired):  # DeLong on the positive class's probability (column 1), the same seeds
             seeds = sorted(set(by_arm[row["arm"]]) & set(by_arm[row["reference"]]))
             scores = {a: np.stack([loaded[a, s][1][:, 1] for s in seeds]) for a in (row["arm"], row["reference"])}
@@ -150,6 +151,8 @@ def test_comparisons(group, metric, target, args, notes=None):
             _, auc_sd = mean_sd([metrics.binary_auroc(targets == 1, scores[row["arm"]][i])
                                  - metrics.binary_auroc(targets == 1, scores[row["reference"]][i])
                                  for i in range(len(seeds))])
+            if too_few:
+                test |= {key: math.nan for key in ("ci_low", "ci_high", "se", "df", "p_value")}
             paired.append(row | {"metric": "auroc", "method": "DeLong", "arm_value": test["auroc_a"],
                                  "reference_value": test["auroc_b"], "difference": test["difference"],
                                  "ci_low": test["ci_low"], "ci_high": test["ci_high"], "se": test["se"],

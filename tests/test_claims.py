@@ -4,7 +4,6 @@ false "supported" over simulated studies of three seeds stays at most 5 % with t
 whole study through plot_results.py (runs and evaluation folders written by hand as kit/results.py reads
 them) gives the verdicts it was built for."""
 import copy
-import math
 
 import numpy as np
 import pandas as pd
