@@ -23,10 +23,10 @@ and writes (values in %, differences in percentage points):
   OUT/figures/forest.png                paired arm differences on the test split with CIs (claims checkpoint)
   OUT/figures/label_efficiency.png      test metric vs train fraction, per arm (with > 1 fraction)
   OUT/tables/claims.csv                 claim, target, dataset, title, quote, better, worse, paper_table,
-                                        evidence, verdict (kit/claims.py)
+                                        evidence, this_run, replication, verdict (kit/claims.py)
   OUT/tables/paper_vs_run.csv           target, arm, metric, paper_train, paper_val, train, train_sd, val,
                                         val_sd, val_minus_paper, checkpoint, test, test_sd, test_ci_low,
-                                        test_ci_high, n_seeds
+                                        test_ci_high, n_seeds, min_class_patients
   OUT/tables/rankings.csv               target, paper_val, val, test (arms best first)
   OUT/tables/runs.csv                   one row per run: target, arm, train_fraction, seed, metric, epoch,
                                         train, val, best_val, best_epoch, epochs_to_95, val_curve_mean,
@@ -34,30 +34,37 @@ and writes (values in %, differences in percentage points):
                                         test_best_ci_low, test_best_ci_high, test_last, test_last_ci_low,
                                         test_last_ci_high, n_test, run
   OUT/tables/test_summary.csv           target, arm, train_fraction, checkpoint, metric, n_seeds, test,
-                                        test_sd, ci_low, ci_high, n_images, n_patients
+                                        test_sd, ci_low, ci_high, n_images, n_patients, min_class_patients
   OUT/tables/table2.csv                 target, arm, metric, train, val, epoch, n_seeds, train_sd, val_sd,
                                         test, test_ci_low, test_ci_high, test_sd, test_last,
                                         test_last_ci_low, test_last_ci_high, test_last_sd, n_test,
-                                        train_fraction, n_test_patients
+                                        train_fraction, n_test_patients, min_class_patients
   OUT/tables/table2.md                  laid out like the paper's Table 2, + held-out test mean [95 % CI]
   OUT/tables/paired.csv                 target, train_fraction, checkpoint, arm, reference, metric, method,
-                                        n_seeds, n_images, n_patients, arm_value, reference_value,
-                                        difference, ci_low, ci_high, p_value, p_holm, difference_sd
-  OUT/tables/convergence.csv            target, arm, train_fraction, metric, n_seeds, epochs, best_epoch, and
-                                        mean and sd across seeds of best_val, epochs_to_95, val_curve_mean,
-                                        max_drop, tail_sd, train_epochs_to_95, train_late_gain
+                                        n_seeds, n_images, n_patients, min_class_patients, arm_value,
+                                        reference_value, difference, ci_low, ci_high, se, df, p_value,
+                                        p_holm, holm_m, difference_sd, test_se
+  OUT/tables/convergence.csv            target, arm, train_fraction, metric, n_seeds, epochs, best_epoch,
+                                        threshold, threshold_arm, never_reached, and mean and sd across
+                                        seeds of best_val, epochs_to_95, epochs_to_threshold,
+                                        val_curve_mean, max_drop, tail_sd, train_epochs_to_95,
+                                        train_late_gain
 
-Statistics (kit/tables.py, kit/claims.py). Test values are the mean over seeds; "sd" is the standard
-deviation across seeds (the training noise); the CI is a percentile bootstrap over test *patients*
-(every image of a drawn patient comes along) of that seed-mean, i.e. the test-sampling noise
-(--bootstrap resamples, --seed). Paired comparisons: all pairs of arms (10 for five arms), the later
-arm in paper order minus the earlier, on the same test images and seeds, with a paired patient
-bootstrap CI and two-sided p-value, Holm-adjusted within each target (p_holm); for binary targets also
-DeLong's test of the AUROC difference. Claims: the paper's statements of Section 5.3 as rules on
-those comparisons (at --claims-checkpoint, the last epoch by default, as in the paper's Table 2) and on
-the curves' convergence and stability, each with a verdict: supported, contradicted, inconclusive or
-not tested (kit/claims.py). Curves: the first epoch reaching 95 % of the run's best, the curve's mean
-height, its largest drop between epochs, its sd and gain over the last third. Table 2, the curves, the
+Statistics (kit/stats.py, kit/tables.py, kit/claims.py; docs/statistics.md). The training run is the
+unit of replication. Test values are the mean over seeds; "sd" is the standard deviation across seeds
+(the training noise). With two or more seeds the CI and p add the across-seed variance of the mean to
+its test-sampling variance (a bootstrap over test *patients*, every image of a drawn patient along,
+the same draw for every seed; --bootstrap resamples, --seed) and use t with Welch's degrees of freedom;
+with one seed they are the patient bootstrap of that one network and no claim is supported. Paired
+comparisons: all pairs of arms (10 for five arms), the later arm in paper order minus the earlier, on
+the same test images and seeds, Holm-adjusted within each target (p_holm, over holm_m comparisons);
+for binary targets also DeLong's test of the AUROC difference. Claims: the paper's statements of
+Sections 5.3 and 7 as rules on those comparisons (at --claims-checkpoint, the last epoch by default,
+as in the paper's Table 2) and on the curves (noise: the validation split's binomial bound and the
+seeds' spread), each with a verdict: supported, contradicted, inconclusive or not tested
+(kit/claims.py). Curves: the first epoch reaching 95 % of the run's best and of the best arm's last
+value (a threshold common to the target's arms), the curve's mean height, its largest drop between
+epochs, its sd and gain over the last third. Table 2, the curves, the
 forest plot, convergence and the claims use each target's largest train fraction (normally 1).
 
 Commands to paste:
@@ -83,8 +90,9 @@ def get_args_parser():
                              "target (accuracy D1-D3, kappa D4-D5, else args.json meta.headline_metric), "
                              "or a column name such as accuracy, kappa, balanced_accuracy, qwk, auroc")
     # Statistics
-    parser.add_argument("--bootstrap", type=cli.non_negative_int, default=1000,
-                        help="bootstrap resamples of test patients for CIs and paired tests (>= 1000 to report)")
+    parser.add_argument("--bootstrap", type=cli.non_negative_int, default=10_000,
+                        help="bootstrap resamples of test patients for CIs and paired tests (>= 10000 to report: "
+                             "Holm's first step over 10 comparisons asks p < 0.005)")
     parser.add_argument("--ci", type=cli.ci_level, default=0.95,
                         help="confidence level of the intervals, in (0, 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
@@ -154,9 +162,10 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     seeds = sorted({r["seed"] for r in runs})
     fractions = sorted({r["fraction"] for r in runs})
     runs_arms = {t: {r["arm"] for r in runs if r["target"] == t and r["fraction"] == main_fraction[t]} for t in targets}
-    missing_reason = None
+    missing_reason = missing_short = None  # said in full once, at the top of the report; elsewhere in a few words
     if study is not None and not study.get("imagenet_found", True):
-        missing_reason = f"no ImageNet weights ({study.get('imagenet_missing_reason') or 'not found'})"
+        missing_short = "no ImageNet weights"
+        missing_reason = f"{missing_short} ({study.get('imagenet_missing_reason') or 'not found'})"
     print(f"{len(runs)} runs: {', '.join(f'{t} ({metrics[t]})' for t in targets)}; seeds {seeds}; "
           f"train fractions {[fraction_label(f) for f in fractions]}")
 
@@ -169,12 +178,20 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     notes = {target: epoch_note(target, at_main.loc[at_main["target"] == target, "epoch"].tolist(), sizes[target])
              for target in targets}
     table = tables.table2_frame(at_main, summary, table_arms, metrics, main_fraction)
-    convergence = tables.convergence_frame(at_main)
+    convergence = tables.convergence_frame(at_main, runs)
+    curves = {}  # seed-mean learning curves per target and arm, at the largest fraction
+    for target in targets:
+        by_arm = {}
+        for run in runs:
+            if run["target"] == target and run["fraction"] == main_fraction[target]:
+                by_arm.setdefault(run["arm"], []).append(run["curves"])
+        curves[target] = {arm: tables.mean_curves(by_arm[arm]) for arm in paper_sorted(by_arm, ARMS)}
 
     # --- the paper's question and claims, at the claims checkpoint and each target's largest fraction
     at_claims = paired[(paired["checkpoint"] == args.claims_checkpoint)
                        & (paired["train_fraction"] == paired["target"].map(main_fraction))]
-    verdicts = claims.verdicts(at_claims, convergence, runs_arms, alpha=1 - args.ci, missing_reason=missing_reason)
+    verdicts = claims.verdicts(at_claims, convergence, runs_arms, alpha=1 - args.ci, missing_reason=missing_short,
+                               curves=curves, sizes=sizes, metrics=metrics)
     comparison = tables.paper_vs_run_frame(table, args.claims_checkpoint)
     rankings = tables.rankings_frame(comparison)
     prefix = "test" if args.claims_checkpoint == "best" else "test_last"
@@ -184,7 +201,7 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
         values = {arm: (rows.at[arm, prefix], rows.at[arm, f"{prefix}_ci_low"], rows.at[arm, f"{prefix}_ci_high"])
                   for arm in rows.index if pd.notna(rows.at[arm, prefix])}
         answers[target] = claims.answer(target, at_claims, values, runs_arms[target], 1 - args.ci, metrics[target],
-                                        missing_reason)
+                                        missing_short)
 
     # --- write the tables
     tables_dir = out / "tables"
@@ -205,13 +222,6 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     n_seeds = int(table["n_seeds"].max())
-    curves = {}
-    for target in targets:
-        by_arm = {}
-        for run in runs:
-            if run["target"] == target and run["fraction"] == main_fraction[target]:
-                by_arm.setdefault(run["arm"], []).append(run["curves"])
-        curves[target] = {arm: tables.mean_curves(by_arm[arm]) for arm in paper_sorted(by_arm, ARMS)}
     written_figures = [("learning_curves.png", "Learning curves, all targets")]
     for target, arm_curves in curves.items():
         figures.plot_target(target, arm_curves, metrics[target], "value", figures_dir / f"{target}.png", args.dpi,
@@ -237,8 +247,10 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     settings = (f"Study settings: `{settings_file.read_text().strip()}`. " if settings_file.is_file() else "")
     settings += (f"{len(runs)} fine-tuning runs; seeds {', '.join(map(str, seeds))}; train fractions "
                  f"{', '.join(fraction_label(f) for f in fractions)}. Test values: "
-                 f"{'mean over seeds ± sd across seeds' if len(seeds) > 1 else 'one seed'} "
-                 f"[{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} resamples].")
+                 + (f"mean over seeds ± sd across seeds [{100 * args.ci:g} % CI: the seeds' spread and a patient "
+                    f"bootstrap, {args.bootstrap} resamples]." if len(seeds) > 1 else
+                    f"one seed [{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} "
+                    "resamples]."))
     report = report_markdown(
         table2_md=table2_markdown(table, table_arms, notes, args.ci), paired=at_claims, convergence=convergence,
         summary=summary, sizes=sizes, metrics=metrics, settings=settings, args=args, figures=written_figures,
@@ -255,7 +267,7 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     for target in targets:
         print(answers[target])
     print()
-    print(verdicts[["claim", "dataset", "verdict"]].to_string(index=False))
+    print(verdicts[["claim", "dataset", "verdict", "this_run"]].to_string(index=False))
     return report
 
 

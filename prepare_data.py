@@ -335,6 +335,8 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     if args.protocol == "paper":  # the count the paper states, next to what was built
         splits = df["split"].value_counts()
         print(paper.stated_vs_built(args.dataset, len(df), int(splits.get("train", 0)), int(splits.get("val", 0))))
+    if args.dataset in paper.TABLE1:  # the paper's Table 1 (images per class), next to what was built
+        print(paper.table1_vs_built(args.dataset, {c: sum(n[c] for n in meta["counts"].values()) for c in classes}))
     print(f"wrote {csv_path} and {json_path}")
 
     # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)

@@ -3,11 +3,12 @@ forest plot of paired differences, and label efficiency. Each arm keeps one colo
 every figure. matplotlib is imported inside each function (Agg backend set by the caller).
 """
 import math
+import textwrap
 
 import numpy as np
 
 from .files import save_figure
-from .report import fmt_p
+from .report import DISCRETE, TOO_FEW, fmt_p, zero_edge
 from .paper import ARMS, CURVE_SPLITS, arm_legend_label, fraction_label, metric_label, paper_sorted, target_title
 
 # Fixed colour and marker per arm, so an arm looks the same in every figure.
@@ -103,7 +104,9 @@ def plot_overview(all_runs, metrics, out_path, dpi, extra_arms, n_seeds):
 
 def plot_forest(paired, out_path, dpi, extra_arms, ci):
     """Arm - reference differences of the headline metric (test, one checkpoint) with CIs, a panel per
-    target, every panel on the same x-scale and with its own x-label."""
+    target, every panel on the same x-scale and with its own x-label. A difference without an interval
+    (too few test patients) is a bare point; a one-seed percentile interval ending at 0 next to a large
+    p is marked † and the footnote says why (report.DISCRETE)."""
     import matplotlib.pyplot as plt
 
     targets = list(dict.fromkeys(paired["target"]))
@@ -113,23 +116,33 @@ def plot_forest(paired, out_path, dpi, extra_arms, ci):
     pad = max(1.0, 0.05 * (ends.max() - ends.min()))
     x_range = (ends.min() - pad, ends.max() + pad)
     kind = {"last": "last-epoch", "best": "best-validation"}.get(str(paired["checkpoint"].iloc[0]), "")
-    x_label = (f"Difference on the test split (percentage points), {kind} checkpoint, {100 * ci:g} % CI "
-               f"(paired bootstrap over patients)")
-    fig, axes = plt.subplots(len(targets), 1, figsize=(8.5, sum(heights) + 0.6), layout="constrained",
+    one_seed = (paired["n_seeds"] < 2).all() if "n_seeds" in paired else True
+    how = "percentile bootstrap over patients, one seed" if one_seed else "seeds' spread + patient bootstrap"
+    x_label = f"Difference on the test split (percentage points), {kind} checkpoint, {100 * ci:g} % CI ({how})"
+    marked = False
+    fig, axes = plt.subplots(len(targets), 1, figsize=(8.5, sum(heights) + 0.9), layout="constrained",
                              squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax, target in zip(axes[:, 0], targets):
         rows = paired[paired["target"] == target].iloc[::-1]
         y = np.arange(len(rows))
         for yi, row in zip(y, rows.itertuples()):
             colour, marker = arm_style(row.arm, extra_arms)
-            # a percentile interval need not contain the point estimate: clip, never a negative bar
-            xerr = [[max(0.0, row.difference - row.ci_low)], [max(0.0, row.ci_high - row.difference)]]
-            ax.errorbar(row.difference, yi, xerr=xerr,
-                        color=colour, marker=marker, markersize=6, capsize=3, linewidth=1.5)
-            texts = [fmt_p(row.p_value), fmt_p(getattr(row, "p_holm", None))]
-            p_text, holm = (t if t.startswith("<") else f"= {t}" for t in texts)
-            ax.annotate(f"p {p_text}, Holm {holm}", (1.01, yi), xycoords=("axes fraction", "data"), va="center",
-                        fontsize=8)
+            if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):
+                # a percentile interval need not contain the point estimate: clip, never a negative bar
+                xerr = [[max(0.0, row.difference - row.ci_low)], [max(0.0, row.ci_high - row.difference)]]
+            else:
+                xerr = None
+            ax.errorbar(row.difference, yi, xerr=xerr, color=colour, marker=marker, markersize=6, capsize=3,
+                        linewidth=1.5)
+            if xerr is None:
+                text = TOO_FEW
+            else:
+                texts = [fmt_p(row.p_value), fmt_p(getattr(row, "p_holm", None))]
+                p_text, holm = (t if t.startswith("<") else f"= {t}" for t in texts)
+                text = f"p {p_text}, Holm {holm}"
+                if zero_edge(row, 1 - ci):
+                    text, marked = text + " †", True
+            ax.annotate(text, (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(y, [f"{r.arm} − {r.reference}" for r in rows.itertuples()], fontsize=9)
         ax.set_ylim(-0.6, len(rows) - 0.4)
@@ -137,6 +150,8 @@ def plot_forest(paired, out_path, dpi, extra_arms, ci):
         ax.set_xlabel(x_label, fontsize=8)
         ax.set_title(f"{target_title(target)} — {metric_label(rows['metric'].iloc[0])}", fontsize=10, loc="left")
         ax.grid(True, axis="x", alpha=0.35)
+    if marked:
+        fig.supxlabel(textwrap.fill(f"† {DISCRETE}", 140), fontsize=7)  # laid out below the panels
     save_figure(fig, out_path, dpi)
 
 

@@ -2,8 +2,9 @@
 
 Multi-class sets train with cross-entropy; the paper balances EyePACS, Messidor and DeepDRiD
 with class weights (their grades are very imbalanced) and weights no other set. Multi-label
-sets (ChestX-ray14, the aggregated "All" set) train with binary cross-entropy over the labels,
-unweighted (the paper's choice for All, 5.2.3); labels marked unknown (NaN, see
+sets (ChestX-ray14, the aggregated "All" set) train with binary cross-entropy over the labels
+(the kit's inference: the paper calls the All set multi-label and one-hot, 5.2.3, and names no
+loss), unweighted (the paper: no class weights for All, 5.4); labels marked unknown (NaN, see
 ``data.mask_unknown_labels``) are left out of the loss.
 """
 import numpy as np

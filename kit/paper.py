@@ -87,10 +87,42 @@ def stated_vs_built(key, n_built, n_train=None, n_val=None):
     return f"paper (Section {SOURCE_SECTION[key]}): {stated:,} images; built: {n_built:,}{splits}, {verdict}"
 
 
-# --------------------------------------------------------------------------- Table 2 of the paper
+# --------------------------------------------------------------------------- Tables 1 and 2 of the paper
+
+# Table 1, "Target datasets details" (Section 5.2.2): images per class of each target, under the
+# kit's class names (kit/readers.py). Kather_Texture_2016: "each class with 625 samples".
+TABLE1 = {
+    "shenzhen": {"normal": 326, "tuberculosis": 336},
+    "covid19_radiography": {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345},
+    "kather2016": {c: 625 for c in ("TUMOR", "STROMA", "COMPLEX", "LYMPHO", "DEBRIS", "MUCOSA", "ADIPOSE", "EMPTY")},
+    "messidor": {"grade_0": 541, "grade_1": 154, "grade_2": 247, "grade_3": 254},
+    "deepdrid": {"grade_0": 714, "grade_1": 186, "grade_2": 326, "grade_3": 282, "grade_4": 92},
+}
+
+
+def table1_vs_built(key, built):
+    """One line: Table 1's images per class for a target next to what was built ({class: images})."""
+    stated = TABLE1[key]
+    cells = []
+    for name, n in stated.items():
+        have = int(built.get(name, 0))
+        cells.append(f"{name} {have:,}" + ("" if have == n else f" (paper {n:,})"))
+    total, have = sum(stated.values()), sum(int(built.get(c, 0)) for c in stated)
+    verdict = ("as the paper states" if all(int(built.get(c, 0)) == n for c, n in stated.items()) else
+               f"{100 * have / total:.1f} % of the paper's {total:,} (demo data, --max-per-class, --skip-bad, a "
+               f"partial download or another release)")
+    return f"paper (Table 1, Section 5.2.2): {total:,} images; built: {', '.join(cells)}; {verdict}"
+
+
+def chance_agreement(key):
+    """Cohen's chance agreement sum_c share_c^2 for predictions with Table 1's class shares."""
+    counts = list(TABLE1[key].values())
+    return sum((n / sum(counts)) ** 2 for n in counts)
+
 
 # Table 2, "Model's performance at last epoch" (Section 5.3), in %: {target: {arm: (training, validation)}}.
-# Accuracy for D1-D3, Cohen's kappa for D4-D5. One run per arm; the paper has no test split.
+# Accuracy for D1-D3, Cohen's kappa for D4-D5. One value per arm (no spread: the kit infers one run
+# per arm); the paper has no test split.
 TABLE2 = {
     "shenzhen": {"IN": (95.6, 86.7), "Domain_RI": (98.6, 90.0), "Domain_IN": (96.8, 91.7),
                  "All_RI": (99.1, 90.0), "All_IN": (99.5, 91.7)},
@@ -103,6 +135,16 @@ TABLE2 = {
     "deepdrid": {"IN": (90.0, 36.1), "Domain_RI": (99.6, 47.3), "Domain_IN": (99.3, 46.0),
                  "All_RI": (100.0, 31.6), "All_IN": (100.0, 46.2)},
 }
+
+# What the targets' data cannot give, whatever the kit does: said in report.md, the README and
+# docs/settings.md. {target or None (every target): the limit}.
+LIMITS = {
+    "kather2016": "D3's tiles come from few slides and the download names no slide: tiles of one slide can fall in "
+                  "both the train and the test split, which flatters every arm alike",
+    None: "targets without patient ids (D1, D2, D3, D4) are split by image: two images of one patient can fall in "
+          "different splits, and the bootstrap takes each image as its own patient",
+}
+NO_PATIENT_IDS = ("shenzhen", "covid19_radiography", "kather2016", "messidor")
 
 
 def ranking(values, digits=1):
@@ -121,25 +163,30 @@ def ranking(values, digits=1):
 # --------------------------------------------------------------------------- settings: the paper's and the kit's
 
 # One row per setting: (setting, what the paper states or None, the kit's choice, why, the args.json
-# key holding this run's value or None, the paper's value of that key or None). Rendered in
-# report.md; docs/settings.md says the same at length.
+# key holding this run's value or None, the paper's value of that key or None). Where the paper
+# states part of a setting, the rest is marked "not stated" and the kit's filling-in says "the kit's
+# inference" or "the kit's choice". Rendered in report.md; docs/settings.md says the same at length.
 SETTINGS = [
     ("network", "DenseNet-121 + a head of FC, BN and dropout layers (Section 5.1, Fig. 1)",
      "MONAI DenseNet121 features + Linear-BN-ReLU-Dropout-Linear", "the paper names the layers only", None, None),
     ("input size", "224 × 224 (Section 5.2)", "--image-size, 224 on full data", "", "image_size", 224),
     ("BreakHis / histology", "resized to 340 × 224 keeping the aspect ratio, random 224 × 224 crops in training "
      "(Section 5.2.1)", "shorter side to the input size, random crop (train), centre crop (eval)", "", None, None),
-    ("eye fundus", "resized to 340 × 224, centre crop of the eye area at 224 × 224 (Section 5.2.1)",
-     "crop to the eye's bounding box, shorter side to the input size, centre crop",
-     "cameras place the eye differently in the frame", None, None),
-    ("All set", "22 labels (15 + 2 + 5) one-hot, binary cross-entropy, no class weights, 90/10 train/val "
-     "(Sections 5.2.3, 5.4)", "the same", "", None, None),
+    ("eye fundus", "resized to 340 × 224 keeping the aspect ratio, centre-cropped to the eye area at 224 × 224 "
+     "(Section 5.2.1)", "crop to the eye's bounding box first (the kit's choice), then shorter side to the input size "
+     "and a centre crop", "cameras place the eye differently in the frame: a fixed centre crop cuts some eyes",
+     None, None),
+    ("All set", "22 labels (15 + 2 + 5) as a one-hot vector, no class weights, 90/10 train/val (Sections 5.2.3, "
+     "5.4); the loss not stated", "binary cross-entropy over the 22 labels (the kit's inference)",
+     "a multi-label target takes a sigmoid per label", None, None),
     ("source splits", "ChestX-ray14, BreakHis: not stated; EyePACS: test grades 1-4 added, 10 % validation; "
      "All: 90/10", "every image, 90/10 train/val by patient, no test split (prepare_data.py --protocol paper)",
      "the paper's counts (112,120 + 7,909 + 49,169 = 169,198) hold every image", None, None),
-    ("class weights", "balanced for EyePACS, Messidor, DeepDRiD; none for All (Sections 5.2.1, 5.3, 5.4)",
-     "the same (--class-weights auto)", "", "class_weights", None),
-    ("metrics", "accuracy for D1-D3, Cohen's kappa for D4-D5 (Section 5.3)", "the same (unweighted kappa)", "",
+    ("class weights", "balanced for EyePACS (Section 5.2.1), Messidor and DeepDRiD (Section 5.3); none for All "
+     "(Section 5.4); D1-D3 not stated", "the same; none on D1-D3 (the kit's inference) (--class-weights auto)",
+     "the paper names class weights for the eye sets only", "class_weights", None),
+    ("metrics", "accuracy for D1-D3, Cohen's kappa for D4-D5 (Section 5.3); the kappa's weighting not stated",
+     "unweighted Cohen's kappa (the kit's inference)", "\"Cohen kappa\" without a weighting is the unweighted one",
      None, None),
     ("reported epoch", "the last epoch (Table 2)", "the last epoch for Table 2 and the claims; the "
      "best-validation checkpoint is evaluated too", "", None, None),
@@ -160,5 +207,7 @@ SETTINGS = [
     ("augmentation", "random 224 crops of BreakHis only", "per domain (transforms.py): chest X-ray small rotations, "
      "zoom and shifts, no flips; histology flips, quarter turns, colour jitter; fundus flips, any rotation, jitter",
      "a chest film is upright, and tissue and the eye have no orientation", None, None),
-    ("seeds", "one run per arm", "study.sh SEEDS", "several seeds show the training noise", "seed", None),
+    ("runs per arm", "not stated (Table 2 gives one value per arm and no spread)",
+     "one run per arm unless study.sh SEEDS lists several (one run per arm is the kit's inference)",
+     "the training noise is measured only across runs: verdicts need two or more seeds", "seed", None),
 ]

@@ -1,15 +1,23 @@
 """Markdown: the paper's Table 2 with held-out test CIs, and OUT/report.md, the one page that ties
-the study's tables and figures together. report.md opens with what was run and what was not (and
-why), then the answer per target and the paper's claims with their verdicts (kit/claims.py).
+the study's tables and figures together. report.md opens with what was run and what was not (the
+reason an arm is missing said once, there), then the answer per target and the paper's claims with
+their verdicts (kit/claims.py). Every table keeps to a few short columns (TABLE_WIDTH characters a
+row at most), so it reads in any markdown viewer; prose goes in lists.
 """
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from .claims import CLAIMS, DROP_MARGIN, EPOCH_MARGIN, GAIN_MARGIN, MIN_CURVE_EPOCHS
-from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, SETTINGS, SOURCE_IMAGES, TARGETS, metric_label, short_name,
-                    target_title)
+from .claims import CLAIMS, LEVELLED_OFF, MARGIN, MIN_CURVE_EPOCHS, ONE_NETWORK, fmt_p, margin
+from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, LIMITS, NO_PATIENT_IDS, SETTINGS, SOURCE_IMAGES, TARGETS,
+                    metric_label, short_name, target_title)
+from .stats import DEFAULT_RESAMPLES, MIN_PATIENTS_PER_CLASS
+from .tables import CONVERGENCE as THRESHOLD_SHARE  # "earlier": 95 % of the best arm's last value
+
+TABLE_WIDTH = 200   # characters of a table row: wider rows go to lists
+TOO_FEW = "too few test patients for an interval"
+TOO_FEW_MARK = "‡"  # a table cell's estimate without an interval; the note under the table says why
 
 
 def fmt(value, digits=1):
@@ -31,8 +39,26 @@ def fmt_mean(mean, sd=math.nan, low=math.nan, high=math.nan, count=False):
     return text + (f" [{fmt(low)}, {fmt(high)}]" if pd.notna(low) and pd.notna(high) else "")
 
 
-def fmt_p(p):
-    return "n/a" if p is None or pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+def too_few(fewest):
+    """True when the fewest test patients of a class are below stats.MIN_PATIENTS_PER_CLASS."""
+    return fewest is not None and pd.notna(fewest) and fewest < MIN_PATIENTS_PER_CLASS
+
+
+def fmt_test(mean, sd=math.nan, low=math.nan, high=math.nan, fewest=None, mark=False):
+    """fmt_mean of a test value, or the estimate with 'too few test patients for an interval' (in a
+    table: the estimate and TOO_FEW_MARK, explained by too_few_note under the table)."""
+    if too_few(fewest) and mean is not None and pd.notna(mean):
+        return fmt_mean(mean, sd) + (f" {TOO_FEW_MARK}" if mark else f" ({TOO_FEW})")
+    return fmt_mean(mean, sd, low, high)
+
+
+def too_few_note(fewest_values):
+    """The note under a table holding TOO_FEW_MARK cells, or nothing."""
+    fewest = [f for f in fewest_values if too_few(f)]
+    if not fewest:
+        return []
+    return ["", f"{TOO_FEW_MARK} {TOO_FEW}: fewer than {MIN_PATIENTS_PER_CLASS} test patients in a class (here "
+                f"{min(fewest):.0f}); the estimate alone.", ""]
 
 
 def markdown_table(header, rows):
@@ -79,17 +105,22 @@ def table2_markdown(table, table_arms, notes, ci, level="##"):
         rows = []
         for target, runs in tested.groupby("target", sort=False):
             by_arm = table[table["target"] == target].set_index("arm")
-            for prefix, name in (("test", "best-val checkpoint"), ("test_last", "last epoch")):
-                rows.append([target_title(target), f"{metric_label(runs['metric'].iloc[0])} (%), {name}"]
-                            + [fmt_mean(by_arm.at[a, prefix], by_arm.at[a, f"{prefix}_sd"],
-                                        by_arm.at[a, f"{prefix}_ci_low"], by_arm.at[a, f"{prefix}_ci_high"])
+            for prefix, name in (("test", "best-val"), ("test_last", "last epoch")):
+                rows.append([target_title(target), f"{metric_label(runs['metric'].iloc[0])}, {name}"]
+                            + [fmt_test(by_arm.at[a, prefix], by_arm.at[a, f"{prefix}_sd"],
+                                        by_arm.at[a, f"{prefix}_ci_low"], by_arm.at[a, f"{prefix}_ci_high"],
+                                        by_arm.at[a, "min_class_patients"] if "min_class_patients" in by_arm else None,
+                                        mark=True)
                                for a in table_arms])
-        lines += markdown_table(["Dataset", "Metric"] + headers, rows)
+        lines += markdown_table(["Dataset", "Checkpoint (%)"] + headers, rows)
         sizes = "; ".join(f"{short_name(t)} {test_size(runs['n_test'].max(), runs['n_test_patients'].max())}"
                           for t, runs in tested.groupby("target", sort=False))
+        interval = ("CI with the seeds' spread and the patient bootstrap" if n_seeds > 1 else
+                    f"bootstrap CI over test patients; {ONE_NETWORK}")
         lines += ["", f"Test split (never used for training or model selection; the paper has none): "
                       f"{'mean over seeds ± sd across seeds' if n_seeds > 1 else 'one seed'} "
-                      f"[{100 * ci:g} % bootstrap CI over test patients]; {sizes}.", ""]
+                      f"[{100 * ci:g} % {interval}]; best-val = the best-validation checkpoint; {sizes}.", ""]
+        lines += too_few_note(tested["min_class_patients"] if "min_class_patients" in tested else [])
     return "\n".join(lines)
 
 
@@ -104,7 +135,8 @@ def epoch_note(target, epochs, sizes):
 
 def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason, claims_checkpoint, domains=None,
                  strategy=None):
-    """The top of report.md: the data, the arms run and not run and why, the seeds and sizes."""
+    """The top of report.md: the data, the arms run and not run and why (said here, once), the seeds
+    and what they replicate, the sizes, the known limits of the targets' data."""
     lines = ["## What was run", ""]
     if strategy:
         lines.append(f"- Fine-tuning strategy: **{STRATEGY_WORDS.get(strategy, strategy)}** "
@@ -135,50 +167,79 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
     if absent:
         why = f": {missing_reason}" if missing_reason else ""
         lines.append(f"- **Not run: {', '.join(absent)}**{why}. Their cells read n/a and every claim that needs them "
-                     "is \"not tested\". " + ("Rerun with IMAGENET_WEIGHTS=/path/to/densenet121-a639ec97.pth to run "
-                                               "all five arms." if missing_reason else ""))
+                     "is \"not tested\" (below: \"see What was run\"). " + (
+                         "Rerun with IMAGENET_WEIGHTS=/path/to/densenet121-a639ec97.pth to run all five arms."
+                         if missing_reason else ""))
     if study is not None:
         size = study.get("image_size")
         lines.append(f"- Images at {size} px (paper: 224); {study.get('epochs_pretrain')} pretraining and "
                      f"{study.get('epochs_finetune')} fine-tuning epochs (paper: not stated); sources prepared with "
                      f"the {study.get('source_protocol', 'paper')} protocol.")
-    lines.append(f"- Seeds: {', '.join(map(str, seeds))}" + (
-        " — one seed: no sd across seeds; the CIs show the test-sampling noise only, not the training noise."
-        if len(seeds) == 1 else "."))
+    if len(seeds) == 1:
+        lines.append(f"- Seeds: {seeds[0]} — {ONE_NETWORK}. The CIs show the test-sampling noise of these networks "
+                     "only; no claim can be supported, and each reads \"not tested\" with what this run shows. Run "
+                     "SEEDS=\"0 1 2\" for verdicts about the pretraining arms.")
+    else:
+        pretrained_once = study is not None and study.get("pretrain_seed") not in (None, "")
+        lines.append(f"- Seeds: {', '.join(map(str, seeds))}: the training run is the unit of replication; CIs and "
+                     "p-values add the spread across seeds to the test-sampling noise. " + (
+                         f"Pretrained once (PRETRAIN_SEED={study.get('pretrain_seed')}): every seed's arms start from "
+                         "the same pretrained models, so the spread across seeds leaves out the pretraining's noise "
+                         "and the verdicts are about these pretrained models, not the pretraining recipe."
+                         if pretrained_once else "Each seed's arms fine-tune from models pretrained with that seed, "
+                         "so the spread includes the pretraining's noise."))
     lines.append(f"- The paper has no test split and reports the last epoch's validation values (Table 2). This run "
                  f"also tests every target on a held-out test split; the answers and the claims below use the "
                  f"{'last-epoch' if claims_checkpoint == 'last' else 'best-validation'} checkpoint's test results.")
+    limits = [LIMITS[t] for t in targets if t in LIMITS]
+    if any(t in NO_PATIENT_IDS for t in targets):
+        limits.append(LIMITS[None])
+    if limits:
+        lines.append(f"- Known limits of the data: {'; '.join(limits)}.")
     if settings_line:
         lines.append(f"- {settings_line}")
     return lines + [""]
 
-
-def claims_section(claims, ci, bootstrap):
+def claims_section(claims, ci, bootstrap, paired=None):
+    """The claims: a narrow table of verdicts (one row per claim and target), then the evidence of each
+    row as a list, then the rules with the number of comparisons each target's Holm correction counted."""
     lines = ["## The paper's claims, checked", ""]
-    lines += [f"- ({c.key}) {c.title}: \"{c.quote}\"" for c in CLAIMS]
+    lines += [f"- ({c.key}) {c.title} (Section {c.section}): \"{c.quote}\"" for c in CLAIMS]
     lines.append("")
-    rows = [[f"({r.claim})", r.dataset, r.paper_table, r.evidence, f"**{r.verdict}**"] for r in claims.itertuples()]
-    lines += markdown_table(["Claim", "Dataset", "Paper's Table 2 (validation)", "This run", "Verdict"], rows)
+    rows = []
+    for r in claims.itertuples():
+        verdict = f"**{r.verdict}**" + (f": {r.replication}" if r.replication and r.this_run else "")
+        rows.append([f"({r.claim})", r.dataset, verdict, r.this_run or "—", str(r.paper_table).split(" (")[0]])
+    lines += markdown_table(["Claim", "Dataset", "Verdict", "This run alone", "Paper's Table 2"], rows)
+    lines += ["", "Evidence (this run's test split or curves; the paper's Table 2 validation values):", ""]
+    for r in claims.itertuples():
+        replication = f" [{r.replication}]" if r.replication else ""
+        lines.append(f"- ({r.claim}) {r.dataset}: **{r.verdict}**{replication} — {r.evidence}. Paper's Table 2: "
+                     f"{r.paper_table}.")
     alpha = 1 - ci
-    lines += ["", f"Verdict rules (kit/claims.py, docs/statistics.md). Performance claims (a, b, c, f): an arm is "
-                  f"*shown* better than another when their paired test difference is > 0 with a Holm-adjusted p < "
-                  f"{alpha:g} (the {100 * ci:g} % CI excludes 0, corrected for the target's 10 comparisons). A claim "
-                  "that every listed arm beats every other (b, c, f) is supported when every pair is shown, "
-                  "contradicted when any pair is shown the other way; (a) is supported when one All arm is shown "
-                  "better than each of IN, Domain_RI, Domain_IN, contradicted when each All arm has one of them shown "
-                  f"better. Curve claims (d, e) compare seed-means: earlier = at least {EPOCH_MARGIN:g} epoch sooner to "
-                  f"95 % of the best validation value; more stable = a largest validation drop at least "
-                  f"{DROP_MARGIN:g} points smaller; (e1) also needs IN's training curve still rising (gaining more "
-                  f"than {GAIN_MARGIN:g} points over its last third), and a levelled-off IN curve contradicts it; curves "
-                  f"of fewer than {MIN_CURVE_EPOCHS} epochs leave them \"not tested\". "
-                  "Otherwise inconclusive; a claim needing an arm that was not run is \"not tested\". The paper's "
-                  "Table 2 column puts the paper's own validation values through the same rule (no noise: any "
-                  "difference counts), i.e. whether the paper's numbers bear out its text. tables/claims.csv."]
-    if bootstrap < 400:
-        lines.append(f"With {bootstrap} bootstrap resamples the smallest p-value is {2 / (bootstrap + 1):.3f}, too "
-                     "large to survive Holm's correction over 10 comparisons: use --bootstrap 1000 or more.")
+    corrected = ""
+    if paired is not None and len(paired) and "holm_m" in paired:
+        headline = paired[paired["method"] != "DeLong"].groupby("target", sort=False)["holm_m"].max()
+        corrected = ", ".join(f"{short_name(t)} {int(m)}" for t, m in headline.items() if pd.notna(m))
+    lines += ["", f"Verdict rules (kit/claims.py, docs/statistics.md). The training run is the unit of replication: "
+                  f"with one seed no claim is supported (\"{ONE_NETWORK}\"; \"This run alone\" says whether this "
+                  "run's networks agree). Performance claims: an arm is *shown* better than another when their paired "
+                  f"test difference is > 0 with a Holm-adjusted p < {alpha:g}; the p carries the seeds' spread and a "
+                  "patient bootstrap; Holm corrects for the comparisons of each target actually run"
+                  + (f" ({corrected})" if corrected else "") + ". (j) and (k) use a margin of "
+                  f"{MARGIN:g} points of accuracy, {margin('messidor', 'kappa'):g} / {margin('deepdrid', 'kappa'):g} "
+                  "points of kappa on D4 / D5 (the same number of changed decisions). Curve claims: the noise of a "
+                  "value on n images (binomial, at most 50/sqrt(n) points; twice for a kappa) plus the seeds' spread; "
+                  f"earlier = before the other arm's band can reach {100 * THRESHOLD_SHARE:g} % of the best arm's last "
+                  f"value; (e1) also needs IN's training curve shown still rising, and IN's gain shown below "
+                  f"{LEVELLED_OFF:g} points contradicts it; curves of fewer than {MIN_CURVE_EPOCHS} epochs are "
+                  "\"not tested\". Claims over several targets test each at alpha / 5. The paper's Table 2 column "
+                  "puts the paper's own validation values through the same rules with no noise. tables/claims.csv."]
+    if bootstrap < DEFAULT_RESAMPLES:
+        lines.append(f"With {bootstrap} bootstrap resamples the smallest one-seed p-value is {2 / (bootstrap + 1):.4f}: "
+                     f"near a Holm threshold it rests on a handful of resamples; use --bootstrap "
+                     f"{DEFAULT_RESAMPLES} or more.")
     return lines + [""]
-
 
 def paper_vs_run_section(comparison, rankings, ci, n_seeds):
     if comparison.empty:
@@ -188,12 +249,14 @@ def paper_vs_run_section(comparison, rankings, ci, n_seeds):
     for r in comparison.itertuples():
         rows.append([target_title(r.target), r.arm, fmt(r.paper_val), fmt_mean(r.val, r.val_sd),
                      "n/a" if pd.isna(r.val_minus_paper) else f"{r.val_minus_paper:+.1f}",
-                     fmt_mean(r.test, r.test_sd, r.test_ci_low, r.test_ci_high)])
+                     fmt_test(r.test, r.test_sd, r.test_ci_low, r.test_ci_high, getattr(r, "min_class_patients", None),
+                              mark=True)])
     checkpoint = comparison["checkpoint"].iloc[0]
     lines += markdown_table(["Target", "Arm", "Paper val (%)", "This run val (%)", "Δ val (pp)",
-                             f"This run test (%), {'last epoch' if checkpoint == 'last' else 'best-val checkpoint'} "
-                             f"[{100 * ci:g} % CI]"], rows)
-    lines += ["", f"Paper: Table 2, last epoch, one run per arm, validation split. This run: last epoch, "
+                             f"Test (%), {'last epoch' if checkpoint == 'last' else 'best-val'} [{100 * ci:g} % CI]"],
+                            rows)
+    lines += too_few_note(comparison["min_class_patients"] if "min_class_patients" in comparison else [])
+    lines += ["", f"Paper: Table 2, last epoch, one value per arm (no spread), validation split. This run: last epoch, "
                   f"{spread_words(n_seeds)}; Δ = this run's validation value − the paper's. The validation and test "
                   "splits are not the paper's (it states none for the targets), so Δ mixes the data split, the "
                   "settings the paper does not state and the noise. tables/paper_vs_run.csv.", ""]
@@ -277,28 +340,49 @@ def paired_section(pairs, checkpoint, args, pairing_notes):
     if not pairs.empty:
         kind = "last-epoch" if checkpoint == "last" else "best-validation"
         lines += [f"## Paired comparisons (test split, {kind} checkpoint, all pairs of arms)", ""]
-        delong = pairs[pairs["method"] == "DeLong"].set_index(["target", "arm", "reference"])
-        rows = []
+        rows, discrete = [], False
         for r in pairs[pairs["method"] != "DeLong"].itertuples():
-            auroc = "n/a"
-            if (r.target, r.arm, r.reference) in delong.index:
-                d = delong.loc[(r.target, r.arm, r.reference)]
-                auroc = (f"{fmt(d['difference'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p {fmt_p(d['p_value'])}, "
-                         f"p_Holm {fmt_p(d['p_holm'])}")
-            rows.append([target_title(r.target), f"{r.arm} − {r.reference}", metric_label(r.metric),
-                         f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt_p(r.p_value),
-                         fmt_p(r.p_holm), auroc])
-        lines += markdown_table(["Target", "Comparison", "Metric", f"Difference (pp) [{100 * args.ci:g} % CI]", "p",
-                                 "p (Holm)", "AUROC difference (pp), DeLong"], rows)
+            interval = f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+            if too_few(getattr(r, "min_class_patients", None)):
+                interval = f"{fmt(r.difference)} {TOO_FEW_MARK}"
+            elif zero_edge(r, 1 - args.ci):
+                interval, discrete = interval + " †", True
+            rows.append([target_title(r.target), f"{r.arm} − {r.reference}", str(int(r.n_seeds)), interval,
+                         fmt_p(r.p_value), fmt_p(r.p_holm) + (f" ({r.holm_m:.0f})" if getattr(r, "holm_m", 0) else "")])
+        lines += markdown_table(["Target", "Comparison", "Seeds", f"Difference (pp) [{100 * args.ci:g} % CI]", "p",
+                                 "p Holm (of m)"], rows)
         lines += ["", f"The later arm (paper order IN, Domain_RI, Domain_IN, All_RI, All_IN) minus the earlier, on the "
-                      f"same test images and seeds (mean over seeds). Headline metric: paired bootstrap over test "
-                      f"patients ({args.bootstrap} resamples, seed {args.seed}), two-sided p. Multiple comparisons: "
-                      "Holm's correction within each target (its 10 comparisons; DeLong's separately), p (Holm) next "
-                      "to the raw p. AUROC (binary targets only): DeLong's test, images as independent. The other "
-                      "checkpoint and every fraction: tables/paired.csv; figure: figures/forest.png.", ""]
+                      f"same test images and seeds (mean over seeds; headline metric). Two or more seeds: the seeds' "
+                      f"spread plus a patient bootstrap of the seed-mean ({args.bootstrap} resamples, seed "
+                      f"{args.seed}), t with Welch's degrees of freedom. One seed: the percentile bootstrap over test "
+                      f"patients of those two networks ({ONE_NETWORK}). Multiple comparisons: Holm's correction within "
+                      "each target, over the m comparisons actually run (DeLong's separately). The other checkpoint "
+                      "and every fraction: tables/paired.csv; figure: figures/forest.png.", ""]
+        if discrete:
+            lines += [f"† {DISCRETE}", ""]
+        lines += too_few_note(pairs["min_class_patients"] if "min_class_patients" in pairs else [])
+        delong = pairs[pairs["method"] == "DeLong"]
+        if not delong.empty:
+            rows = [[target_title(r.target), f"{r.arm} − {r.reference}",
+                     f"{fmt(r.difference)} {TOO_FEW_MARK}" if too_few(getattr(r, "min_class_patients", None)) else
+                     f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]", fmt_p(r.p_value), fmt_p(r.p_holm)]
+                    for r in delong.itertuples()]
+            lines += ["AUROC of the binary targets, DeLong's test (images as independent; with several seeds the "
+                      "seeds' spread added):", ""]
+            lines += markdown_table(["Target", "Comparison", "AUROC difference (pp) [CI]", "p", "p Holm"], rows) + [""]
     if pairing_notes:
         lines += ["Not compared as paired:", ""] + [f"- {text}" for text in pairing_notes] + [""]
     return lines
+
+DISCRETE = ("the interval ends at 0 while p is large: a percentile interval of one seed on a discrete metric "
+            "(few test patients): many resamples give a difference of exactly 0, and they count on both sides of "
+            "the p-value.")
+
+
+def zero_edge(row, alpha):
+    """A one-seed percentile interval with an end exactly at 0 next to a p-value above alpha: needs DISCRETE."""
+    return (int(row.n_seeds) < 2 and pd.notna(row.p_value) and row.p_value >= alpha
+            and (row.ci_low == 0 or row.ci_high == 0) and row.difference != 0)
 
 
 def stability_section(convergence):
@@ -306,27 +390,30 @@ def stability_section(convergence):
         return []
     lines = ["## Convergence and stability (learning curves)", ""]
     rows = [[target_title(r.target), r.arm, fmt_mean(r.best_val, r.best_val_sd),
-             fmt_mean(r.epochs_to_95, r.epochs_to_95_sd, count=True), fmt_mean(r.val_curve_mean, r.val_curve_mean_sd),
+             fmt_mean(r.epochs_to_threshold, r.epochs_to_threshold_sd, count=True) + (
+                 f" ({int(r.never_reached)} never)" if pd.notna(r.never_reached) and r.never_reached else ""),
              fmt_mean(r.max_drop, r.max_drop_sd), fmt_mean(r.tail_sd, r.tail_sd_sd),
-             fmt_mean(r.train_epochs_to_95, r.train_epochs_to_95_sd, count=True),
              fmt_mean(r.train_late_gain, r.train_late_gain_sd)]
             for r in convergence.itertuples()]
-    lines += markdown_table(["Target", "Arm", "Best val (%)", "Val epochs to 95 % of best", "Val curve mean (%)",
-                             "Largest val drop (pp)", "Val sd, last third (pp)", "Train epochs to 95 % of best",
-                             "Train gain, last third (pp)"], rows)
+    lines += markdown_table(["Target", "Arm", "Best val (%)", "Val epochs to threshold", "Largest val drop (pp)",
+                             "Val sd, last third (pp)", "Train gain, last third (pp)"], rows)
     n_seeds = int(convergence["n_seeds"].max())
-    lines += ["", "Per run, then " + spread_words(n_seeds) + ". Val curve mean: the area under the validation curve "
-                  "divided by the epoch span (the curve's mean height; higher = better sooner; not an AUROC). Largest "
-                  "drop: the biggest fall between consecutive epochs (the paper's \"ditches\"). Last third: the last "
-                  "ceil(n/3) epochs (sd needs 2); train gain: what the training curve added over them (a curve still "
-                  "rising has not converged). tables/convergence.csv, per run tables/runs.csv.", ""]
+    thresholds = "; ".join(f"{short_name(t)} {fmt(rows_t['threshold'].iloc[0])} % ({rows_t['threshold_arm'].iloc[0]})"
+                           for t, rows_t in convergence.groupby("target", sort=False)
+                           if pd.notna(rows_t["threshold"].iloc[0]))
+    lines += ["", "Per run, then " + spread_words(n_seeds) + f". Threshold: {100 * THRESHOLD_SHARE:g} % of the best "
+                  f"arm's last validation value, the same for every arm of a target ({thresholds or 'n/a'}); "
+                  "\"never\" counts runs that do not reach it. Largest drop: the biggest fall between consecutive "
+                  "epochs (the paper's \"ditches\"). Last third: the last ceil(n/3) epochs (sd needs 2); train gain: "
+                  "what the training curve added over them (a curve still rising has not converged). The epochs to "
+                  "95 % of each run's own best and the curve's mean height: tables/convergence.csv, per run "
+                  "tables/runs.csv.", ""]
     return lines
 
-
-def settings_section(run_args):
-    """Each setting: what the paper states, or 'not stated' and the kit's choice and why; this run's value."""
+def settings_section(run_args, targets=()):
+    """Each setting as a list item: what the paper states (or 'not stated'), the kit's choice and why,
+    this run's value; then the known limits of the targets' data."""
     lines = ["## Settings: the paper's and the kit's", ""]
-    rows = []
     for name, paper, kit, because, key, paper_value in SETTINGS:
         flag = f"--{key.replace('_', '-')}" if key else ""
         values = sorted({str(args.get(key)) for args in run_args.values() if args.get(key) is not None}) if key else []
@@ -335,10 +422,14 @@ def settings_section(run_args):
         if paper_value is not None and values and values != [str(paper_value)]:
             this_run += " (not the paper's)"
         said = f"paper: {paper}" if paper else "paper: not stated"
-        rows.append([name, f"{said}; kit: {kit}" + (f" because {because}" if because else ""), this_run or "—"])
-    lines += markdown_table(["Setting", "What the paper states; what the kit chose", "This run"], rows)
-    return lines + ["", "Nothing marked \"kit\" is the paper's setting; docs/settings.md explains each choice.", ""]
-
+        lines.append(f"- **{name}** — {said}; kit: {kit}" + (f", because {because}" if because else "")
+                     + (f"; this run: {this_run}" if this_run else "") + ".")
+    lines += ["", "Nothing marked \"kit\" is the paper's setting, and \"the kit's inference\" marks what the kit "
+                  "read into the paper's words; docs/settings.md explains each choice.", ""]
+    limits = [f"- {LIMITS[t]}." for t in targets if t in LIMITS]
+    if any(t in NO_PATIENT_IDS for t in targets):
+        limits.append(f"- {LIMITS[None]}.")
+    return lines + (["Known limits of the data:", ""] + limits + [""] if limits else [])
 
 STRATEGY_WORDS = {"full": "full fine-tuning (every layer trains)",
                   "partial": "partial fine-tuning (the last dense block and the head train)",
@@ -385,15 +476,16 @@ def report_markdown(*, table2_md, paired, convergence, summary, sizes, metrics, 
     lines += overlap_section(**overlap) if overlap else []
     lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "
               f"{'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
-              f"{100 * args.ci:g} % CIs, Holm-corrected p)", ""]
+              f"{100 * args.ci:g} % CIs, Holm-corrected p; a best arm is named only when shown better than the next)",
+              ""]
     lines += [f"- {answers[t]}" for t in targets if t in answers] + [""]
-    lines += claims_section(claims, args.ci, args.bootstrap)
+    lines += claims_section(claims, args.ci, args.bootstrap, paired)
     lines += paper_vs_run_section(comparison, rankings, args.ci, max(1, len(seeds)))
     lines += data_section(metrics, sizes, summary, sources)
     lines += [table2_md, ""]
     lines += paired_section(paired, args.claims_checkpoint, args, pairing_notes)
     lines += stability_section(convergence)
-    lines += settings_section(run_args)
+    lines += settings_section(run_args, targets)
     lines += ["## Figures", ""]
     lines += [f"- [{title}](figures/{name})" for name, title in figures]
     lines += ["- Confusion matrices and per-class precision/recall/F1: "

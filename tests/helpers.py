@@ -6,6 +6,7 @@ fabricated study trees plot_results.py is tested on. Imported as `from helpers i
 import builtins
 import fcntl
 import json
+import math
 import os
 import subprocess
 import sys
@@ -378,6 +379,138 @@ def write_seeded_study(root):
 
 def hand_accuracy(probs, target):
     return 100 * float((probs.argmax(axis=1) == TRUTH[target]).mean())
+
+
+# --------------------------------------------------------------------------- studies whose verdicts are known
+
+CLAIM_CLASSES = {"shenzhen": ["normal", "tuberculosis"], "covid19_radiography": ["COVID", "Lung_Opacity", "Normal",
+                                                                                 "Viral Pneumonia"],
+                 "kather2016": ["TUMOR", "STROMA"], "messidor": [f"grade_{g}" for g in range(4)],
+                 "deepdrid": [f"grade_{g}" for g in range(5)]}
+CLAIM_COLUMNS = ["epoch", "split", "loss", "accuracy", "balanced_accuracy", "kappa", "qwk", "auroc"]
+
+
+def write_claim_run(out: Path, target: str, arm: str, val, train, right: float, seed: int = 0, n_test: int = 200,
+                    per_patient: int = 1) -> None:
+    """finetune/<target>/<arm>/seed<S>/{metrics.csv, args.json} and eval/.../{best,last}/{metrics,predictions}.csv
+    of a run whose test predictions are right on a share `right` of the images. The truth is the same for every
+    arm and seed; which images are right depends on `right` and the seed only, so two arms with the same share
+    give the very same predictions in every seed."""
+    from kit import metrics, paper
+
+    run = out / "finetune" / target / arm / f"seed{seed}"
+    run.mkdir(parents=True)
+    metric = paper.TARGETS[target][3]
+    rows = []
+    for epoch, (v, t) in enumerate(zip(val, train), start=1):
+        for split, value in (("train", t), ("val", v)):
+            rows.append({"epoch": epoch, "split": split, "loss": 1 - value, **{c: value for c in CLAIM_COLUMNS[3:]}})
+    pd.DataFrame(rows, columns=CLAIM_COLUMNS).to_csv(run / "metrics.csv", index=False)
+    args = {"seed": seed, "train_fraction": 1.0, "image_size": 224, "epochs": len(val), "batch_size": 32,
+            "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 0, "hidden_dim": 512, "dropout": 0.5,
+            "class_weights": "auto"}
+    (run / "args.json").write_text(json.dumps({"args": args, "meta": {"headline_metric": metric,
+                                                                       "data": {"manifest_rows": "same"}}}))
+    classes = CLAIM_CLASSES[target]
+    truth = np.random.default_rng(7).integers(0, len(classes), n_test)
+    correct = np.zeros(n_test, dtype=bool)
+    correct[np.random.default_rng([round(1000 * right), seed]).permutation(n_test)[:round(right * n_test)]] = True
+    pred = np.where(correct, truth, (truth + 1) % len(classes))
+    probs = np.full((n_test, len(classes)), 0.02)
+    probs[np.arange(n_test), pred] = 1 - 0.02 * (len(classes) - 1)
+    predictions = pd.DataFrame({"image": [f"/d/{target}/{i:04d}.png" for i in range(n_test)],
+                                "patient": [f"p{i // per_patient}" for i in range(n_test)], "split": "test",
+                                "target": [classes[t] for t in truth], "pred": [classes[p] for p in pred],
+                                **{f"prob_{c}": probs[:, j] for j, c in enumerate(classes)}})
+    values = metrics.multiclass_metrics(probs, truth)
+    for kind in ("best", "last"):
+        folder = out / "eval" / target / arm / f"seed{seed}" / kind
+        folder.mkdir(parents=True)
+        predictions.to_csv(folder / "predictions.csv", index=False)
+        pd.DataFrame([{"split": "test", "checkpoint": str(run / f"{kind}.pt"), "epoch": len(val), **values,
+                       "n": n_test, "n_patients": n_test // per_patient}]).to_csv(folder / "metrics.csv", index=False)
+
+
+def write_split_sizes(out: Path, target: str, train: int, val: int, test: int) -> None:
+    """manifests/<target>.json with class counts adding up to the given split sizes (what the curve claims'
+    noise bound reads)."""
+    classes = CLAIM_CLASSES[target]
+    counts = {split: {c: n // len(classes) + (i < n % len(classes)) for i, c in enumerate(classes)}
+              for split, n in (("train", train), ("val", val), ("test", test))}
+    (out / "manifests").mkdir(exist_ok=True)
+    (out / "manifests" / f"{target}.json").write_text(json.dumps({"key": target, "counts": counts}))
+
+
+def write_study_json(out: Path, **changes) -> None:
+    """OUT/study.json as study.sh writes it (a demo study by default)."""
+    record = {"data": "demo", "demo": True, "demo_scale": 0.3, "imagenet_weights": "/w/densenet121-a639ec97.pth",
+              "imagenet_found": True, "imagenet_missing_reason": None, "image_size": 32, "epochs_pretrain": 1,
+              "epochs_finetune": 10, "batch_size": 16, "seeds": [0], "split_seed": 0, "pretrain_seed": None,
+              "train_fractions": [1.0], "targets": [], "source_protocol": "paper"} | changes
+    (out / "study.json").write_text(json.dumps(record))
+
+
+def claim_inputs(values, *, se=0.3, seed_sd=0.3, n_seeds=3, min_class_patients=50, overrides=None):
+    """What kit.claims.verdicts reads, made by hand for test values {target: {arm: value in %}}: the paired
+    rows of every pair of arms (later minus earlier in paper order) with a test se, a seed sd per arm
+    difference and their t-test (kit.stats.t_test), Holm-corrected per target as plot_results does;
+    `overrides` {(target, arm, reference): {column: value}} changes rows before Holm. Returns (paired,
+    arms_run)."""
+    from kit import paper, stats, tables
+
+    rows = []
+    for target, by_arm in values.items():
+        arms = [a for a in paper.ARMS if a in by_arm]
+        for i, reference in enumerate(arms):
+            for arm in arms[i + 1:]:
+                d = by_arm[arm] - by_arm[reference]
+                found = stats.t_test(d, seed_sd ** 2 / n_seeds if n_seeds > 1 else 0.0, max(n_seeds - 1, 1), se ** 2)
+                row = {"target": target, "train_fraction": 1.0, "checkpoint": "last", "arm": arm,
+                       "reference": reference, "metric": paper.TARGETS[target][3],
+                       "method": "seeds and patients" if n_seeds > 1 else "patients, one seed", "n_seeds": n_seeds,
+                       "n_images": 400, "n_patients": 400, "min_class_patients": min_class_patients,
+                       "arm_value": by_arm[arm], "reference_value": by_arm[reference], "difference": d,
+                       "ci_low": found["ci_low"], "ci_high": found["ci_high"], "se": found["se"], "df": found["df"],
+                       "p_value": found["p_value"], "difference_sd": seed_sd if n_seeds > 1 else math.nan,
+                       "test_se": se}
+                rows.append(row | (overrides or {}).get((target, arm, reference), {}))
+    paired = tables.add_holm(pd.DataFrame(rows)) if rows else pd.DataFrame(columns=["method"])
+    return paired, {target: set(by_arm) for target, by_arm in values.items()}
+
+
+def curve_inputs(measures=None, val_curves=None, *, n_seeds=3, epochs=10, sd=0.0, val_images=20_000,
+                 train_images=50_000):
+    """What kit.claims.verdicts reads about curves, by hand: convergence rows {target: {arm: {measure: value}}}
+    (the same sd across seeds for every measure), seed-mean validation curves {target: {arm: [fractions]}} with
+    the common threshold of tables.common_thresholds, and split sizes. Returns (convergence, curves, sizes)."""
+    from kit import stats
+
+    targets = list(dict.fromkeys([*(measures or {}), *(val_curves or {})]))
+    rows, curves = [], {}
+    for target in targets:
+        by_arm_curve = (val_curves or {}).get(target, {})
+        last = {arm: 100 * c[-1] for arm, c in by_arm_curve.items()}
+        best_arm = max(last, key=last.get) if last else None
+        threshold = stats.share_of(last[best_arm], 0.95) if last else math.nan
+        arms = list(dict.fromkeys([*(measures or {}).get(target, {}), *by_arm_curve]))
+        for arm in arms:
+            row = {"target": target, "arm": arm, "train_fraction": 1.0, "metric": "accuracy", "n_seeds": n_seeds,
+                   "epochs": epochs, "best_epoch": 1, "threshold": threshold, "threshold_arm": best_arm,
+                   "never_reached": 0}
+            for measure, value in (measures or {}).get(target, {}).get(arm, {}).items():
+                row[measure], row[f"{measure}_sd"] = value, sd if n_seeds > 1 else math.nan
+            rows.append(row)
+        curves[target] = {arm: pd.DataFrame({"epoch": np.arange(1, len(c) + 1), "split": "val", "value": c,
+                                             "value_sd": sd / 100 if n_seeds > 1 else math.nan,
+                                             "loss": 0.0, "loss_sd": 0.0})
+                          for arm, c in by_arm_curve.items()}
+    convergence = pd.DataFrame(rows)
+    for column in ("max_drop", "train_late_gain", "epochs_to_threshold"):
+        for name in (column, f"{column}_sd"):
+            if name not in convergence:
+                convergence[name] = math.nan
+    sizes = {t: {"train": train_images, "val": val_images, "test": 400} for t in targets}
+    return convergence, curves, sizes
 
 
 # --------------------------------------------------------------------------- failure and study scenarios

@@ -115,7 +115,7 @@ def test_arguments(capsys):
             parser.parse_args(["--checkpoint", "a.pt", "--manifest", "m.csv", "--out", "o", *bad])
         assert words in capsys.readouterr().err, bad
     args = parser.parse_args(["--checkpoint", "a.pt", "b.pt", "--manifest", "m.csv", "--out", "o"])
-    assert (args.ci, args.bootstrap, args.seed, args.split, args.checkpoint) == (0.95, 1000, 0, "test", ["a.pt", "b.pt"])
+    assert (args.ci, args.bootstrap, args.seed, args.split, args.checkpoint) == (0.95, 10_000, 0, "test", ["a.pt", "b.pt"])
 
 
 @pytest.mark.slow

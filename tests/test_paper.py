@@ -185,6 +185,9 @@ def test_targets_keep_train_val_test(tmp_path, capsys):
     assert set(frame["split"]) == {"train", "val", "test"}
     assert (meta["protocol"], meta["val_frac"], meta["test_frac"]) == ("held-out-test", 0.15, 0.15)
     assert "paper (Section" not in printed
+    # Table 1's images per class next to what was built (20 + 20 of the paper's 326 + 336)
+    assert ("paper (Table 1, Section 5.2.2): 662 images; built: normal 20 (paper 326), tuberculosis 20 (paper 336); "
+            "6.0 % of the paper's 662") in printed
 
 
 # --------------------------------------------------------------------------- the All set: 22 one-hot labels, plain BCE
@@ -307,3 +310,79 @@ def test_names():
     assert paper.arm_legend_label("my_set", "Domain_IN") == "Domain_IN" and paper.arm_legend_label("shenzhen", "IN") == "IN"
     assert paper.fraction_label(0.25) == "0.25" and paper.fraction_label(1.0) == "1"
     assert paper.CURVE_SPLITS == [("train", "Training"), ("val", "Validation")]
+
+
+# --------------------------------------------------------------------------- Tables 1 and 2, cell by cell
+
+# The paper's Table 2 as printed (Section 5.3): rows D1-D5 x Training/Validation, columns IN, Dom RI, Dom IN,
+# ALL RI, ALL IN; accuracy (%) for D1-D3, kappa (%) for D4-D5.
+PAPER_TABLE2 = """
+D1 Training 95.6 98.6 96.8 99.1 99.5
+D1 Validation 86.7 90.0 91.7 90.0 91.7
+D2 Training 99.9 99.9 99.9 100 100
+D2 Validation 96.5 95.9 96.0 96.2 96.6
+D3 Training 98.7 98.1 98.2 99.6 99.6
+D3 Validation 95.1 93.9 95.2 94.4 95.2
+D4 Training 77.5 97.5 95.5 97.8 98.6
+D4 Validation 52.1 38.8 51.0 33.6 45.3
+D5 Training 90.0 99.6 99.3 100 100
+D5 Validation 36.1 47.3 46.0 31.6 46.2
+"""
+# The paper's Table 1 (Section 5.2.2): samples per class of each target.
+PAPER_TABLE1 = {
+    "D1": [("Normal", 326), ("Tuberculosis", 336)],
+    "D2": [("COVID", 3616), ("Lung_Opacity", 6012), ("Normal", 10192), ("Viral_Pneumonia", 1345)],
+    "D3": [(c, 625) for c in ("Tumor", "Stroma", "Complex", "Lympho", "Debris", "Mucosa", "Adipose", "Empty")],
+    "D4": [("Grade_0", 541), ("Grade_1", 154), ("Grade_2", 247), ("Grade_3", 254)],
+    "D5": [("0-No DR", 714), ("1-Mild NPDR", 186), ("2-Moderate NPDR", 326), ("3-Severe NPDR", 282),
+           ("4-Proliferate DR", 92)],
+}
+
+
+def test_all_50_cells_of_table2_are_the_papers():
+    by_label = {label: key for key, (label, *_) in paper.TARGETS.items()}
+    checked = 0
+    for line in PAPER_TABLE2.strip().splitlines():
+        label, split, *cells = line.split()
+        column = 0 if split == "Training" else 1
+        for arm, cell in zip(paper.ARMS, cells, strict=True):
+            assert paper.TABLE2[by_label[label]][arm][column] == float(cell), (label, split, arm)
+            checked += 1
+    assert checked == 50 and sum(len(arms) * 2 for arms in paper.TABLE2.values()) == 50
+    # rankings of the paper's validation values, ties at one decimal
+    assert paper.ranking({a: v[1] for a, v in paper.TABLE2["shenzhen"].items()}) == \
+        "Domain_IN = All_IN > Domain_RI = All_RI > IN"
+    assert paper.ranking({a: v[1] for a, v in paper.TABLE2["deepdrid"].items()}) == \
+        "Domain_RI > All_IN > Domain_IN > IN > All_RI"
+
+
+def test_table1_counts_are_the_papers_under_the_kits_class_names():
+    by_label = {label: key for key, (label, *_) in paper.TARGETS.items()}
+    for label, cells in PAPER_TABLE1.items():
+        key = by_label[label]
+        assert list(paper.TABLE1[key].values()) == [n for _, n in cells], label
+        # in the order and under the names the readers give the classes
+        assert list(paper.TABLE1[key]) == list(readers.DATASETS[key].classes), label
+    totals = {label: sum(n for _, n in cells) for label, cells in PAPER_TABLE1.items()}
+    assert totals == {"D1": 662, "D2": 21_165, "D3": 5_000, "D4": 1_196, "D5": 1_600}
+    assert paper.table1_vs_built("kather2016", {c: 625 for c in paper.TABLE1["kather2016"]}).endswith(
+        "as the paper states")
+    line = paper.table1_vs_built("messidor", {"grade_0": 546, "grade_1": 153, "grade_2": 247, "grade_3": 254})
+    assert "grade_0 546 (paper 541), grade_1 153 (paper 154), grade_2 247, grade_3 254" in line
+    assert paper.chance_agreement("kather2016") == pytest.approx(1 / 8)
+
+
+def test_settings_say_what_the_kit_inferred():
+    """The All set's loss, the kappa's weighting, the fundus crop, the runs per arm and no class weights on
+    D1-D3 are the kit's inferences or choices: each row says so, none claims the paper for them."""
+    rows = {name: (said or "", kit) for name, said, kit, *_ in paper.SETTINGS}
+    assert "the loss not stated" in rows["All set"][0] and "(the kit's inference)" in rows["All set"][1]
+    assert "binary cross-entropy" not in rows["All set"][0]
+    assert "the kappa's weighting not stated" in rows["metrics"][0] and "(the kit's inference)" in rows["metrics"][1]
+    assert "(the kit's choice)" in rows["eye fundus"][1] and "bounding box" not in rows["eye fundus"][0]
+    assert rows["runs per arm"][0].startswith("not stated") and "(one run per arm is the kit's inference)" \
+        in rows["runs per arm"][1]
+    assert "D1-D3 not stated" in rows["class weights"][0] and "none on D1-D3 (the kit's inference)" \
+        in rows["class weights"][1]
+    assert set(paper.LIMITS) == {"kather2016", None} and "no slide" in paper.LIMITS["kather2016"]
+    assert set(paper.NO_PATIENT_IDS) <= set(paper.TARGETS) and "deepdrid" not in paper.NO_PATIENT_IDS

@@ -2,6 +2,7 @@
 writes them for hand-written runs trees; the number formats."""
 import math
 
+import pytest
 from helpers import last
 
 from kit import report
@@ -68,3 +69,38 @@ def test_overlap_section_says_what_was_found_what_was_done_and_what_the_arms_saw
     seen = "\n".join(overlap_section(found, record, "keep", {"covid19_radiography": [1, 0]}, {}))
     assert "**D2 COVID-19 Radiography: up to 1 test image(s) were seen in pretraining**" in seen
     assert "Not checked" in "\n".join(overlap_section(None, None, None, {}, {}))
+
+def test_too_few_test_patients_print_the_estimate_alone():
+    assert report.fmt_test(36.4, math.nan, 0.0, 36.4, fewest=2) == "36.4 (too few test patients for an interval)"
+    assert report.fmt_test(36.4, math.nan, 0.0, 36.4, fewest=2, mark=True) == "36.4 ‡"
+    assert report.too_few_note([12, 2, None])[1].startswith("‡ too few test patients for an interval: fewer than 10")
+    assert report.too_few_note([12, None]) == []
+    assert report.fmt_test(36.4, 1.0, 20.0, 50.0, fewest=12) == "36.4 ± 1.0 [20.0, 50.0]"
+    assert report.fmt_test(36.4, math.nan, 20.0, 50.0, fewest=None) == "36.4 [20.0, 50.0]"
+
+
+def test_an_interval_ending_at_0_next_to_a_large_p_says_why(tmp_path):
+    """One seed, two networks that differ on one test image of 40: most resamples give a difference of exactly 0,
+    so the percentile interval ends at 0 while p is large; the report says why, next to the row."""
+    import pandas as pd
+    from helpers import plot, write_claim_run
+
+    for arm in ("IN", "Domain_RI"):
+        write_claim_run(tmp_path, "shenzhen", arm, [0.5] * 5, [0.6] * 5, 0.5, n_test=40)
+    for kind in ("best", "last"):
+        path = tmp_path / "eval" / "shenzhen" / "Domain_RI" / "seed0" / kind / "predictions.csv"
+        frame = pd.read_csv(path)
+        wrong = frame.index[frame["pred"] != frame["target"]][0]
+        frame.loc[wrong, "pred"] = frame.loc[wrong, "target"]
+        right = frame.loc[wrong, "target"]
+        frame.loc[wrong, [c for c in frame.columns if c.startswith("prob_")]] = 0.02
+        frame.loc[wrong, f"prob_{right}"] = 0.98
+        frame.to_csv(path, index=False)
+    plot(tmp_path, tmp_path, "--bootstrap", "2000")
+    paired = pd.read_csv(tmp_path / "tables" / "paired.csv").query("method != 'DeLong' and checkpoint == 'last'")
+    row = paired.iloc[0]
+    assert row["difference"] == pytest.approx(2.5) and row["ci_low"] == 0 and row["p_value"] > 0.5
+    text = (tmp_path / "report.md").read_text()
+    line = [line for line in text.splitlines() if line.startswith("| D1 Shenzhen CXR | Domain_RI − IN | 1 |")][0]
+    assert line.split("|")[4].strip() == f"2.5 [0.0, {row['ci_high']:.1f}] †"
+    assert f"† {report.DISCRETE}" in text

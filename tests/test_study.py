@@ -119,13 +119,16 @@ def test_table2_has_25_finite_values(study):
     assert all(math.isfinite(v) for v in table["val"]) and all(math.isfinite(v) for v in table["train"])
     assert set(table.loc[table.target == "messidor", "metric"]) == {"kappa"}
     assert set(table.loc[table.target == "shenzhen", "metric"]) == {"accuracy"}
-    assert table["test"].notna().all() and (table["test_ci_low"] <= table["test"]).all()
-    assert (table["test"] <= table["test_ci_high"]).all() and table["test_last"].notna().all()
+    assert table["test"].notna().all() and table["test_last"].notna().all()
+    # an interval where every class has enough test patients; the demo's few: the estimate alone
+    enough = table["min_class_patients"] >= 10
+    assert ((table["test_ci_low"] <= table["test"]) & (table["test"] <= table["test_ci_high"]) | ~enough).all()
+    assert table.loc[~enough, "test_ci_low"].isna().all()
     paired = pd.read_csv(base / "out" / "tables" / "paired.csv")
     headline = paired[(paired["checkpoint"] == "best") & (paired["method"] != "DeLong")]
     assert len(headline) == 5 * 10  # per target: all 10 pairs of the five arms
     assert set(paired.loc[paired["method"] == "DeLong", "target"]) == {"shenzhen"}  # the one binary target
-    assert headline["p_value"].between(0, 1).all()  # DeLong's is NaN where its variance estimate is 0 (4 images)
+    assert (headline["p_value"].between(0, 1) | (headline["min_class_patients"] < 10)).all()
     convergence = pd.read_csv(base / "out" / "tables" / "convergence.csv")
     assert len(convergence) == 25 and convergence["epochs_to_95"].between(1, 2).all()
     report = (base / "out" / "report.md").read_text()

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from helpers import ALL_ARMS, RUNS, SEEDS, hand_accuracy, last
 
-from kit import tables
+from scipy.stats import t as student_t
+
+from kit import stats, tables
 
 
 # --- Table 2 and the test columns --------------------------------------------------------------
@@ -41,7 +43,7 @@ def test_test_results(plain_study):
     assert math.isnan(by_arm.at["Domain_RI", "test"])
     summary = pd.read_csv(root / "tables" / "test_summary.csv")
     assert list(summary.columns) == ["target", "arm", "train_fraction", "checkpoint", "metric", "n_seeds", "test",
-                                     "test_sd", "ci_low", "ci_high", "n_images", "n_patients"]
+                                     "test_sd", "ci_low", "ci_high", "n_images", "n_patients", "min_class_patients"]
     assert sorted(summary["arm"]) == ["All_IN", "IN"] and set(summary["checkpoint"]) == {"best"}
 
 
@@ -70,7 +72,7 @@ def test_paired_comparisons(seeded_study):
     paired = pd.read_csv(root / "tables" / "paired.csv")
     best = paired[(paired["checkpoint"] == "best") & (paired["train_fraction"] == 1.0)]
     pairs = {(r.target, r.arm, r.reference, r.method) for r in best.itertuples()}
-    bootstrap = "paired bootstrap over patients"
+    bootstrap = "seeds and patients"
     for target in ("shenzhen", "messidor"):
         assert {(target, a, "IN", bootstrap) for a in ("Domain_RI", "All_IN")} <= pairs
         assert (target, "All_IN", "Domain_RI", bootstrap) in pairs
@@ -81,9 +83,17 @@ def test_paired_comparisons(seeded_study):
     assert same["ci_low"] == 0 and same["ci_high"] == 0
     clear = best[(best["target"] == "shenzhen") & (best["arm"] == "All_IN") & (best["reference"] == "IN")
                  & (best["method"] == bootstrap)].iloc[0]
-    assert clear["difference"] > 15 and clear["ci_low"] > 0 and clear["p_value"] < 0.05
+    # 60 test images and two seeds whose differences disagree (df about 1): wide, though 15 points apart
+    assert clear["difference"] > 15 and clear["ci_low"] < clear["difference"] < clear["ci_high"]
     assert clear["n_seeds"] == 2 and clear["n_images"] == 60 and clear["n_patients"] == 30
+    assert clear["min_class_patients"] == 15 and clear["holm_m"] == 3  # three arms: three comparisons corrected for
     assert clear["difference"] == pytest.approx(clear["arm_value"] - clear["reference_value"], abs=1e-3)
+    # two seeds: the seeds' spread joins the test noise, t with Welch's degrees of freedom
+    seed_var, test_var = clear["difference_sd"] ** 2 / 2, clear["test_se"] ** 2
+    assert clear["se"] == pytest.approx(math.sqrt(seed_var + test_var), rel=1e-3)
+    assert clear["df"] == pytest.approx((seed_var + test_var) ** 2 / seed_var ** 2, rel=1e-3)
+    assert clear["ci_high"] - clear["difference"] == pytest.approx(
+        clear["se"] * student_t.ppf(0.975, clear["df"]), rel=1e-3)
 
 
 def test_convergence_table(seeded_study):
@@ -119,3 +129,49 @@ def test_mean_curves_over_seeds():
     assert curves.loc[(2, "val"), "value_sd"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
     assert curves.loc[(1, "train"), "loss"] == pytest.approx(0.9)
     assert list(curves.columns) == ["value", "loss", "value_sd", "loss_sd"]
+
+
+def test_compare_networks_by_hand():
+    """Two arms x two seeds on 40 patients of 2 images: the seeds' means, the paired difference, and no
+    interval below the minimum of test patients per class."""
+    rng = np.random.default_rng(0)
+    targets = np.tile([0, 1], 40)
+    patients = np.repeat(np.arange(40), 2)  # each patient one image of each class: 40 patients per class
+    columns = [("IN", 0), ("IN", 1), ("All_IN", 0), ("All_IN", 1)]
+    probs = []
+    for right in (0.6, 0.7, 0.9, 0.95):
+        correct = rng.permutation(80) < round(right * 80)
+        probs.append(np.eye(2)[np.where(correct, targets, 1 - targets)])
+    accuracy = [float((p.argmax(axis=1) == targets).mean()) for p in probs]
+    summary, paired = tables.compare_networks(columns, probs, targets, patients, "accuracy", 2000, 0.95, 0)
+    by_arm = {row["arm"]: row for row in summary}
+    assert by_arm["IN"]["test"] == pytest.approx(np.mean(accuracy[:2]))
+    assert by_arm["IN"]["test_sd"] == pytest.approx(np.std(accuracy[:2], ddof=1))
+    assert by_arm["IN"]["min_class_patients"] == 40 and by_arm["IN"]["n_patients"] == 40
+    (row,) = paired
+    assert (row["arm"], row["reference"], row["n_seeds"]) == ("All_IN", "IN", 2)
+    differences = np.subtract(accuracy[2:], accuracy[:2])
+    assert row["difference"] == pytest.approx(differences.mean())
+    assert row["difference_sd"] == pytest.approx(np.std(differences, ddof=1))
+    assert row["ci_low"] < row["difference"] < row["ci_high"] and 0 < row["p_value"] < 1
+    # four patients per class: the estimate stays, the interval and p go
+    few = tables.compare_networks(columns, [p[:8] for p in probs], targets[:8], patients[:8], "accuracy", 200,
+                                  0.95, 0)
+    assert few[1][0]["min_class_patients"] == 4 < stats.MIN_PATIENTS_PER_CLASS
+    assert math.isnan(few[1][0]["p_value"]) and math.isnan(few[0][0]["ci_low"]) and not math.isnan(few[0][0]["test"])
+
+
+def test_common_threshold_and_epochs_to_it():
+    def run(key, values):
+        curves = pd.DataFrame({"epoch": list(range(1, len(values) + 1)), "split": "val", "value": values, "loss": 0.0})
+        return {"key": key, "curves": curves}
+    runs = [run("t/IN/seed0", [0.5, 0.7, 0.8]), run("t/All_IN/seed0", [0.85, 0.9, 0.95])]
+    measures = {c: 1.0 for c in tables.CURVE_MEASURES if c != "epochs_to_threshold"}
+    at_main = pd.DataFrame([{"target": "t", "arm": arm, "train_fraction": 1.0, "metric": "accuracy", "epoch": 3,
+                             "best_epoch": 3, "val": 100 * last, "run": key, **measures}
+                            for key, arm, last in (("t/IN/seed0", "IN", 0.8), ("t/All_IN/seed0", "All_IN", 0.95))])
+    convergence = tables.convergence_frame(at_main, runs).set_index("arm")
+    assert convergence.at["IN", "threshold"] == pytest.approx(90.25)  # 95 % of All_IN's last value, for both arms
+    assert convergence.at["IN", "threshold_arm"] == "All_IN"
+    assert math.isnan(convergence.at["IN", "epochs_to_threshold"]) and convergence.at["IN", "never_reached"] == 1
+    assert convergence.at["All_IN", "epochs_to_threshold"] == 3  # 0.9 < 90.25 % at epoch 2
