@@ -25,7 +25,7 @@ holds the image id, and the bootstrap is over images.
 One checkpoint:
     python evaluate.py --checkpoint runs/demo/finetune/shenzhen/Domain_RI/seed0/best.pt \\
         --manifest runs/demo/manifests/shenzhen.csv --split test --out runs/demo/eval/shenzhen/Domain_RI/seed0/best
-Many in one process (how study.sh runs it): outputs go to OUT/<checkpoint path relative to --relative-to, no .pt>/
+Many in one process (how the study workflow runs it): outputs go to OUT/<checkpoint path relative to --relative-to, no .pt>/
     python evaluate.py --checkpoint runs/demo/finetune/shenzhen/*/seed0/{best,last}.pt \\
         --relative-to runs/demo/finetune/shenzhen --manifest runs/demo/manifests/shenzhen.csv \\
         --split test --out runs/demo/eval/shenzhen          # -> eval/shenzhen/<arm>/seed0/{best,last}/

@@ -9,7 +9,7 @@ args.train_fraction; else from a folder name like frac0.1_seed2; else seed 0, fr
   OUT/eval/**/metrics.csv, predictions.csv         test results of each run's best.pt / last.pt
                                                   (evaluate.py; matched to runs by their checkpoint path)
   OUT/manifests/<key>.json                        split sizes of targets and sources (optional)
-  OUT/study.json                                  what study.sh ran: data (demo or a path), ImageNet weights
+  OUT/study.json                                  what the workflow ran: data (demo or a path), ImageNet weights
                                                   found or why not, sizes, epochs, seeds (optional)
 and writes (values in %, differences in percentage points):
   OUT/report.md                         what was run and what was not (and why), the answer per target, the
@@ -68,7 +68,7 @@ epochs, its sd and gain over the last third. Table 2, the curves, the
 forest plot, convergence and the claims use each target's largest train fraction (normally 1).
 
 Commands to paste:
-  # after the CPU demo or the full study (study.sh writes everything under OUT)
+  # after the CPU demo or the full study (the workflow writes everything under OUT)
   python plot_results.py --runs OUT --out OUT
   # another metric column for every target instead of the paper's headline metrics
   python plot_results.py --runs OUT --out OUT/balanced --metric balanced_accuracy
@@ -112,7 +112,7 @@ def main(args):
     from kit import files, results
     from kit.report import strategies_section
 
-    # --- discover runs and read the curves; what study.sh ran (study.json), when it wrote this folder
+    # --- discover runs and read the curves; what the workflow ran (study.json), when it wrote this folder
     runs = results.discover_runs(args.runs)
     results.attach_evals(args.runs, runs)
     study = results.read_study(args.runs)
@@ -243,9 +243,7 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
         written_figures.append(("label_efficiency.png", "Label efficiency: test metric vs train fraction"))
 
     # --- the report
-    settings_file = Path(args.runs) / "study_settings.txt"
-    settings = (f"Study settings: `{settings_file.read_text().strip()}`. " if settings_file.is_file() else "")
-    settings += (f"{len(runs)} fine-tuning runs; seeds {', '.join(map(str, seeds))}; train fractions "
+    settings = (f"{len(runs)} fine-tuning runs; seeds {', '.join(map(str, seeds))}; train fractions "
                  f"{', '.join(fraction_label(f) for f in fractions)}. Test values: "
                  + (f"mean over seeds ± sd across seeds [{100 * args.ci:g} % CI: the seeds' spread and a patient "
                     f"bootstrap, {args.bootstrap} resamples]." if len(seeds) > 1 else

@@ -2,7 +2,7 @@
 resampled_metrics: confusion counts per patient times multiplicities, weighted ranks) vs one
 metrics call per resample (how the kit computed it before), at the study's test-split sizes.
 
-    python bench/bench_bootstrap.py                   # 10,000 resamples, SEEDS=3: about a minute on 2 CPU cores
+    python bench/bench_bootstrap.py                   # 10,000 resamples, 3 seeds: about a minute on 2 CPU cores
     python bench/bench_bootstrap.py --seeds 1 --loop-resamples 100
 
 Sizes: each target's test split is 15 % of its images in the paper's Table 1 (D1 99 ... D2 3,175
@@ -84,7 +84,7 @@ def get_args_parser():
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--loop-resamples", type=int, default=200,
                         help="resamples the loop is timed on (scaled to --resamples)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the study (study.sh SEEDS)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the study (the seeds setting)")
     return parser
 
 

@@ -1,7 +1,7 @@
 """Why two training processes on one CPU must split its cores: the step time of DenseNet-121
 when one process trains alone, and when two train side by side with every core each, with every
 core each but OpenMP's idle threads sleeping (OMP_WAIT_POLICY=PASSIVE), and with the cores split
-(threads = cores / 2 each: what study.sh's JOBS does).
+(threads = cores / 2 each: what the workflow's `threads` setting does with two runs side by side).
 
     python bench/bench_threads.py                  # ~2 minutes on 2 CPU cores
 
@@ -65,7 +65,7 @@ def side_by_side(args, processes, env):
     """Start `processes` workers at once with `env`; their step times, all together."""
     command = [sys.executable, __file__, "--worker", "--image-size", str(args.image_size), "--batch-size",
                str(args.batch_size), "--steps", str(args.steps)]
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "STUDY_JOBS")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     running = [subprocess.Popen(command, env={**clean, **env}, stdout=subprocess.PIPE, text=True)
                for _ in range(processes)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in running]

@@ -169,7 +169,7 @@ def load_backbone(path, out_channels=None):
 def _how_to_supply(dst):
     return (f"Download {IMAGENET_URL} on a machine with internet access and put it at {dst} "
             "(the torch hub cache; set TORCH_HOME to move it), or pass its path: --imagenet-weights PATH "
-            "to the training scripts, IMAGENET_WEIGHTS=PATH to study.sh.")
+            "to the training scripts, imagenet_weights=PATH to the study workflow (--config).")
 
 
 def find_imagenet_weights(path=None, *, download=True):

@@ -208,6 +208,6 @@ SETTINGS = [
      "zoom and shifts, no flips; histology flips, quarter turns, colour jitter; fundus flips, any rotation, jitter",
      "a chest film is upright, and tissue and the eye have no orientation", None, None),
     ("runs per arm", "not stated (Table 2 gives one value per arm and no spread)",
-     "one run per arm unless study.sh SEEDS lists several (one run per arm is the kit's inference)",
+     "one run per arm unless the seeds setting lists several (one run per arm is the kit's inference)",
      "the training noise is measured only across runs: verdicts need two or more seeds", "seed", None),
 ]

@@ -142,7 +142,7 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
         lines.append(f"- Fine-tuning strategy: **{STRATEGY_WORDS.get(strategy, strategy)}** "
                      f"(finetune_target.py --strategy {strategy}).")
     if study is None:
-        lines.append("- **Data: unknown** (no study.json in this folder: it was not written by study.sh); check "
+        lines.append("- **Data: unknown** (no study.json in this folder: it was not written by the study workflow); check "
                      "whether the runs used real data before reading anything into the numbers.")
     elif study.get("demo"):
         lines.append(f"- **Data: synthetic demo data** (tools/make_demo_data.py, scale {study.get('demo_scale')}): "
@@ -158,7 +158,7 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
                  f"{', '.join(run_everywhere) or 'none on every target'}.")
     skipped = [t for t in TARGETS if t not in targets]
     if skipped:
-        lines.append(f"- Targets not run: {', '.join(target_title(t) for t in skipped)} (study.sh TARGETS); their "
+        lines.append(f"- Targets not run: {', '.join(target_title(t) for t in skipped)} (the targets setting); their "
                      "claims read \"not tested\".")
     for target in others:
         lines.append(f"- {target_title(target)} is of domain *other*: no source dataset of its area was pretrained, so "
@@ -178,7 +178,7 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
     if len(seeds) == 1:
         lines.append(f"- Seeds: {seeds[0]} — {ONE_NETWORK}. The CIs show the test-sampling noise of these networks "
                      "only; no claim can be supported, and each reads \"not tested\" with what this run shows. Run "
-                     "SEEDS=\"0 1 2\" for verdicts about the pretraining arms.")
+                     "seeds=\"[0,1,2]\" for verdicts about the pretraining arms.")
     else:
         pretrained_once = study is not None and study.get("pretrain_seed") not in (None, "")
         lines.append(f"- Seeds: {', '.join(map(str, seeds))}: the training run is the unit of replication; CIs and "

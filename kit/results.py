@@ -183,8 +183,8 @@ def split_sizes(runs_dir, target):
 
 
 def read_study(runs_dir):
-    """OUT/study.json as study.sh writes it (data, demo, ImageNet weights found or why not, sizes,
-    epochs, seeds, ...), or None for a folder study.sh did not write."""
+    """OUT/study.json as the study workflow writes it (data, demo, ImageNet weights found or why not, sizes,
+    epochs, seeds, ...), or None for a folder it did not write."""
     path = Path(runs_dir) / "study.json"
     return read_json(path) if path.is_file() else None
 

@@ -4,7 +4,7 @@ A run folder (``--out`` of a training script) holds:
     args.json     resolved arguments, the model/data ``meta``, library versions, git sha (written first)
     metrics.csv   one row per (epoch, split): epoch, split, loss, <metric columns>, seconds, lr
     last.pt       every epoch;  best.pt  on the best validation headline metric
-    summary.json  written once the last epoch is done (study.sh skips a run that has it)
+    summary.json  written once the last epoch is done (the study workflow's output of a run)
 
 A run is resumed only from a ``last.pt`` of the very same run: its **fingerprint** (every
 argument except the runtime-only ones in RUNTIME_ARGS, the data and the number of processes)

@@ -313,7 +313,7 @@ TRUTH = {"shenzhen": np.repeat([0, 1], 30), "messidor": np.tile([0, 1, 2, 3], 15
 
 
 def write_run(root, target, arm, seed, fraction, classes, val_curve, predictions, rng):
-    """A run folder as study.sh lays it out, with its evaluate.py outputs for best.pt and last.pt."""
+    """A run folder as the workflow lays it out, with its evaluate.py outputs for best.pt and last.pt."""
     name = f"seed{seed}" if fraction == 1 else f"frac{fraction}_seed{seed}"
     run = root / "finetune" / target / arm / name
     run.mkdir(parents=True)
@@ -442,7 +442,7 @@ def write_split_sizes(out: Path, target: str, train: int, val: int, test: int) -
 
 
 def write_study_json(out: Path, **changes) -> None:
-    """OUT/study.json as study.sh writes it (a demo study by default)."""
+    """OUT/study.json as the workflow writes it (a demo study by default)."""
     record = {"data": "demo", "demo": True, "demo_scale": 0.3, "imagenet_weights": "/w/densenet121-a639ec97.pth",
               "imagenet_found": True, "imagenet_missing_reason": None, "image_size": 32, "epochs_pretrain": 1,
               "epochs_finetune": 10, "batch_size": 16, "seeds": [0], "split_seed": 0, "pretrain_seed": None,

@@ -388,7 +388,7 @@ def test_report_content(fabricated):
     top = report[:report.index("## The paper's claims")]
     assert "**Data: synthetic demo data**" in top and "mean nothing about medicine" in top
     assert "Seeds: 0, 1, 2: the training run is the unit of replication" in top and "Not run" not in top
-    assert "Targets not run: D2 COVID-19 Radiography, D3 Kather Texture 2016 (study.sh TARGETS)" in top
+    assert "Targets not run: D2 COVID-19 Radiography, D3 Kather Texture 2016 (the targets setting)" in top
     assert "Known limits of the data: targets without patient ids" in top
     answers = [line for line in top.splitlines() if line.startswith("- D")]
     assert len(answers) == 3
@@ -446,7 +446,7 @@ def test_the_missing_reason_appears_once(tmp_path):
     write_study_json(tmp_path, seeds=[0, 1], pretrain_seed=0)
     plot(tmp_path)
     assert "Pretrained once (PRETRAIN_SEED=0)" in (tmp_path / "report.md").read_text()
-    # without study.json (a folder study.sh did not write) the report still comes, and says what it cannot know
+    # without study.json (a folder the workflow did not write) the report still comes, and says what it cannot know
     (tmp_path / "study.json").unlink()
     plot(tmp_path)
     report = (tmp_path / "report.md").read_text()

@@ -1,5 +1,5 @@
 """kit.cli: argument types, the runtime flags, one-line errors; every script's --help (defaults
-shown, answered without importing torch or MONAI) and study.sh's."""
+shown, answered without importing torch or MONAI) """
 import argparse
 import importlib
 import os

@@ -1,5 +1,5 @@
 """evaluate.py: metrics with bootstrap CIs over patients, per-class report, confusion matrix, and the
-output folders of several checkpoints (how study.sh evaluates best.pt and last.pt of every run)."""
+output folders of several checkpoints (how the workflow evaluates best.pt and last.pt of every run)."""
 import argparse
 import json
 import math

@@ -329,7 +329,7 @@ def test_unknown_finding_and_tissue_fail_loudly():
 
 
 def test_runs_as_a_script_from_tools(tmp_path):
-    """study.sh runs it as `python tools/make_demo_data.py`: the same files as in this process."""
+    """The workflow runs it as `python tools/make_demo_data.py`: the same files as in this process."""
     done = run_script("tools/make_demo_data.py", "--out", tmp_path / "a", "--datasets", "shenzhen", "--scale",
                       str(SCALE), "--workers", "0", cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
