@@ -284,7 +284,7 @@ manifest() {  # manifest KEY [folder PATH DOMAIN | manifest PATH]: a paper datas
 # are kept, so this costs a second when nothing changed.
 preprocessing_cache() {  # preprocessing_cache MANIFEST...
   say "preprocessing cache at $IMAGE_SIZE px"
-  "$PYTHON" -m kit.cache --manifest "$@" --image-size "$IMAGE_SIZE" --no-progress  # all cores: nothing runs beside it
+  "$PYTHON" prepare_data.py --manifest "$@" --cache-size "$IMAGE_SIZE" --no-progress  # all cores: nothing runs beside it
 }
 
 # Which source images are pictures of a target (and which targets hold a picture twice in two splits):
