@@ -87,12 +87,3 @@ def read_dataset(key: str, root, *, check_files: bool = True, skip_bad: bool = F
         raise ValueError(f"{os.path.abspath(root)}: the {key} reader found no images (an empty label table or folder?)")
     return df, list(df.attrs.get("classes") or spec.classes)
 
-
-__all__ = [
-    "DATASETS", "DatasetSpec", "read_dataset", "TASKS", "ORIGIN", "PROBLEM", "IMAGE_EXTENSIONS",
-    "bad_rows", "bad_rows_error", "check_images", "image_problem", "image_suffix", "walk",
-    "read_chestxray14", "read_breakhis", "read_eyepacs", "read_shenzhen", "read_covid19_radiography",
-    "read_kather2016", "read_messidor", "read_deepdrid", "read_folder", "read_table",
-    "CHESTXRAY14_CLASSES", "BREAKHIS_CLASSES", "DR_GRADES_5", "DR_GRADES_4", "SHENZHEN_CLASSES", "COVID19_CLASSES",
-    "KATHER2016_CLASSES", "parse_breakhis_name", "parse_messidor_sheet", "label_deepdrid_rows", "folder_classes",
-]
