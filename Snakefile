@@ -199,7 +199,7 @@ rule cache:  # each image decoded, cropped and resized once (kit/cache.py); the 
     log:
         f"{OUT}/logs/cache/{{key}}.log",
     shell:
-        "{PYTHON} -m kit.cache --manifest {input} --image-size {S.image_size} --no-progress > {log} 2>&1"
+        "{PYTHON} prepare_data.py --manifest {input} --cache-size {S.image_size} --no-progress > {log} 2>&1"
 
 
 checkpoint overlap:  # before any pretraining: which source images are pictures of a target (docs/data.md)

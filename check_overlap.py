@@ -54,7 +54,7 @@ def get_args_parser():
 
 def load(paths, role, args):
     """Each manifest (checked by load_manifest) with the thumbnails of its images."""
-    from kit import manifests, overlap
+    from kit import identity, manifests, overlap
 
     loaded = []
     for path in paths:
@@ -64,7 +64,7 @@ def load(paths, role, args):
             image, reason = next(iter(thumbs.bad.items()))
             raise ValueError(f"{image}: cannot be read ({reason}); {len(thumbs.bad)} image(s) of {role} manifest "
                              f"{path} are unreadable: fix them, or pass --skip-bad to leave them unchecked")
-        loaded.append((path, meta, manifests.rows_hash(df), overlap.DataSet(meta["key"], meta["domain"], df, thumbs)))
+        loaded.append((path, meta, identity.rows_hash(df), overlap.DataSet(meta["key"], meta["domain"], df, thumbs)))
     keys = [data.key for *_, data in loaded]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{role} manifests: the key {max(keys, key=keys.count)!r} comes twice")

@@ -237,7 +237,7 @@ def check_pretraining(path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame
 def main(args):
     import torch  # here, after parsing: --help answers without loading torch and MONAI
 
-    from kit import data, files, locks, loop, losses, manifests, models, runtime
+    from kit import data, files, identity, locks, loop, losses, manifests, models, runtime
 
     runtime.seed_everything(args.seed)
     device = runtime.resolve_device(args.device)
@@ -249,7 +249,7 @@ def main(args):
 
     # --- data: the split to evaluate
     df, data_meta = manifests.load_manifests(args.manifest)
-    manifest_rows = manifests.rows_hash(df)
+    manifest_rows = identity.rows_hash(df)
     df = df[df["split"] == args.split].reset_index(drop=True)
     if df.empty:
         raise ValueError(f"{args.manifest[0]}: the {args.split} split is empty")

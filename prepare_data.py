@@ -1,8 +1,10 @@
 """Native dataset folder -> manifest CSV (+ JSON sidecar) with a patient-level, stratified split.
 
-Reads a data set in the layout it was downloaded in (see kit/readers.py for each one), splits it
-once (all arms of a target then see the same split) and writes `<out>/<key>.csv` and
-`<out>/<key>.json`, then prints the class x split counts.
+Reads a data set in the layout it was downloaded in (kit/readers/, one reader per data set), splits
+it once (all arms of a target then see the same split) and writes `<out>/<key>.csv` and
+`<out>/<key>.json`, then prints the class x split counts. With --cache-size it also builds the
+preprocessing cache (kit/cache.py); --manifest with --cache-size builds only the caches of
+manifests written earlier, reading no data set.
 
 Two protocols (--protocol):
   paper          the sources (chestxray14, breakhis, eyepacs) as the paper used them (Section 5.2):
@@ -19,6 +21,7 @@ Two protocols (--protocol):
     python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/held_out --protocol held-out-test
     python prepare_data.py --dataset eyepacs --root DATA/eyepacs --out OUT/quick --max-per-class 200 --skip-bad
     python prepare_data.py --dataset folder --root DATA/my_xrays --domain cxr --name my_xrays --out OUT/manifests
+    python prepare_data.py --manifest OUT/manifests/chestxray14.csv OUT/manifests/breakhis.csv --cache-size 224
 """
 import argparse
 import json
@@ -36,11 +39,12 @@ PAPER_SOURCES = tuple(k for k in paper.SOURCE_IMAGES if k != "all")  # chestxray
 def get_args_parser():
     parser = cli.parser(__doc__)
     # Data
-    parser.add_argument("--dataset", type=str, required=True, choices=list(readers.DATASETS),
-                        help="which reader to use (native layout of that data set)")
-    parser.add_argument("--root", type=str, required=True,
+    parser.add_argument("--dataset", type=str, default=None, choices=list(readers.DATASETS),
+                        help="which reader to use (native layout of that data set); --dataset, --root and --out are "
+                             "required unless --manifest")
+    parser.add_argument("--root", type=str, default=None,
                         help="the data set's own folder as downloaded, e.g. DATA/shenzhen")
-    parser.add_argument("--out", type=str, required=True,
+    parser.add_argument("--out", type=str, default=None,
                         help="manifest folder; writes <out>/<key>.csv and <out>/<key>.json")
     parser.add_argument("--check-files", default=True, action=argparse.BooleanOptionalAction,
                         help="check that every image exists, is not empty and has an image header "
@@ -97,19 +101,57 @@ def get_args_parser():
     own.add_argument("--metric", type=str, default=None,
                      help="csv/folder: the headline metric that selects best.pt and heads Table 2 (default: accuracy; "
                           "ordinal: qwk; multilabel: auroc)")
-    # Preprocessing cache
-    parser.add_argument("--cache-size", type=cli.image_size, default=None,
-                        help="also build the preprocessing cache (kit/cache.py) for training at this --image-size, "
-                             "e.g. 224: images decoded, cropped and resized once, stored as uint8 next to the "
-                             "manifest; training and evaluate.py use it automatically; default: no cache")
-    parser.add_argument("--workers", type=cli.positive_int, default=cli.available_cores(),
-                        help="processes that build the cache (default: all cores)")
+    cache = parser.add_argument_group("preprocessing cache (--manifest: the caches of existing manifests only)")
+    cache.add_argument("--cache-size", type=cli.image_size, default=None,
+                       help="also build the preprocessing cache (kit/cache.py) for training at this --image-size, "
+                            "e.g. 224: images decoded, cropped and resized once, stored as uint8 next to the "
+                            "manifest; training and evaluate.py use it automatically; default: no cache")
+    cache.add_argument("--manifest", type=str, nargs="+", default=None,
+                       help="build only the caches of these manifests (written earlier by prepare_data.py), at "
+                            "--cache-size; no data set is read, so no --dataset, --root, --out or split flags")
+    cache.add_argument("--workers", type=cli.positive_int, default=cli.available_cores(),
+                       help="processes that build the cache (default: all cores)")
+    cache.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="progress bar while the cache is built")
     return parser
 
 
 OWN_DATA = ("folder", "csv")
 OWN_OPTIONS = {"folder": ("patient_regex",), "csv": ("image_col", "label_col", "label_cols", "patient_col",
                                                      "split_col")}
+CACHE_ONLY = ("manifest", "cache_size", "workers", "progress")  # the flags of a --manifest run
+
+
+def check_mode(args) -> None:
+    """A run prepares a data set (--dataset, --root, --out) or builds the caches of existing manifests
+    (--manifest, --cache-size), never both: one line says which flags do not belong."""
+    if not args.manifest:
+        missing = [f"--{name}" for name in ("dataset", "root", "out") if getattr(args, name) is None]
+        if missing:
+            raise ValueError(f"the following arguments are required: {', '.join(missing)} (or --manifest CSV [CSV ...] "
+                             f"--cache-size N, to build the preprocessing caches of existing manifests)")
+        return
+    defaults = vars(get_args_parser().parse_args([]))
+    mixed = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+             if name not in CACHE_ONLY and value != defaults[name]]
+    if mixed:
+        raise ValueError(f"{', '.join(mixed)}: not an option of --manifest (which builds the preprocessing caches of "
+                         f"existing manifests, nothing else)")
+    if args.cache_size is None:
+        raise ValueError("--manifest needs --cache-size, the training --image-size in px (e.g. 224)")
+
+
+def build_cache(csv_path, args) -> None:
+    """The preprocessing cache of one manifest at --cache-size (decoding full-size images is what limits a
+    GPU, bench/bench_loader.py); up to date, it is kept as it is."""
+    from kit import cache  # here, not at the top: torch and MONAI take seconds to import, manifests alone do not
+
+    built = cache.build_cache(csv_path, image_size=args.cache_size, workers=args.workers, progress=args.progress)
+    print(f"{'built' if built['built'] else 'up to date:'} preprocessing cache {built['pixels']} "
+          f"({built['images']} images at {args.cache_size} px, {built['seconds']} s)")
+    if built["bad"]:
+        print(f"{len(built['bad'])} image(s) could not be decoded and are not in the cache, e.g. "
+              f"{built['bad'][0][0]}: {built['bad'][0][1]}; train with --skip-bad to leave them out")
 
 
 def resolve_key_and_domain(args) -> tuple[str, str]:
@@ -339,21 +381,20 @@ def prepare_manifest(args) -> tuple[Path, Path]:
         print(paper.table1_vs_built(args.dataset, {c: sum(n[c] for n in meta["counts"].values()) for c in classes}))
     print(f"wrote {csv_path} and {json_path}")
 
-    # --- preprocessing cache: decoding full-size images is what limits a GPU (bench/bench_loader.py)
+    # --- preprocessing cache
     if args.cache_size:
-        from kit import cache  # here, not at the top: torch and MONAI take seconds to import, manifests alone do not
-        built = cache.build_cache(csv_path, image_size=args.cache_size, workers=args.workers)
-        print(f"{'built' if built['built'] else 'up to date:'} preprocessing cache {built['pixels']} "
-              f"({built['images']} images at {args.cache_size} px, {built['seconds']} s)")
-        if built["bad"]:
-            print(f"{len(built['bad'])} image(s) could not be decoded and are not in the cache, e.g. "
-                  f"{built['bad'][0][0]}: {built['bad'][0][1]}; train with --skip-bad to leave them out")
+        build_cache(csv_path, args)
     return csv_path, json_path
 
 
 def main(args):
     with cli.user_errors():  # one clear line naming the file and the problem
-        prepare_manifest(args)
+        check_mode(args)
+        if args.manifest:  # the caches of manifests written earlier, nothing else
+            for csv_path in args.manifest:
+                build_cache(csv_path, args)
+        else:
+            prepare_manifest(args)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
     cli          argument types, the runtime flags, one-line errors (no torch: --help is instant)
     runtime      device, precision, seeds and RNG state, torchrun
-    files        atomic writes, tables read with one-line errors
-    readers      the datasets' native layouts -> rows (one reader per dataset)
+    files        atomic writes (a refused write is one line), tables read with one-line errors
+    readers/     the datasets' native layouts -> rows: one module per dataset, the shared frame and checks
     manifests    patient-level splits, the paper's source protocol, train fractions, manifest files
+    identity     what data a run saw, by content: hashes of manifest rows, images, patients
     data         manifest rows -> datasets and loaders
-    cache        the preprocessing cache (decode and resize once)
+    cache        the preprocessing cache (decode and resize once; built by prepare_data.py)
     models       DenseNet-121 + head and its initialisations
     checkpoints  checkpoint files: atomic saves, loads that cannot run code
     losses       the losses and their class weights

@@ -3,10 +3,11 @@
 At paper scale decoding dominates: a 1024 px ChestX-ray14 PNG takes 9-15 ms of a core to load
 and resize (70-110 images/s), while a GPU trains DenseNet-121 at well over 1,000 images/s.
 So the head (load, channels, eye crop, resize: transforms.cache_transforms) runs once per
-image and training reads its output; the random tail still runs every epoch::
+image and training reads its output; the random tail still runs every epoch. prepare_data.py
+builds it (build_cache), with a new manifest or for manifests written earlier::
 
-    python -m kit.cache --manifest OUT/manifests/chestxray14.csv --image-size 224 --workers 8
-    python -m kit.cache --manifest OUT/manifests/{chestxray14,breakhis,eyepacs}.csv --image-size 224
+    python prepare_data.py --dataset chestxray14 --root DATA/chestxray14 --out OUT/manifests --cache-size 224
+    python prepare_data.py --manifest OUT/manifests/{chestxray14,breakhis,eyepacs}.csv --cache-size 224
 
 Training and evaluation use a cache automatically when it sits next to the manifest
 (data.ImageDataset(..., cache_dirs=[manifest folder])).
@@ -38,7 +39,6 @@ change and does nothing otherwise. Readers check every row they use against the 
 current size and mtime, so a stale cache never feeds old pixels (it is ignored, with one
 warning line).
 """
-import argparse
 import hashlib
 import io
 import json
@@ -48,11 +48,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from .cli import HelpFormatter, available_cores, image_size, positive_int
-from .files import write_text_atomic
+from .cli import available_cores
+from .files import read_table, write_atomic, write_text_atomic
 
 FORMAT = 1  # bump when the layout of these files changes
 HEADER_BYTES = 128  # the .npy header of a 1-D uint8 array: written last, once the length is known
@@ -140,13 +139,15 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
 
     start = time.time()
     manifest_csv = Path(manifest_csv).resolve()
+    if not manifest_csv.is_file():
+        raise ValueError(f"{manifest_csv}: manifest not found (write it with prepare_data.py)")
     sidecar = manifest_csv.with_suffix(".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     domain = domain or meta.get("domain")
     if domain not in transforms.DOMAINS:
         raise ValueError(f"{manifest_csv}: no domain (pass domain= or keep the manifest's .json sidecar next to it)")
     key = meta.get("key", manifest_csv.stem)
-    paths = list(dict.fromkeys(pd.read_csv(manifest_csv, usecols=["image"])["image"].astype(str)))
+    paths = list(dict.fromkeys(read_table(manifest_csv, usecols=["image"])["image"].astype(str)))
     stats = file_stats(paths)
     name = f"{key}_{domain}_{image_size}_{cache_hash(paths, stats, domain, image_size)}"
     folder = cache_folder(manifest_csv)
@@ -167,40 +168,35 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
     todo = [(path, stat) for path, stat in zip(paths, stats) if stat is not None]
     position = {path: i for i, path in enumerate(paths)}
     rows = {"images": [], "offsets": [], "shapes": [], "stats": []}
-    tmp = pixels_path.with_name(pixels_path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(b"\0" * HEADER_BYTES)
-            offset = 0
-            if workers > 1:
-                pool = multiprocessing.Pool(workers, _start_worker, (domain, image_size, make_thumbs))
-                results = pool.imap(_run_head, [path for path, _ in todo], chunksize=8)
-            else:
-                pool = None
-                _start_worker(domain, image_size, make_thumbs, in_pool=False)
-                results = map(_run_head, [path for path, _ in todo])
-            try:
-                bar = tqdm(results, total=len(todo), desc=f"cache {key} {domain} {image_size}px",
-                           disable=not progress, dynamic_ncols=True)
-                for (path, stat), (pixels, reason, thumb) in zip(todo, bar):
-                    if pixels is None:
-                        bad.append((path, reason))
-                        continue
-                    if thumb is not None:
-                        thumbs[position[path]] = thumb
-                    f.write(pixels.tobytes())
-                    rows["images"].append(path)
-                    rows["offsets"].append(offset)
-                    rows["shapes"].append(list(pixels.shape))
-                    rows["stats"].append(list(stat))
-                    offset += pixels.size
-            finally:
-                if pool is not None:
-                    pool.terminate()
-            _write_npy_header(f, offset)
-        os.replace(tmp, pixels_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with write_atomic(pixels_path) as f:
+        f.write(b"\0" * HEADER_BYTES)
+        offset = 0
+        if workers > 1:
+            pool = multiprocessing.Pool(workers, _start_worker, (domain, image_size, make_thumbs))
+            results = pool.imap(_run_head, [path for path, _ in todo], chunksize=8)
+        else:
+            pool = None
+            _start_worker(domain, image_size, make_thumbs, in_pool=False)
+            results = map(_run_head, [path for path, _ in todo])
+        try:
+            bar = tqdm(results, total=len(todo), desc=f"cache {key} {domain} {image_size}px",
+                       disable=not progress, dynamic_ncols=True)
+            for (path, stat), (pixels, reason, thumb) in zip(todo, bar):
+                if pixels is None:
+                    bad.append((path, reason))
+                    continue
+                if thumb is not None:
+                    thumbs[position[path]] = thumb
+                f.write(pixels.tobytes())
+                rows["images"].append(path)
+                rows["offsets"].append(offset)
+                rows["shapes"].append(list(pixels.shape))
+                rows["stats"].append(list(stat))
+                offset += pixels.size
+        finally:
+            if pool is not None:
+                pool.terminate()
+        _write_npy_header(f, offset)
     index = {"format": FORMAT, "head_version": transforms.HEAD_VERSION, "domain": domain,
              "image_size": image_size, "manifest": str(manifest_csv), "pixels": pixels_path.name, **rows,
              "bad": [list(b) for b in bad]}
@@ -251,8 +247,8 @@ def find_cached(images, domains, *, image_size, cache_dirs) -> tuple[dict, list]
             if changed or not pixels_path.is_file():
                 why = f"{changed} of its images changed since it was built" if changed else "its .npy is missing"
                 warnings.append(f"warning: ignoring stale cache {index_path.name} ({why}); reading from disk. "
-                                f"Rebuild: python -m kit.cache --manifest {index.get('manifest', '<manifest>')} "
-                                f"--image-size {image_size}")
+                                f"Rebuild: python prepare_data.py --manifest {index.get('manifest', '<manifest>')} "
+                                f"--cache-size {image_size}")
                 continue
             for i, path in hits:
                 for row in wanted.pop((path, domain)):
@@ -268,36 +264,3 @@ def read_cached(pixels, location) -> np.ndarray:
 
 def open_pixels(path) -> np.memmap:
     return np.load(path, mmap_mode="r")
-
-
-# --------------------------------------------------------------------------- command line
-
-def get_args_parser():
-    parser = argparse.ArgumentParser(description="Build the preprocessing cache of one or more manifests.",
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--manifest", type=str, nargs="+", required=True,
-                        help="manifest CSV(s) written by prepare_data.py; the cache goes to <folder>/cache/")
-    parser.add_argument("--image-size", type=image_size, default=224, help="the training image size in px (paper: 224)")
-    parser.add_argument("--workers", type=positive_int, default=available_cores(),
-                        help="processes decoding images (default: all cores)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
-    return parser
-
-
-def main(args):
-    for manifest in args.manifest:
-        result = build_cache(manifest, image_size=args.image_size, workers=args.workers, progress=args.progress)
-        size = os.path.getsize(result["pixels"]) / 2**20
-        what = "built" if result["built"] else "up to date"
-        print(f"{manifest}: cache {what}, {result['images']} images, {size:.1f} MiB, {result['seconds']} s "
-              f"-> {result['pixels']}")
-        for path, reason in result["bad"]:
-            print(f"  left out (unreadable): {path}: {reason}")
-
-
-if __name__ == "__main__":
-    from .cli import user_errors
-
-    args = get_args_parser().parse_args()
-    with user_errors():
-        main(args)

@@ -2,13 +2,11 @@
 
 A checkpoint is a dict of tensors and plain Python values only (``model`` state_dict,
 ``optimizer``, ``meta``, ...). ``save_checkpoint`` refuses anything else before writing, and
-writes to a temporary name, then renames; ``load_checkpoint`` reads with
-``torch.load(weights_only=True)``, so a file from elsewhere cannot execute code, and every
+writes through files.write_atomic (a temporary name, then a rename); ``load_checkpoint`` reads
+with ``torch.load(weights_only=True)``, so a file from elsewhere cannot execute code, and every
 failure (missing, truncated, not a checkpoint, a pickled object) is one line naming the file.
 """
-import os
 import pickle
-import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -71,51 +69,18 @@ def save_checkpoint(obj, path):
             f"{path}: cannot save {where} of type {type(value).__module__}.{type(value).__qualname__}: "
             "checkpoints hold tensors and plain values only (convert numpy with torch.from_numpy or "
             ".tolist(), an argparse.Namespace with vars())")
-    tmp = path.with_name(path.name + ".tmp")
-    with files.ctrl_c_after_writes():  # a Ctrl-C inside torch.save would surface as a write error
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as err:  # a full disk shows as OSError or torch's "enforce fail" RuntimeError
-            tmp.unlink(missing_ok=True)
-            kept = f"; the previous {path.name} is intact" if path.exists() else ""
-            raise CheckpointWriteError(f"{path}: could not be written ({_write_reason(err)}){kept}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    # A Ctrl-C that lands inside torch.save would surface as a write error: it waits for the write.
+    with files.ctrl_c_after_writes(), files.write_atomic(path) as handle:
+        torch.save(obj, handle)
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint that could not be written (full disk, quota, read-only folder, file size limit)."""
-
-
-def _write_reason(err) -> str:
-    """Why a write failed, in words: the OS error of the file (a full disk raises ENOSPC or EDQUOT);
-    torch's C++ writer reports it as 'PytorchStreamWriter failed writing file ...'."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror.lower()
-    text = str(err)
-    if "failed writing" in text or "file write failed" in text or "enforce fail" in text:
-        return "the file system refused the write: no space left on the device, or a quota or file-size limit"
-    return first_line(err)
-
-
-def first_line(err):
-    """`<ErrorType>: <first line of its message>`, at most 200 characters of it."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
-
-
-def _pickle_reason(err) -> str:
-    """The line of torch's weights_only refusal that says what was refused; never its advice to load
-    with weights_only=False, which would run whatever the file carries."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    useful = [line for line in lines if "weights_only" not in line and "torch.load" not in line
-              and not line.startswith("Check the documentation")]
-    return (useful[0] if useful else type(err).__name__)[:200]
+def _unsafe_globals(path) -> list[str]:
+    """The Python objects (module.name) a torch.save file's pickle names that weights-only loading does
+    not allow; [] where torch cannot list them (a file in the legacy, pre-zip format)."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint, or one torch cannot open: nothing named
+        return []
 
 
 def torch_load(path, what):
@@ -133,17 +98,17 @@ def torch_load(path, what):
                               f"{'empty' if not magic else 'it starts with ' + repr(magic)})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found:
+    except pickle.UnpicklingError:  # weights-only loading refused what the pickle holds
+        unsafe = _unsafe_globals(path)
+        if unsafe:
             raise CheckpointError(f"{path}: this file contains Python objects that could run code "
-                                  f"({found.group(1)}); refused. A {what} of this kit holds tensors and plain "
+                                  f"({', '.join(unsafe[:3])}); refused. A {what} of this kit holds tensors and plain "
                                   "values only") from None
         raise CheckpointError(f"{path}: refused: not a plain {what} (pickle content that safe loading does not "
-                              f"accept: {_pickle_reason(err)})") from None
-    except Exception as err:  # truncated zip (OSError/RuntimeError), text (KeyError), empty file (EOFError)
+                              "accept)") from None
+    except Exception as err:  # truncated zip (RuntimeError), a legacy stream cut short (EOFError), ...
         raise CheckpointError(f"{path}: not a readable PyTorch {what} (truncated, corrupt or not a torch.save "
-                              f"file: {_pickle_reason(err)})") from None
+                              f"file: {files.first_line(err)})") from None
 
 
 def load_checkpoint(path):

@@ -1,10 +1,12 @@
-"""Writing files so that a reader never sees half of one.
+"""Writing files so that a reader never sees half of one, and reading tables with one clear line.
 
-Every file the kit writes (manifests, CSVs, JSON, tables, figures, checkpoints) goes to a
-temporary name in the same folder and is then renamed over the old one: a crash, a full disk or
-a kill during a write leaves the previous file intact and no temporary file behind. A Ctrl-C
-during a group of writes (a run's checkpoint and metrics of one epoch) waits until the group is
-written, so the files on disk always agree with each other.
+Every file the kit writes (manifests, CSVs, JSON, tables, figures, checkpoints, caches) goes to a
+temporary name in the same folder, is synced, and is then renamed over the old one: a crash, a
+full disk or a kill during a write leaves the previous file intact and no temporary file behind,
+and a write the file system refuses is one line naming the file (WriteError). A Ctrl-C during a
+group of writes (a run's checkpoint and metrics of one epoch) waits until the group is written,
+so the files on disk always agree with each other. Tables (CSV, TSV, Excel) that cannot be
+parsed are one line naming the file too.
 """
 import contextlib
 import csv
@@ -52,29 +54,60 @@ def digest(path) -> str:
     return value.hexdigest()[:16]
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write `text` to `path` via `path.tmp` in the same folder + os.replace."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+class WriteError(OSError):
+    """A file that could not be written (full disk, quota, file-size limit, read-only folder); the message
+    names the file and says whether its previous version is intact."""
+
+
+class _Handle:
+    """The file handle write_atomic yields: the open file, remembering the OS error of a refused write
+    (torch's writer reports that one as a RuntimeError of its own, so the type would be lost)."""
+
+    def __init__(self, handle):
+        self._handle, self.refused = handle, None
+
+    def write(self, data):
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.refused = err
+            raise
+
+    def __getattr__(self, name):  # seek, tell, flush, fileno, ...: the open file's own
+        return getattr(self._handle, name)
 
 
 @contextlib.contextmanager
 def write_atomic(path):
-    """A binary file handle on `path.tmp` in the same folder, renamed over `path` when the block ends
-    without an error (e.g. ``with write_atomic(p) as f: np.savez(f, ...)``); removed otherwise."""
+    """A binary file handle on `path.tmp` in the same folder, synced to disk and renamed over `path` when
+    the block ends without an error (e.g. ``with write_atomic(p) as f: np.savez(f, ...)``); removed
+    otherwise. A write the file system refuses is a WriteError naming `path`, whatever error the
+    writing library made of it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    handle = None
     try:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "wb") as opened:
+            handle = _Handle(opened)
             yield handle
+            opened.flush()
+            os.fsync(opened.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        refused = err if isinstance(err, OSError) else handle and handle.refused
+        if not refused or isinstance(err, WriteError):
+            raise
+        reason = refused.strerror.lower() if refused.strerror else str(refused)
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise WriteError(f"{path}: could not be written ({reason}){kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` atomically (write_atomic)."""
+    with write_atomic(path) as handle:
+        handle.write(text.encode())
 
 
 def write_json(obj, path) -> None:
@@ -94,13 +127,10 @@ def save_figure(fig, path, dpi: int = 120) -> None:
     """A matplotlib figure as PNG, atomically; the figure is closed afterwards."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
+        with write_atomic(path) as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 
@@ -125,6 +155,24 @@ def read_table(path, **kwargs):
         return pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"{path}: cannot read as CSV ({err})") from err
+
+
+def read_sheet(path, **kwargs):
+    """pandas.read_excel of the first sheet (``.xls`` with xlrd, ``.xlsx`` with openpyxl), with one line
+    naming the file for a workbook that cannot be read."""
+    import pandas as pd
+
+    engine = "xlrd" if Path(path).suffix.lower() == ".xls" else "openpyxl"
+    try:
+        return pd.read_excel(path, sheet_name=0, engine=engine, **kwargs)
+    except Exception as err:  # xlrd and openpyxl raise types of their own (and zipfile's) for a damaged workbook
+        raise ValueError(f"{path}: cannot read as an Excel sheet ({' '.join(str(err).split())})") from None
+
+
+def first_line(err) -> str:
+    """`<ErrorType>: <first line of its message>`, at most 200 characters of it."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def require_columns(df, columns, path) -> None:

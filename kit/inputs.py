@@ -60,7 +60,7 @@ def find_inputs(paths) -> tuple[list[str], list[str]]:
         path = Path(given)
         if path.is_dir():
             found, other = [], 0
-            for name, file in readers._walk(path):
+            for name, file in readers.walk(path):
                 if name.upper() != "DICOMDIR" and _is_image_file(file):
                     found.append(file)
                 else:

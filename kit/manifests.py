@@ -17,7 +17,6 @@ quick runs; ``nested_fraction`` takes the nested train subsets of a label-effici
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -449,35 +448,3 @@ def load_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
     """One manifest (load_manifest), or several as the aggregated set (aggregate_manifests)."""
     csv_paths = list(csv_paths)
     return load_manifest(csv_paths[0]) if len(csv_paths) == 1 else aggregate_manifests(csv_paths)
-
-
-# --------------------------------------------------------------------------- what a run was trained on
-
-def rows_hash(df: pd.DataFrame) -> str:
-    """A content hash of manifest rows: image, label(s), split and patient of every row, in any
-    order. Two frames hash alike exactly when they hold the same rows, so a re-made split (another
-    --seed or --val-frac) or a changed label is told apart from the same data."""
-    label = "label" if "label" in df.columns else "labels"
-    table = df[["image", label, "split", "patient"]].astype(str)
-    lines = sorted("\t".join(row) for row in table.itertuples(index=False, name=None))
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-def hash64(values) -> np.ndarray:
-    """A 64-bit hash of each string (image paths, dataset-prefixed patient ids)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little", signed=True)
-                        for v in values), dtype=np.int64)
-
-
-def key_hashes(values) -> np.ndarray:
-    """The sorted distinct hash64 of strings: a compact record of which images and patients a model
-    was trained on (0.8 MB for ChestX-ray14's 112,120 images), for evaluate.py's overlap check."""
-    return np.unique(hash64(values))
-
-
-def patient_keys(df: pd.DataFrame, key: str) -> pd.Series:
-    """Patient ids made unique across data sets (``<dataset key>/<patient>``; the aggregated set's
-    patients carry their key already), so two data sets that both number patients 1, 2, ... never
-    share a patient."""
-    patients = df["patient"].astype(str)
-    return patients if key == "all" else key + "/" + patients

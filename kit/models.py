@@ -38,7 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
 
-from .checkpoints import CheckpointError, first_keys, first_line, load_checkpoint, torch_load
+from .checkpoints import CheckpointError, first_keys, load_checkpoint, torch_load
+from .files import first_line
 
 NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
 IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights

@@ -736,7 +736,7 @@ def left_out_line(record: dict) -> str:
 def seen_in_pretraining(overlap_csv, target: str, images, pretrained_images) -> int:
     """How many of `images` (a target's split) overlap.csv pairs with a source image among
     `pretrained_images` (the sorted 64-bit hashes of the images a pretraining was trained on)."""
-    from .manifests import hash64
+    from .identity import hash64
 
     found = read_overlap(overlap_csv)
     found = found[(found["target"] == target) & (found["source"] != target)

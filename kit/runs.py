@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, locks, manifests
+from . import files, identity, locks
 from .checkpoints import load_checkpoint
 from .runtime import is_main_process, log
 
@@ -30,22 +30,13 @@ RUNTIME_ARGS = frozenset({"out", "resume", "restart_if_changed", "device", "work
                           "compile", "log_every", "imagenet_weights"})
 
 
-# Arguments that say which data a run reads: the data's content (data_identity) stands for them in the
+# Arguments that say which data a run reads: the data's content (identity.data_identity) stands for them in the
 # fingerprint, so a moved manifest or overlap.csv is the same run, and changed content is another.
 DATA_ARGS = frozenset({"manifest", "manifests", "exclude_overlap"})
 
 
-def data_identity(df, data_meta: dict) -> dict:
-    """What the data of a run is: dataset key, task, classes, and the content of the train and val
-    rows it learns from (manifests.rows_hash over image, label, split, patient) with their counts."""
-    used = df[df["split"].isin(["train", "val"])]
-    counts = used["split"].value_counts()
-    return {"key": data_meta["key"], "task": data_meta["task"], "classes": list(data_meta["classes"]),
-            "rows": manifests.rows_hash(used), "train": int(counts.get("train", 0)), "val": int(counts.get("val", 0))}
-
-
 def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
-    """What a checkpoint in --out must share with this run to be resumed: the data (data_identity:
+    """What a checkpoint in --out must share with this run to be resumed: the data (identity.data_identity:
     the manifest's train/val rows by content, not its path), the number of processes (the global
     batch and the schedule depend on it) and every argument not in RUNTIME_ARGS except the
     manifest paths, which the data's content replaces (a moved manifest is the same data). An --init
@@ -55,7 +46,7 @@ def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
                 if name not in RUNTIME_ARGS and name not in DATA_ARGS}
     if "init" in settings and str(settings["init"]) not in ("random", "imagenet"):
         settings["init"] = f"checkpoint sha256:{files.digest(settings['init'])}"
-    return {"data": data_identity(df, data_meta), "world_size": world_size, **settings}
+    return {"data": identity.data_identity(df, data_meta), "world_size": world_size, **settings}
 
 
 
@@ -123,11 +114,11 @@ def open_run(args, data_meta: dict, df, *, world_size: int) -> Run:
         locks.hold(out_dir / ".lock", what=f"run folder {out_dir}")
     run_fingerprint = fingerprint(args, data_meta, df, world_size=world_size)
     used = df[df["split"].isin(["train", "val"])]
-    trained_on = {"images": manifests.key_hashes(used["image"].astype(str)),
-                  "patients": manifests.key_hashes(manifests.patient_keys(used, data_meta["key"]))}
+    trained_on = {"images": identity.key_hashes(used["image"].astype(str)),
+                  "patients": identity.key_hashes(identity.patient_keys(used, data_meta["key"]))}
     return Run(out_dir, run_fingerprint, resume_checkpoint(out_dir, run_fingerprint, resume=args.resume,
                                                            restart_if_changed=args.restart_if_changed),
-               trained_on, {**run_fingerprint["data"], "manifest_rows": manifests.rows_hash(df)})
+               trained_on, {**run_fingerprint["data"], "manifest_rows": identity.rows_hash(df)})
 
 
 def training_overlap(checkpoint: dict, df, key: str) -> tuple[int, int] | None:
@@ -137,9 +128,9 @@ def training_overlap(checkpoint: dict, df, key: str) -> tuple[int, int] | None:
     trained = checkpoint.get("trained_on")
     if not isinstance(trained, dict) or not {"images", "patients"} <= set(trained):
         return None
-    images = np.isin(manifests.hash64(df["image"].astype(str)), np.asarray(trained["images"]))
-    patients = manifests.patient_keys(df, key)
-    shared = np.isin(manifests.hash64(patients), np.asarray(trained["patients"]))
+    images = np.isin(identity.hash64(df["image"].astype(str)), np.asarray(trained["images"]))
+    patients = identity.patient_keys(df, key)
+    shared = np.isin(identity.hash64(patients), np.asarray(trained["patients"]))
     return int(images.sum()), int(patients[shared].nunique())
 
 

@@ -1,5 +1,6 @@
 """kit.cache: building, reading through kit.data.ImageDataset, agreement with the uncached chains,
-invalidation, unreadable images, its command line (python -m kit.cache)."""
+invalidation, unreadable images, built by prepare_data.py (--cache-size; --manifest for manifests
+written earlier)."""
 import json
 import os
 import pickle
@@ -170,6 +171,7 @@ def test_up_to_date_cache_is_not_rebuilt_and_changes_invalidate(tmp_path, capsys
     assert stale.n_cached == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "stale" in printed[0] and "1 of its images changed" in printed[0]
+    assert printed[0].endswith(f"Rebuild: python prepare_data.py --manifest {csv_path.resolve()} --cache-size {S}")
 
     second = cache.build_cache(csv_path, image_size=S, workers=1, progress=False)
     assert second["built"] and second["pixels"] != first["pixels"]
@@ -197,13 +199,18 @@ def test_unreadable_images_are_recorded_not_fatal(tmp_path):
         ds[3]
 
 
-def test_command_line(tmp_path, capsys):
+def test_prepare_data_builds_the_caches_of_existing_manifests(tmp_path, capsys):
+    import prepare_data
+
     manifests = [write_manifest(tmp_path / d, d) for d in ("cxr", "hwsi")]
-    cache.main(cache.get_args_parser().parse_args(
-        ["--manifest", *map(str, manifests), "--image-size", str(S), "--workers", "1", "--no-progress"]))
+    argv = ["--manifest", *map(str, manifests), "--cache-size", str(S), "--workers", "1", "--no-progress"]
+    prepare_data.main(prepare_data.get_args_parser().parse_args(argv))
     out = capsys.readouterr().out
-    assert out.count("cache built, 3 images") == 2
+    assert out.count("built preprocessing cache") == 2 and out.count(f"(3 images at {S} px") == 2
     assert all(dataset(m, m.parent.name).n_cached == 3 for m in manifests)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cxr", "hwsi"]  # no manifest written, nothing else
+    prepare_data.main(prepare_data.get_args_parser().parse_args(argv[:2] + argv[3:]))
+    assert "up to date: preprocessing cache" in capsys.readouterr().out
 
 
 def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys):
@@ -246,12 +253,12 @@ def test_stack_in_numpy_equals_the_default_collate(tmp_path):
 
 
 @pytest.mark.slow
-def test_module_command_line(tmp_path):
-    """What study.sh runs: python -m kit.cache --manifest ... from the repository root."""
+def test_the_cache_command_the_workflow_runs(tmp_path):
+    """What the workflow runs: python prepare_data.py --manifest ... --cache-size N from the repository root."""
     manifests = [write_manifest(tmp_path / d, d) for d in ("efi", "hwsi")]
-    done = run_script("-m", "kit.cache", "--manifest", *manifests, "--image-size", str(S), "--workers", "1",
+    done = run_script("prepare_data.py", "--manifest", *manifests, "--cache-size", str(S), "--workers", "1",
                       "--no-progress", cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("cache built, 3 images") == 2
-    again = run_script("-m", "kit.cache", "--manifest", manifests[0], "--image-size", str(S), "--no-progress", cwd=ROOT)
-    assert "cache up to date, 3 images" in again.stdout
+    assert done.stdout.count("built preprocessing cache") == 2
+    again = run_script("prepare_data.py", "--manifest", manifests[0], "--cache-size", str(S), "--no-progress", cwd=ROOT)
+    assert "up to date: preprocessing cache" in again.stdout

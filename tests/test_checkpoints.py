@@ -23,11 +23,11 @@ from helpers import (
 from kit.checkpoints import (
     CheckpointError,
     first_keys,
-    first_line,
     load_checkpoint,
     save_checkpoint,
     torch_load,
 )
+from kit.files import first_line
 from kit.models import build_model
 
 # --- loading ----------------------------------------------------------------------------------------

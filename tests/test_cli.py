@@ -21,7 +21,6 @@ SCRIPTS = {
     "plot_results.py": (["plot_results.py"], lambda: importlib.import_module("plot_results")),
     "prepare_data.py": (["prepare_data.py"], lambda: importlib.import_module("prepare_data")),
     "tools/make_demo_data.py": (["tools/make_demo_data.py"], load_make_demo_data),
-    "kit.cache": (["-m", "kit.cache"], lambda: importlib.import_module("kit.cache")),
 }
 TRAINING = ("finetune_target.py", "pretrain_source.py", "pretrain_all.py")
 

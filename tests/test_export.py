@@ -293,7 +293,8 @@ def test_the_kit_installs_editable_and_as_a_wheel_and_imports_from_anywhere(runs
     ok(run(["-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, source], timeout=900))
     wheel = next(wheels.glob("domaintl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"domaintl/__init__.py", "domaintl/transforms.py", "domaintl/kit/models.py", "domaintl/kit/inputs.py"} \
+    assert {"domaintl/__init__.py", "domaintl/transforms.py", "domaintl/kit/models.py", "domaintl/kit/inputs.py",
+            "domaintl/kit/readers/__init__.py", "domaintl/kit/readers/chestxray14.py"} \
         <= set(names)
     assert not [n for n in names if n.startswith("domaintl/") and n.count("/") == 1
                 and n not in ("domaintl/__init__.py", "domaintl/transforms.py")]  # no stage scripts
@@ -314,11 +315,11 @@ def test_kit_imports_no_top_level_script():
     as domaintl.kit; the one exception is kit/__init__.py's documented checkout fallback for transforms."""
     top_level = {p.stem for p in ROOT.glob("*.py")} | {"kit"}
     found = []
-    for path in sorted((ROOT / "kit").glob("*.py")):
+    for path in sorted((ROOT / "kit").rglob("*.py")):  # kit/readers/ too
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
-            found += [(path.name, name) for name in names if name.split(".")[0] in top_level]
+            found += [(str(path.relative_to(ROOT / "kit")), name) for name in names if name.split(".")[0] in top_level]
     assert found == [("__init__.py", "transforms")]
     text = (ROOT / "kit" / "__init__.py").read_text()
     assert "from .. import transforms" in text and "except (ImportError, ValueError):" in text
@@ -329,7 +330,7 @@ def test_pyproject_names_the_package_and_the_makefile_installs_it():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["tool"]["setuptools"]["package-dir"] == {"domaintl": "."}
-    assert project["tool"]["setuptools"]["packages"] == ["domaintl", "domaintl.kit"]
+    assert project["tool"]["setuptools"]["packages"] == ["domaintl", "domaintl.kit", "domaintl.kit.readers"]
     assert "pydicom>=3.0" in project["project"]["dependencies"]
     makefile = (ROOT / "Makefile").read_text()
     assert "$(BIN)/python -m pip install --quiet -e ." in makefile

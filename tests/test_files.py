@@ -1,5 +1,6 @@
 """kit.files: atomic writes (a failed write leaves the old file and no temporary one), tables read with
 one line naming the file."""
+import errno
 import json
 import os
 import signal
@@ -74,3 +75,43 @@ def test_a_ctrl_c_inside_nested_write_blocks_waits_for_the_outer_block(tmp_path)
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
     with files.ctrl_c_after_writes():  # no Ctrl-C: nothing is raised
         done.append("quiet")
+
+
+def test_a_refused_write_is_one_line_naming_the_file_whatever_the_writer_made_of_it(tmp_path):
+    path = tmp_path / "last.pt"
+    files.write_text_atomic(path, "old")
+
+    class Handle:  # what torch's writer does with a refused write: its own RuntimeError, raised while handling
+        def __init__(self, handle):
+            self.handle = handle
+
+        def save(self):
+            try:
+                self.handle.write(b"x" * 10)
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    def refusing_write(data):
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    with pytest.raises(files.WriteError) as info:
+        with files.write_atomic(path) as handle:
+            handle._handle.write = refusing_write
+            Handle(handle).save()
+    assert str(info.value) == f"{path}: could not be written (file too large); the previous last.pt is intact"
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    with pytest.raises(RuntimeError, match="not a write"):  # an error that is no refused write stays itself
+        with files.write_atomic(path):
+            raise RuntimeError("not a write")
+    with pytest.raises(files.WriteError, match=rf"^{tmp_path}/new/x.csv: could not be written \(no such file"):
+        files.write_text_atomic(tmp_path / "new" / "x.csv", "a")  # its folder is missing; nothing was there before
+
+
+def test_read_sheet_names_the_file(tmp_path):
+    path = tmp_path / "grades.xlsx"
+    pd.DataFrame({"Image name": ["a.tif"], "grade": [2]}).to_excel(path, index=False)
+    assert files.read_sheet(path).to_dict("list") == {"Image name": ["a.tif"], "grade": [2]}
+    path.write_bytes(b"PK\x03\x04 not a workbook")
+    with pytest.raises(ValueError, match=rf"^{path}: cannot read as an Excel sheet \(") as info:
+        files.read_sheet(path)
+    assert "\n" not in str(info.value)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from helpers import load_make_demo_data
-from kit import files, manifests, overlap
+from kit import files, identity, overlap
 
 
 def demo_pictures(folder, domain, n, size=(256, 256)):
@@ -131,9 +131,9 @@ def test_seen_in_pretraining_counts_test_pictures_the_pretraining_learnt_from(tm
     path = overlap_csv(tmp_path / "overlap.csv", [
         ("covid", "t1", "test", "cxr14", "b", "train", 0.01), ("covid", "t1", "test", "cxr14", "c", "train", 0.01),
         ("covid", "t2", "test", "cxr14", "d", "val", 0.02), ("covid", "t3", "train", "cxr14", "b", "train", 0.0)])
-    trained = manifests.key_hashes(["a", "b", "c"])
+    trained = identity.key_hashes(["a", "b", "c"])
     assert overlap.seen_in_pretraining(path, "covid", ["t1", "t2", "t9"], trained) == 1
-    assert overlap.seen_in_pretraining(path, "covid", ["t1", "t2"], manifests.key_hashes(["a", "d"])) == 1
+    assert overlap.seen_in_pretraining(path, "covid", ["t1", "t2"], identity.key_hashes(["a", "d"])) == 1
     assert overlap.seen_in_pretraining(path, "shenzhen", ["t1"], trained) == 0
 
 

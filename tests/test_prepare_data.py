@@ -252,6 +252,28 @@ def test_missing_root(tmp_path):
         run("--dataset", "breakhis", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"))
 
 
+def test_a_data_set_or_the_caches_of_manifests_never_both(tmp_path):
+    """--dataset/--root/--out prepare a data set; --manifest with --cache-size builds the caches of manifests
+    written earlier and refuses, in one line naming them, the flags of the other."""
+    def refused(*argv):
+        with pytest.raises(SystemExit) as info:
+            prepare_data.main(prepare_data.get_args_parser().parse_args(list(argv)))
+        return str(info.value)
+
+    assert refused("--dataset", "shenzhen", "--root", str(tmp_path)) == (
+        "error: the following arguments are required: --out (or --manifest CSV [CSV ...] --cache-size N, to build "
+        "the preprocessing caches of existing manifests)")
+    manifest = str(tmp_path / "m" / "shenzhen.csv")
+    assert refused("--manifest", manifest, "--cache-size", "224", "--dataset", "shenzhen", "--seed", "3") == (
+        "error: --dataset, --seed: not an option of --manifest (which builds the preprocessing caches of existing "
+        "manifests, nothing else)")
+    assert refused("--manifest", manifest) == ("error: --manifest needs --cache-size, the training --image-size in "
+                                                 "px (e.g. 224)")
+    assert refused("--manifest", manifest, "--cache-size", "224") == (f"error: {manifest}: manifest not found (write "
+                                                                    f"it with prepare_data.py)")
+    assert not (tmp_path / "m").exists()
+
+
 def test_chestxray14_metadata_only(shared_data, tmp_path):
     csv_path, json_path = run("--dataset", "chestxray14", "--root", str(shared_data / "chestxray14"),
                               "--out", str(tmp_path), "--no-check-files")

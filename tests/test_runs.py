@@ -32,7 +32,7 @@ from helpers import (
 )
 
 import finetune_target
-from kit import checkpoints, manifests, runs
+from kit import checkpoints, identity, runs
 
 # --------------------------------------------------------------------------- resume, end to end
 
@@ -171,7 +171,7 @@ def test_fingerprint_is_every_argument_but_the_runtime_ones(tmp_path):
     assert {"warmup_epochs", "dropout", "hidden_dim", "train_fraction", "skip_bad", "sync_bn", "strategy",
             "init"} <= set(fingerprint)
     assert fingerprint["data"] == {"key": "tiny", "task": "multiclass", "classes": ["blue", "red"],
-                                   "rows": manifests.rows_hash(ROWS[ROWS["split"] != "test"]), "train": 3, "val": 2}
+                                   "rows": identity.rows_hash(ROWS[ROWS["split"] != "test"]), "train": 3, "val": 2}
     assert runs.RUNTIME_ARGS == {"out", "resume", "restart_if_changed", "device", "workers", "amp", "channels_last",
                                  "compile", "log_every", "imagenet_weights"}
 

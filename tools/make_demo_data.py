@@ -1,6 +1,6 @@
 """Write small synthetic copies of the study's eight datasets in their native layouts.
 
-The demo exercises the real readers in ``kit/readers.py``: every data set is written with the
+The demo exercises the real readers in ``kit/readers/``: every data set is written with the
 folder names, file names, image formats and CSV/XLS columns of the real download, only smaller
 and with drawn instead of photographed pictures.
 The pictures carry class-dependent structure a DenseNet-121 can learn at 64 px in a few
