@@ -74,12 +74,15 @@ def main(args):
 
     # --- data: the target manifest (every arm of a target reads the same one), its train/val splits
     df, data_meta = manifests.load_manifest(args.manifest)
-    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
+    run = runs.open_run(args.out, arguments=vars(args), data_meta=data_meta, df=df, world_size=dist_info.world_size,
+                        resume=args.resume, restart_if_changed=args.restart_if_changed)  # locked; another run's refused
     if args.train_fraction < 1:  # label efficiency: fewer training patients, the same val and test
         df = manifests.nested_fraction(df, args.train_fraction, seed=args.seed)
         runtime.log(f"--train-fraction {args.train_fraction}: {(df['split'] == 'train').sum()} train images")
-    train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
-                                                                 dist_info=dist_info)
+    train_loader, val_loader, n_skipped = data.train_val_loaders(
+        df, data_meta, manifests=[args.manifest], image_size=args.image_size, batch_size=args.batch_size,
+        workers=args.workers, seed=args.seed, skip_bad=args.skip_bad, out_dir=args.out, device=device,
+        dist_info=dist_info)
 
     # --- model: DenseNet-121 + a new head; the backbone from --init (random, ImageNet or a pretrained model)
     model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
@@ -103,10 +106,12 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * len(train_loader))
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, run, init_description=init_description, loss_weights=class_weights,
-                         skipped_images=n_skipped, pretraining=pretraining)
+    meta = runs.run_meta(data_meta, run, init=args.init, init_description=init_description,
+                         hidden_dim=args.hidden_dim, dropout=args.dropout, image_size=args.image_size,
+                         manifests=[args.manifest], loss_weights=class_weights, skipped_images=n_skipped,
+                         pretraining=pretraining)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, run=run, args=args)
+             meta=meta, run=run, settings=loop.Settings.of(vars(args)), device=device, dist_info=dist_info)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def main(args):
     if args.exclude_overlap:  # no target's picture in pretraining (check_overlap.py); recorded in the run's meta
         df, overlap_record = overlap.leave_out(df, args.exclude_overlap, pretraining=str(args.out))
         runtime.log(overlap.left_out_line(overlap_record))
-    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
+    run = runs.open_run(args.out, arguments=vars(args), data_meta=data_meta, df=df, world_size=dist_info.world_size,
+                        resume=args.resume, restart_if_changed=args.restart_if_changed)  # locked; another run's refused
     used = df[df["split"].isin(["train", "val"])]  # a source's test rows (--protocol held-out-test) are never used
     runtime.log(f"aggregated {len(args.manifests)} manifests: {len(data_meta['classes'])} labels, {len(used)} train+val "
                 f"images" + (f" ({len(df) - len(used)} test rows left out)" if len(used) < len(df) else ""))
@@ -80,8 +81,10 @@ def main(args):
     if args.label_mask:
         df = data.mask_unknown_labels(df, data_meta)
         runtime.log("each image is scored on its own dataset labels only (--label-mask)")
-    train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
-                                                                 dist_info=dist_info)
+    train_loader, val_loader, n_skipped = data.train_val_loaders(
+        df, data_meta, manifests=args.manifests, image_size=args.image_size, batch_size=args.batch_size,
+        workers=args.workers, seed=args.seed, skip_bad=args.skip_bad, out_dir=args.out, device=device,
+        dist_info=dist_info)
 
     # --- model: DenseNet-121 + head, from random init (All_RI) or ImageNet (All_IN)
     model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
@@ -102,10 +105,11 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * steps_per_epoch)
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, run, init_description=init_description, skipped_images=n_skipped,
-                         overlap=overlap_record)
+    meta = runs.run_meta(data_meta, run, init=args.init, init_description=init_description,
+                         hidden_dim=args.hidden_dim, dropout=args.dropout, image_size=args.image_size,
+                         manifests=args.manifests, skipped_images=n_skipped, overlap=overlap_record)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, run=run, args=args)
+             meta=meta, run=run, settings=loop.Settings.of(vars(args)), device=device, dist_info=dist_info)
 
 
 if __name__ == "__main__":

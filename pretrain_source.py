@@ -64,9 +64,12 @@ def main(args):
     if args.exclude_overlap:  # no target's picture in pretraining (check_overlap.py); recorded in the run's meta
         df, overlap_record = overlap.leave_out(df, args.exclude_overlap, pretraining=str(args.out))
         runtime.log(overlap.left_out_line(overlap_record))
-    run = runs.open_run(args, data_meta, df, world_size=dist_info.world_size)  # locked; another run's last.pt refused
-    train_loader, val_loader, n_skipped = data.train_val_loaders(df, data_meta, args, device=device,
-                                                                 dist_info=dist_info)
+    run = runs.open_run(args.out, arguments=vars(args), data_meta=data_meta, df=df, world_size=dist_info.world_size,
+                        resume=args.resume, restart_if_changed=args.restart_if_changed)  # locked; another run's refused
+    train_loader, val_loader, n_skipped = data.train_val_loaders(
+        df, data_meta, manifests=[args.manifest], image_size=args.image_size, batch_size=args.batch_size,
+        workers=args.workers, seed=args.seed, skip_bad=args.skip_bad, out_dir=args.out, device=device,
+        dist_info=dist_info)
 
     # --- model: DenseNet-121 + head, from random init (<AREA>_RI) or ImageNet (<AREA>_IN)
     model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,
@@ -88,10 +91,12 @@ def main(args):
                                    warmup_steps=args.warmup_epochs * steps_per_epoch)
 
     # --- train: the shared loop (AMP, DDP, checkpoints, resume, NaN stop) writes the run folder
-    meta = runs.run_meta(data_meta, args, run, init_description=init_description, loss_weights=class_weights,
-                         skipped_images=n_skipped, overlap=overlap_record)
+    meta = runs.run_meta(data_meta, run, init=args.init, init_description=init_description,
+                         hidden_dim=args.hidden_dim, dropout=args.dropout, image_size=args.image_size,
+                         manifests=[args.manifest], loss_weights=class_weights, skipped_images=n_skipped,
+                         overlap=overlap_record)
     loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-             meta=meta, run=run, args=args)
+             meta=meta, run=run, settings=loop.Settings.of(vars(args)), device=device, dist_info=dist_info)
 
 
 if __name__ == "__main__":

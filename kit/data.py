@@ -217,29 +217,24 @@ def make_train_val_loaders(train_set: ImageDataset, val_set: ImageDataset, *, ba
     return loaders[0], loaders[1]
 
 
-def manifest_paths(args) -> list[str]:
-    """--manifest of pretrain_source.py / finetune_target.py, or --manifests of pretrain_all.py."""
-    return args.manifests if hasattr(args, "manifests") else [args.manifest]
-
-
-def train_val_loaders(df: pd.DataFrame, data_meta: dict, args, *, device: torch.device,
+def train_val_loaders(df: pd.DataFrame, data_meta: dict, *, manifests: list, image_size: int, batch_size: int,
+                      workers: int, seed: int, skip_bad: bool, out_dir, device: torch.device,
                       dist_info: Distributed = Distributed()) -> tuple:
-    """A training run's data: (train_loader, val_loader, number of images left out by --skip-bad).
+    """A training run's data: (train_loader, val_loader, number of images left out by skip_bad).
 
-    Takes the train and val rows of `df` (the manifest, as the script chose it); with
-    args.skip_bad, decodes them once and leaves out the unreadable ones (OUT/skipped.csv); builds
-    the two datasets at args.image_size, reading the preprocessing cache next to the manifests
-    where one is valid; and their loaders (args.batch_size, args.workers, args.seed)."""
+    Takes the train and val rows of `df` (the manifest, as the script chose it); with skip_bad, decodes
+    them once and leaves out the unreadable ones (out_dir/skipped.csv); builds the two datasets at
+    image_size, reading the preprocessing cache next to the `manifests` where one is valid; and their
+    loaders (batch_size, workers, seed)."""
     df = df[df["split"].isin(["train", "val"])]
-    cache_dirs = manifest_folders(manifest_paths(args))
+    cache_dirs = manifest_folders(manifests)
     n_skipped = 0
-    if args.skip_bad:
-        df, n_skipped = drop_unreadable(df, data_meta, image_size=args.image_size, workers=args.workers,
-                                        cache_dirs=cache_dirs, out_dir=args.out, dist_info=dist_info)
-    train_set, val_set = train_val_datasets(df, data_meta, image_size=args.image_size, cache_dirs=cache_dirs)
-    train_loader, val_loader = make_train_val_loaders(train_set, val_set, batch_size=args.batch_size,
-                                                      workers=args.workers, seed=args.seed, device=device,
-                                                      dist_info=dist_info)
+    if skip_bad:
+        df, n_skipped = drop_unreadable(df, data_meta, image_size=image_size, workers=workers, cache_dirs=cache_dirs,
+                                        out_dir=out_dir, dist_info=dist_info)
+    train_set, val_set = train_val_datasets(df, data_meta, image_size=image_size, cache_dirs=cache_dirs)
+    train_loader, val_loader = make_train_val_loaders(train_set, val_set, batch_size=batch_size, workers=workers,
+                                                      seed=seed, device=device, dist_info=dist_info)
     return train_loader, val_loader, n_skipped
 
 

@@ -8,6 +8,7 @@ at the first NaN or infinite loss. Each batch arrives as uint8 pixels plus its a
 numbers (data.ImageDataset) and is augmented and normalised on the device
 (transforms.apply_tail) just before the forward pass.
 """
+import dataclasses
 import datetime
 import math
 import sys
@@ -21,9 +22,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import files, losses, metrics, runs, transforms
+from . import files, losses, metrics, recipe, runs, transforms
 from .checkpoints import save_checkpoint
-from .runtime import Distributed, autocast_dtype, gather, init_distributed, log, rng_state, seed_everything, set_rng_state
+from .runtime import Distributed, autocast_dtype, gather, log, rng_state, seed_everything, set_rng_state
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0):
@@ -150,42 +151,65 @@ def _score(row: dict, headline: str) -> float:
 BEST_KEYS = ("model", "meta", "epoch", "best_metric", "best_epoch", "trained_on")  # what best.pt holds
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How fit runs the recipe: its length and seed, and the runtime switches (the scripts' flags of these
+    names; `of` picks them from the parsed arguments)."""
+    epochs: int
+    seed: int
+    batch_size: int
+    workers: int = 0
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 50
+    sync_bn: bool = False
+
+    @classmethod
+    def of(cls, arguments: dict) -> "Settings":
+        return cls(**{field.name: arguments[field.name] for field in dataclasses.fields(cls) if field.name in arguments})
+
+
 def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-        scheduler, meta: dict, run: runs.Run, args) -> dict:
-    """Trains `model` for args.epochs with the recipe it is given and writes the run folder.
+        scheduler, meta: dict, run: runs.Run, settings: Settings, device: torch.device, dist_info: Distributed) -> dict:
+    """Trains `model` for settings.epochs with the recipe it is given and writes the run folder.
 
     `run` is the opened run folder (runs.open_run): when it holds this run's last.pt, its model,
     optimizer, scheduler, scaler, RNG states and history are restored and training continues after
     its epoch. `meta` describes model and data and travels in every checkpoint, so that later
-    stages rebuild both; so do the run's fingerprint and its record of the training images and
-    patients (for evaluate.py's overlap check). From `args` the loop reads only what says how to
-    run: epochs, seed, device, amp, channels_last, compile, log_every, sync_bn, workers. Under
-    torchrun: DistributedDataParallel; rank 0 writes. Returns what summary.json holds.
+    stages rebuild both; so do the run's fingerprint, the recipe it trains with (read off the model,
+    optimizer, scheduler and criterion: kit/recipe.py) and its record of the training images and
+    patients (for evaluate.py's overlap check). `device` and `dist_info` as the script set them up
+    (runtime.init_distributed). Under torchrun: DistributedDataParallel; rank 0 writes. Returns what
+    summary.json holds.
     """
-    dist_info, device = init_distributed(args.device)
     out_dir, main_process = run.out_dir, dist_info.is_main_process
-    amp_dtype = autocast_dtype(device, args.amp)
+    amp_dtype = autocast_dtype(device, settings.amp)
     task, headline = meta["task"], meta["headline_metric"]
+    meta = {**meta, "recipe": recipe.record(model, optimizer, scheduler, criterion,
+                                            strategy=run.arguments.get("strategy", "full"),
+                                            augmentation=recipe.augmentation(meta))}
+    run.check_recipe(meta["recipe"])  # another recipe's last.pt: refused, or started over
     if main_process:
-        _start_run_folder(out_dir, meta, args, device, dist_info, run.resume_from)
+        _start_run_folder(out_dir, meta, run.arguments, device, dist_info, run.resume_from)
     log(f"model: DenseNet-121, {meta['init_description']}")
 
     # --- the model on its device with its training state (restored on resume), then DDP / compile
-    if args.sync_bn and dist_info.enabled:
+    if settings.sync_bn and dist_info.enabled:
         if device.type != "cuda":
             raise SystemExit("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state_dict keys
-    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.preserve_format)
     criterion.to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    state = _restore(run, model, optimizer, scheduler, scaler, dist_info, seed=args.seed)
+    state = _restore(run, model, optimizer, scheduler, scaler, dist_info, seed=settings.seed)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
-    if args.compile:
+    if settings.compile:
         net = torch.compile(net)
     steps_per_epoch = len(train_loader)
     log(f"{_name(out_dir)}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
-        f"{meta['num_outputs']} {task} outputs, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size} "
+        f"{meta['num_outputs']} {task} outputs, {settings.epochs} epochs x {steps_per_epoch} steps of {settings.batch_size} "
         f"images x {dist_info.world_size} process(es) on {device}"
         f"{f' with {amp_dtype} autocast' if amp_dtype else ''}; class weights: {meta.get('loss_weights') or 'none'}")
 
@@ -196,8 +220,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     passes = {"train": (net, train_loader, {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}),
               "val": (model, val_loader, {})}
     try:
-        for epoch in range(state["start_epoch"], args.epochs + 1):
-            _seed_epoch(train_loader, val_loader, seed=args.seed, epoch=epoch, rank=dist_info.rank, workers=args.workers)
+        for epoch in range(state["start_epoch"], settings.epochs + 1):
+            _seed_epoch(train_loader, val_loader, seed=settings.seed, epoch=epoch, rank=dist_info.rank,
+                        workers=settings.workers)
             lr = optimizer.param_groups[0]["lr"]
             rows = []
             for split, (module, loader, training) in passes.items():
@@ -207,7 +232,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
                         dist.broadcast(buffer, src=0)
                 loss, probs, targets = _checked_pass(
                     module, loader, criterion, device, out_dir=out_dir, epoch=epoch, split=split, task=task,
-                    amp_dtype=amp_dtype, channels_last=args.channels_last, log_every=args.log_every,
+                    amp_dtype=amp_dtype, channels_last=settings.channels_last, log_every=settings.log_every,
                     first_step=(epoch - 1) * steps_per_epoch, dist_info=dist_info, **training)
                 rows.append(runs.plain({"epoch": epoch, "split": split, "loss": loss,
                                         **metrics.compute_metrics(task, probs, np.nan_to_num(targets)),
@@ -231,7 +256,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
                     files.write_csv(history, out_dir / "metrics.csv", columns)
                     if improved:  # the model alone: the optimizer state (2/3 of last.pt) serves resuming only
                         save_checkpoint({key: checkpoint[key] for key in BEST_KEYS}, out_dir / "best.pt")
-            log(f"{_name(out_dir)} epoch {epoch}/{args.epochs}: "
+            log(f"{_name(out_dir)} epoch {epoch}/{settings.epochs}: "
                 + " | ".join(f"{row['split']} loss {row['loss']:.4f} {headline} {row.get(headline, math.nan):.4f}"
                              for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
     except KeyboardInterrupt:
@@ -242,7 +267,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
             print(f"{out_dir}: interrupted (Ctrl-C) {where}; {kept}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
 
-    result = runs.summary(history, epochs=args.epochs, best_epoch=state["best_epoch"], best_score=state["best_score"],
+    result = runs.summary(history, epochs=settings.epochs, best_epoch=state["best_epoch"], best_score=state["best_score"],
                           headline=headline, seconds=state["seconds"] + time.time() - run_start, meta=meta)
     if main_process:
         files.write_csv(history, out_dir / "metrics.csv", columns)  # also for a run that was complete already
@@ -291,13 +316,13 @@ def _name(out_dir: Path) -> str:
     return "/".join(out_dir.parts[-3:])  # e.g. shenzhen/Domain_RI/seed0
 
 
-def _start_run_folder(out_dir: Path, meta: dict, args, device, dist_info: Distributed, resume_from) -> None:
+def _start_run_folder(out_dir: Path, meta: dict, arguments: dict, device, dist_info: Distributed, resume_from) -> None:
     """args.json first; a summary.json (and, starting over, a best.pt) of an earlier run goes, so
     that neither is ever mistaken for this run's."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json",) if resume_from else ("summary.json", "best.pt"):
         (out_dir / stale).unlink(missing_ok=True)
-    files.write_json({"args": vars(args), "meta": meta, "versions": runs.library_versions(), "git_sha": runs.git_sha(),
+    files.write_json({"args": arguments, "meta": meta, "versions": runs.library_versions(), "git_sha": runs.git_sha(),
                       "command": sys.argv, "device": str(device), "world_size": dist_info.world_size,
                       "resumed_from_epoch": resume_from["epoch"] if resume_from else None,
                       "started": datetime.datetime.now().isoformat(timespec="seconds")}, out_dir / "args.json")

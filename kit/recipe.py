@@ -6,14 +6,14 @@ and a resume with another recipe is refused, naming what changed.
 """
 import math
 
-import torch
-
 # Optimizer options that say how a step is computed on the hardware, not what it computes.
 IMPLEMENTATION = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 
 def _plain(value):
     """A recorded value as plain JSON: numbers, strings, lists; tensors as lists (rounded)."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return [round(float(v), 6) for v in value.flatten().tolist()]
     if isinstance(value, float):
@@ -30,7 +30,7 @@ def _name(obj) -> str:
     return kind.__name__ if kind.__module__.startswith("torch.") else f"{kind.__module__}.{kind.__name__}"
 
 
-def optimizer(opt: torch.optim.Optimizer) -> dict:
+def optimizer(opt) -> dict:
     """{"class": "AdamW", "param_groups": [{"tensors": n, "lr": ..., "weight_decay": ..., ...}]}: the
     learning rate as given (initial_lr where a schedule has started), not the schedule's current value."""
     groups = []
@@ -49,20 +49,21 @@ def schedule(scheduler) -> dict:
     state = scheduler.state_dict()
     record = {"class": _name(scheduler)}
     for key, value in state.items():
-        if key.startswith("_") or key in ("last_epoch", "base_lrs", "optimizer"):
+        name = key.lstrip("_") if key == "_milestones" else key
+        if name.startswith("_") or name in ("last_epoch", "base_lrs", "optimizer", "verbose"):
             continue
-        record[key] = _plain(value)
+        record[name] = _plain(value)
     parts = getattr(scheduler, "_schedulers", None)
     if parts:
         record["parts"] = [schedule(part) for part in parts]
     return record
 
 
-def loss(criterion: torch.nn.Module) -> dict:
+def loss(criterion) -> dict:
     """The loss's class, its class weights (None: unweighted) and its other settings."""
     record = {"class": _name(criterion), "class_weights": None}
     weight = getattr(criterion, "weight", None)
-    if isinstance(weight, torch.Tensor):
+    if weight is not None:
         record["class_weights"] = _plain(weight)
     for key in ("reduction", "label_smoothing", "ignore_index", "pos_weight"):
         value = getattr(criterion, key, None)
@@ -71,11 +72,32 @@ def loss(criterion: torch.nn.Module) -> dict:
     return record
 
 
-def trains(model: torch.nn.Module) -> dict:
+def trains(model) -> dict:
     """What trains: parameters that train and that are frozen, and whether frozen BatchNorm statistics stay fixed."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     return {"trainable_parameters": trainable, "frozen_parameters": frozen}
+
+
+def augmentation(meta: dict) -> dict:
+    """The training augmentation of each domain the run reads (transforms.py's random tail), at its image size."""
+    from . import transforms
+
+    per_domain = {
+        "cxr": {"affine_probability": transforms.CXR_AFFINE_PROB, "rotate_degrees": transforms.CXR_ROTATE_DEGREES,
+                "zoom": transforms.CXR_SCALE, "shift": transforms.CXR_TRANSLATE, "flips": None},
+        "hwsi": {"flip_probability": transforms.FLIP_PROB, "quarter_turn_probability": transforms.ROTATE90_PROB,
+                 "random_crop": True},
+        "efi": {"flip_probability": transforms.FLIP_PROB, "rotate_probability": transforms.EFI_ROTATE_PROB,
+                "rotate_degrees": transforms.EFI_ROTATE_DEGREES},
+    }
+    per_domain["other"] = per_domain["efi"]
+    jitter = {"jitter_probability": transforms.JITTER_PROB, "brightness": transforms.BRIGHTNESS,
+              "contrast": transforms.CONTRAST}
+    domains = sorted(set((meta.get("domains") or {}).values()) or {meta["domain"]})
+    return {"image_size": meta["image_size"], "head_version": transforms.HEAD_VERSION,
+            **{domain: {**per_domain[domain], **(jitter if domain != "cxr" else {})} for domain in domains
+               if domain in per_domain}}
 
 
 def record(model, opt, scheduler, criterion, *, strategy: str, augmentation: dict) -> dict:
@@ -111,8 +133,9 @@ def describe(part: str, value) -> str:
         return str(value)
     if part == "optimizer":
         groups = value.get("param_groups", [])
-        settings = lambda g: ", ".join(f"{k} {v}" for k, v in g.items() if k not in ("tensors", "maximize", "amsgrad")
-                                       or v not in (False, None))
+        def settings(group):  # what is set: the tensor count and the options left off aside
+            return ", ".join(f"{k} {v}" for k, v in group.items() if k != "tensors" and v not in (False, None))
+
         text = "; ".join(settings(g) for g in groups) if len({str(g) for g in groups}) > 1 or not groups else \
             settings(groups[0])
         return f"{value.get('class')}: {text}"

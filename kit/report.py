@@ -12,6 +12,7 @@ import pandas as pd
 from .claims import CLAIMS, LEVELLED_OFF, MARGIN, MIN_CURVE_EPOCHS, ONE_NETWORK, fmt_p, margin
 from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, LIMITS, NO_PATIENT_IDS, SETTINGS, SOURCE_IMAGES, TARGETS,
                     metric_label, short_name, target_title)
+from .recipe import describe as recipe_words
 from .stats import DEFAULT_RESAMPLES, MIN_PATIENTS_PER_CLASS
 from .tables import CONVERGENCE as THRESHOLD_SHARE  # "earlier": 95 % of the best arm's last value
 
@@ -415,6 +416,14 @@ def settings_section(run_args, targets=()):
     this run's value; then the known limits of the targets' data."""
     lines = ["## Settings: the paper's and the kit's", ""]
     for name, paper, kit, because, key, paper_value in SETTINGS:
+        if kit.startswith("recipe:"):  # what the runs recorded as they trained (kit/recipe.py), not a constant
+            part = kit.split(":", 1)[1]
+            trained = [(kind, args.get("recipe", {}).get(part)) for kind, args in run_args.items()
+                       if isinstance(args.get("recipe"), dict)]
+            ran = "; ".join(f"{recipe_words(part, value)} ({kind})" for kind, value in trained)
+            lines.append(f"- **{name}** — paper: {paper or 'not stated'}; this study trained with "
+                         f"{ran or 'no recorded recipe'}" + (f"; {because}" if because else "") + ".")
+            continue
         flag = f"--{key.replace('_', '-')}" if key else ""
         values = sorted({str(args.get(key)) for args in run_args.values() if args.get(key) is not None}) if key else []
         this_run = "; ".join(f"{kind} {flag} {args[key]}" for kind, args in run_args.items()

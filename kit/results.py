@@ -209,14 +209,16 @@ def source_manifests(runs_dir, keys=("chestxray14", "breakhis", "eyepacs")):
 
 def run_arguments(runs_dir, runs):
     """{"fine-tuning": args, "pretraining": args} from the args.json of the first fine-tuning run and of
-    the first pretraining run under OUT/pretrain/ (either left out when absent): the run's settings."""
+    the first pretraining run under OUT/pretrain/ (either left out when absent): the run's settings, with
+    the recipe it recorded as it trained (kit/recipe.py) under "recipe" (None for a run that recorded none)."""
     found = {}
     candidates = (("fine-tuning", [r["dir"] / "args.json" for r in runs]),
                   ("pretraining", sorted((Path(runs_dir) / "pretrain").glob("*/*/args.json"))))
     for kind, paths in candidates:
         path = next((p for p in paths if p.is_file()), None)
         if path is not None:
-            found[kind] = read_json(path).get("args") or {}
+            recorded = read_json(path)
+            found[kind] = {**(recorded.get("args") or {}), "recipe": (recorded.get("meta") or {}).get("recipe")}
     return found
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, identity, locks
+from . import files, identity, locks, recipe
 from .checkpoints import load_checkpoint
 from .runtime import is_main_process, log
 
@@ -35,14 +35,15 @@ RUNTIME_ARGS = frozenset({"out", "resume", "restart_if_changed", "device", "work
 DATA_ARGS = frozenset({"manifest", "manifests", "exclude_overlap"})
 
 
-def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
+def fingerprint(arguments: dict, data_meta: dict, df, *, world_size: int) -> dict:
     """What a checkpoint in --out must share with this run to be resumed: the data (identity.data_identity:
     the manifest's train/val rows by content, not its path), the number of processes (the global
     batch and the schedule depend on it) and every argument not in RUNTIME_ARGS except the
     manifest paths, which the data's content replaces (a moved manifest is the same data). An --init
     checkpoint counts by its content too: a pretraining done again is another start, the same file
-    moved is not."""
-    settings = {name: value for name, value in sorted(vars(args).items())
+    moved is not. `arguments`: the script's parsed arguments, vars(args). loop.fit adds the recipe
+    the run trains with (check_recipe)."""
+    settings = {name: value for name, value in sorted(arguments.items())
                 if name not in RUNTIME_ARGS and name not in DATA_ARGS}
     if "init" in settings and str(settings["init"]) not in ("random", "imagenet"):
         settings["init"] = f"checkpoint sha256:{files.digest(settings['init'])}"
@@ -51,6 +52,8 @@ def fingerprint(args, data_meta: dict, df, *, world_size: int) -> dict:
 
 
 def _difference(name, saved, now) -> str:
+    if name == "recipe":
+        return "; ".join(recipe.differences(saved, now))
     if name == "data" and isinstance(saved, dict) and isinstance(now, dict):
         for field in ("key", "task", "classes"):
             if saved.get(field) != now.get(field):
@@ -84,7 +87,8 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool, restart_if_ch
         raise SystemExit(f"{path}: this checkpoint holds no resume information (not written by a training script "
                          f"of this kit); choose another --out, or pass --no-resume to start over in {out_dir}")
     changed = [_difference(name, saved.get(name), fingerprint.get(name))
-               for name in dict.fromkeys([*fingerprint, *saved]) if saved.get(name) != fingerprint.get(name)]
+               for name in dict.fromkeys([*fingerprint, *saved])
+               if name != "recipe" and saved.get(name) != fingerprint.get(name)]  # the recipe: Run.check_recipe
     if changed and restart_if_changed:
         log(f"{out_dir}: its last.pt is another run's ({'; '.join(changed)}): starting over (--restart-if-changed)")
         return None
@@ -97,28 +101,48 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool, restart_if_ch
 @dataclasses.dataclass
 class Run:
     """A run folder opened for training: its fingerprint, the checkpoint to resume from (None: start
-    afresh), and the record of the images and patients it learns from (for evaluate.py)."""
+    afresh), the record of the images and patients it learns from (for evaluate.py), and the script's
+    arguments (args.json)."""
     out_dir: Path
     fingerprint: dict
     resume_from: dict | None
     trained_on: dict
     data: dict  # the fingerprint's data identity + the content hash of the whole manifest (all splits)
+    arguments: dict
+    restart_if_changed: bool = False
+
+    def check_recipe(self, run_recipe: dict) -> None:
+        """Add the recipe the run trains with (kit/recipe.py) to its fingerprint; a last.pt trained with
+        another one is refused, naming what changed (restart_if_changed: started over)."""
+        self.fingerprint["recipe"] = run_recipe
+        saved = (self.resume_from or {}).get("resume") or {}
+        if self.resume_from is None or saved.get("recipe") == run_recipe:
+            return
+        changed = _difference("recipe", saved.get("recipe"), run_recipe)
+        if not self.restart_if_changed:
+            raise SystemExit(f"{self.out_dir} holds the checkpoint of a run with another recipe ({changed}); choose "
+                             f"another --out, or pass --no-resume to start over in it")
+        log(f"{self.out_dir}: its last.pt is another run's ({changed}): starting over (--restart-if-changed)")
+        self.resume_from = None
 
 
-def open_run(args, data_meta: dict, df, *, world_size: int) -> Run:
-    """Open args.out for this run before any expensive work: take its lock (rank 0; a second writer
-    is refused with one line naming the holder), then refuse a last.pt of a different run
-    (resume_checkpoint). `df` is the manifest as loaded: its train and val rows identify the data."""
-    out_dir = Path(args.out)
+def open_run(out_dir, *, arguments: dict, data_meta: dict, df, world_size: int, resume: bool = True,
+             restart_if_changed: bool = False) -> Run:
+    """Open the run folder `out_dir` before any expensive work: take its lock (rank 0; a second writer is
+    refused with one line naming the holder), then refuse a last.pt of a different run (resume_checkpoint).
+    `arguments`: the script's parsed arguments (vars(args)), the run's settings; `df` the manifest as
+    loaded: its train and val rows identify the data."""
+    out_dir = Path(out_dir)
     if is_main_process():
         locks.hold(out_dir / ".lock", what=f"run folder {out_dir}")
-    run_fingerprint = fingerprint(args, data_meta, df, world_size=world_size)
+    run_fingerprint = fingerprint(arguments, data_meta, df, world_size=world_size)
     used = df[df["split"].isin(["train", "val"])]
     trained_on = {"images": identity.key_hashes(used["image"].astype(str)),
                   "patients": identity.key_hashes(identity.patient_keys(used, data_meta["key"]))}
-    return Run(out_dir, run_fingerprint, resume_checkpoint(out_dir, run_fingerprint, resume=args.resume,
-                                                           restart_if_changed=args.restart_if_changed),
-               trained_on, {**run_fingerprint["data"], "manifest_rows": identity.rows_hash(df)})
+    resume_from = resume_checkpoint(out_dir, run_fingerprint, resume=resume, restart_if_changed=restart_if_changed)
+    return Run(out_dir, run_fingerprint, resume_from, trained_on,
+               {**run_fingerprint["data"], "manifest_rows": identity.rows_hash(df)}, dict(arguments),
+               restart_if_changed)
 
 
 def training_overlap(checkpoint: dict, df, key: str) -> tuple[int, int] | None:
@@ -150,11 +174,13 @@ def pretraining_of(init, run: Run) -> dict | None:
             "overlap": meta.get("overlap"), "images_recorded": "pretrained_images" in run.trained_on}
 
 
-def run_meta(data_meta: dict, args, run: Run, *, init_description: str, loss_weights=None,
-             skipped_images: int = 0, overlap: dict | None = None, pretraining: dict | None = None) -> dict:
+def run_meta(data_meta: dict, run: Run, *, init: str, init_description: str, hidden_dim: int, dropout: float,
+             image_size: int, manifests: list, loss_weights=None, skipped_images: int = 0, overlap: dict | None = None,
+             pretraining: dict | None = None) -> dict:
     """What a checkpoint carries so that later stages rebuild the model and its eval transforms, and
     check what it was trained on (``data``: Run.data; ``overlap``: the target pictures a pretraining left
-    out, kit/overlap.py; ``pretraining``: what an --init backbone was pretrained on, pretraining_of)."""
+    out, kit/overlap.py; ``pretraining``: what an --init backbone was pretrained on, pretraining_of).
+    loop.fit adds the ``recipe`` the run trains with (kit/recipe.py)."""
     return {
         "key": data_meta["key"], "domain": data_meta["domain"], "task": data_meta["task"],
         "classes": list(data_meta["classes"]),
@@ -163,11 +189,11 @@ def run_meta(data_meta: dict, args, run: Run, *, init_description: str, loss_wei
         "class_weights": data_meta.get("class_weights", "none"),
         "domains": data_meta.get("domains", {data_meta["key"]: data_meta["domain"]}),
         "arch": "densenet121", "num_outputs": len(data_meta["classes"]),
-        "hidden_dim": args.hidden_dim, "dropout": args.dropout,
-        "image_size": args.image_size, "transforms": {"domain": data_meta["domain"], "image_size": args.image_size},
-        "init": str(args.init), "init_description": init_description,
-        "source_checkpoint": None if args.init in ("random", "imagenet") else str(Path(args.init).resolve()),
-        "manifests": [str(Path(p).resolve()) for p in (args.manifests if hasattr(args, "manifests") else [args.manifest])],
+        "hidden_dim": hidden_dim, "dropout": dropout,
+        "image_size": image_size, "transforms": {"domain": data_meta["domain"], "image_size": image_size},
+        "init": str(init), "init_description": init_description,
+        "source_checkpoint": None if str(init) in ("random", "imagenet") else str(Path(init).resolve()),
+        "manifests": [str(Path(p).resolve()) for p in manifests],
         "loss_weights": loss_weights, "skipped_images": skipped_images, "data": run.data,
         "overlap": overlap, "pretraining": pretraining,
     }

@@ -409,7 +409,10 @@ def write_claim_run(out: Path, target: str, arm: str, val, train, right: float, 
     args = {"seed": seed, "train_fraction": 1.0, "image_size": 224, "epochs": len(val), "batch_size": 32,
             "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 0, "hidden_dim": 512, "dropout": 0.5,
             "class_weights": "auto"}
-    (run / "args.json").write_text(json.dumps({"args": args, "meta": {"headline_metric": metric,
+    recipe = {"optimizer": {"class": "AdamW", "param_groups": [{"tensors": 364, "lr": 1e-4, "weight_decay": 1e-4}]},
+              "schedule": {"class": "CosineAnnealingLR", "T_max": 10 * len(val), "eta_min": 0.0},
+              "loss": {"class": "CrossEntropyLoss", "class_weights": None}}
+    (run / "args.json").write_text(json.dumps({"args": args, "meta": {"headline_metric": metric, "recipe": recipe,
                                                                        "data": {"manifest_rows": "same"}}}))
     classes = CLAIM_CLASSES[target]
     truth = np.random.default_rng(7).integers(0, len(classes), n_test)

@@ -1,6 +1,5 @@
 """kit.data: targets from manifest rows, the label mask of the aggregated set, the train/val
 datasets and loaders of a run, and --skip-bad."""
-import argparse
 import json
 from pathlib import Path
 
@@ -69,12 +68,9 @@ def test_train_val_loaders_order_is_a_function_of_seed_and_epoch(tmp_path):
     assert order(0, 1)[1] == order(0, 2)[1] == list(range(8))  # validation is never shuffled
 
 
-def test_manifest_paths_and_folders(tmp_path):
-    one = argparse.Namespace(manifest=str(tmp_path / "m" / "a.csv"))
-    several = argparse.Namespace(manifests=[str(tmp_path / "m" / "a.csv"), str(tmp_path / "n" / "b.csv"),
-                                            str(tmp_path / "m" / "c.csv")])
-    assert data.manifest_paths(one) == [one.manifest] and data.manifest_paths(several) == several.manifests
-    assert data.manifest_folders(data.manifest_paths(several)) == [str(tmp_path / "m"), str(tmp_path / "n")]
+def test_manifest_folders(tmp_path):
+    several = [str(tmp_path / "m" / "a.csv"), str(tmp_path / "n" / "b.csv"), str(tmp_path / "m" / "c.csv")]
+    assert data.manifest_folders(several) == [str(tmp_path / "m"), str(tmp_path / "n")]
 
 
 def test_find_unreadable_names_the_bad_images(tmp_path):

@@ -34,7 +34,8 @@ def _args(out, **overrides):
     values = dict(out=str(out), epochs=2, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_epochs=0, workers=0,
                   seed=0, device="cpu", amp=True, channels_last=True, class_weights="auto", hidden_dim=32,
                   dropout=0.1, image_size=32, init="random", manifest=str(out / "m.csv"), resume=True,
-                  skip_bad=False, compile=False, log_every=50, sync_bn=False, imagenet_weights=None)
+                  skip_bad=False, compile=False, log_every=50, sync_bn=False, imagenet_weights=None,
+                  restart_if_changed=False)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -52,10 +53,14 @@ def _fit(df, data_meta, args):
                                   **loop.fast_kernels(CPU))
     scheduler = loop.warmup_cosine(optimizer, total_steps=args.epochs * len(train_loader),
                                    warmup_steps=args.warmup_epochs * len(train_loader))
-    run = runs.open_run(args, data_meta, df, world_size=1)
-    meta = runs.run_meta(data_meta, args, run, init_description="random", loss_weights=class_weights)
+    run = runs.open_run(args.out, arguments=vars(args), data_meta=data_meta, df=df, world_size=1, resume=args.resume,
+                        restart_if_changed=args.restart_if_changed)
+    meta = runs.run_meta(data_meta, run, init=args.init, init_description="random", hidden_dim=args.hidden_dim,
+                         dropout=args.dropout, image_size=args.image_size, manifests=[args.manifest],
+                         loss_weights=class_weights)
     return loop.fit(model, train_loader, val_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                    meta=meta, run=run, args=args)
+                    meta=meta, run=run, settings=loop.Settings.of(vars(args)), device=CPU,
+                    dist_info=runtime.Distributed())
 
 
 # --------------------------------------------------------------------------- fit
@@ -79,7 +84,8 @@ def test_fit_writes_the_run_folder(tmp_path):
     assert checkpoint["epoch"] == 2
     assert checkpoint["meta"]["classes"] == ["red", "blue"]
     assert checkpoint["meta"]["loss_weights"] == pytest.approx([1.0, 1.0])  # 6 + 6 train images
-    assert checkpoint["resume"] == runs.fingerprint(args, data_meta, df, world_size=1)
+    assert checkpoint["resume"] == {**runs.fingerprint(vars(args), data_meta, df, world_size=1),
+                                    "recipe": checkpoint["meta"]["recipe"]}
     restored = models.build_model(2, hidden_dim=32, dropout=0.1)
     restored.load_state_dict(checkpoint["model"])
     assert summary["best_epoch"] in (1, 2) and math.isfinite(summary["best_val_score"])

@@ -189,7 +189,7 @@ def test_imagenet_unavailable_without_download(torch_home):
     message = str(info.value)
     expected = torch_home / "hub" / "checkpoints" / IMAGENET_FILE
     for hint in (f"https://download.pytorch.org/models/{IMAGENET_FILE}", str(expected),
-                 "--imagenet-weights PATH", "IMAGENET_WEIGHTS=PATH", "TORCH_HOME"):
+                 "--imagenet-weights PATH", "imagenet_weights=PATH", "TORCH_HOME"):
         assert hint in message
     assert isinstance(info.value, FileNotFoundError)  # cli.user_errors: one line, no traceback
 

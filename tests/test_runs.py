@@ -165,7 +165,7 @@ def _finetune_args(tmp_path, *extra):
 
 def test_fingerprint_is_every_argument_but_the_runtime_ones(tmp_path):
     args = _finetune_args(tmp_path)
-    fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    fingerprint = runs.fingerprint(vars(args), DATA, ROWS, world_size=1)
     # every argument but the runtime ones; the manifest by its content (data), not its path
     assert set(fingerprint) == (set(vars(args)) - runs.RUNTIME_ARGS - runs.DATA_ARGS) | {"data", "world_size"}
     assert {"warmup_epochs", "dropout", "hidden_dim", "train_fraction", "skip_bad", "sync_bn", "strategy",
@@ -178,37 +178,37 @@ def test_fingerprint_is_every_argument_but_the_runtime_ones(tmp_path):
 
 def test_a_new_argument_is_in_the_fingerprint_without_touching_runs(tmp_path):
     args = _finetune_args(tmp_path)
-    fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    fingerprint = runs.fingerprint(vars(args), DATA, ROWS, world_size=1)
     # a hyperparameter added to a script tomorrow: a parser with one more argument ...
     parser = finetune_target.get_args_parser()
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     extended = parser.parse_args(["--manifest", str(tmp_path / "m.csv"), "--init", "random", "--out",
                                   str(tmp_path / "run")])
-    assert runs.fingerprint(extended, DATA, ROWS, world_size=1) == {**fingerprint, "label_smoothing": 0.0}
-    smoothed = runs.fingerprint(argparse.Namespace(**{**vars(extended), "label_smoothing": 0.1}), DATA, ROWS,
+    assert runs.fingerprint(vars(extended), DATA, ROWS, world_size=1) == {**fingerprint, "label_smoothing": 0.0}
+    smoothed = runs.fingerprint({**vars(extended), "label_smoothing": 0.1}, DATA, ROWS,
                                world_size=1)
-    assert smoothed != runs.fingerprint(extended, DATA, ROWS, world_size=1) and smoothed["label_smoothing"] == 0.1
+    assert smoothed != runs.fingerprint(vars(extended), DATA, ROWS, world_size=1) and smoothed["label_smoothing"] == 0.1
     # ... while the runtime flags, the number of processes aside, never change it
     for name, value in (("device", "cuda:3"), ("workers", 7), ("log_every", 1), ("amp", False), ("compile", True),
                         ("channels_last", False), ("out", "elsewhere"), ("resume", False),
                         ("restart_if_changed", True), ("imagenet_weights", "/w.pth")):
         changed = argparse.Namespace(**{**vars(args), name: value})
-        assert runs.fingerprint(changed, DATA, ROWS, world_size=1) == fingerprint, name
+        assert runs.fingerprint(vars(changed), DATA, ROWS, world_size=1) == fingerprint, name
     for name, value in (("lr", 3e-4), ("warmup_epochs", 1), ("seed", 1), ("batch_size", 8)):
         changed = argparse.Namespace(**{**vars(args), name: value})
-        assert runs.fingerprint(changed, DATA, ROWS, world_size=1) != fingerprint, name
-    assert runs.fingerprint(args, DATA, ROWS, world_size=2) != fingerprint
-    assert runs.fingerprint(args, {**DATA, "classes": ["blue", "cyan"]}, ROWS, world_size=1) != fingerprint
+        assert runs.fingerprint(vars(changed), DATA, ROWS, world_size=1) != fingerprint, name
+    assert runs.fingerprint(vars(args), DATA, ROWS, world_size=2) != fingerprint
+    assert runs.fingerprint(vars(args), {**DATA, "classes": ["blue", "cyan"]}, ROWS, world_size=1) != fingerprint
     # the data by content: another split of the rows changes it, the manifest's path does not
     resplit = ROWS.assign(split=["train"] * 2 + ["val"] * 3 + ["test"])
-    assert runs.fingerprint(args, DATA, resplit, world_size=1)["data"] != fingerprint["data"]
+    assert runs.fingerprint(vars(args), DATA, resplit, world_size=1)["data"] != fingerprint["data"]
     moved = argparse.Namespace(**{**vars(args), "manifest": "/elsewhere/m.csv"})
-    assert runs.fingerprint(moved, DATA, ROWS, world_size=1) == fingerprint
+    assert runs.fingerprint(vars(moved), DATA, ROWS, world_size=1) == fingerprint
 
 
 def test_resume_checkpoint_refuses_another_run_with_one_line(tmp_path, capsys):
     args = _finetune_args(tmp_path)
-    fingerprint = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    fingerprint = runs.fingerprint(vars(args), DATA, ROWS, world_size=1)
     out = tmp_path / "run"
     assert runs.resume_checkpoint(out, fingerprint, resume=True) is None  # nothing there: a fresh start
     out.mkdir()
@@ -230,9 +230,11 @@ def test_run_meta_summary_and_plain_values(tmp_path):
     (tmp_path / "CXR_RI").mkdir()
     (tmp_path / "CXR_RI" / "last.pt").write_bytes(b"")
     args = _finetune_args(tmp_path, "--init", str(tmp_path / "CXR_RI" / "last.pt"), "--image-size", "64")
-    run = runs.Run(tmp_path / "run", {}, None, {}, {"rows": "abc", "manifest_rows": "def"})
-    meta = runs.run_meta({**DATA, "headline_metric": "accuracy", "class_weights": "none"}, args, run,
-                         init_description="backbone of CXR_RI", loss_weights=[1.0, 2.0], skipped_images=3)
+    run = runs.Run(tmp_path / "run", {}, None, {}, {"rows": "abc", "manifest_rows": "def"}, vars(args))
+    meta = runs.run_meta({**DATA, "headline_metric": "accuracy", "class_weights": "none"}, run, init=args.init,
+                         init_description="backbone of CXR_RI", hidden_dim=args.hidden_dim, dropout=args.dropout,
+                         image_size=args.image_size, manifests=[args.manifest], loss_weights=[1.0, 2.0],
+                         skipped_images=3)
     assert meta["data"] == {"rows": "abc", "manifest_rows": "def"}
     assert (meta["num_outputs"], meta["image_size"], meta["hidden_dim"], meta["dropout"]) == (2, 64, 512, 0.5)
     assert meta["source_checkpoint"] == str(tmp_path / "CXR_RI" / "last.pt")
@@ -290,11 +292,11 @@ def test_an_init_checkpoint_counts_by_its_content(tmp_path):
     first.parent.mkdir()
     first.write_bytes(b"weights one")
     args = argparse.Namespace(**{**vars(_finetune_args(tmp_path)), "init": str(first)})
-    before = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    before = runs.fingerprint(vars(args), DATA, ROWS, world_size=1)
     moved = tmp_path / "b" / "last.pt"
     moved.parent.mkdir()
     moved.write_bytes(b"weights one")
-    assert runs.fingerprint(argparse.Namespace(**{**vars(args), "init": str(moved)}), DATA, ROWS, world_size=1) == before
+    assert runs.fingerprint({**vars(args), "init": str(moved)}, DATA, ROWS, world_size=1) == before
     first.write_bytes(b"weights two")
-    after = runs.fingerprint(args, DATA, ROWS, world_size=1)
+    after = runs.fingerprint(vars(args), DATA, ROWS, world_size=1)
     assert after["init"] != before["init"] and after["init"].startswith("checkpoint sha256:")
