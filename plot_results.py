@@ -127,8 +127,14 @@ def main(args):
     reports = {s: analyse(args, by_strategy[s], outs[s], study, s, len(order) > 1) for s in order}
     if len(order) > 1:
         report = reports[order[0]] + "\n" + strategies_section(
-            {s: (outs[s].relative_to(args.out), Path(outs[s]) / "tables" / "table2.csv") for s in order}, args)
+            {s: (outs[s].relative_to(args.out), Path(outs[s]) / "tables" / "table2.csv") for s in order}, reporting(args))
         files.write_text_atomic(outs[order[0]] / "report.md", report)
+
+
+def reporting(args):
+    from kit.report import Reporting
+
+    return Reporting(ci=args.ci, bootstrap=args.bootstrap, seed=args.seed, claims_checkpoint=args.claims_checkpoint)
 
 
 def overlap_facts(runs_dir, runs, targets, study, checkpoint) -> dict:
@@ -148,7 +154,7 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
 
     from kit import claims, figures, files, results, tables
     from kit.paper import ARMS, fraction_label, paper_sorted, target_title
-    from kit.report import epoch_note, report_markdown, table2_markdown
+    from kit.report import Study, epoch_note, report_markdown, table2_markdown
 
     targets = list(dict.fromkeys(r["target"] for r in runs))
     metrics = {t: (results.headline_metric(t, [r["dir"] for r in runs if r["target"] == t]) if args.metric == "auto"
@@ -172,7 +178,8 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
     # --- per run, per test group (bootstrap, all paired tests), Table 2 and convergence at the largest fraction
     runs_table = tables.runs_frame(runs, metrics)
     pairing_notes = []  # why some arms are not compared as paired
-    summary, paired = tables.test_frames(runs, targets, metrics, args, pairing_notes)
+    summary, paired = tables.test_frames(runs, targets, metrics, bootstrap=args.bootstrap, ci=args.ci, seed=args.seed,
+                                         notes=pairing_notes)
     at_main = runs_table[runs_table["train_fraction"] == runs_table["target"].map(main_fraction)]
     sizes = {target: results.split_sizes(args.runs, target) for target in targets}
     notes = {target: epoch_note(target, at_main.loc[at_main["target"] == target, "epoch"].tolist(), sizes[target])
@@ -249,14 +256,15 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
                     f"bootstrap, {args.bootstrap} resamples]." if len(seeds) > 1 else
                     f"one seed [{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} "
                     "resamples]."))
-    report = report_markdown(
-        table2_md=table2_markdown(table, table_arms, notes, args.ci), paired=at_claims, convergence=convergence,
-        summary=summary, sizes=sizes, metrics=metrics, settings=settings, args=args, figures=written_figures,
-        claims=verdicts, comparison=comparison, rankings=rankings, answers=answers, study=study, runs_arms=runs_arms,
-        seeds=seeds, sources=results.source_manifests(args.runs), run_args=results.run_arguments(args.runs, runs),
-        missing_reason=missing_reason, pairing_notes=list(dict.fromkeys(pairing_notes)),
-        domains={t: results.target_domain(args.runs, t) for t in targets}, strategy=strategy if several else None,
-        overlap=overlap_facts(args.runs, runs, targets, study, args.claims_checkpoint))
+    report = report_markdown(Study(
+        reporting=reporting(args), metrics=metrics, table2_md=table2_markdown(table, table_arms, notes, args.ci),
+        paired=at_claims, convergence=convergence, summary=summary, sizes=sizes, settings=settings,
+        figures=written_figures, claims=verdicts, comparison=comparison, rankings=rankings, answers=answers,
+        record=study, runs_arms=runs_arms, seeds=seeds, sources=results.source_manifests(args.runs),
+        run_args=results.run_arguments(args.runs, runs), missing_reason=missing_reason,
+        pairing_notes=tuple(dict.fromkeys(pairing_notes)), domains={t: results.target_domain(args.runs, t) for t in targets},
+        strategy=strategy if several else None, overlap=overlap_facts(args.runs, runs, targets, study,
+                                                                       args.claims_checkpoint)))
     files.write_text_atomic(out / "report.md", report)
 
     print(f"{strategy}: wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures "

@@ -4,6 +4,7 @@ reason an arm is missing said once, there), then the answer per target and the p
 their verdicts (kit/claims.py). Every table keeps to a few short columns (TABLE_WIDTH characters a
 row at most), so it reads in any markdown viewer; prose goes in lists.
 """
+import dataclasses
 import math
 from pathlib import Path
 
@@ -336,26 +337,26 @@ def overlap_section(found, record, mode, seen, twins):
     return lines
 
 
-def paired_section(pairs, checkpoint, args, pairing_notes):
+def paired_section(pairs, reporting, pairing_notes):
     lines = []
     if not pairs.empty:
-        kind = "last-epoch" if checkpoint == "last" else "best-validation"
+        kind = "last-epoch" if reporting.claims_checkpoint == "last" else "best-validation"
         lines += [f"## Paired comparisons (test split, {kind} checkpoint, all pairs of arms)", ""]
         rows, discrete = [], False
         for r in pairs[pairs["method"] != "DeLong"].itertuples():
             interval = f"{fmt(r.difference)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
             if too_few(getattr(r, "min_class_patients", None)):
                 interval = f"{fmt(r.difference)} {TOO_FEW_MARK}"
-            elif zero_edge(r, 1 - args.ci):
+            elif zero_edge(r, 1 - reporting.ci):
                 interval, discrete = interval + " †", True
             rows.append([target_title(r.target), f"{r.arm} − {r.reference}", str(int(r.n_seeds)), interval,
                          fmt_p(r.p_value), fmt_p(r.p_holm) + (f" ({r.holm_m:.0f})" if getattr(r, "holm_m", 0) else "")])
-        lines += markdown_table(["Target", "Comparison", "Seeds", f"Difference (pp) [{100 * args.ci:g} % CI]", "p",
+        lines += markdown_table(["Target", "Comparison", "Seeds", f"Difference (pp) [{100 * reporting.ci:g} % CI]", "p",
                                  "p Holm (of m)"], rows)
         lines += ["", f"The later arm (paper order IN, Domain_RI, Domain_IN, All_RI, All_IN) minus the earlier, on the "
                       f"same test images and seeds (mean over seeds; headline metric). Two or more seeds: the seeds' "
-                      f"spread plus a patient bootstrap of the seed-mean ({args.bootstrap} resamples, seed "
-                      f"{args.seed}), t with Welch's degrees of freedom. One seed: the percentile bootstrap over test "
+                      f"spread plus a patient bootstrap of the seed-mean ({reporting.bootstrap} resamples, seed "
+                      f"{reporting.seed}), t with Welch's degrees of freedom. One seed: the percentile bootstrap over test "
                       f"patients of those two networks ({ONE_NETWORK}). Multiple comparisons: Holm's correction within "
                       "each target, over the m comparisons actually run (DeLong's separately). The other checkpoint "
                       "and every fraction: tables/paired.csv; figure: figures/forest.png.", ""]
@@ -445,15 +446,15 @@ STRATEGY_WORDS = {"full": "full fine-tuning (every layer trains)",
                   "linear": "linear probe (the head alone trains; the backbone and its BatchNorm statistics frozen)"}
 
 
-def strategies_section(outputs, args):
+def strategies_section(outputs, reporting):
     """The strategies side by side: every target and arm's test value (claims checkpoint, mean [CI]) under
     each strategy, with links to each strategy's own report, Table 2 and forest plot.
     `outputs`: {strategy: (folder relative to OUT, its tables/table2.csv)}."""
-    prefix = "test_last" if args.claims_checkpoint == "last" else "test"
+    prefix = "test_last" if reporting.claims_checkpoint == "last" else "test"
     tables = {s: pd.read_csv(path) for s, (_, path) in outputs.items() if Path(path).is_file()}
     lines = ["## Fine-tuning strategies side by side", "",
-             f"Test split, {'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, mean "
-             f"[{100 * args.ci:g} % CI] in %: the same targets, arms and seeds under each strategy.", ""]
+             f"Test split, {'last-epoch' if reporting.claims_checkpoint == 'last' else 'best-validation'} checkpoint, mean "
+             f"[{100 * reporting.ci:g} % CI] in %: the same targets, arms and seeds under each strategy.", ""]
     first = next(iter(tables.values()))
     rows = []
     for row in first[["target", "arm", "metric"]].itertuples(index=False):
@@ -473,30 +474,68 @@ def strategies_section(outputs, args):
     return "\n".join(lines + [""])
 
 
-def report_markdown(*, table2_md, paired, convergence, summary, sizes, metrics, settings, args, figures,
-                    claims, comparison, rankings, answers, study, runs_arms, seeds, sources, run_args,
-                    missing_reason=None, pairing_notes=(), domains=None, strategy=None, overlap=None):
+@dataclasses.dataclass(frozen=True)
+class Reporting:
+    """How the report's numbers were computed: the CI level, the bootstrap resamples and their seed, and the
+    checkpoint (best | last) the answers and claims use."""
+    ci: float
+    bootstrap: int
+    seed: int
+    claims_checkpoint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """Everything report.md says, computed by plot_results.py: tables (pandas frames), figures, verdicts, and
+    what the study folder records (study.json, the runs' arguments and recipes, the overlap check)."""
+    reporting: Reporting
+    metrics: dict                    # target -> headline metric
+    table2_md: str
+    paired: object                   # tables/paired.csv rows at the claims checkpoint and largest fraction
+    convergence: object
+    summary: object
+    sizes: dict
+    settings: str                    # one line: runs, seeds, fractions, how test values are given
+    figures: list                    # (file name, title)
+    claims: object
+    comparison: object
+    rankings: object
+    answers: dict
+    record: dict | None              # study.json
+    runs_arms: dict
+    seeds: list
+    sources: dict
+    run_args: dict
+    missing_reason: str | None = None
+    pairing_notes: tuple = ()
+    domains: dict | None = None
+    strategy: str | None = None
+    overlap: dict | None = None
+
+
+def report_markdown(study: Study) -> str:
     """OUT/report.md: what was run, the answer per target, the claims, the paper's Table 2 next to this
     run, data, Table 2 with test CIs, all paired comparisons, convergence and stability, settings, figures."""
-    targets = list(metrics)
+    s, reporting = study, study.reporting
+    targets = list(s.metrics)
     lines = ["# Domain-aware transfer learning: study report", ""]
-    lines += what_was_run(study, runs_arms, targets, seeds, settings, missing_reason, args.claims_checkpoint,
-                          domains, strategy)
-    lines += overlap_section(**overlap) if overlap else []
+    lines += what_was_run(s.record, s.runs_arms, targets, s.seeds, s.settings, s.missing_reason,
+                          reporting.claims_checkpoint, s.domains, s.strategy)
+    lines += overlap_section(**s.overlap) if s.overlap else []
     lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "
-              f"{'last-epoch' if args.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
-              f"{100 * args.ci:g} % CIs, Holm-corrected p; a best arm is named only when shown better than the next)",
-              ""]
-    lines += [f"- {answers[t]}" for t in targets if t in answers] + [""]
-    lines += claims_section(claims, args.ci, args.bootstrap, paired)
-    lines += paper_vs_run_section(comparison, rankings, args.ci, max(1, len(seeds)))
-    lines += data_section(metrics, sizes, summary, sources)
-    lines += [table2_md, ""]
-    lines += paired_section(paired, args.claims_checkpoint, args, pairing_notes)
-    lines += stability_section(convergence)
-    lines += settings_section(run_args, targets)
+              f"{'last-epoch' if reporting.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
+              f"{100 * reporting.ci:g} % CIs, Holm-corrected p; a best arm is named only when shown better than the "
+              "next)", ""]
+    lines += [f"- {s.answers[t]}" for t in targets if t in s.answers] + [""]
+    lines += claims_section(s.claims, reporting.ci, reporting.bootstrap, s.paired)
+    lines += paper_vs_run_section(s.comparison, s.rankings, reporting.ci, max(1, len(s.seeds)))
+    lines += data_section(s.metrics, s.sizes, s.summary, s.sources)
+    lines += [s.table2_md, ""]
+    lines += paired_section(s.paired, reporting, s.pairing_notes)
+    lines += stability_section(s.convergence)
+    lines += settings_section(s.run_args, targets)
     lines += ["## Figures", ""]
-    lines += [f"- [{title}](figures/{name})" for name, title in figures]
+    lines += [f"- [{title}](figures/{name})" for name, title in s.figures]
     lines += ["- Confusion matrices and per-class precision/recall/F1: "
               "`eval/<target>/<arm>/<run>/{best,last}/confusion.png`, `per_class.csv`", ""]
     lines += ["Tables: tables/table2.{csv,md}, tables/claims.csv, tables/paper_vs_run.csv, tables/rankings.csv, "

@@ -102,7 +102,7 @@ def compare_networks(columns, probs, targets, patients, metric, n_resamples, ci,
     return summary, paired
 
 
-def test_comparisons(group, metric, target, args, notes=None):
+def test_comparisons(group, metric, target, *, bootstrap: int, ci: float, seed: int, notes=None):
     """Test results of one (target, train fraction, checkpoint kind): the runs' evaluations of
     every arm and seed, compared on the same patient resamples (compare_networks).
 
@@ -127,7 +127,7 @@ def test_comparisons(group, metric, target, args, notes=None):
     if not same_split:
         note(f"{target}: its runs were trained on different splits (the manifest changed between runs: "
              f"prepare_data.py was re-run); they are not compared as paired")
-    if same_split and args.bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
+    if same_split and bootstrap > 0 and metric in metrics.MULTICLASS_METRICS and all(
             by_arm[a][s]["predictions"] for a, s in columns):
         loaded = {c: read_predictions(by_arm[c[0]][c[1]]["predictions"]) for c in columns}
         first = loaded[columns[0]][0]
@@ -140,14 +140,14 @@ def test_comparisons(group, metric, target, args, notes=None):
     targets = loaded[columns[0]][2]
     probs = [loaded[c][1] for c in columns]
     patients = first["patient"].astype(str).to_numpy()
-    summary, paired = compare_networks(columns, probs, targets, patients, metric, args.bootstrap, args.ci, args.seed)
+    summary, paired = compare_networks(columns, probs, targets, patients, metric, bootstrap, ci, seed)
     binary = len(loaded[columns[0]][3]) == 2 and 0 < (targets == 1).sum() < len(targets)  # DeLong needs both
     too_few = summary[0]["min_class_patients"] < stats.MIN_PATIENTS_PER_CLASS  # then the AUROC difference alone
     if binary:
         for row in list(paired):  # DeLong on the positive class's probability (column 1), the same seeds
             seeds = sorted(set(by_arm[row["arm"]]) & set(by_arm[row["reference"]]))
             scores = {a: np.stack([loaded[a, s][1][:, 1] for s in seeds]) for a in (row["arm"], row["reference"])}
-            test = stats.delong_test(targets == 1, scores[row["arm"]], scores[row["reference"]], ci=args.ci)
+            test = stats.delong_test(targets == 1, scores[row["arm"]], scores[row["reference"]], ci=ci)
             _, auc_sd = mean_sd([metrics.binary_auroc(targets == 1, scores[row["arm"]][i])
                                  - metrics.binary_auroc(targets == 1, scores[row["reference"]][i])
                                  for i in range(len(seeds))])
@@ -228,7 +228,7 @@ def add_holm(paired):
     return paired
 
 
-def test_frames(runs, targets, metrics, args, notes=None):
+def test_frames(runs, targets, metrics, *, bootstrap: int, ci: float, seed: int, notes=None):
     """tables/test_summary.csv and tables/paired.csv (%), one test_comparisons() per (target,
     train fraction, checkpoint), in paper order."""
     summary_rows, paired_rows = [], []
@@ -238,7 +238,8 @@ def test_frames(runs, targets, metrics, args, notes=None):
                 group = [(r, r["evals"][kind]) for r in runs
                          if r["target"] == target and r["fraction"] == fraction and kind in r["evals"]]
                 if group:
-                    summary, paired = test_comparisons(group, metrics[target], target, args, notes)
+                    summary, paired = test_comparisons(group, metrics[target], target, bootstrap=bootstrap, ci=ci,
+                                                       seed=seed, notes=notes)
                     keys = {"target": target, "train_fraction": fraction, "checkpoint": kind}
                     summary_rows += [keys | row for row in summary]
                     paired_rows += [keys | row for row in paired]
