@@ -24,20 +24,8 @@
     cam          Grad-CAM heat maps over the input (predict.py --cam, evaluate.py --cam)
     export       TorchScript, MONAI bundle and backbone files from a checkpoint (export.py)
 
-The transform chains live in the top-level ``transforms.py``, the file clinical code reads and
-copies; inside this package it is ``kit.transforms``. Installed (``pip install -e .`` or
-``pip install .``, see pyproject.toml), the repository root is the package ``domaintl``: this
-package is ``domaintl.kit`` and ``transforms.py`` is ``domaintl.transforms``.
+The transform chains live in the top-level module ``transforms`` (transforms.py, the file clinical
+code reads and copies); the modules here that need them ``import transforms``. Installed (``pip
+install -e .`` or ``pip install .``, see pyproject.toml), the names are the same: ``transforms`` and
+``kit``.
 """
-
-
-def __getattr__(name):
-    """``kit.transforms``, loaded on first use (it imports torch and MONAI; kit.cli must stay light)."""
-    if name != "transforms":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:  # installed (pip install -e .): the top-level file is domaintl.transforms, beside this package
-        from .. import transforms
-    except (ImportError, ValueError):  # run from a checkout: the top-level transforms.py
-        import transforms
-    globals()["transforms"] = transforms
-    return transforms
