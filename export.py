@@ -7,10 +7,11 @@ Writes into --out, per --formats:
                   (B, 1 or 3, S, S) as transforms.loader_transforms(domain, image_size=S, train=False)
                   leaves the picture; output probabilities (softmax; sigmoid if multi-label). The file's
                   extra file meta.json says so, with the classes, domain, image size and source.
-    bundle/       a MONAI bundle: configs/metadata.json, configs/inference.json (MONAI's DenseNet121 +
-                  the head from torch.nn; the images through the kit's eval chain, so it needs the kit
-                  installed), models/model.pt, docs/README.md (training data, test metrics with CIs
-                  from --metrics, intended use). One domain only.
+    bundle/       a MONAI bundle that runs with MONAI alone: configs/metadata.json, configs/inference.json
+                  (MONAI's DenseNet121 + the head from torch.nn; the images through the kit's eval chain
+                  in stock MONAI transforms, transforms.stock_eval_config), models/model.pt,
+                  docs/README.md (training data, test metrics with CIs from --metrics, intended use).
+                  One domain only.
     backbone.pt   the backbone alone (features.* and the meta): models.load_backbone("backbone.pt")
                   gives a MONAI DenseNet-121 feature extractor, and finetune_target.py --init takes it:
                   a pretrained model (CXR_*, HWSI_*, EFI_*, All_*) to use instead of ImageNet.

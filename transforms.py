@@ -37,8 +37,8 @@ Head, in order:
    volume is refused, since no chain knows which slice to take. For NIfTI, the first array axis
    is x (columns), as in MONAI and ITK.
 3. Channels and intensities, to float32 in [0, 1]. cxr: grey, RGB or RGBA becomes one grey
-   channel (ITU-R 601 luma), scaled per image by min-max so that 8-bit PNG, 16-bit PNG and
-   12-bit DICOM all work (DICOM arrives windowed and with bone white, see step 1).
+   channel (ITU-R 601 luma as PIL computes it), scaled per image by min-max so that 8-bit PNG,
+   16-bit PNG and 12-bit DICOM all work (DICOM arrives windowed and with bone white, see step 1).
    hwsi/efi/other: alpha is dropped; 8-bit images are divided by 255; any other dtype (16-bit,
    float) is min-max scaled over all channels together, which keeps the colour balance (the
    stored dtype is the cheap test).
@@ -63,6 +63,10 @@ and RandTaild, which draws each image's augmentation as 8 numbers) runs per imag
 loader and ships uint8; :func:`apply_tail` warps, jitters and normalises the whole batch on
 the training device. ``train_transforms`` and ``eval_transforms`` are the same two halves
 applied to one image, so a model sees in clinical use exactly what it saw in training.
+
+The same eval chain in stock MONAI transforms, for code that has MONAI but not this kit (the
+exported MONAI bundle runs it): :func:`stock_eval_config` (a MONAI bundle config) and
+:func:`stock_eval_transforms` (built); equal to eval_transforms within 1e-6, see docs/clinical.md.
 
 Bad input: a file that cannot be read (missing, empty, truncated, not an image, a volume, no
 finite pixel) or cannot be a picture to learn from (under 8 px a side, every pixel the same
@@ -90,10 +94,13 @@ from monai.utils import convert_to_dst_type
 DOMAINS = ("cxr", "hwsi", "efi", "other")
 # Bump when the deterministic head (load, channels, eye crop, resize) changes what it outputs:
 # preprocessing caches (kit/cache.py) store the head's output and are keyed on this number.
-HEAD_VERSION = 3  # 2: tiny and constant images refused; 3: DICOM through pydicom, windowed (VOI LUT)
+HEAD_VERSION = 4  # 2: tiny and constant images refused; 3: DICOM through pydicom, windowed (VOI LUT);
+# 4: a colour-stored cxr image's luma computed as PIL computes it, so grey stored as RGB equals grey stored as grey
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, the weights of PIL's convert("L")
+# ITU-R 601 luma in thousandths, (299 R + 587 G + 114 B) / 1000, computed as PIL's convert("F") computes it: the
+# weighted sum is exact in float32 for 8-bit pixels and is divided once, so R = G = B gives exactly that value.
+LUMA_PER_MILLE = (299.0, 587.0, 114.0)
 
 # Eye crop (efi): a pixel is eye when its channel mean exceeds EYE_THRESHOLD (10/255 lies above
 # JPEG noise on the black background); a row or column belongs to the eye box when at least
@@ -236,7 +243,7 @@ class UnitRanged(MapTransform):
                              f"constant image holds nothing to learn or predict from")
         if self.grey:
             if x.shape[0] == 3:
-                x = torch.einsum("chw,c->hw", x, x.new_tensor(GREY_WEIGHTS))[None]
+                x = torch.einsum("chw,c->hw", x, x.new_tensor(LUMA_PER_MILLE)).div_(1000.0)[None]
             x = _min_max(x)
         elif is_8bit:
             x = x.div_(255.0)  # within [0, 1] by construction, no clipping needed
@@ -423,7 +430,7 @@ class RandTaild(MapTransform, Randomizable):
             if self.train:
                 top, left = self.R.randint(height - size + 1), self.R.randint(width - size + 1)
             else:
-                top, left = (height - size) // 2, (width - size) // 2
+                top, left = height // 2 - size // 2, width // 2 - size // 2  # MONAI's CenterSpatialCrop centre
             x = x[:, top:top + size, left:left + size]
             if self.channels == 3 and x.shape[0] == 1:
                 x = x.expand(3, -1, -1)
@@ -705,3 +712,84 @@ def eval_transforms(domain, *, image_size=224, cached=False):
     """
     _check(domain, image_size)
     return Chain(_loader_chain(domain, image_size, cached, False, None) + [ApplyTaild(keys="image")])
+
+
+# --- the eval chain in stock MONAI (the exported bundle's preprocessing) --------------------------
+#
+# The numbers of eval_transforms from transforms that ship with MONAI, written in the config syntax of
+# a MONAI bundle: export.py puts the list into the bundle's inference.json, and code that has MONAI
+# but not this kit runs it with monai.bundle.ConfigParser. Three steps are one-line torch expressions
+# (MONAI's config "$" syntax) because no MONAI transform computes what the kit computes:
+# * the min-max scaling (cxr): MONAI's ScaleIntensityd divides by (max - min), the kit multiplies by
+#   its reciprocal; the two differ in the last bit, which moves the 8-bit rounding of about one pixel
+#   in 10,000;
+# * the antialiased resize: MONAI's Resized(anti_aliasing=True) blurs with a Gaussian and then samples
+#   bilinearly; the kit's resize is torch's antialiased bilinear (PIL's triangle filter);
+# * the eye box (efi): CropForegroundd's own selection keeps every pixel above a threshold; the kit's
+#   box holds the rows and columns that are at least EYE_MIN_FRACTION eye.
+# What each costs, and what the chain does not do as the kit does (DICOM windows, refusals):
+# docs/clinical.md; bench/bench_stock_chain.py measures it on your images.
+
+def _resize_expression(size, shorter_side):
+    """ResizeAntialiasd as a torch expression on a (C, H, W) image."""
+    if shorter_side:  # torchvision's rule, as ResizeAntialiasd
+        new = (f"[{size}, int({size} * x.shape[2] / x.shape[1])] if x.shape[1] <= x.shape[2] "
+               f"else [int({size} * x.shape[1] / x.shape[2]), {size}]")
+    else:
+        new = f"[{size}, {size}]"
+    return (f"$lambda x: torch.nn.functional.interpolate(x[None], size={new}, mode='bilinear', antialias=True, "
+            "align_corners=False)[0]")
+
+
+MIN_MAX_EXPRESSION = "$lambda x: (x - x.min()) * (1.0 / (x.max() - x.min()))"  # _min_max's arithmetic
+EYE_BOX_EXPRESSION = (  # eye_foreground: the box of rows and columns that are enough eye; no eye: all
+    f"$lambda x: (lambda eye: (lambda box: box | ~box.any())((eye.mean(2, keepdim=True) > {EYE_MIN_FRACTION!r}) "
+    f"& (eye.mean(1, keepdim=True) > {EYE_MIN_FRACTION!r})))((x.mean(0, keepdim=True) > {EYE_THRESHOLD!r}).float())")
+
+
+def stock_eval_config(domain, *, image_size=224):
+    """The eval chain as a list of MONAI bundle config items (JSON-able; each ``{"_target_": ...}`` a
+    transform of monai.transforms): a file path in "image" -> float32 (3, image_size, image_size),
+    ImageNet-normalised, equal to :func:`eval_transforms` within 1e-6 for the inputs that
+    docs/clinical.md lists. :func:`stock_eval_transforms` builds it."""
+    _check(domain, image_size)
+    size, grey = image_size, domain == "cxr"
+    converter = {"_target_": "PIL.Image.Image.convert", "_mode_": "callable", "mode": "F" if grey else "RGB"}
+    dicom = {"_target_": "PydicomReader"} if grey else {"_target_": "PydicomReader", "channel_dim": -1}  # RGB last
+    chain = [
+        # PIL first (any picture PIL decodes, TIFF included; grey: luma as float, colour: RGB without alpha),
+        # then pydicom (2-D DICOM, rescale slope and intercept), then MONAI's default readers (NIfTI, ...)
+        {"_target_": "LoadImaged", "keys": "image", "image_only": True, "ensure_channel_first": True,
+         "reader": [dicom, {"_target_": "PILReader", "converter": converter}]},
+        {"_target_": "Transposed", "keys": "image", "indices": [0, 2, 1]},  # MONAI's (C, x, y) -> (C, rows, cols)
+        {"_target_": "Lambdad", "keys": "image", "func": MIN_MAX_EXPRESSION} if grey else
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 255.0, "b_min": 0.0, "b_max": 1.0},
+    ]
+    if domain == "efi":
+        chain.append({"_target_": "CropForegroundd", "keys": "image", "source_key": "image",
+                      "select_fn": EYE_BOX_EXPRESSION, "allow_smaller": True, "start_coord_key": None,
+                      "end_coord_key": None})
+    chain.append({"_target_": "Lambdad", "keys": "image", "func": _resize_expression(size, shorter_side=not grey)})
+    if not grey:
+        chain.append({"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [size, size]})
+    chain += [  # rounded to 8 bits, as the preprocessing cache stores the head
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 1.0, "b_min": 0.0,
+         "b_max": 255.0, "clip": True},
+        {"_target_": "AsDiscreted", "keys": "image", "rounding": "torchrounding"},
+    ]
+    if grey:
+        chain.append({"_target_": "RepeatChanneld", "keys": "image", "repeats": 3})
+    chain.append({"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True,  # ImageNet, on 0..255
+                  "subtrahend": [round(255 * m, 6) for m in IMAGENET_MEAN],
+                  "divisor": [round(255 * s, 6) for s in IMAGENET_STD]})
+    return chain
+
+
+def stock_eval_transforms(domain, *, image_size=224):
+    """:func:`stock_eval_config` built by MONAI's ConfigParser: a MONAI ``Compose`` of stock transforms,
+    {"image": path} -> {"image": MetaTensor (3, image_size, image_size)}, what the exported bundle runs."""
+    from monai.bundle import ConfigParser
+
+    config = {"preprocessing": {"_target_": "Compose",
+                                "transforms": stock_eval_config(domain, image_size=image_size)}}
+    return ConfigParser(config).get_parsed_content("preprocessing")

@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kit import cache, data, transforms  # noqa: E402
+import transforms  # noqa: E402
+from kit import cache, data  # noqa: E402
 
 
 def get_args_parser():

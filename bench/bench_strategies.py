@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kit import loop, models, runtime, transforms  # noqa: E402
+import transforms  # noqa: E402
+from kit import loop, models, runtime  # noqa: E402
 
 
 def get_args_parser():

@@ -37,7 +37,8 @@ def worker(args):
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from kit import loop, models, runtime, transforms
+    import transforms
+    from kit import loop, models, runtime
 
     torch.manual_seed(0)
     device = torch.device("cpu")

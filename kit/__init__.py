@@ -8,11 +8,14 @@
     identity     what data a run saw, by content: hashes of manifest rows, images, patients
     data         manifest rows -> datasets and loaders
     cache        the preprocessing cache (decode and resize once; built by prepare_data.py)
+    overlap      the same picture in two data sets: thumbnails, candidates, twins (check_overlap.py)
     models       DenseNet-121 + head and its initialisations
     checkpoints  checkpoint files: atomic saves, loads that cannot run code
     losses       the losses and their class weights
     loop         the training loop (fit) and evaluation passes
+    recipe       what a run trained with (optimizer, schedule, loss, augmentation), read off its objects
     runs         a run folder: its settings fingerprint, resume, args.json
+    locks        one writer per output folder
     metrics      accuracy, kappa, AUROC, ... per split
     stats        bootstrap CIs, paired tests, Holm, DeLong, convergence, stability
     paper        the paper as data: targets, arms, source counts, Table 2, its settings and the kit's
@@ -24,21 +27,11 @@
     inputs       predict.py's inputs: files, folders, CSVs; what a model of each domain refuses
     cam          Grad-CAM heat maps over the input (predict.py --cam, evaluate.py --cam)
     export       TorchScript, MONAI bundle and backbone files from a checkpoint (export.py)
+    study        the workflow's settings checked, its targets and run names (Snakefile)
+    slots        GPU slots for the workflow's concurrent jobs
 
-The transform chains live in the top-level ``transforms.py``, the file clinical code reads and
-copies; inside this package it is ``kit.transforms``. Installed (``pip install -e .`` or
-``pip install .``, see pyproject.toml), the repository root is the package ``domaintl``: this
-package is ``domaintl.kit`` and ``transforms.py`` is ``domaintl.transforms``.
+The transform chains live in the top-level module ``transforms`` (transforms.py, the file clinical
+code reads and copies); the modules here that need them ``import transforms``. Installed (``pip
+install -e .`` or ``pip install .``, see pyproject.toml), the names are the same: ``transforms`` and
+``kit``.
 """
-
-
-def __getattr__(name):
-    """``kit.transforms``, loaded on first use (it imports torch and MONAI; kit.cli must stay light)."""
-    if name != "transforms":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:  # installed (pip install -e .): the top-level file is domaintl.transforms, beside this package
-        from .. import transforms
-    except (ImportError, ValueError):  # run from a checkout: the top-level transforms.py
-        import transforms
-    globals()["transforms"] = transforms
-    return transforms

@@ -75,7 +75,7 @@ def file_stats(paths) -> list:
 
 
 def cache_hash(paths, stats, domain, image_size) -> str:
-    from . import transforms
+    import transforms
 
     digest = hashlib.sha1(f"{FORMAT} {transforms.HEAD_VERSION} {domain} {image_size}\n".encode())
     for path, stat in zip(paths, stats):
@@ -92,7 +92,7 @@ _THUMBNAILS = False  # whether the worker also makes overlap thumbnails (from th
 def _start_worker(domain, image_size, thumbnails=False, in_pool=True):
     import torch
 
-    from . import transforms
+    import transforms
 
     global _HEAD, _THUMBNAILS
     if in_pool:
@@ -105,7 +105,9 @@ def _start_worker(domain, image_size, thumbnails=False, in_pool=True):
 def _run_head(path):
     """(uint8 (C, H, W) array, None, thumbnail or None) or (None, reason, None) for an image that cannot be
     used; the thumbnail (kit/overlap.py) comes from the same decoded picture when the worker makes them."""
-    from . import overlap, transforms
+    import transforms
+
+    from . import overlap
 
     picture, rest = _HEAD
     try:
@@ -135,7 +137,7 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
     found), ``seconds``. `domain` defaults to the one in the manifest's JSON sidecar;
     `workers` to the number of CPU cores (1 = in this process).
     """
-    from . import transforms  # torch and MONAI: not needed for --help
+    import transforms  # torch and MONAI: not needed for --help
 
     start = time.time()
     manifest_csv = Path(manifest_csv).resolve()
@@ -221,7 +223,7 @@ def find_cached(images, domains, *, image_size, cache_dirs) -> tuple[dict, list]
     of the rows it holds still has the size and mtime it had when the cache was built;
     otherwise it is ignored with one warning.
     """
-    from . import transforms  # torch and MONAI: not needed for --help
+    import transforms  # torch and MONAI: not needed for --help
 
     wanted = {}
     for row, (path, domain) in enumerate(zip(images, domains)):

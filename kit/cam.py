@@ -101,7 +101,7 @@ def save_overlay(path, pixels, heat):
 
 def normalised(pixels, tails, device):
     """The loader's uint8 pixels and tails -> what the model sees (transforms.apply_tail), on `device`."""
-    from . import transforms
+    import transforms
 
     return transforms.apply_tail(torch.as_tensor(pixels).to(device), torch.as_tensor(tails))
 

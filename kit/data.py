@@ -16,7 +16,9 @@ import monai.data.utils
 from monai.data import DataLoader, ThreadDataLoader
 from tqdm import tqdm
 
-from . import cache, files, transforms
+import transforms
+
+from . import cache, files
 from .runtime import Distributed, gather, log
 
 

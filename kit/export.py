@@ -6,15 +6,13 @@
   model -> probabilities (softmax; sigmoid for a multi-label model). Traced (the network) inside a
   scripted wrapper (the dtype and channel branches), with its description as the extra file
   ``meta.json`` (see :func:`description`). Loads with ``torch.jit.load`` alone: no kit, no MONAI.
-* ``save_bundle``: a MONAI bundle folder. The network is built from MONAI and torch components
-  alone (``monai.networks.nets.DenseNet121`` with ``out_channels = hidden_dim``, whose final
-  Linear is the head's first one, then BatchNorm1d, ReLU, Dropout, Linear: the kit's model
-  exactly) and its weights are ``models/model.pt``. The preprocessing is the kit's eval chain
-  (``domaintl.transforms.eval_transforms``): a chain of stock MONAI transforms differs by up to
-  23/255 in pixels and 0.01 in probability on the demo (no torch-style antialiased resize, no
-  shorter-side resize, no eye crop), and MONAI's DICOM readers apply no VOI window, so the
-  bundle needs the kit installed (``required_packages_version`` says so) and predicts exactly
-  what predict.py predicts.
+* ``save_bundle``: a MONAI bundle folder that runs with MONAI alone (no kit). The network is built
+  from MONAI and torch components (``monai.networks.nets.DenseNet121`` with ``out_channels =
+  hidden_dim``, whose final Linear is the head's first one, then BatchNorm1d, ReLU, Dropout, Linear:
+  the kit's model exactly) and its weights are ``models/model.pt``. The preprocessing is the kit's
+  eval chain in stock MONAI transforms (``transforms.stock_eval_config``): the numbers of predict.py
+  within 1e-5 in probability, except for what docs/clinical.md lists (a DICOM's VOI window and
+  MONOCHROME1 inversion, predict.py's refusals).
 * ``save_backbone``: ``features.*`` of a checkpoint with its meta (``kind: backbone``): what
   ``models.load_backbone`` and ``finetune_target.py --init`` take.
 """
@@ -26,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import transforms
+import transforms
+
 from .checkpoints import save_checkpoint
 
 VERSION = "0.1.0"
@@ -120,7 +119,8 @@ def bundle_state_dict(state: dict) -> OrderedDict:
 
 
 def inference_config(meta: dict) -> dict:
-    """configs/inference.json: MONAI components for the network, the kit's eval chain for the images.
+    """configs/inference.json: MONAI components for the network, the kit's eval chain in stock MONAI
+    transforms for the images (transforms.stock_eval_config), so that MONAI alone runs it.
     `python -m monai.bundle run --config_file configs/inference.json --bundle_root B --dataset_dir D`
     writes <output_dir>/predictions.csv (image, prob_<class>...)."""
     multilabel = meta["task"] == "multilabel"
@@ -145,7 +145,7 @@ def inference_config(meta: dict) -> dict:
         "load_weights": "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "CopyItemsd", "keys": "image", "names": "path"},
-            {"_target_": "domaintl.transforms.eval_transforms", "domain": "@domain", "image_size": "@image_size"},
+            *transforms.stock_eval_config(meta["domain"], image_size=meta["image_size"]),
         ]},
         "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@dataset_dir, '**', '*'), recursive=True)) "
                     "if os.path.isfile(f)]",
@@ -168,6 +168,7 @@ def metadata(meta: dict, *, source: str, epoch=None, metrics: dict | None = None
     """configs/metadata.json after MONAI's bundle specification (required keys, network_data_format)."""
     import monai
     import numpy
+    import PIL
     import pydicom
 
     size, classes = meta["image_size"], list(meta["classes"])
@@ -178,14 +179,14 @@ def metadata(meta: dict, *, source: str, epoch=None, metrics: dict | None = None
         "changelog": {VERSION: f"exported from {Path(source).name} (epoch {epoch}) by export.py"},
         "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,
-        "required_packages_version": {"domaintl": VERSION, "pydicom": pydicom.__version__},
+        "required_packages_version": {"pillow": PIL.__version__, "pydicom": pydicom.__version__},  # the readers
         "supported_apps": {},
         "name": f"{meta.get('key')} {meta['domain']} DenseNet-121",
         "task": f"{'Multi-label' if meta['task'] == 'multilabel' else 'Multi-class'} classification of "
                 f"{modality} images: {', '.join(classes)}",
         "description": f"DenseNet-121 (MONAI) with an FC-BN-ReLU-Dropout-FC head, fine-tuned on {meta.get('key')} "
                        f"from {meta.get('init_description', meta.get('init'))}; inputs preprocessed by the kit's "
-                       f"'{meta['domain']}' eval chain at {size} px",
+                       f"'{meta['domain']}' eval chain at {size} px, in stock MONAI transforms",
         "authors": "domaintl study kit (export.py)",
         "copyright": "see the training data's licence (docs/README.md)",
         "data_source": f"{meta.get('key')}: the train split of the manifest the checkpoint was trained on",
@@ -229,8 +230,8 @@ def bundle_readme(meta: dict, info: dict, *, metrics_rows=None) -> str:
     else:
         lines.append("Not given at export (pass evaluate.py's metrics.csv with `export.py --metrics`).")
     lines += ["", "## Use", "",
-              "Needs the kit installed (`pip install` of the repository: the images go through its eval chain, "
-              "`domaintl.transforms.eval_transforms`, which also reads DICOM as a viewer shows it):", "",
+              "Needs MONAI with pillow and pydicom, nothing else: the images go through the kit's eval chain "
+              "written in stock MONAI transforms (`preprocessing` in `configs/inference.json`).", "",
               "```bash",
               "python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES",
               "```", "", "writes `eval/predictions.csv` (file, one probability per class). In Python:", "",
@@ -244,6 +245,12 @@ def bundle_readme(meta: dict, info: dict, *, metrics_rows=None) -> str:
               "network.eval()",
               "preprocess = parser.get_parsed_content('preprocessing')",
               "```", "",
+              "The chain computes what the kit's `predict.py` computes (within 1e-5 in probability), except: a "
+              "DICOM file is read with its rescale slope and intercept but without its VOI window (Window "
+              "Center/Width or VOI LUT), and MONOCHROME1 is not inverted, so a windowed radiograph is seen "
+              "differently (predict.py shows it as a viewer does); and nothing is refused: predict.py refuses "
+              "images of another modality and colour or grey images the model was not trained on, while this "
+              "chain predicts every 2-D image it can read (a volume stops it with MONAI's error).", "",
               "## Intended use", "",
               f"{info['intended_use']}. The model saw {meta['domain']} images only; images of another kind give "
               "meaningless outputs (the kit's predict.py refuses them). It was trained on one data set: check it on "

@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, files, readers, transforms
+import transforms
+
+from . import data, files, readers
 
 DICOM_IDS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
 MODALITIES = {"cxr": ("CR", "DX", "RG"), "hwsi": ("SM", "GM"), "efi": ("OP",)}

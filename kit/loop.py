@@ -22,7 +22,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import files, losses, metrics, recipe, runs, transforms
+import transforms
+
+from . import files, losses, metrics, recipe, runs
 from .checkpoints import save_checkpoint
 from .runtime import Distributed, autocast_dtype, gather, log, rng_state, seed_everything, set_rng_state
 

@@ -103,7 +103,7 @@ _READER = None  # the kit's reader (DICOM windowing, NIfTI, ITK), built once per
 def _kit_pixels(path: str) -> np.ndarray:
     """The picture through the kit's own reader (DICOM windowed as a viewer shows it, NIfTI, ITK)."""
     global _READER
-    from . import transforms
+    import transforms
 
     if _READER is None:
         _READER = transforms.picture_reader()

@@ -6,6 +6,8 @@ and a resume with another recipe is refused, naming what changed.
 """
 import math
 
+import transforms
+
 # Optimizer options that say how a step is computed on the hardware, not what it computes.
 IMPLEMENTATION = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
@@ -81,8 +83,6 @@ def trains(model) -> dict:
 
 def augmentation(meta: dict) -> dict:
     """The training augmentation of each domain the run reads (transforms.py's random tail), at its image size."""
-    from . import transforms
-
     per_domain = {
         "cxr": {"affine_probability": transforms.CXR_AFFINE_PROB, "rotate_degrees": transforms.CXR_ROTATE_DEGREES,
                 "zoom": transforms.CXR_SCALE, "shift": transforms.CXR_TRANSLATE, "flips": None},

@@ -1,7 +1,7 @@
 """export.py (TorchScript, MONAI bundle, backbone), models.load_backbone, and the kit as an installed
-package (`domaintl`, editable and wheel). Self-contained: tiny runs are trained here (32 px grey
-pictures of two classes), and the installs go into virtual environments made with
---system-site-packages, so they reuse this Python's torch and MONAI."""
+library (`transforms` and `kit`, editable and wheel). Self-contained: tiny runs are trained here (32 px
+grey pictures of two classes), and the installs go into virtual environments that see this Python's
+packages (torch, MONAI) but not its copy of the kit."""
 import ast
 import json
 import os
@@ -70,8 +70,15 @@ def runs(tmp_path_factory):
 
 
 def make_venv(path):
-    ok(subprocess.run([PY, "-m", "venv", "--system-site-packages", str(path)], capture_output=True, text=True))
-    return path / "bin" / "python"
+    """A virtual environment whose Python also finds this Python's installed packages (a .pth file naming
+    its site-packages folders: .pth files inside them, such as an editable install of the kit, are not run)."""
+    import site
+
+    ok(subprocess.run([PY, "-m", "venv", str(path)], capture_output=True, text=True))
+    python = path / "bin" / "python"
+    purelib = ok(run(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], python=python)).stdout
+    Path(purelib.strip(), "parent_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +99,7 @@ pixels = torch.load("pixels.pt")
 with torch.no_grad():
     torch.save({"uint8": model(pixels), "float": model(pixels.float() / 255)}, "out.pt")
 print(json.dumps({"meta": json.loads(extra["meta.json"]), "monai": "monai" in sys.modules,
-                  "kit": [m for m in sys.modules if m.split(".")[0] in ("kit", "transforms", "domaintl")]}))
+                  "kit": [m for m in sys.modules if m.split(".")[0] in ("kit", "transforms")]}))
 """
 
 
@@ -130,7 +137,9 @@ def test_torchscript_runs_with_torch_alone_and_equals_the_eager_model(runs, tmp_
 # --------------------------------------------------------------------------- MONAI bundle
 
 IN_BUNDLE_TOOLS = """
-import json, sys, torch
+import json, sys
+sys.modules.update(transforms=None, kit=None)  # the kit cannot be imported here: the bundle needs MONAI alone
+import torch
 import monai.bundle
 from monai.bundle import ConfigParser
 bundle, images, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
@@ -150,12 +159,15 @@ monai.bundle.verify_net_in_out(net_id="network_def", meta_file=f"{bundle}/config
 monai.bundle.run(config_file=f"{bundle}/configs/inference.json", bundle_root=bundle, dataset_dir=sys.argv[4],
                  output_dir=out)
 print(json.dumps({"probs": probs.tolist(), "network": type(network).__name__,
-                  "backbone": type(network.backbone).__module__ + "." + type(network.backbone).__name__}))
+                  "backbone": type(network.backbone).__module__ + "." + type(network.backbone).__name__,
+                  "kit": [m for m in sys.modules if m.split(".")[0] in ("kit", "transforms") and sys.modules[m]]}))
 """
 
 
 @pytest.mark.slow
-def test_bundle_loads_with_monai_bundle_and_predicts_what_predict_py_predicts(runs, editable_python, tmp_path):
+def test_bundle_runs_with_monai_alone_and_predicts_what_predict_py_predicts(runs, tmp_path):
+    import transforms
+
     ok(run(["export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--metrics",
             runs["metrics"]]))
     bundle = tmp_path / "export" / "bundle"
@@ -171,10 +183,11 @@ def test_bundle_loads_with_monai_bundle_and_predicts_what_predict_py_predicts(ru
     images.mkdir()
     for path in runs["test_images"]:
         shutil.copy(path, images / Path(path).name)
-    result = ok(run(["-c", IN_BUNDLE_TOOLS, bundle, json.dumps(runs["test_images"]), tmp_path / "bundle_out", images],
-                    cwd=tmp_path, python=editable_python))
+    result = ok(run(["-I", "-c", IN_BUNDLE_TOOLS, bundle, json.dumps(runs["test_images"]), tmp_path / "bundle_out",
+                     images], cwd=tmp_path))
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backbone"] == "monai.networks.nets.densenet.DenseNet121" and report["network"] == "Sequential"
+    assert report["kit"] == []
     np.testing.assert_allclose(np.array(report["probs"]), reference, rtol=0, atol=BUNDLE_TOLERANCE)
     ran = pd.read_csv(tmp_path / "bundle_out" / "predictions.csv", header=None, names=["file", "p0", "p1"])
     ran["name"] = ran["file"].map(lambda p: Path(p).name)
@@ -191,7 +204,7 @@ def test_bundle_loads_with_monai_bundle_and_predicts_what_predict_py_predicts(ru
     assert image["value_range"][0] < -2 and image["value_range"][1] > 2.5  # ImageNet-normalised [0, 1]
     pred = metadata["network_data_format"]["outputs"]["pred"]
     assert pred["channel_def"] == {"0": "horizontal", "1": "vertical"} and pred["num_channels"] == 2
-    assert "domaintl" in metadata["required_packages_version"]
+    assert set(metadata["required_packages_version"]) == {"pillow", "pydicom"}  # MONAI's readers need them
     metrics = pd.read_csv(runs["metrics"]).iloc[0]
     assert metadata["eval_metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
     readme = (bundle / "docs" / "README.md").read_text()
@@ -201,7 +214,9 @@ def test_bundle_loads_with_monai_bundle_and_predicts_what_predict_py_predicts(ru
         assert words in readme, words
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     assert inference["backbone"]["_target_"] == "monai.networks.nets.DenseNet121"
-    assert inference["preprocessing"]["transforms"][1]["_target_"] == "domaintl.transforms.eval_transforms"
+    assert inference["preprocessing"]["transforms"][1:] == transforms.stock_eval_config("cxr", image_size=SIZE)
+    for words in ("Needs MONAI with pillow and pydicom", "without its VOI window", "nothing is refused"):
+        assert words in readme, words
 
 
 # --------------------------------------------------------------------------- backbone
@@ -263,14 +278,14 @@ def test_export_refuses_a_bundle_of_a_mixed_domain_model_in_one_line(runs, tmp_p
 
 IMPORTS = """
 import sys
-from domaintl.transforms import eval_transforms
-from domaintl.kit.models import model_from_checkpoint
-import domaintl, domaintl.transforms
-model, meta = domaintl.load_model(sys.argv[1])
-x = domaintl.eval_transforms(meta["domain"], image_size=meta["image_size"])({"image": sys.argv[2]})["image"]
-print(domaintl.transforms.__file__)
-print(meta["classes"], tuple(model(x[None]).shape), domaintl.load_backbone(sys.argv[1]).__class__.__name__)
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("kit", "transforms", "models")))
+import transforms
+from kit.models import load_backbone, load_model
+model, meta = load_model(sys.argv[1])
+x = transforms.eval_transforms(meta["domain"], image_size=meta["image_size"])({"image": sys.argv[2]})["image"]
+import kit
+print(transforms.__file__)
+print(kit.__file__)
+print(meta["classes"], tuple(model(x[None]).shape), load_backbone(sys.argv[1]).__class__.__name__)
 """
 
 
@@ -279,12 +294,13 @@ def test_the_kit_installs_editable_and_as_a_wheel_and_imports_from_anywhere(runs
     elsewhere = tmp_path / "clinic"
     elsewhere.mkdir()
     (elsewhere / "models.py").write_text("raise ImportError('the clinic code base has its own models module')\n")
-    (elsewhere / "transforms.py").write_text("raise ImportError('and its own transforms module')\n")
     args = [runs["finetuned"], runs["test_images"][0]]
     result = ok(run(["-c", IMPORTS, *args], cwd=elsewhere, python=editable_python))
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == str(ROOT / "transforms.py")  # editable: the checkout's file
-    assert lines[1] == "['horizontal', 'vertical'] (1, 2) Sequential" and lines[2] == "[]"
+    assert lines[:2] == [str(ROOT / "transforms.py"), str(ROOT / "kit" / "__init__.py")]  # editable: the checkout
+    assert lines[2] == "['horizontal', 'vertical'] (1, 2) Sequential"
+    result = run(["-c", "import predict"], cwd=elsewhere, python=editable_python)
+    assert result.returncode != 0 and "No module named 'predict'" in result.stderr  # stage scripts stay in the checkout
 
     # a wheel, built from a copy of the repository (the build writes build/ in the tree), into a fresh venv
     source = tmp_path / "source"
@@ -293,45 +309,46 @@ def test_the_kit_installs_editable_and_as_a_wheel_and_imports_from_anywhere(runs
     ok(run(["-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, source], timeout=900))
     wheel = next(wheels.glob("domaintl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"domaintl/__init__.py", "domaintl/transforms.py", "domaintl/kit/models.py", "domaintl/kit/inputs.py",
-            "domaintl/kit/readers/__init__.py", "domaintl/kit/readers/chestxray14.py"} \
-        <= set(names)
-    assert not [n for n in names if n.startswith("domaintl/") and n.count("/") == 1
-                and n not in ("domaintl/__init__.py", "domaintl/transforms.py")]  # no stage scripts
+    assert {n.split("/")[0] for n in names} == {"transforms.py", "kit", "domaintl-0.1.0.dist-info"}  # no scripts
+    assert {"kit/models.py", "kit/inputs.py", "kit/export.py", "kit/readers/chestxray14.py"} <= set(names)
+    top_level = zipfile.ZipFile(wheel).read("domaintl-0.1.0.dist-info/top_level.txt").decode().split()
+    assert sorted(top_level) == ["kit", "transforms"]
     python = make_venv(tmp_path / "wheel_venv")
     ok(run(["-m", "pip", "install", "--quiet", "--no-deps", wheel], python=python, timeout=900))
     result = ok(run(["-c", IMPORTS, *args], cwd=elsewhere, python=python))
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith(str(tmp_path / "wheel_venv")) and lines[0].endswith("site-packages/domaintl/transforms.py")
-    assert lines[1] == "['horizontal', 'vertical'] (1, 2) Sequential" and lines[2] == "[]"
-    # `import domaintl` alone stays light
-    result = ok(run(["-c", "import sys, domaintl; print('torch' in sys.modules, 'monai' in sys.modules)"],
+    site = str(tmp_path / "wheel_venv")
+    assert lines[0].startswith(site) and lines[0].endswith("site-packages/transforms.py")
+    assert lines[1].startswith(site) and lines[1].endswith("site-packages/kit/__init__.py")
+    assert lines[2] == "['horizontal', 'vertical'] (1, 2) Sequential"
+    # `import kit` alone stays light: kit.cli serves --help without torch
+    result = ok(run(["-c", "import sys, kit, kit.cli; print('torch' in sys.modules, 'monai' in sys.modules)"],
                     cwd=elsewhere, python=python))
     assert result.stdout.strip() == "False False"
 
 
-def test_kit_imports_no_top_level_script():
-    """Inside kit/ every import of the repository's own code is relative (kit.x), so the package works
-    as domaintl.kit; the one exception is kit/__init__.py's documented checkout fallback for transforms."""
+def test_kit_imports_transforms_by_its_one_name_and_no_script():
+    """Inside kit/ the repository's own code is imported relatively (kit.x), except transforms.py, which
+    every module imports as `transforms`, the name it has everywhere; kit/__init__.py has no import hook."""
     top_level = {p.stem for p in ROOT.glob("*.py")} | {"kit"}
-    found = []
+    found = set()
     for path in sorted((ROOT / "kit").rglob("*.py")):  # kit/readers/ too
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
-            found += [(str(path.relative_to(ROOT / "kit")), name) for name in names if name.split(".")[0] in top_level]
-    assert found == [("__init__.py", "transforms")]
-    text = (ROOT / "kit" / "__init__.py").read_text()
-    assert "from .. import transforms" in text and "except (ImportError, ValueError):" in text
+            found |= {name for name in names if name.split(".")[0] in top_level}
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert "transforms" not in [a.name for a in node.names], path.name  # no kit.transforms
+    assert found == {"transforms"}
+    assert "__getattr__" not in (ROOT / "kit" / "__init__.py").read_text()
 
 
-def test_pyproject_names_the_package_and_the_makefile_installs_it():
+def test_pyproject_names_the_library_and_the_makefile_installs_it():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["tool"]["setuptools"]["package-dir"] == {"domaintl": "."}
-    assert project["tool"]["setuptools"]["packages"] == ["domaintl", "domaintl.kit", "domaintl.kit.readers"]
-    assert "pydicom>=3.0" in project["project"]["dependencies"]
+    assert project["tool"]["setuptools"] == {"py-modules": ["transforms"], "packages": ["kit", "kit.readers"]}
+    assert project["project"]["name"] == "domaintl" and "pydicom>=3.0" in project["project"]["dependencies"]
+    assert not (ROOT / "__init__.py").exists() and not (ROOT / "setup.py").exists()  # the root is no package
     makefile = (ROOT / "Makefile").read_text()
     assert "$(BIN)/python -m pip install --quiet -e ." in makefile
-    assert os.path.isfile(ROOT / "__init__.py")

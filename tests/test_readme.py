@@ -274,14 +274,17 @@ def run(command, cwd, env, **kwargs):
 
 def kit_environment(tmp_path, repo):
     """PATH with a virtual environment first whose `python` has this Python's packages and the
-    copy installed as `domaintl` (editable), as `make` sets it up."""
+    copy installed (editable: `transforms` and `kit`), as `make` sets it up."""
+    import site
+
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # this Python's packages (a virtual environment's own, not only its base interpreter's) seen by the new one
-    sites = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    (Path(purelib) / "parent_environment.pth").write_text("\n".join(sites) + "\n")
+    # this Python's packages (torch, MONAI) by a .pth file naming their folders: the .pth files inside those
+    # folders (this Python's own editable kit) are not run, so the copy's install is the one imported
+    Path(purelib, "parent_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e",
                              str(repo)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

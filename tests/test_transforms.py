@@ -542,3 +542,155 @@ def test_tiny_and_constant_images_are_refused(tmp_path, pixels, words, domain):
     Image.fromarray(pixels).save(path)
     with pytest.raises(ValueError, match=words):
         transforms.eval_transforms(domain, image_size=32)({"image": str(path)})
+
+
+# --- the eval chain in stock MONAI (the exported bundle's preprocessing) ---------------------------------
+
+SAME = 1e-5  # normalised units: float rounding only (one 8-bit rounding step apart is 1 / 255 / 0.229 = 0.017)
+
+
+def stock_inputs(domain, folder):
+    """Files of every kind a model of `domain` takes: noise pictures (many distinct values, so that
+    any difference in arithmetic moves some pixel's 8-bit rounding), in the formats and modes it reads."""
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    def add(name, array, **kwargs):
+        path = folder / name
+        if name.endswith(".tif"):
+            tifffile.imwrite(path, array, **kwargs)
+        else:
+            Image.fromarray(array, **kwargs).save(path, **({"quality": 90} if name.endswith(".jpeg") else {}))
+        files.append(str(path))
+
+    if domain == "cxr":
+        grey = rng.integers(20, 240, (45, 70), dtype=np.uint8)
+        add("grey.png", grey)
+        add("grey16.png", (grey.astype(np.uint16) * 16 + 7))  # 12-bit values in a 16-bit PNG
+        add("grey_as_rgb.png", np.stack([grey] * 3, -1))  # as the COVID-19 Radiography files are stored
+        add("tinted.png", np.clip(np.stack([grey, grey + 3, grey - 2], -1), 0, 255).astype(np.uint8))
+        add("rgba.png", np.concatenate([np.stack([grey] * 3, -1), np.full((45, 70, 1), 90, np.uint8)], -1))
+        add("portrait.jpeg", rng.integers(0, 256, (70, 45), dtype=np.uint8))
+        add("grey.tif", grey.T.copy())
+        add("palette.png", np.stack([grey, grey // 2, 255 - grey], -1))
+        Image.open(files[-1]).quantize(64).save(files[-1])
+        path = folder / "unwindowed.dcm"
+        write_dicom(path, rng.integers(0, 4096, (50, 40)), slope=2.0, intercept=-1024.0)
+        nib.save(nib.Nifti1Image(rng.normal(0, 300, (50, 40)).astype(np.float32), np.eye(4)), folder / "x.nii.gz")
+        files += [str(path), str(folder / "x.nii.gz")]
+    elif domain in ("hwsi", "other"):
+        add("rgb.png", rng.integers(0, 256, (46, 70, 3), dtype=np.uint8))
+        add("portrait.tif", rng.integers(0, 256, (71, 47, 3), dtype=np.uint8), photometric="rgb")
+        add("rgb.jpeg", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        add("rgba.png", rng.integers(0, 256, (46, 70, 4), dtype=np.uint8))
+        add("grey.png", rng.integers(0, 256, (46, 70), dtype=np.uint8))
+        add("rgb.bmp", rng.integers(0, 256, (46, 70, 3), dtype=np.uint8))
+        add("palette.png", rng.integers(0, 256, (46, 70, 3), dtype=np.uint8))
+        Image.open(files[-1]).quantize(64).save(files[-1])
+        path = folder / "rgb.dcm"
+        write_dicom(path, rng.integers(0, 256, (46, 70, 3)), rgb=True, modality="SM")
+        files.append(str(path))
+    else:  # efi: a disc on a noisy black background, clipped at the top and bottom, a bright speck outside
+        rows, cols = np.mgrid[:90, :120]
+        for i, name in enumerate(["eye.png", "eye.jpeg", "eye.tif"]):
+            rgb = rng.integers(0, 8, (90, 120, 3)).astype(np.uint8)
+            disc = (rows - 45) ** 2 + (cols - 60 - 5 * i) ** 2 <= 50 ** 2
+            rgb[disc] = rng.integers(40, 230, (int(disc.sum()), 3))
+            rgb[2, 3] = 255
+            add(name, rgb, **({"photometric": "rgb"} if name.endswith(".tif") else {}))
+    return files
+
+
+@pytest.mark.parametrize("size", [S, 33, 64])
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_the_stock_monai_chain_gives_the_kit_chain_numbers(domain, size, tmp_path):
+    """transforms.stock_eval_transforms (the bundle's preprocessing) equals eval_transforms per pixel up to
+    float rounding: no pixel's 8-bit rounding differs, at an even and an odd size, for every format read."""
+    from transforms import stock_eval_transforms
+    kit, stock = eval_transforms(domain, image_size=size), stock_eval_transforms(domain, image_size=size)
+    for path in stock_inputs(domain, tmp_path):
+        expected, got = kit({"image": path})["image"], stock({"image": path})["image"]
+        assert got.shape == expected.shape == (3, size, size), path
+        assert float((got.as_tensor() - expected).abs().max()) <= SAME, path
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_the_batched_tail_equals_the_stock_chain(domain, tmp_path):
+    """Training and evaluation's fast path (loader_transforms per image, apply_tail per batch) against the
+    stock MONAI chain per image."""
+    from transforms import apply_tail, loader_transforms, stock_eval_transforms
+    files = stock_inputs(domain, tmp_path)
+    loader = loader_transforms(domain, image_size=S, train=False, channels=3)  # grey and colour in one batch
+    items = [loader({"image": path}) for path in files]
+    batch = apply_tail(torch.stack([i["image"] for i in items]), torch.stack([i["tail"] for i in items]))
+    stock = stock_eval_transforms(domain, image_size=S)
+    expected = torch.stack([stock({"image": path})["image"].as_tensor() for path in files])
+    assert float((batch - expected).abs().max()) <= SAME
+
+
+def test_the_stock_chain_is_monai_config_of_monai_transforms():
+    """Every component is MONAI's (a transform of monai.transforms, a reader of monai.data) or PIL's
+    convert; the config survives JSON; the only expressions are the three steps MONAI has no transform for."""
+    import json
+
+    import monai.data
+    import monai.transforms
+
+    from transforms import EYE_BOX_EXPRESSION, MIN_MAX_EXPRESSION, stock_eval_config
+
+    def walk(item):
+        if isinstance(item, dict):
+            yield item
+            for value in item.values():
+                yield from walk(value)
+        elif isinstance(item, list):
+            for value in item:
+                yield from walk(value)
+
+    expressions = set()
+    for domain in DOMAINS:
+        config = stock_eval_config(domain, image_size=S)
+        assert json.loads(json.dumps(config)) == config
+        targets = {d["_target_"] for d in walk(config) if "_target_" in d}
+        monai_transforms = {t for t in targets if isinstance(getattr(monai.transforms, t, None), type)}
+        assert targets - monai_transforms == {"PILReader", "PydicomReader", "PIL.Image.Image.convert"}
+        assert all(hasattr(monai.data, name) for name in ("PILReader", "PydicomReader"))
+        expressions |= {v for d in walk(config) for v in d.values() if isinstance(v, str) and v.startswith("$")}
+    resize = {e for e in expressions if "interpolate" in e}
+    assert expressions == {MIN_MAX_EXPRESSION, EYE_BOX_EXPRESSION, *resize} and len(resize) == 2  # square, shorter side
+
+
+def test_the_stock_chain_reads_dicom_without_its_window(tmp_path):
+    """What docs/clinical.md says: MONAI's PydicomReader applies the rescale but no VOI window and no
+    MONOCHROME1 inversion; an unwindowed MONOCHROME2 file gives the kit's numbers."""
+    from transforms import stock_eval_transforms
+    stored = np.random.default_rng(3).integers(0, 4096, (40, 40))
+    kit, stock = eval_transforms("cxr", image_size=S), stock_eval_transforms("cxr", image_size=S)
+    for name, kwargs, same in [("plain.dcm", {}, True), ("windowed.dcm", {"window": (1000, 800)}, False),
+                               ("monochrome1.dcm", {"photometric": "MONOCHROME1"}, False)]:
+        write_dicom(tmp_path / name, stored, **kwargs)
+        difference = float((stock({"image": str(tmp_path / name)})["image"].as_tensor()
+                            - kit({"image": str(tmp_path / name)})["image"]).abs().max())
+        assert (difference <= SAME) if same else (difference > 1.0), name
+
+
+@pytest.mark.parametrize("size", [40, S])
+def test_grey_stored_as_rgb_is_the_grey(size, tmp_path):
+    """Luma as PIL computes it: R = G = B gives exactly the grey value, so a radiograph saved as RGB is
+    cached pixel for pixel as the same radiograph saved grey, at its own size and resized."""
+    from transforms import cache_transforms
+    grey = np.random.default_rng(5).integers(0, 256, (40, 40), dtype=np.uint8)
+    head = cache_transforms("cxr", image_size=size)
+    assert torch.equal(head({"image": save_png(tmp_path / "grey.png", grey)})["image"],
+                       head({"image": save_png(tmp_path / "rgb.png", np.stack([grey] * 3, -1))})["image"])
+
+
+@pytest.mark.parametrize("name,domain", REAL)
+def test_real_samples_through_the_stock_chain(shared_data, name, domain):
+    from transforms import stock_eval_transforms
+    path = str(shared_data / name)
+    for size in (64, 224):
+        expected = eval_transforms(domain, image_size=size)({"image": path})["image"]
+        got = stock_eval_transforms(domain, image_size=size)({"image": path})["image"].as_tensor()
+        assert float((got - expected).abs().max()) <= SAME, size
