@@ -60,7 +60,7 @@ def imagenet_weights():
 
 
 IMAGENET, IMAGENET_MISSING = imagenet_weights()
-if IMAGENET is None:
+if IMAGENET is None and workflow.is_main_process:  # said once (a job of a run: block reads this file again)
     print(f"!!! NO IMAGENET WEIGHTS ({IMAGENET_MISSING}): leaving out CXR_IN HWSI_IN EFI_IN All_IN and the IN "
           "Domain_IN All_IN arms. To run all five arms, download "
           "https://download.pytorch.org/models/densenet121-a639ec97.pth and add --config "
@@ -296,7 +296,7 @@ rule finetune:  # one arm of a target: a seed, a strategy, a train fraction
         f"{OUT}/finetune/{{target}}/{{arm}}/{{run}}/summary.json",
     wildcard_constraints:
         arm="|".join(study.ARMS),
-        run=r"((full|partial|linear)_)?(frac[0-9.]+_)?seed\d+",
+        run=rf"(({'|'.join(study.STRATEGIES)})_)?(frac[0-9.]+_)?seed\d+",
     params:
         init=finetune_init,
         strategy=lambda w: study.parse_run(w.run)[0],

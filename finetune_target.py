@@ -27,6 +27,7 @@ line as its comment says.
 """
 
 from kit import cli
+from kit.paper import STRATEGIES
 
 
 def get_args_parser():
@@ -43,7 +44,7 @@ def get_args_parser():
                        help="random | imagenet | path to a pretrain checkpoint (its backbone only is taken)")
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
-    model.add_argument("--strategy", type=str, default="full", choices=["full", "partial", "linear"],
+    model.add_argument("--strategy", type=str, default="full", choices=STRATEGIES,
                        help="what trains: full = every layer; partial = the last dense block and the head; linear = "
                             "the head alone (the backbone and its BatchNorm statistics frozen: a linear probe)")
     optim = parser.add_argument_group("optimisation")

@@ -110,6 +110,7 @@ def get_args_parser():
 
 def main(args):
     from kit import files, results
+    from kit.paper import STRATEGIES
     from kit.report import strategies_section
 
     # --- discover runs and read the curves; what the workflow ran (study.json), when it wrote this folder
@@ -122,7 +123,7 @@ def main(args):
     by_strategy = {}
     for run in runs:
         by_strategy.setdefault(run["strategy"], []).append(run)
-    order = [s for s in results.STRATEGY_ORDER if s in by_strategy] + sorted(set(by_strategy) - set(results.STRATEGY_ORDER))
+    order = [s for s in STRATEGIES if s in by_strategy] + sorted(set(by_strategy) - set(STRATEGIES))
     outs = {s: Path(args.out) if i == 0 else Path(args.out) / "strategies" / s for i, s in enumerate(order)}
     reports = {s: analyse(args, by_strategy[s], outs[s], study, s, len(order) > 1) for s in order}
     if len(order) > 1:

@@ -4,7 +4,7 @@
 the kernel releases it when the process dies however it dies (SIGKILL included), so a crashed
 run never leaves a stale lock behind. A second process is refused at once with one line naming
 the holder's pid and host. Training runs lock their run folder (rank 0 under torchrun),
-evaluate.py its output folder, prepare_data.py each manifest, study.sh its OUT (flock(1)).
+evaluate.py its output folder, prepare_data.py each manifest, the workflow (Snakefile) the study folder OUT.
 """
 import datetime
 import fcntl

@@ -433,7 +433,7 @@ def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
 
 def adopt(csv_path, key: str, out_dir) -> Path:
     """Copy a manifest (CSV + JSON sidecar, checked with load_manifest) into `out_dir` as `<key>.csv`,
-    its sidecar's key set to `key`: how study.sh takes in a target you prepared yourself."""
+    its sidecar's key set to `key`: how the workflow takes in a target you prepared yourself (targets: NAME=CSV)."""
     df, meta = load_manifest(csv_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

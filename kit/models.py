@@ -40,6 +40,7 @@ from monai.networks.nets import DenseNet121
 
 from .checkpoints import CheckpointError, first_keys, load_checkpoint, torch_load
 from .files import first_line
+from .paper import STRATEGIES
 
 NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
 IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights
@@ -79,7 +80,6 @@ class DenseNetClassifier(nn.Module):
         return self.head(x)  # logits
 
 
-STRATEGIES = ("full", "partial", "linear")
 
 
 def freeze(model, strategy):

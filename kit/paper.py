@@ -16,6 +16,8 @@ TARGETS = {  # key -> (paper label, readable name, domain source name, headline 
 
 ARMS = ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"]  # paper order (Table 2 columns)
 
+STRATEGIES = ("full", "partial", "linear")  # the kit's fine-tuning strategies (--strategy); the paper's is full
+
 ARM_HEADERS = {"IN": "IN", "Domain_RI": "Dom RI", "Domain_IN": "Dom IN", "All_RI": "ALL RI", "All_IN": "ALL IN"}
 
 METRIC_LABELS = {

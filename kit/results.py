@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 import numpy as np
 import pandas as pd
 
-from .paper import ARMS, TARGETS, paper_sorted
+from .paper import ARMS, STRATEGIES, TARGETS, paper_sorted
 
 CHECKPOINTS = ("best", "last")  # evaluate.py output per run: best-validation and last-epoch checkpoint
 
@@ -36,9 +36,6 @@ def read_csv(path):
         raise ValueError(f"{path}: cannot read CSV ({err})") from err
 
 
-STRATEGY_ORDER = ("full", "partial", "linear")  # finetune_target.py --strategy; runs without one are "full"
-
-
 def run_settings(run_dir):
     """{seed, fraction, strategy, manifest_rows} of a run: from its args.json, else its folder name
     ([<strategy>_][frac<F>_]seed<S>), else seed 0, fraction 1, full, no manifest hash."""
@@ -46,7 +43,7 @@ def run_settings(run_dir):
     args = recorded.get("args") or {}
     seed = re.search(r"seed(\d+)", run_dir.name)
     fraction = re.search(r"frac([0-9.]+)", run_dir.name)
-    strategy = re.match(r"(full|partial|linear)_", run_dir.name)
+    strategy = re.match(rf"({'|'.join(STRATEGIES)})_", run_dir.name)
     data = (recorded.get("meta") or {}).get("data") or {}
     return {"seed": int(args.get("seed", seed.group(1) if seed else 0)),
             "fraction": float(args.get("train_fraction", fraction.group(1) if fraction else 1.0)),

@@ -3,14 +3,8 @@ configuration asks for, checked before any work starts.
 
 A configuration is config/demo.yaml or config/full.yaml with `snakemake --config KEY=VALUE` overrides.
 `settings(config)` checks every value with the bounds the scripts use (one line naming the setting, and
-nothing written); the other functions turn the settings into the study's files:
-
-    OUT/manifests/<key>.csv                         one per data set (the 3 sources, the targets)
-    OUT/overlap/overlap.csv                         the same picture in a source and a target
-    OUT/pretrain/<AREA>_<RI|IN>/seed<S>/            8 pretrained models per pretraining seed
-    OUT/finetune/<target>/<arm>/<run>/              an arm; run = [<strategy>_][frac<F>_]seed<S>
-    OUT/eval/<target>/<arm>/<run>/{best,last}/      its test-split evaluations
-    OUT/report.md, OUT/tables/, OUT/figures/        plot_results.py
+nothing written); the other functions turn the settings into the study's files, laid out as the
+README's "Where runs go" says (tests/test_study.py checks the demo study against that list).
 
 A seed seeds the whole pipeline: the arms of seed S fine-tune from the models pretrained with seed S
 (pretrain_seed: one pretraining for every seed instead), so the spread across seeds includes the
@@ -24,6 +18,7 @@ import json
 from pathlib import Path
 
 from . import cli
+from .paper import STRATEGIES
 
 SOURCES = ("chestxray14", "breakhis", "eyepacs")
 PAPER_TARGETS = ("shenzhen", "covid19_radiography", "kather2016", "messidor", "deepdrid")
@@ -31,7 +26,6 @@ AREA = {"chestxray14": "CXR", "breakhis": "HWSI", "eyepacs": "EFI", "shenzhen": 
         "kather2016": "HWSI", "messidor": "EFI", "deepdrid": "EFI"}
 AREA_OF_DOMAIN = {"cxr": "CXR", "hwsi": "HWSI", "efi": "EFI", "other": None}
 ARMS = ("RI", "IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN")
-STRATEGIES = ("full", "partial", "linear")
 
 
 class SettingError(ValueError):

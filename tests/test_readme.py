@@ -206,10 +206,39 @@ def test_documents_link_to_files_that_exist():
         for target in re.findall(r"\]\(([^)\s]+)\)", document.read_text()):
             if re.match(r"[a-z]+://", target):
                 continue
-            path = target.split("#", 1)[0]
-            if path and not (document.parent / path).exists():
+            path, _, anchor = target.partition("#")
+            linked = document.parent / path if path else document
+            if path and not linked.exists():
                 broken.append(f"{document.relative_to(ROOT)} -> {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{document.relative_to(ROOT)} -> {target}: no such heading")
     assert not broken, "\n".join(broken)
+
+
+def heading_anchors(document):
+    """The anchors a Markdown renderer gives the headings of `document` (lower case, punctuation dropped,
+    spaces as hyphens)."""
+    return {re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", line.lstrip("#").strip().lower()))
+            for line in document.read_text().splitlines() if line.startswith("#")}
+
+
+def test_each_fact_has_one_source():
+    """The README's settings table names exactly the settings both config files define; the strategies it
+    and the config comments name are kit.paper.STRATEGIES."""
+    import yaml
+
+    from kit.paper import STRATEGIES
+
+    text = README.read_text()
+    table = text.split("| setting |", 1)[1].split("\n\n", 1)[0]
+    named = {key for row in table.splitlines()[2:] for key in re.findall(r"`(\w+)`", row.split("|")[1])}
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    full = yaml.safe_load((ROOT / "config" / "full.yaml").read_text())
+    assert set(demo) == set(full), set(demo) ^ set(full)
+    assert named and named <= set(demo), f"README's settings table names unknown settings: {named - set(demo)}"
+    assert f"--strategy {'|'.join(STRATEGIES)}" in text
+    for config in ("demo.yaml", "full.yaml"):
+        assert f"fine-tuning strategies, a set of arms each: {', '.join(STRATEGIES)}" in (ROOT / "config" / config).read_text()
 
 
 def test_the_blocks_the_slow_test_runs_are_there():

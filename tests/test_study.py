@@ -10,6 +10,7 @@ models and arms run through the real loading path.
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -66,6 +67,30 @@ def test_every_stage_wrote_its_files(study):
         meta = json.loads((out / "manifests" / f"{key}.json").read_text())
         assert meta["protocol"] == ("paper" if key in SOURCES else "held-out-test"), key
         assert (meta["split_images"]["test"] == 0) == (key in SOURCES), key
+
+
+def readme_layout():
+    """The README's "Where runs go" block as glob patterns below OUT: <name> any name, [optional] left out,
+    {best,last} the first, "a, b" two files of one folder."""
+    text = (ROOT / "README.md").read_text().split("## Where runs go", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    patterns = []
+    for line in text.strip().splitlines():
+        line = re.sub(r"\{([^,}]*),[^}]*\}", r"\1", line)  # {best,last}: best
+        for path in [column for column in re.split(r"\s{2,}", line) if column.startswith("OUT/")]:
+            first, *more = [p.strip() for p in path.split(",")]
+            folder = first.rsplit("/", 1)[0] + "/"
+            for item in [first, *(folder + m for m in more)]:
+                item = re.sub(r"<[^>]*>", "*", re.sub(r"\[[^]]*\]", "", item))
+                patterns.append(item.removeprefix("OUT/").rstrip("/"))
+    return patterns
+
+
+def test_the_readme_layout_is_what_the_study_wrote(study):
+    base, _ = study
+    patterns = readme_layout()
+    assert len(patterns) >= 10, patterns  # the block was read, not skipped
+    for pattern in patterns:
+        assert list((base / "out").glob(pattern)), f"README's Where runs go names OUT/{pattern}: not in the demo study"
 
 
 def test_no_target_picture_is_seen_in_pretraining(study):
