@@ -311,7 +311,7 @@ def overlap_section(found, record, mode, seen, twins):
     for r in found.itertuples():
         what = ("—" if not r.found else "twins in two splits" if r.source == r.target else
                 "left out of pretraining" if mode == "drop" else
-                "**kept in pretraining** (OVERLAP=keep, the paper's way)" if mode == "keep" else "unknown")
+                "**kept in pretraining** (overlap: keep, the paper's way)" if mode == "keep" else "unknown")
         rows.append([target_title(r.target), "itself" if r.source == r.target else r.source,
                      f"{r.found} of {r.target_images}", f"{r.found_train} / {r.found_val} / {r.found_test}",
                      "" if r.source == r.target else f"{r.source_matched} of {r.source_images}", what])

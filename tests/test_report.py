@@ -65,7 +65,7 @@ def test_overlap_section_says_what_was_found_what_was_done_and_what_the_arms_saw
     assert "1 picture(s) there twice or more under other names (2 images), each kept in one split" in text
     assert "every arm was tested on images no pretraining saw" in text and "cxr 0.36" in text
     kept = "\n".join(overlap_section(found, record, "keep", {"covid19_radiography": [1, None]}, {}))
-    assert "**kept in pretraining** (OVERLAP=keep" in kept and "not every evaluation was checked" in kept
+    assert "**kept in pretraining** (overlap: keep" in kept and "not every evaluation was checked" in kept
     seen = "\n".join(overlap_section(found, record, "keep", {"covid19_radiography": [1, 0]}, {}))
     assert "**D2 COVID-19 Radiography: up to 1 test image(s) were seen in pretraining**" in seen
     assert "Not checked" in "\n".join(overlap_section(None, None, None, {}, {}))
