@@ -291,7 +291,8 @@ def test_a_failing_job_stops_the_study_with_its_log_and_keeps_the_rest(tmp_path)
     report = (out / "report.md").read_text()
     # break one fine-tuning's pretrained model: the arm is redone (its input changed) and fails
     (out / "pretrain" / "All_RI" / "seed0" / "last.pt").write_bytes(b"not a checkpoint")
-    (out / "pretrain" / "All_RI" / "seed0" / "summary.json").touch()
+    with open(out / "pretrain" / "All_RI" / "seed0" / "summary.json", "a") as summary:  # as a redone run would:
+        summary.write("\n")  # new content (snakemake compares a small input's checksum, not only its time)
     failed = run_study(out, cores=2)
     assert failed.returncode != 0
     printed = failed.stdout + failed.stderr
