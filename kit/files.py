@@ -172,7 +172,8 @@ def read_sheet(path, **kwargs):
 def first_line(err) -> str:
     """`<ErrorType>: <first line of its message>`, at most 200 characters of it."""
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+    first = lines[0] if lines else ""
+    return f"{type(err).__name__}: {first[:200]}{' ...' if len(first) > 200 else ''}"
 
 
 def require_columns(df, columns, path) -> None:
