@@ -66,7 +66,7 @@ def get_args_parser():
                        help="bootstrap resamples (of patients) for the confidence intervals; 0 = none; >= 10000 "
                             "for reporting (computed for all resamples at once: seconds per checkpoint)")
     stats.add_argument("--ci", type=cli.ci_level, default=0.95, help="confidence level of the intervals, in (0, 1)")
-    stats.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    stats.add_argument("--seed", type=cli.seed, default=0, help="seed of the bootstrap resampling")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=str, required=True, help="output folder")
     output.add_argument("--cam", type=cli.non_negative_int, default=0, metavar="N",

@@ -95,7 +95,7 @@ def get_args_parser():
                              "Holm's first step over 10 comparisons asks p < 0.005)")
     parser.add_argument("--ci", type=cli.ci_level, default=0.95,
                         help="confidence level of the intervals, in (0, 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--claims-checkpoint", type=str, default="last", choices=["last", "best"],
                         help="the checkpoint whose test results answer the paper's question and its claims: last "
                              "(the paper's Table 2 is at the last epoch) or best (best validation epoch)")

@@ -69,7 +69,7 @@ def get_args_parser():
                         help="fraction of images for test, in [0, 1); val + test < 1; ignored where "
                              "the data set ships an official test split (default: 0 with --protocol paper, "
                              "which allows no other, else 0.15)")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="split seed (same seed, same split)")
     parser.add_argument("--find-twins", default=None, action=argparse.BooleanOptionalAction,
                         help="look for pictures that are in the data set twice under different names (resized, "
                              "re-encoded, cropped by a few %%: kit/overlap.py) and keep each in one split, as a "

@@ -592,3 +592,10 @@ def test_a_repeat_in_two_splits_with_one_label_says_splits(tmp_path):
     given.to_csv(table, index=False)
     with pytest.raises(ValueError, match=r"listed more than once with different splits: cat \(train split\) here"):
         prepare_table(table, tmp_path / "m", "--label-col", "label", "--split-col", "set")
+
+
+def test_a_far_out_grade_is_named_not_made_into_a_million_classes(tmp_path):
+    table = labelled_table(tmp_path, [0, 1, 2] * 4 + [1000000], column="grade")
+    with pytest.raises(ValueError, match=r"t.csv: row 14: 'grade' is 1000000, so the grades would run from 0 to 1000000 "
+                                         r"\(1000001 classes; an ordinal task takes at most 100\): a typo\?$"):
+        prepare_table(table, tmp_path / "m", "--label-col", "grade", "--task", "ordinal")

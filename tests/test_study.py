@@ -242,7 +242,10 @@ def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(study, tmp_
 
 @pytest.mark.parametrize("setting, message", [
     ("image_size=7", "setting image_size=7: must be >= 32 px"),
-    ("seeds=", "setting seeds is empty"),
+    ("seeds=", "setting seeds is given empty"),
+    ("data=", "setting data is given empty"),  # would have run the demo instead
+    ("epochs_finetune=0", "setting epochs_finetune=0: must be >= 1"),
+    ("device=gpu", "setting device='gpu': expected auto, cpu, cuda, cuda:N or mps"),
     ("targets=[shenzhen,nowhere]", "unknown target 'nowhere'"),
     ("batch_size=abc", "setting batch_size='abc': expected an integer"),
     ("no_such_setting=1", "unknown setting(s) no_such_setting"),

@@ -13,6 +13,7 @@ from .rows import frame, no_problems, note, origins
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test", "": ""}
 TASKS = ("multiclass", "multilabel", "ordinal")
+MAX_GRADES = 100  # an ordinal scale's grades from lowest to highest (every one a class)
 # Label values that mean "no label": pandas' own missing-value spellings (read_csv turns them into NaN, so a class
 # of that name would come back as a missing value), in any case. A row with one is a bad row, never a class.
 MISSING = frozenset({"nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "null", "none", "nat",
@@ -85,7 +86,14 @@ def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_
             grades = number[problem == ""].astype(int)
             if grades.empty:
                 raise ValueError(f"{path}: no row has an integer grade in {label_col!r}")
-            classes = [str(g) for g in range(grades.min(), grades.max() + 1)]
+            low, high = int(grades.min()), int(grades.max())
+            if high - low + 1 > MAX_GRADES:  # every grade in between becomes a class: name the far-out one
+                outlier = high if high - grades.median() >= grades.median() - low else low
+                row = int(grades.index[grades == outlier][0]) + 2
+                raise ValueError(f"{path}: row {row}: {label_col!r} is {outlier}, so the grades would run from {low} "
+                                 f"to {high} ({high - low + 1} classes; an ordinal task takes at most {MAX_GRADES}): "
+                                 f"a typo?")
+            classes = [str(g) for g in range(low, high + 1)]
             names = [str(int(v)) if ok == "" else "" for v, ok in zip(number.fillna(0), problem)]
         else:
             classes = sorted(set(raw[problem == ""]), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if
