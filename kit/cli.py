@@ -164,6 +164,11 @@ def one_line(err: BaseException) -> str:
     return " ".join(message.split())
 
 
+# what every script (and the study workflow) says when a Ctrl-C stops it
+INTERRUPTED = ("interrupted (Ctrl-C). Every file is written to a temporary name and renamed, so nothing is "
+               "half-written; run the same command again to continue")
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turns the errors that mean 'bad input or a bad disk' into one line instead of a traceback:
@@ -175,8 +180,7 @@ def user_errors():
     except KeyboardInterrupt:
         if os.environ.get("STUDY_DEBUG"):
             raise
-        print("interrupted (Ctrl-C). Every file is written to a temporary name and renamed, so nothing is "
-              "half-written; run the same command again to continue", file=sys.stderr, flush=True)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except (ValueError, OSError, locks.FolderInUse) as err:
         if os.environ.get("STUDY_DEBUG"):
