@@ -234,7 +234,7 @@ def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys)
     assert dataset.n_cached == len(df) == 8
     with pytest.raises(SystemExit):
         prepare_data.get_args_parser().parse_args([*argv[:-4], "--cache-size", "16"])
-    assert "argument --cache-size: must be >= 32 px, got 16" in capsys.readouterr().err
+    assert "argument --cache-size: must be >= 32 px and <= 1024 px, got 16" in capsys.readouterr().err
 
 
 def test_stack_in_numpy_equals_the_default_collate(tmp_path):

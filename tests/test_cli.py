@@ -31,7 +31,7 @@ def test_argparse_types_reject_impossible_values():
     assert cli.positive_int("3") == 3 and cli.fraction("1") == 1.0 and cli.dropout_rate("0") == 0.0
     for parse, text, words in ((cli.positive_int, "0", "must be >= 1, got 0"),
                                (cli.positive_int, "2.5", "expected an integer"),
-                               (cli.image_size, "16", "must be >= 32 px, got 16"),
+                               (cli.image_size, "16", "must be >= 32 px and <= 1024 px, got 16"),
                                (cli.fraction, "0", "must be > 0 and <= 1, got 0"),
                                (cli.positive_float, "inf", "must be > 0"),
                                (cli.dropout_rate, "1", "must be >= 0 and < 1")):
