@@ -31,17 +31,27 @@ from kit import cli, overlap as overlap_lib, study  # noqa: E402
 configfile: "config/demo.yaml"
 
 try:
-    S = study.settings(config, here=Path.cwd())
+    S = study.settings(config, here=Path.cwd(), given=workflow.config_settings.overwrite_config)
 except study.SettingError as err:
     raise SystemExit(f"error: {err}") from None
 OUT = S.out
+INTERRUPTED = []  # the Ctrl-Cs this study got (onerror below)
 if workflow.is_main_process and not workflow.dryrun:  # one study at a time writes OUT (released however it ends)
+    import signal
+
     from kit import locks
 
     try:
         locks.hold(Path(OUT).parent / f".{Path(OUT).name}.lock", what=f"study folder {OUT}")
     except locks.FolderInUse as err:
         raise SystemExit(f"error: {err}") from None
+
+    def _interrupted(signum, frame, previous=signal.getsignal(signal.SIGINT)):
+        """Remember a Ctrl-C (onerror below says how to continue), then let Snakemake stop its jobs as usual."""
+        INTERRUPTED.append(signum)
+        (previous if callable(previous) else signal.default_int_handler)(signum, frame)
+
+    signal.signal(signal.SIGINT, _interrupted)
 DATA = S.data or f"{OUT}/demo_data"
 TARGETS = {t.name: t for t in S.targets}
 KEYS = [*study.SOURCES, *TARGETS]
@@ -90,6 +100,11 @@ def launch(prefix):
 PRETRAIN_LAUNCH, FINETUNE_LAUNCH = launch(S.launch), launch(S.finetune_launch)
 EXCLUDE = f"--exclude-overlap {OUT}/overlap/overlap.csv" if S.overlap == "drop" else ""
 SEEN = "--allow-pretraining-overlap" if S.overlap == "keep" else ""
+
+
+onerror:  # a Ctrl-C ends with the line every script ends with; a failed job's log is shown by Snakemake
+    if INTERRUPTED:
+        print(cli.INTERRUPTED, file=sys.stderr, flush=True)
 
 
 wildcard_constraints:

@@ -5,7 +5,9 @@ sees exactly what validation saw during training. The study evaluates the best-v
 the last checkpoint of every run on the test split, which is never used for training or model
 selection. Writes, per checkpoint:
     predictions.csv   image, patient, split, target, pred, prob_<class>... (one row per image)
-    metrics.csv       one row: split, checkpoint, epoch, loss, then per metric <m>, <m>_ci_low,
+    metrics.csv       one row: split, checkpoint, checkpoint_digest (sha256 of the file evaluated: plot_results.py
+                      uses an evaluation only while its run folder holds that very file), epoch, loss, then per
+                      metric <m>, <m>_ci_low,
                       <m>_ci_high (fractions), then n, n_patients, bootstrap, ci_level, bootstrap_seed,
                       seen_in_pretraining (images of the split its backbone's pretraining saw: check_overlap.py;
                       empty where not checked)
@@ -64,7 +66,7 @@ def get_args_parser():
                        help="bootstrap resamples (of patients) for the confidence intervals; 0 = none; >= 10000 "
                             "for reporting (computed for all resamples at once: seconds per checkpoint)")
     stats.add_argument("--ci", type=cli.ci_level, default=0.95, help="confidence level of the intervals, in (0, 1)")
-    stats.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    stats.add_argument("--seed", type=cli.seed, default=0, help="seed of the bootstrap resampling")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=str, required=True, help="output folder")
     output.add_argument("--cam", type=cli.non_negative_int, default=0, metavar="N",
@@ -141,7 +143,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, path: 
 
 
 def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df: pd.DataFrame, loss: float,
-                     probs: np.ndarray, targets: np.ndarray, args, seen: int | None = None) -> dict:
+                     probs: np.ndarray, targets: np.ndarray, args, seen: int | None = None, digest: str = "") -> dict:
     """The files listed above for one checkpoint; returns the metrics row."""
     from kit import files, metrics
 
@@ -158,7 +160,8 @@ def write_evaluation(out_dir: Path, path: Path, checkpoint: dict, meta: dict, df
         predictions[column] = values
 
     # --- metrics with CIs over patients; per-class report; confusion matrix
-    row = {"split": args.split, "checkpoint": str(path.resolve()), "epoch": checkpoint.get("epoch"), "loss": loss,
+    row = {"split": args.split, "checkpoint": str(path.resolve()), "checkpoint_digest": digest,
+           "epoch": checkpoint.get("epoch"), "loss": loss,
            **metrics_with_ci(meta["task"], probs, targets, patients, args),
            "n": len(df), "n_patients": len(set(patients)), "bootstrap": args.bootstrap, "ci_level": args.ci,
            "bootstrap_seed": args.seed, "seen_in_pretraining": "" if seen is None else seen}
@@ -244,6 +247,11 @@ def main(args):
     checkpoints = [Path(p) for p in args.checkpoint]
     out_root = Path(args.out)
     out_dirs = output_dirs(checkpoints, out_root, args.relative_to)
+    for path in checkpoints:  # every file there before any inference; a run that lost its best.pt says how to mend it
+        if not path.is_file():
+            lost = path.name == "best.pt" and (path.parent / "last.pt").is_file()
+            raise ValueError(f"{path}: no such file" + (" (its run folder holds last.pt: train the run again with "
+                                                        "--no-resume, or evaluate last.pt)" if lost else ""))
     # one writer per output folder; this also fails at once, before any inference, where it cannot write
     locks.hold(out_root.parent / f".{out_root.name}.lock", what=f"evaluation folder {out_root}")
 
@@ -255,7 +263,9 @@ def main(args):
         raise ValueError(f"{args.manifest[0]}: the {args.split} split is empty")
 
     for path, out_dir in zip(checkpoints, out_dirs):
-        # --- model and eval transforms exactly as the checkpoint was trained (rebuilt from its meta)
+        # --- model and eval transforms exactly as the checkpoint was trained (rebuilt from its meta); the file's
+        # content hash goes into metrics.csv, binding the evaluation to this very checkpoint
+        digest = f"sha256:{files.digest(path)}" if path.is_file() else ""
         model, meta, checkpoint = models.model_from_checkpoint(path)
         if list(meta["classes"]) != list(data_meta["classes"]):
             raise ValueError(f"{path}: the checkpoint's classes {meta['classes']} differ from the manifest's "
@@ -278,7 +288,8 @@ def main(args):
                                             channels_last=args.channels_last, desc=f"eval {path.parent.name}")
         tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        row = write_evaluation(tmp_dir, path, checkpoint, meta, df, loss, probs, targets, args, seen=seen)
+        row = write_evaluation(tmp_dir, path, checkpoint, meta, df, loss, probs, targets, args, seen=seen,
+                               digest=digest)
         if args.cam:  # inside the folder before it is put in place
             from kit import cam
 

@@ -35,7 +35,7 @@ def get_args_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=cli.existing_file, required=True,
                       help="target manifest CSV from prepare_data.py")
-    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (32-1024; paper: 224)")
     data.add_argument("--train-fraction", type=cli.fraction, default=1.0,
                       help="train on this share of the train split's patients, in (0, 1]: stratified and nested "
                            "(for one --seed, 0.05 is a subset of 0.1); val and test stay whole")
@@ -48,8 +48,8 @@ def get_args_parser():
                        help="what trains: full = every layer; partial = the last dense block and the head; linear = "
                             "the head alone (the backbone and its BatchNorm statistics frozen: a linear probe)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
-    optim.add_argument("--batch-size", type=cli.positive_int, default=32,
+    optim.add_argument("--epochs", type=cli.epochs, default=30, help="passes over the train split")
+    optim.add_argument("--batch-size", type=cli.train_batch_size, default=32,
                        help="images per step per process (under torchrun the global batch is N x this; scale "
                             "--lr with it)")
     optim.add_argument("--lr", type=cli.positive_float, default=1e-4, help="peak AdamW learning rate")
@@ -59,7 +59,7 @@ def get_args_parser():
     optim.add_argument("--class-weights", type=str, default="auto", choices=["auto", "balanced", "none"],
                        help="cross-entropy class weights; auto = what the manifest recommends (balanced for "
                             "Messidor and DeepDRiD, as in the paper; none elsewhere)")
-    optim.add_argument("--seed", type=int, default=0, help="fixes init of the head, augmentation and data order")
+    optim.add_argument("--seed", type=cli.seed, default=0, help="fixes init of the head, augmentation and data order")
     cli.add_run_folder_args(parser, example="OUT/finetune/shenzhen/Domain_RI/seed0")
     cli.add_runtime_args(parser, training=True)
     return parser

@@ -95,7 +95,7 @@ def get_args_parser():
                              "Holm's first step over 10 comparisons asks p < 0.005)")
     parser.add_argument("--ci", type=cli.ci_level, default=0.95,
                         help="confidence level of the intervals, in (0, 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--claims-checkpoint", type=str, default="last", choices=["last", "best"],
                         help="the checkpoint whose test results answer the paper's question and its claims: last "
                              "(the paper's Table 2 is at the last epoch) or best (best validation epoch)")
@@ -109,27 +109,61 @@ def get_args_parser():
 
 
 def main(args):
+    import os
+    import shutil
+
     from kit import files, results
     from kit.paper import STRATEGIES
     from kit.report import strategies_section
 
-    # --- discover runs and read the curves; what the workflow ran (study.json), when it wrote this folder
+    # --- discover runs and read the curves; the evaluations of the checkpoints now in the run folders (the
+    # others are left out, said here and in report.md); what the workflow ran (study.json), when it wrote this
     runs = results.discover_runs(args.runs)
-    results.attach_evals(args.runs, runs)
+    left_out = results.attach_evals(args.runs, runs)
+    for item in left_out:
+        print(f"left out: {item['file']}: {item['reason']}; evaluate {item['key']}/{item['kind']}.pt again")
     study = results.read_study(args.runs)
 
     # --- one analysis per fine-tuning strategy: the first (full, where it was run) into OUT, every other
-    # into OUT/strategies/<strategy>/; the first report then shows them side by side
+    # into OUT/strategies/<strategy>/; the first report then shows them side by side. Everything is written
+    # into a hidden folder first and put in place once whole: a failure or Ctrl-C leaves the previous output
     by_strategy = {}
     for run in runs:
         by_strategy.setdefault(run["strategy"], []).append(run)
     order = [s for s in STRATEGIES if s in by_strategy] + sorted(set(by_strategy) - set(STRATEGIES))
-    outs = {s: Path(args.out) if i == 0 else Path(args.out) / "strategies" / s for i, s in enumerate(order)}
-    reports = {s: analyse(args, by_strategy[s], outs[s], study, s, len(order) > 1) for s in order}
-    if len(order) > 1:
-        report = reports[order[0]] + "\n" + strategies_section(
-            {s: (outs[s].relative_to(args.out), Path(outs[s]) / "tables" / "table2.csv") for s in order}, reporting(args))
-        files.write_text_atomic(outs[order[0]] / "report.md", report)
+    out = Path(args.out)
+    staging = out / f".plot_results.tmp-{os.getpid()}"
+    outs = {s: staging if i == 0 else staging / "strategies" / s for i, s in enumerate(order)}
+    try:
+        reports = {s: analyse(args, by_strategy[s], outs[s], study, s, len(order) > 1, left_out) for s in order}
+        if len(order) > 1:
+            report = reports[order[0]] + "\n" + strategies_section(
+                {s: (outs[s].relative_to(staging), Path(outs[s]) / "tables" / "table2.csv") for s in order},
+                reporting(args))
+            files.write_text_atomic(staging / "report.md", report)
+        publish_output(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote figures/, tables/ and report.md in {out}")
+
+
+OUTPUT = ("figures", "tables", "strategies")  # plot_results.py's folders in OUT, with report.md
+
+
+def publish_output(staging: Path, out: Path) -> None:
+    """The finished output in place: each folder in one rename (files.publish), an old one that this run did not
+    write (strategies/ of a study that has one strategy now) removed, and report.md last, so that a report.md
+    always comes with the figures and tables it names."""
+    import shutil
+
+    from kit import files
+
+    for name in OUTPUT:
+        if (staging / name).is_dir():
+            files.publish(staging / name, out / name)
+        elif (out / name).is_dir():
+            shutil.rmtree(out / name)
+    (staging / "report.md").replace(out / "report.md")
 
 
 def reporting(args):
@@ -148,9 +182,9 @@ def overlap_facts(runs_dir, runs, targets, study, checkpoint) -> dict:
             "twins": {t: results.manifest_twins(runs_dir, t) for t in targets}}
 
 
-def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
+def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out=()) -> str:
     """Tables, figures and report.md of the runs of one fine-tuning strategy, into `out`; returns
-    the report's text."""
+    the report's text. `left_out`: the evaluations not of the checkpoints now in their run folders."""
     import pandas as pd
 
     from kit import claims, figures, files, results, tables
@@ -265,11 +299,11 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool) -> str:
         run_args=results.run_arguments(args.runs, runs), missing_reason=missing_reason,
         pairing_notes=tuple(dict.fromkeys(pairing_notes)), domains={t: results.target_domain(args.runs, t) for t in targets},
         strategy=strategy if several else None, overlap=overlap_facts(args.runs, runs, targets, study,
-                                                                       args.claims_checkpoint)))
+                                                                       args.claims_checkpoint),
+        left_out=[item for item in left_out if item["key"] in {r["key"] for r in runs}]))
     files.write_text_atomic(out / "report.md", report)
 
-    print(f"{strategy}: wrote {', '.join(sorted(written))}, table2.md in {tables_dir}, {len(written_figures)} figures "
-          f"in {figures_dir} and {out / 'report.md'}")
+    print(f"{strategy}: {', '.join(sorted(written))}, table2.md, {len(written_figures)} figures and report.md")
     print()
     for target in targets:
         print(answers[target])

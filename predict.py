@@ -72,42 +72,53 @@ def main(args):
     amp_dtype = runtime.autocast_dtype(device, args.amp)
     explain = cam.GradCam(model) if args.cam else None
 
-    dataset = inputs.PredictionSet(images, domain=meta["domain"], image_size=meta["image_size"],
-                                   classes=meta["classes"], task=meta["task"], check_domain=args.check_domain)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                                         collate_fn=inputs.collate, pin_memory=device.type == "cuda")
-    rows, probs, skipped, ids, taken = [], [], [], {}, set()
-    with torch.no_grad():
-        for indices, pixels, tails, batch_ids, failed in tqdm(loader, desc="predict", unit="batch", dynamic_ncols=True):
-            ids.update(batch_ids)
-            skipped += failed
-            if not indices:
-                continue
-            logits = loop.forward(model, pixels, tails, device, amp_dtype=amp_dtype, memory_format=memory_format)
-            batch_probs = losses.to_probs(logits.float(), meta["task"]).cpu()
-            rows += indices
-            probs.append(batch_probs)
-            if explain is not None:
-                heat = explain(cam.normalised(pixels, tails, device), batch_probs.argmax(dim=1))
-                for i, picture, heat_map in zip(indices, pixels, heat):
-                    ids.setdefault(i, {})["cam"] = str(Path(args.cam) / cam.file_name(images[i], taken))
-                    cam.save_overlay(ids[i]["cam"], picture, heat_map)
+    # the heat maps go to a hidden folder beside --cam and join it with predictions.csv once every image is
+    # done: a Ctrl-C or a full disk leaves no maps without their predictions.csv
+    with files.staging(args.cam) as cam_staging:
+        dataset = inputs.PredictionSet(images, domain=meta["domain"], image_size=meta["image_size"],
+                                       classes=meta["classes"], task=meta["task"], check_domain=args.check_domain)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                             num_workers=args.workers, collate_fn=inputs.collate,
+                                             pin_memory=device.type == "cuda")
+        rows, probs, skipped, ids, taken = [], [], [], {}, set()
+        with torch.no_grad():
+            for indices, pixels, tails, batch_ids, failed in tqdm(loader, desc="predict", unit="batch",
+                                                                  dynamic_ncols=True):
+                ids.update(batch_ids)
+                skipped += failed
+                if not indices:
+                    continue
+                logits = loop.forward(model, pixels, tails, device, amp_dtype=amp_dtype, memory_format=memory_format)
+                batch_probs = losses.to_probs(logits.float(), meta["task"]).cpu()
+                rows += indices
+                probs.append(batch_probs)
+                if explain is not None:
+                    heat = explain(cam.normalised(pixels, tails, device), batch_probs.argmax(dim=1))
+                    for i, picture, heat_map in zip(indices, pixels, heat):
+                        name = cam.file_name(images[i], taken)
+                        ids.setdefault(i, {})["cam"] = str(Path(args.cam) / name)
+                        cam.save_overlay(cam_staging / name, picture, heat_map)
 
-    # --- predictions.csv and skipped.csv, in input order
-    out.mkdir(parents=True, exist_ok=True)
-    skipped = [{"image": images[i], "reason": reason} for i, reason in sorted(skipped)]
-    files.write_csv(skipped, out / "skipped.csv", ["image", "reason"])
-    if not rows:
-        first = skipped[0]["reason"]
-        raise ValueError(first if len(images) == 1 else f"none of the {len(images)} images could be predicted "
-                         f"(reasons: {out / 'skipped.csv'}); the first: {first}")
-    probs = torch.cat(probs).numpy().astype(np.float64)
-    columns = {"image": [images[i] for i in rows], **metrics.prediction_columns(meta["task"], meta["classes"], probs)}
-    extra = [key for key in (*inputs.DICOM_IDS, "cam") if any(key in ids.get(i, {}) for i in rows)]
-    for key in extra:
-        columns[key] = [ids.get(i, {}).get(key, "") for i in rows]
-    files.write_csv([dict(zip(columns, values)) for values in zip(*columns.values())], out / "predictions.csv",
-                    list(columns))
+        # --- predictions.csv and skipped.csv, in input order
+        out.mkdir(parents=True, exist_ok=True)
+        skipped = [{"image": images[i], "reason": reason} for i, reason in sorted(skipped)]
+        if not rows:
+            files.write_csv(skipped, out / "skipped.csv", ["image", "reason"])
+            first = skipped[0]["reason"]
+            raise ValueError(first if len(images) == 1 else f"none of the {len(images)} images could be predicted "
+                             f"(reasons: {out / 'skipped.csv'}); the first: {first}")
+        probs = torch.cat(probs).numpy().astype(np.float64)
+        columns = {"image": [images[i] for i in rows],
+                   **metrics.prediction_columns(meta["task"], meta["classes"], probs)}
+        extra = [key for key in (*inputs.DICOM_IDS, "cam") if any(key in ids.get(i, {}) for i in rows)]
+        for key in extra:
+            columns[key] = [ids.get(i, {}).get(key, "") for i in rows]
+        with files.ctrl_c_after_writes():  # the maps, skipped.csv and predictions.csv: all of them, or none
+            if cam_staging is not None:
+                files.move_into(cam_staging, args.cam)
+            files.write_csv(skipped, out / "skipped.csv", ["image", "reason"])
+            files.write_csv([dict(zip(columns, values)) for values in zip(*columns.values())],
+                            out / "predictions.csv", list(columns))
     print(f"{len(rows)} of {len(images)} images predicted -> {out / 'predictions.csv'}"
           + (f"; {len(skipped)} skipped -> {out / 'skipped.csv'}" if skipped else ""))
     for row in skipped[:5]:

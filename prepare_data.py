@@ -69,7 +69,7 @@ def get_args_parser():
                         help="fraction of images for test, in [0, 1); val + test < 1; ignored where "
                              "the data set ships an official test split (default: 0 with --protocol paper, "
                              "which allows no other, else 0.15)")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (same seed, same split)")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="split seed (same seed, same split)")
     parser.add_argument("--find-twins", default=None, action=argparse.BooleanOptionalAction,
                         help="look for pictures that are in the data set twice under different names (resized, "
                              "re-encoded, cropped by a few %%: kit/overlap.py) and keep each in one split, as a "
@@ -228,6 +228,25 @@ def check_split_sizes(df: pd.DataFrame, root: Path, args) -> None:
                              f"data or other --val-frac/--test-frac")
 
 
+def check_classes(df: pd.DataFrame, classes: list, task: str, root: Path) -> None:
+    """A model learns to tell classes apart: a table whose rows all hold one label, or a train split with fewer
+    than two classes present, is refused (it would train to a loss of 0 and an accuracy of 1.0). A val or test
+    split with one class only (a small data set, a given split) is said: its kappa and AUROC are undefined."""
+    if len(classes) < 2:
+        raise ValueError(f"{root}: every image has the label {classes[0]!r}; a classifier needs at least two classes")
+    label = "label" if task == "multiclass" else "labels"
+    for split in manifests.SPLITS:
+        present = df.loc[df["split"] == split, label]
+        if present.empty or present.astype(str).nunique() > 1:
+            continue
+        name = classes[present.iloc[0]] if task == "multiclass" else present.iloc[0] or "(no label)"
+        if split == "train":
+            raise ValueError(f"{root}: the train split holds one class only ({name!r}, {len(present)} image(s)); a "
+                             f"model needs at least two classes to learn from: check the labels and the given split")
+        print(f"note: the {split} split holds one class only ({name!r}, {len(present)} image(s)): its kappa and "
+              f"AUROC are undefined; more data, or other --val-frac/--test-frac, give it more")
+
+
 def find_twins(df: pd.DataFrame, thumbs, args) -> dict:
     """The pictures in the data set twice or more under different names (kit/overlap.py): their patients
     go to one split together (make_splits(together=...)). Twins that a given split (official or --split-col)
@@ -338,6 +357,7 @@ def prepare_manifest(args) -> tuple[Path, Path]:
     df = manifests.make_splits(df, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed,
                                together=twins["patients"] if twins else ())
     check_split_sizes(df, root, args)
+    check_classes(df, classes, task, root)
     if "official_split" in df.columns and (df["official_split"] != "").any():
         shipped = sorted(set(df["official_split"]) - {""})
         print(f"official split present ({', '.join(shipped)}): kept; missing splits carved from train")

@@ -28,7 +28,7 @@ def get_args_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--manifests", type=cli.existing_file, nargs="+", required=True,
                       help="source manifest CSVs from prepare_data.py (paper: chestxray14, breakhis, eyepacs)")
-    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (32-1024; paper: 224)")
     data.add_argument("--exclude-overlap", type=cli.existing_file, default=None, metavar="OVERLAP_CSV",
                       help="leave out of training and validation the images that check_overlap.py found to be "
                            "pictures of a target (its overlap.csv), so no target image is seen in pretraining; "
@@ -42,15 +42,15 @@ def get_args_parser():
     optim.add_argument("--label-mask", action=argparse.BooleanOptionalAction, default=False,
                        help="leave the other datasets' labels out of each image's loss (masked BCE) instead of "
                             "counting them as negatives (the paper's plain BCE)")
-    optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
-    optim.add_argument("--batch-size", type=cli.positive_int, default=32,
+    optim.add_argument("--epochs", type=cli.epochs, default=30, help="passes over the train split")
+    optim.add_argument("--batch-size", type=cli.train_batch_size, default=32,
                        help="images per step per process (under torchrun the global batch is N x this; scale "
                             "--lr with it)")
     optim.add_argument("--lr", type=cli.positive_float, default=3e-4, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=cli.non_negative_float, default=1e-4, help="AdamW weight decay")
     optim.add_argument("--warmup-epochs", type=cli.non_negative_int, default=0,
                        help="epochs of linear learning-rate warm-up before the cosine decay to 0")
-    optim.add_argument("--seed", type=int, default=0, help="fixes init, augmentation and data order")
+    optim.add_argument("--seed", type=cli.seed, default=0, help="fixes init, augmentation and data order")
     cli.add_run_folder_args(parser, example="OUT/pretrain/All_RI/seed0")
     cli.add_runtime_args(parser, training=True)
     return parser

@@ -22,7 +22,7 @@ def get_args_parser():
     parser = cli.parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=cli.existing_file, required=True, help="source manifest CSV from prepare_data.py")
-    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (>= 32; paper: 224)")
+    data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (32-1024; paper: 224)")
     data.add_argument("--exclude-overlap", type=cli.existing_file, default=None, metavar="OVERLAP_CSV",
                       help="leave out of training and validation the images that check_overlap.py found to be "
                            "pictures of a target (its overlap.csv), so no target image is seen in pretraining; "
@@ -33,8 +33,8 @@ def get_args_parser():
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=cli.positive_int, default=30, help="passes over the train split")
-    optim.add_argument("--batch-size", type=cli.positive_int, default=32,
+    optim.add_argument("--epochs", type=cli.epochs, default=30, help="passes over the train split")
+    optim.add_argument("--batch-size", type=cli.train_batch_size, default=32,
                        help="images per step per process (under torchrun the global batch is N x this; scale "
                             "--lr with it)")
     optim.add_argument("--lr", type=cli.positive_float, default=3e-4, help="peak AdamW learning rate")
@@ -44,7 +44,7 @@ def get_args_parser():
     optim.add_argument("--class-weights", type=str, default="auto", choices=["auto", "balanced", "none"],
                        help="cross-entropy class weights; auto = what the manifest recommends (balanced for "
                             "EyePACS, as in the paper; none elsewhere; multi-label sets are never weighted)")
-    optim.add_argument("--seed", type=int, default=0, help="fixes init, augmentation and data order")
+    optim.add_argument("--seed", type=cli.seed, default=0, help="fixes init, augmentation and data order")
     cli.add_run_folder_args(parser, example="OUT/pretrain/CXR_RI/seed0")
     cli.add_runtime_args(parser, training=True)
     return parser

@@ -320,7 +320,11 @@ def read_error(path, err):
     while err.__cause__ is not None:
         err = err.__cause__
     reason = str(err).splitlines()[0] if str(err) else "no details"
-    return reason if reason.startswith(path) else f"{path}: cannot read the image ({type(err).__name__}: {reason})"
+    if reason.startswith(path):
+        return reason
+    # an OS error with an errno is about the file (missing, no permission); any other is about its bytes
+    kind = "" if isinstance(err, OSError) and err.errno else "truncated or corrupt image; "
+    return f"{path}: cannot read the image ({kind}{type(err).__name__}: {reason})"
 
 
 class ToUint8d(MapTransform):

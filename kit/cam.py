@@ -89,14 +89,12 @@ def save_overlay(path, pixels, heat):
     """overlay() as a PNG at `path` (folders made); written to a temporary name, then renamed."""
     from PIL import Image
 
+    from . import files
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        Image.fromarray(overlay(pixels, heat)).save(tmp, format="PNG")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.write_atomic(path) as handle:  # a full disk is one line naming the file
+        Image.fromarray(overlay(pixels, heat)).save(handle, format="PNG")
 
 
 def normalised(pixels, tails, device):

@@ -58,7 +58,21 @@ non_negative_float = number(float, at_least=0)
 fraction = number(float, above=0, at_most=1)  # a share of a split
 dropout_rate = number(float, at_least=0, below=1)
 ci_level = number(float, above=0, below=1)  # confidence level of an interval
-image_size = number(int, at_least=32, unit=" px")  # DenseNet-121's stem and four poolings halve 5 times
+# DenseNet-121's stem and four poolings halve 5 times (>= 32 px); 1024 px already takes ~20x the paper's 224 px in
+# memory and time per image, and a typo such as 100000 would try tens of GB per image
+image_size = number(int, at_least=32, at_most=1024, unit=" px")
+seed = number(int, at_least=0, at_most=2**32 - 1)  # what NumPy and torch's generators take
+epochs = number(int, at_least=1, at_most=10_000)
+train_batch_size = number(int, at_least=2, at_most=4096)  # BatchNorm cannot normalise a batch of one
+demo_scale = number(float, above=0, at_most=100)  # tools/make_demo_data.py --scale
+
+
+def device(text: str) -> str:
+    """argparse type for --device: auto | cpu | cuda | cuda:N | mps (checked before torch is imported)."""
+    kind, _, index = text.partition(":")
+    if text == "auto" or (kind in ("cpu", "cuda", "mps") and (not index or (kind == "cuda" and index.isdigit()))):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
 
 
 def existing_file(text: str) -> str:
@@ -113,7 +127,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, training: bool) -> None
     """The `runtime` flags: where and how fast a script runs, never what it computes. Training
     scripts also get --compile, --log-every and --sync-bn."""
     group = parser.add_argument_group("runtime")
-    group.add_argument("--device", type=str, default="auto",
+    group.add_argument("--device", type=device, default="auto",
                        help="auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, cuda:LOCAL_RANK)")
     group.add_argument("--workers", type=non_negative_int, default=default_workers(),
                        help="image-decoding processes (0 = in the main process; default: the cores per "
@@ -150,6 +164,11 @@ def one_line(err: BaseException) -> str:
     return " ".join(message.split())
 
 
+# what every script (and the study workflow) says when a Ctrl-C stops it
+INTERRUPTED = ("interrupted (Ctrl-C). Every file is written to a temporary name and renamed, so nothing is "
+               "half-written; run the same command again to continue")
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turns the errors that mean 'bad input or a bad disk' into one line instead of a traceback:
@@ -161,8 +180,7 @@ def user_errors():
     except KeyboardInterrupt:
         if os.environ.get("STUDY_DEBUG"):
             raise
-        print("interrupted (Ctrl-C). Every file is written to a temporary name and renamed, so nothing is "
-              "half-written; run the same command again to continue", file=sys.stderr, flush=True)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except (ValueError, OSError, locks.FolderInUse) as err:
         if os.environ.get("STUDY_DEBUG"):

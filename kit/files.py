@@ -147,6 +147,34 @@ def publish(tmp_dir, out_dir) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staging(folder):
+    """A hidden, empty folder beside `folder` for files that must appear together with others (None: yields
+    None): write them there, then move_into(`folder`); what is left is removed however the block ends, so a
+    Ctrl-C or a full disk leaves nothing half-done in `folder`."""
+    import shutil
+
+    if folder is None:
+        yield None
+        return
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into(tmp, folder) -> None:
+    """Every file of the staging folder `tmp` into `folder` (made if missing), each by a rename."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in Path(tmp).iterdir():
+        path.replace(folder / path.name)
+
+
 def read_table(path, **kwargs):
     """pandas.read_csv with one clear line (naming the file) for a table that cannot be parsed."""
     import pandas as pd
@@ -172,7 +200,8 @@ def read_sheet(path, **kwargs):
 def first_line(err) -> str:
     """`<ErrorType>: <first line of its message>`, at most 200 characters of it."""
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+    first = lines[0] if lines else ""
+    return f"{type(err).__name__}: {first[:200]}{' ...' if len(first) > 200 else ''}"
 
 
 def require_columns(df, columns, path) -> None:

@@ -304,7 +304,8 @@ def _restore(run: runs.Run, model, optimizer, scheduler, scaler, dist_info: Dist
 
 def _checked_pass(module, loader, criterion, device, *, out_dir: Path, epoch: int, split: str, **settings):
     """run_epoch, stopping the run with one line at a NaN or infinite loss (the last good last.pt is kept)."""
-    kept = f"The last good checkpoint is kept: {out_dir / 'last.pt'} (epoch {epoch - 1})"
+    kept = f"The last good checkpoint is kept: {out_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else \
+        "No epoch had finished, so this run wrote no checkpoint"
     try:
         loss, probs, targets = run_epoch(module, loader, criterion, device, desc=f"epoch {epoch} {split}", **settings)
     except NonFiniteLoss as err:

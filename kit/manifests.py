@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -373,17 +374,29 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
             if unknown:
                 fail((df["labels"] == value).to_numpy(),
                      lambda i: f"label {unknown[0]!r} is not one of the sidecar's classes")
-    for column, what in (("image", "image"), ("patient", "patient")):  # a hand edit must not leak across splits
-        splits_of = df.groupby(column, sort=False)["split"].nunique()
+    # a hand edit must not leak across splits; an image by its real path (a symlink and its target are one file)
+    for keys, what in ((real_paths(df["image"]), "image"), (df["patient"], "patient")):
+        splits_of = df["split"].groupby(keys.to_numpy(), sort=False).nunique()
         leaked = splits_of[splits_of > 1]
         if len(leaked):
-            name = leaked.index[0]
-            rows = df.index[df[column] == name].to_numpy() + 2
-            found = sorted(set(df.loc[df[column] == name, "split"]))
-            raise ValueError(f"{csv_path}: {what} {name!r} is in the {' and '.join(found)} splits (rows "
+            at = (keys == leaked.index[0]).to_numpy()
+            rows = df.index[at].to_numpy() + 2
+            names = list(dict.fromkeys(df.loc[at, what]))
+            found = sorted(set(df.loc[at, "split"]))
+            shown = repr(names[0]) if len(names) == 1 else f"{names[0]!r} (also as {', '.join(map(repr, names[1:3]))})"
+            raise ValueError(f"{csv_path}: {what} {shown} is in the {' and '.join(found)} splits (rows "
                              f"{', '.join(map(str, rows[:5]))}); a {what} must stay in one split "
                              f"({len(leaked)} {what}s affected); re-run prepare_data.py")
     return df, meta
+
+
+def real_paths(images: pd.Series) -> pd.Series:
+    """Each image's real path, symlinks resolved: a file reached through a link and the link's target are one
+    image. Each folder is resolved once, then only the files that are links themselves (one lstat each)."""
+    images = images.astype(str)
+    folders = {folder: os.path.realpath(folder) for folder in set(map(os.path.dirname, images))}
+    return images.map(lambda p: os.path.realpath(p) if os.path.islink(p) else
+                      os.path.join(folders[os.path.dirname(p)], os.path.basename(p)))
 
 
 def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:

@@ -511,6 +511,18 @@ class Study:
     domains: dict | None = None
     strategy: str | None = None
     overlap: dict | None = None
+    left_out: list = dataclasses.field(default_factory=list)  # evaluations not of the checkpoint in their run folder
+
+
+def left_out_section(left_out) -> list:
+    """The evaluations no table uses: each was made of a checkpoint that is no longer the one in its run folder."""
+    if not left_out:
+        return []
+    lines = ["## Evaluations left out", "",
+             "Every test number here comes from the checkpoint now in its run folder. These evaluations are of "
+             "another one, so no table or figure uses them; the run's test values are n/a until it is evaluated "
+             "again (`evaluate.py`, or the workflow, which does it).", ""]
+    return lines + [f"- {item['key']} ({item['kind']}.pt): {item['reason']}" for item in left_out] + [""]
 
 
 def report_markdown(study: Study) -> str:
@@ -522,6 +534,7 @@ def report_markdown(study: Study) -> str:
     lines += what_was_run(s.record, s.runs_arms, targets, s.seeds, s.settings, s.missing_reason,
                           reporting.claims_checkpoint, s.domains, s.strategy)
     lines += overlap_section(**s.overlap) if s.overlap else []
+    lines += left_out_section(s.left_out)
     lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "
               f"{'last-epoch' if reporting.claims_checkpoint == 'last' else 'best-validation'} checkpoint, "
               f"{100 * reporting.ci:g} % CIs, Holm-corrected p; a best arm is named only when shown better than the "

@@ -1,10 +1,13 @@
 """Reading a study's files: the fine-tuning runs under OUT/finetune/ and their evaluations under
-OUT/eval/. Reads only what earlier stages wrote (CSV and JSON), never checkpoints.
+OUT/eval/. Reads only what earlier stages wrote (CSV and JSON), never checkpoints (a checkpoint's bytes
+are hashed, not loaded).
 
 Every folder OUT/finetune/<target>/<arm>/[<anything>/]metrics.csv is one run of that target and
 arm, its seed and train fraction read from its args.json (args.seed, args.train_fraction; else
 from a folder name like frac0.1_seed2; else seed 0, fraction 1). Evaluations
-(OUT/eval/**/metrics.csv, evaluate.py) are matched to runs by the checkpoint path they name.
+(OUT/eval/**/metrics.csv, evaluate.py) are matched to runs by the checkpoint path they name, and used
+only while the run folder holds the very checkpoint they evaluated (its content hash, checkpoint_digest):
+a run trained again after its evaluation has no test numbers until it is evaluated again.
 """
 import json
 import math
@@ -133,10 +136,30 @@ def eval_run_key(checkpoint, eval_rel):
     return eval_rel.as_posix(), stem if stem in CHECKPOINTS else "best"
 
 
-def attach_evals(runs_dir, runs):
-    """run['evals'][kind] = {'row': the test row of evaluate.py's metrics.csv, 'predictions': path or None}."""
+def stale_reason(run, kind, row) -> str | None:
+    """Why an evaluation is not of the checkpoint now in its run folder (None: it is). The evaluation names the
+    file's content hash (evaluate.py's checkpoint_digest); the run's <kind>.pt is hashed now. A fabricated or
+    copied study without checkpoint files, whose evaluations name no hash either, has nothing to compare."""
+    from .files import digest
+
+    path = run["dir"] / f"{kind}.pt"
+    recorded = row.get("checkpoint_digest")
+    recorded = "" if recorded is None or pd.isna(recorded) else str(recorded)
+    if not path.is_file():
+        return f"its checkpoint {path} is gone" if recorded else None
+    if not recorded:
+        return f"it records no checkpoint hash, so it may be of an earlier {path.name}"
+    now = f"sha256:{digest(path)}"
+    return None if now == recorded else f"{path} has changed since (trained again?): {recorded} then, {now} now"
+
+
+def attach_evals(runs_dir, runs) -> list:
+    """run['evals'][kind] = {'row': the test row of evaluate.py's metrics.csv, 'predictions': path or None}, for
+    the evaluations of the checkpoint now in the run folder; returns the others, left out, as dicts of run key,
+    checkpoint kind, file and reason (stale_reason)."""
     eval_dir = Path(runs_dir) / "eval"
     by_key = {run["key"]: run for run in runs}
+    left_out = []
     for csv_path in sorted(eval_dir.rglob("metrics.csv")):
         if not _visible(csv_path, eval_dir):
             continue
@@ -147,9 +170,15 @@ def attach_evals(runs_dir, runs):
             continue
         row = frame.iloc[-1]
         key, kind = eval_run_key(str(row.get("checkpoint", "")), csv_path.parent.relative_to(eval_dir))
-        if key in by_key:
-            predictions = csv_path.parent / "predictions.csv"
-            by_key[key]["evals"][kind] = {"row": row, "predictions": predictions if predictions.is_file() else None}
+        if key not in by_key:
+            continue
+        reason = stale_reason(by_key[key], kind, row)
+        if reason:
+            left_out.append({"key": key, "kind": kind, "file": csv_path, "reason": reason})
+            continue
+        predictions = csv_path.parent / "predictions.csv"
+        by_key[key]["evals"][kind] = {"row": row, "predictions": predictions if predictions.is_file() else None}
+    return left_out
 
 
 def read_predictions(path):

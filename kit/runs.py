@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import files, identity, locks, recipe
-from .checkpoints import load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint
 from .runtime import is_main_process, log
 
 # Arguments that say where or how fast a run goes, never what it computes: they may change
@@ -78,7 +78,13 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool, restart_if_ch
     if not resume:
         log(f"{out_dir}: --no-resume: starting over; the existing checkpoints will be replaced")
         return None
-    checkpoint = load_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as err:  # cut short or damaged outside the kit (its own saves are atomic)
+        if restart_if_changed:
+            log(f"{err}: starting over (--restart-if-changed)")
+            return None
+        raise SystemExit(f"{err}; --no-resume starts over in {out_dir}") from None
     saved = checkpoint.get("resume")
     if not isinstance(saved, dict) and restart_if_changed:
         log(f"{out_dir}: its last.pt holds no resume information: starting over (--restart-if-changed)")
@@ -95,6 +101,11 @@ def resume_checkpoint(out_dir, fingerprint: dict, *, resume: bool, restart_if_ch
     if changed:
         raise SystemExit(f"{out_dir} holds the checkpoint of a different run ({'; '.join(changed)}); choose another "
                          f"--out, or pass --no-resume to start over in it")
+    if not (out_dir / "best.pt").is_file() and checkpoint.get("best_epoch") != checkpoint.get("epoch"):
+        # last.pt is not the best epoch's model, so best.pt cannot be written again from it
+        raise SystemExit(f"{out_dir}: best.pt is missing, and the best validation epoch ({checkpoint.get('best_epoch')}) "
+                         f"is not the one last.pt holds ({checkpoint.get('epoch')}): its model is gone. Pass --no-resume "
+                         f"to train the run again, or evaluate last.pt alone")
     return checkpoint
 
 

@@ -137,13 +137,19 @@ class Settings:
         return self.data is None
 
 
-def settings(config: dict, *, here: Path) -> Settings:
-    """The settings of `config` (the configuration file plus --config overrides), checked with the bounds the
-    scripts use; SettingError names the first bad one. Relative paths are taken from `here`."""
+def settings(config: dict, *, here: Path, given: dict | None = None) -> Settings:
+    """The settings of `config` (the configuration file plus the --config overrides `given`), checked with the
+    bounds the scripts use; SettingError names the first bad one. Relative paths are taken from `here`. A
+    setting given empty (`--config data=`, which Snakemake reads as null) is an error, never the default."""
     known = {field.name for field in dataclasses.fields(Settings)}
     unknown = sorted(set(config) - known)
     if unknown:
         raise SettingError(f"unknown setting(s) {', '.join(unknown)} (the settings: {', '.join(sorted(known))})")
+    empty = [name for name, value in (given or {}).items() if value is None or str(value).strip() in ("", "[]")
+             and name != "gpus"]  # gpus=[]: no GPU handed out, a value
+    if empty:
+        raise SettingError(f"setting {empty[0]} is given empty; leave it out to take the configuration file's value, "
+                           f"or give one")
     missing = sorted(known - set(config))
     if missing:
         raise SettingError(f"setting(s) {', '.join(missing)} missing: start from config/demo.yaml or config/full.yaml")
@@ -164,7 +170,7 @@ def settings(config: dict, *, here: Path) -> Settings:
     out = path("out")
     if out is None:
         raise SettingError("setting out is empty: the folder the study writes")
-    seeds = tuple(dict.fromkeys(_checked("seeds", s, cli.non_negative_int) for s in _list("seeds", config["seeds"])))
+    seeds = tuple(dict.fromkeys(_checked("seeds", s, cli.seed) for s in _list("seeds", config["seeds"])))
     fractions = tuple(dict.fromkeys(_checked("train_fractions", f, cli.fraction)
                                     for f in _list("train_fractions", config["train_fractions"])))
     targets = tuple(parse_target(spec, here) for spec in _list("targets", config["targets"]))
@@ -186,15 +192,16 @@ def settings(config: dict, *, here: Path) -> Settings:
     gpus = tuple(_checked("gpus", g, cli.non_negative_int) for g in (config["gpus"] or []))
     launch = str(config["launch"] or "python").strip()
     return Settings(
-        data=data, out=out, demo_scale=_checked("demo_scale", config["demo_scale"], cli.number(float, above=0, at_most=100)),
-        image_size=_checked("image_size", config["image_size"], cli.number(int, at_least=32, at_most=1024, unit=" px")),
-        batch_size=_checked("batch_size", config["batch_size"], cli.number(int, at_least=2, at_most=4096)),
-        epochs_pretrain=_checked("epochs_pretrain", config["epochs_pretrain"], cli.number(int, at_least=1, at_most=10_000)),
-        epochs_finetune=_checked("epochs_finetune", config["epochs_finetune"], cli.number(int, at_least=1, at_most=10_000)),
-        workers=_checked("workers", config["workers"], cli.non_negative_int), device=str(config["device"]),
+        data=data, out=out, demo_scale=_checked("demo_scale", config["demo_scale"], cli.demo_scale),
+        image_size=_checked("image_size", config["image_size"], cli.image_size),
+        batch_size=_checked("batch_size", config["batch_size"], cli.train_batch_size),
+        epochs_pretrain=_checked("epochs_pretrain", config["epochs_pretrain"], cli.epochs),
+        epochs_finetune=_checked("epochs_finetune", config["epochs_finetune"], cli.epochs),
+        workers=_checked("workers", config["workers"], cli.non_negative_int),
+        device=_checked("device", config["device"], cli.device),
         threads=optional_int("threads", cli.positive_int), seeds=seeds,
-        split_seed=_checked("split_seed", config["split_seed"], cli.non_negative_int),
-        pretrain_seed=optional_int("pretrain_seed", cli.non_negative_int), train_fractions=fractions,
+        split_seed=_checked("split_seed", config["split_seed"], cli.seed),
+        pretrain_seed=optional_int("pretrain_seed", cli.seed), train_fractions=fractions,
         targets=targets, arms=arms, strategies=strategies, source_protocol=config["source_protocol"],
         overlap=config["overlap"], cache=config["cache"], imagenet_weights=weights, launch=launch,
         finetune_launch=str(config["finetune_launch"] or launch).strip(), gpus=gpus)

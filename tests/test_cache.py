@@ -234,7 +234,7 @@ def test_prepare_data_builds_the_cache_that_training_then_uses(tmp_path, capsys)
     assert dataset.n_cached == len(df) == 8
     with pytest.raises(SystemExit):
         prepare_data.get_args_parser().parse_args([*argv[:-4], "--cache-size", "16"])
-    assert "argument --cache-size: must be >= 32 px, got 16" in capsys.readouterr().err
+    assert "argument --cache-size: must be >= 32 px and <= 1024 px, got 16" in capsys.readouterr().err
 
 
 def test_stack_in_numpy_equals_the_default_collate(tmp_path):
@@ -262,3 +262,22 @@ def test_the_cache_command_the_workflow_runs(tmp_path):
     assert done.stdout.count("built preprocessing cache") == 2
     again = run_script("prepare_data.py", "--manifest", manifests[0], "--cache-size", str(S), "--no-progress", cwd=ROOT)
     assert "up to date: preprocessing cache" in again.stdout
+
+
+def test_a_full_disk_while_building_names_the_file_and_leaves_no_cache(tmp_path, monkeypatch):
+    import errno
+
+    import prepare_data
+    from kit import files
+    manifest = write_manifest(tmp_path, "hwsi")
+
+    def no_space(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files._Handle, "write", no_space)
+    with pytest.raises(SystemExit) as info:
+        prepare_data.main(prepare_data.get_args_parser().parse_args(
+            ["--manifest", str(manifest), "--cache-size", "32", "--workers", "1", "--no-progress"]))
+    message = str(info.value)
+    assert message.startswith(f"error: {tmp_path}") and ".npy: could not be written (no space left on device)" in message
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] if (tmp_path / "cache").exists() else True

@@ -31,7 +31,7 @@ def test_argparse_types_reject_impossible_values():
     assert cli.positive_int("3") == 3 and cli.fraction("1") == 1.0 and cli.dropout_rate("0") == 0.0
     for parse, text, words in ((cli.positive_int, "0", "must be >= 1, got 0"),
                                (cli.positive_int, "2.5", "expected an integer"),
-                               (cli.image_size, "16", "must be >= 32 px, got 16"),
+                               (cli.image_size, "16", "must be >= 32 px and <= 1024 px, got 16"),
                                (cli.fraction, "0", "must be > 0 and <= 1, got 0"),
                                (cli.positive_float, "inf", "must be > 0"),
                                (cli.dropout_rate, "1", "must be >= 0 and < 1")):
@@ -160,3 +160,19 @@ def test_help_of_each_script_says_what_it_offers(tmp_path):
     assert "bootstrap" in _entry(evaluate, "--seed")
 
 
+
+
+@pytest.mark.parametrize("script, flag, value, words", [
+    ("finetune_target.py", "--image-size", "100000", "must be >= 32 px and <= 1024 px, got 100000"),
+    ("finetune_target.py", "--seed", "-1", "must be >= 0 and <= 4294967295, got -1"),
+    ("pretrain_source.py", "--seed", "1e23", "expected an integer, got '1e23'"),
+    ("pretrain_all.py", "--batch-size", "1", "must be >= 2 and <= 4096, got 1"),
+    ("evaluate.py", "--seed", "99999999999", "must be >= 0"),
+    ("prepare_data.py", "--seed", "-3", "must be >= 0"),
+    ("plot_results.py", "--seed", "-3", "must be >= 0"),
+])
+def test_a_typo_that_costs_memory_or_hours_is_refused_by_the_parser(script, flag, value, words, capsys):
+    module = importlib.import_module(script.removesuffix(".py"))
+    with pytest.raises(SystemExit):
+        module.get_args_parser().parse_args([flag, value])
+    assert f"argument {flag}: {words}" in capsys.readouterr().err

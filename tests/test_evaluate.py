@@ -23,6 +23,7 @@ from PIL import Image
 
 import evaluate
 import finetune_target
+from kit import files
 
 EVAL = ["--workers", "0", "--device", "cpu"]
 
@@ -54,6 +55,7 @@ def test_best_and_last_with_cis_per_class_and_confusion(run):
         predictions = pd.read_csv(folder / "predictions.csv")
         n = len(predictions)
         assert row["checkpoint"] == str((out / f"{kind}.pt").resolve())
+        assert row["checkpoint_digest"] == f"sha256:{files.digest(out / f'{kind}.pt')}"  # bound to that very file
         assert row["n"] == n and row["n_patients"] == math.ceil(n / 2) and row["bootstrap"] == 300
         assert predictions["patient"].str.startswith("patient").all()
         for metric in ("accuracy", "balanced_accuracy", "auroc"):

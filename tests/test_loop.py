@@ -146,6 +146,25 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp
     assert not (out / "summary.json").exists()
 
 
+def test_a_non_finite_loss_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path, monkeypatch):
+    manifest = two_colour_manifest(tmp_path)
+
+    class NanAtStepTwo(torch.nn.CrossEntropyLoss):
+        steps = 0
+
+        def forward(self, logits, targets):
+            NanAtStepTwo.steps += torch.is_grad_enabled()
+            loss = super().forward(logits, targets)
+            return loss * torch.nan if NanAtStepTwo.steps == 2 else loss
+
+    monkeypatch.setattr(losses, "make_criterion", lambda task, weights=None: NanAtStepTwo())
+    with pytest.raises(SystemExit) as info:
+        run_finetune(finetune_argv(manifest, tmp_path / "run"))
+    message = str(info.value)
+    assert "at step 2 (epoch 1)" in message and "No epoch had finished, so this run wrote no checkpoint" in message
+    assert "epoch 0" not in message and not (tmp_path / "run" / "last.pt").exists()
+
+
 # --------------------------------------------------------------------------- learning-rate schedule
 
 def _lrs(scheduler, optimizer, steps):

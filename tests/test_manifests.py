@@ -1,6 +1,7 @@
 """kit.manifests: patient-level stratified splits, nested train fractions, the per-class cap,
 manifest loading and the 22-label aggregate."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -254,4 +255,18 @@ def test_load_manifest_refuses_an_image_or_patient_in_two_splits(tmp_path):
     edited.loc[other, "patient"] = edited.loc[first, "patient"]
     edited.to_csv(manifest, index=False)
     with pytest.raises(ValueError, match=r"patient .* is in the train and val splits"):
+        manifests.load_manifest(manifest)
+
+
+def test_a_symlink_in_one_split_and_its_target_in_another_are_one_image(tmp_path):
+    from kit import manifests
+    manifest = prepare_colour(colour_folder(tmp_path / "data", n=8), tmp_path / "m")
+    df = pd.read_csv(manifest)
+    train, test = df.index[df["split"] == "train"][0], df.index[df["split"] == "test"][0]
+    alias = tmp_path / "elsewhere" / "alias.png"
+    alias.parent.mkdir()
+    os.symlink(df.loc[test, "image"], alias)
+    df.loc[train, "image"] = str(alias)  # the test image, reached through a link, also in train
+    df.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"image '.*' \(also as '.*'\) is in the test and train splits"):
         manifests.load_manifest(manifest)

@@ -101,3 +101,75 @@ def test_plot_results_does_not_pair_arms_trained_on_different_splits(tmp_path):
     assert paired.empty
     report = (tmp_path / "report.md").read_text()
     assert "trained on different splits" in report
+
+
+def evaluated_runs(root, digests):
+    """Two shenzhen runs with a best.pt each (its bytes stand for a model: only hashed here) and an evaluation that
+    records `digests[arm]` as the checkpoint it evaluated (None: no checkpoint_digest column, an older evaluation)."""
+    from kit import files
+    make_runs(root, {"shenzhen": ["IN", "All_IN"]})
+    for arm, recorded in digests.items():
+        checkpoint = root / "finetune" / "shenzhen" / arm / "best.pt"
+        checkpoint.write_bytes(f"the model of {arm}".encode())
+        row = {"split": "test", "checkpoint": str(checkpoint), "epoch": 3, "loss": 0.4, "accuracy": 0.75, "n": 40}
+        if recorded is not None:
+            row["checkpoint_digest"] = recorded if recorded != "now" else f"sha256:{files.digest(checkpoint)}"
+        (root / "eval" / "shenzhen" / arm).mkdir(parents=True)
+        pd.DataFrame([row]).to_csv(root / "eval" / "shenzhen" / arm / "metrics.csv", index=False)
+
+
+def test_a_table_holds_only_evaluations_of_the_checkpoint_now_in_the_run_folder(tmp_path, capsys):
+    evaluated_runs(tmp_path, {"IN": "now", "All_IN": "now"})
+    plot(tmp_path, tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "table2.csv").set_index("arm")
+    assert table.loc[["IN", "All_IN"], "test"].tolist() == [75.0, 75.0]
+    assert "## Evaluations left out" not in (tmp_path / "report.md").read_text()
+    # IN trained again after its evaluation (another best.pt): its old test numbers leave every table
+    (tmp_path / "finetune" / "shenzhen" / "IN" / "best.pt").write_bytes(b"the model of a new run")
+    capsys.readouterr()
+    plot(tmp_path, tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "table2.csv").set_index("arm")
+    assert pd.isna(table.at["IN", "test"]) and table.at["All_IN", "test"] == 75.0
+    assert pd.notna(table.at["IN", "val"])  # its curves are the new run's, shown
+    printed = capsys.readouterr().out
+    assert f"left out: {tmp_path / 'eval' / 'shenzhen' / 'IN' / 'metrics.csv'}: " in printed
+    assert "has changed since (trained again?)" in printed
+    report = (tmp_path / "report.md").read_text()
+    assert "## Evaluations left out" in report and "- shenzhen/IN (best.pt): " in report
+    assert "shenzhen/All_IN (best.pt)" not in report
+
+
+def test_an_evaluation_without_a_checkpoint_hash_or_whose_checkpoint_is_gone_is_left_out(tmp_path, capsys):
+    evaluated_runs(tmp_path, {"IN": None, "All_IN": "now"})
+    (tmp_path / "finetune" / "shenzhen" / "All_IN" / "best.pt").unlink()
+    plot(tmp_path, tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "table2.csv").set_index("arm")
+    assert table.loc[["IN", "All_IN"], "test"].isna().all()
+    printed = capsys.readouterr().out
+    assert "records no checkpoint hash" in printed and "All_IN/best.pt is gone" in printed
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_previous_output_whole(plain_study, monkeypatch):
+    import errno
+
+    from kit import files
+    root, _ = plain_study
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
+              if p.is_file() and p.parts[len(root.parts)] in ("figures", "tables", "report.md")}
+    assert len(before) > 5
+    writes = []
+    real_write = files._Handle.write
+
+    def full_after_four(self, data):
+        writes.append(1)
+        if len(writes) > 4:  # a few files written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(files._Handle, "write", full_after_four)
+    with pytest.raises(files.WriteError, match=r"/[^ ]+\.(csv|png|md): could not be written \(no space left on device\)"):
+        plot(root, root)
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
+             if p.is_file() and p.parts[len(root.parts)] in ("figures", "tables", "report.md")}
+    assert after == before
+    assert not list(root.glob(".plot_results.tmp-*"))

@@ -448,3 +448,57 @@ def test_heat_maps_are_scaled_with_the_largest_value_hottest():
     maps = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]], [[[3.0, 3.0], [3.0, 3.0]]]])
     scaled = unit_range(maps)
     assert scaled[0, 0].tolist() == [[0.0, 0.25], [0.5, 1.0]] and scaled[1].abs().max() == 0
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory):
+    """A one-epoch model of two colours (seconds): for what predict.py writes, not what it predicts."""
+    tmp = tmp_path_factory.mktemp("colour")
+    manifest = helpers.two_colour_manifest(tmp)
+    helpers.run_finetune(helpers.finetune_argv(manifest, tmp / "run", epochs=1))
+    return tmp / "run" / "best.pt", tmp / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["disk_full", "ctrl_c"])
+def test_predict_cam_writes_the_maps_and_predictions_csv_together_or_not_at_all(colour_model, tmp_path, monkeypatch,
+                                                                                  failure):
+    import errno
+
+    import predict
+    from kit import cam, files
+    checkpoint, data = colour_model
+    argv = ["--checkpoint", str(checkpoint), str(data), "--out", str(tmp_path / "out"), "--cam", str(tmp_path / "cam"),
+            "--workers", "0", "--device", "cpu", "--batch-size", "4"]
+    saved = []
+    real_save = cam.save_overlay
+
+    def third_map_fails(path, pixels, heat):
+        saved.append(path)
+        if len(saved) == 3:
+            if failure == "ctrl_c":
+                raise KeyboardInterrupt
+            real_write = files._Handle.write
+            monkeypatch.setattr(files._Handle, "write", lambda self, data: (_ for _ in ()).throw(
+                OSError(errno.ENOSPC, "No space left on device")))
+            try:
+                return real_save(path, pixels, heat)
+            finally:
+                monkeypatch.setattr(files._Handle, "write", real_write)
+        return real_save(path, pixels, heat)
+
+    monkeypatch.setattr(cam, "save_overlay", third_map_fails)
+    expected = KeyboardInterrupt if failure == "ctrl_c" else files.WriteError
+    with pytest.raises(expected) as info:
+        predict.main(predict.get_args_parser().parse_args(argv))
+    if failure == "disk_full":  # names the picture it was writing
+        assert f"{saved[-1]}: could not be written (no space left on device)" in str(info.value)
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    assert not list((tmp_path / "cam").glob("*.png")) if (tmp_path / "cam").exists() else True
+    assert not list(tmp_path.glob(".cam.tmp-*"))
+    # the same command again writes them all, together
+    monkeypatch.setattr(cam, "save_overlay", real_save)
+    predict.main(predict.get_args_parser().parse_args(argv))
+    predicted = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(predicted) > 3 and predicted["cam"].map(lambda p: Path(p).is_file()).all()
+    assert len(list((tmp_path / "cam").glob("*.png"))) == len(predicted)

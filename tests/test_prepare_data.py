@@ -529,3 +529,73 @@ def test_twins_a_given_split_puts_apart_are_refused_or_moved(tmp_path, capsys):
     assert df.at[str(root / "a" / "cxr_2.png"), "split"] == "test" == df.at[str(root / "a" / "copy.jpg"), "split"]
     assert json.loads(json_path.read_text())["twins"]["moved"] == 1
     assert "1 image(s) moved to their twin's given split (--skip-bad)" in capsys.readouterr().out
+
+
+def labelled_table(root, labels, *, column="label", header=None):
+    """A table of one random picture per label: image, <column> (one value per row)."""
+    rows = [f"x{i}.png,{label}" for i, label in enumerate(labels)]
+    for i in range(len(labels)):
+        picture(root / f"x{i}.png", seed=i)
+    (root / "t.csv").write_text(f"image,{header or column}\n" + "\n".join(rows) + "\n")
+    return root / "t.csv"
+
+
+def prepare_table(table, out, *flags):
+    return prepare_data.prepare_manifest(prepare_data.get_args_parser().parse_args(
+        ["--dataset", "csv", "--root", str(table), "--domain", "other", "--out", str(out), "--no-find-twins", *flags]))
+
+
+@pytest.mark.parametrize("missing", ["NaN", "NA", "nan", "null", "N/A", "None", "<NA>"])
+def test_a_missing_label_is_a_bad_row_not_a_class(tmp_path, missing):
+    table = labelled_table(tmp_path, ["cat", "dog"] * 6 + [missing, missing, missing])
+    with pytest.raises(ValueError, match=rf"x12.png: missing label: 'label' is '{missing}' \(3 of 15 rows bad"):
+        prepare_table(table, tmp_path / "m", "--label-col", "label")
+    assert not (tmp_path / "m" / "t.csv").exists()
+    csv_path, json_path = prepare_table(table, tmp_path / "m", "--label-col", "label", "--skip-bad")
+    assert json.loads(json_path.read_text())["classes"] == ["cat", "dog"]
+    assert len(pd.read_csv(csv_path)) == 12 and len(pd.read_csv(tmp_path / "m" / "t_skipped.csv")) == 3
+
+
+def test_a_missing_grade_or_0_1_value_is_named_as_missing(tmp_path):
+    table = labelled_table(tmp_path, [0, 1, 2] * 4 + ["NA"], column="grade")
+    with pytest.raises(ValueError, match=r"missing label: 'grade' is 'NA'"):
+        prepare_table(table, tmp_path / "m", "--label-col", "grade", "--task", "ordinal")
+    table = labelled_table(tmp_path / "ml", [0, 1] * 6 + ["NaN"], column="effusion")
+    with pytest.raises(ValueError, match=r"missing label: 'effusion' is 'NaN'"):
+        prepare_table(table, tmp_path / "m", "--label-cols", "effusion", "--task", "multilabel")
+
+
+def test_a_multilabel_class_name_holding_the_separator_is_refused_at_prepare_time(tmp_path):
+    table = labelled_table(tmp_path, [0, 1] * 6, header="a|b")
+    with pytest.raises(ValueError, match=r"--label-cols 'a\|b': a class name cannot hold '\|'"):
+        prepare_table(table, tmp_path / "m", "--label-cols", "a|b", "--task", "multilabel")
+
+
+def test_a_task_with_one_class_is_refused_at_prepare_time(tmp_path):
+    table = labelled_table(tmp_path, ["cat"] * 12)
+    with pytest.raises(ValueError, match=r"every image has the label 'cat'; a classifier needs at least two classes"):
+        prepare_table(table, tmp_path / "m", "--label-col", "label")
+    # two classes, but a given split that puts one of them only into train
+    table = labelled_table(tmp_path / "split", ["cat", "dog"] * 6)
+    given = pd.read_csv(table).assign(set=["train", "val"] * 6)
+    given.to_csv(table, index=False)
+    with pytest.raises(ValueError, match=r"the train split holds one class only \('cat', \d+ image\(s\)\)"):
+        prepare_table(table, tmp_path / "m", "--label-col", "label", "--split-col", "set")
+    assert not (tmp_path / "m" / "t.csv").exists()
+
+
+def test_a_repeat_in_two_splits_with_one_label_says_splits(tmp_path):
+    table = labelled_table(tmp_path, ["cat", "dog"] * 6)
+    given = pd.read_csv(table).assign(set="")
+    given.loc[len(given)] = {"image": "x0.png", "label": "cat", "set": "test"}
+    given.loc[0, "set"] = "train"
+    given.to_csv(table, index=False)
+    with pytest.raises(ValueError, match=r"listed more than once with different splits: cat \(train split\) here"):
+        prepare_table(table, tmp_path / "m", "--label-col", "label", "--split-col", "set")
+
+
+def test_a_far_out_grade_is_named_not_made_into_a_million_classes(tmp_path):
+    table = labelled_table(tmp_path, [0, 1, 2] * 4 + [1000000], column="grade")
+    with pytest.raises(ValueError, match=r"t.csv: row 14: 'grade' is 1000000, so the grades would run from 0 to 1000000 "
+                                         r"\(1000001 classes; an ordinal task takes at most 100\): a typo\?$"):
+        prepare_table(table, tmp_path / "m", "--label-col", "grade", "--task", "ordinal")

@@ -91,11 +91,35 @@ def test_a_checkpoint_of_another_kind_in_out_is_one_clear_line(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoints.CheckpointError, match="last.pt: not a readable PyTorch checkpoint"):
+    with pytest.raises(SystemExit, match=r"last.pt: not a readable PyTorch checkpoint .*\); --no-resume starts over in"):
         run_finetune(finetune_argv(manifest, out, epochs=1))
     torch.save({"model": {}, "meta": {}}, out / "last.pt")
     with pytest.raises(SystemExit, match="holds no resume information"):
         run_finetune(finetune_argv(manifest, out, epochs=1))
+
+
+def test_a_deleted_best_pt_is_written_again_or_the_run_says_it_is_gone(tmp_path):
+    import evaluate
+    manifest = two_colour_manifest(tmp_path)
+    out = tmp_path / "run"
+    run_finetune(finetune_argv(manifest, out, epochs=2))
+    last = checkpoints.load_checkpoint(out / "last.pt")
+    # last.pt is the best epoch's model: the rerun writes best.pt again from it
+    checkpoints.save_checkpoint({**last, "best_epoch": 2}, out / "last.pt")
+    (out / "best.pt").unlink()
+    run_finetune(finetune_argv(manifest, out, epochs=2))
+    assert checkpoints.load_checkpoint(out / "best.pt")["epoch"] == 2
+    # the best epoch was an earlier one: its model is gone, and the rerun says so instead of finishing without it
+    checkpoints.save_checkpoint({**last, "best_epoch": 1}, out / "last.pt")
+    (out / "best.pt").unlink()
+    with pytest.raises(SystemExit, match=r"best.pt is missing, .* epoch \(1\) .* \(2\): its model is gone. Pass "
+                                         r"--no-resume"):
+        run_finetune(finetune_argv(manifest, out, epochs=2))
+    with pytest.raises(ValueError, match=r"best.pt: no such file \(its run folder holds last.pt: train the run again "
+                                         r"with --no-resume, or evaluate last.pt\)"):
+        evaluate.main(evaluate.get_args_parser().parse_args(["--checkpoint", str(out / "best.pt"), "--manifest",
+                                                             str(manifest), "--out", str(tmp_path / "eval")]))
+    assert not (tmp_path / "eval").exists()
 
 
 @pytest.mark.slow

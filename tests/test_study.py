@@ -242,7 +242,10 @@ def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(study, tmp_
 
 @pytest.mark.parametrize("setting, message", [
     ("image_size=7", "setting image_size=7: must be >= 32 px"),
-    ("seeds=", "setting seeds is empty"),
+    ("seeds=", "setting seeds is given empty"),
+    ("data=", "setting data is given empty"),  # would have run the demo instead
+    ("epochs_finetune=0", "setting epochs_finetune=0: must be >= 1"),
+    ("device=gpu", "setting device='gpu': expected auto, cpu, cuda, cuda:N or mps"),
     ("targets=[shenzhen,nowhere]", "unknown target 'nowhere'"),
     ("batch_size=abc", "setting batch_size='abc': expected an integer"),
     ("no_such_setting=1", "unknown setting(s) no_such_setting"),
@@ -322,3 +325,17 @@ def test_your_own_target_and_two_strategies_in_the_study(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Fine-tuning strategies side by side" in report and "| mytask | All_RI |" in report
     assert "mytask is of domain *other*" in report
+
+
+def test_a_ctrl_c_ends_the_study_with_the_line_every_script_ends_with(tmp_path):
+    from kit import cli
+    out = tmp_path / "out"
+    process = subprocess.Popen(study_command(out, cores=1), cwd=ROOT, start_new_session=True, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (out / "logs").exists():
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(process.pid, signal.SIGINT)  # what a Ctrl-C in the terminal sends: the workflow and its jobs
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and cli.INTERRUPTED in stderr, stderr[-3000:]

@@ -256,6 +256,9 @@ def _bad_file(kind, tmp_path):
         (tmp_path / "bad.png").write_bytes(b"")
     elif kind == "truncated_png":
         (tmp_path / "bad.png").write_bytes(open(png, "rb").read()[:60])
+    elif kind == "truncated_half_png":  # the header whole, the pixel data cut: "unpack_from requires a buffer ..."
+        data = open(png, "rb").read()
+        (tmp_path / "bad.png").write_bytes(data[:len(data) // 2])
     elif kind == "truncated_jpeg":
         (tmp_path / "bad.jpeg").write_bytes(open(jpeg, "rb").read()[:300])
         return str(tmp_path / "bad.jpeg")
@@ -267,8 +270,8 @@ def _bad_file(kind, tmp_path):
     return str(tmp_path / "bad.png")  # "missing": never written
 
 
-@pytest.mark.parametrize("kind", ["zero_bytes", "truncated_png", "truncated_jpeg", "not_an_image", "missing",
-                                  "all_nan_tiff"])
+@pytest.mark.parametrize("kind", ["zero_bytes", "truncated_png", "truncated_half_png", "truncated_jpeg", "not_an_image",
+                                  "missing", "all_nan_tiff"])
 @pytest.mark.parametrize("make", [preprocess_transforms, train_transforms, eval_transforms])
 def test_unreadable_file_is_one_error_naming_it(kind, make, tmp_path):
     path = _bad_file(kind, tmp_path)
@@ -277,6 +280,8 @@ def test_unreadable_file_is_one_error_naming_it(kind, make, tmp_path):
     message = str(info.value)
     assert message.startswith(path + ": ") and "\n" not in message
     assert ("no finite pixel" if kind == "all_nan_tiff" else "cannot read the image") in message
+    # a file cut short says so, not only the decoder's words (e.g. "unpack_from requires a buffer ...")
+    assert ("truncated or corrupt image" in message) == kind.startswith(("truncated", "zero", "not_an"))
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "nifti"])

@@ -105,9 +105,9 @@ def get_args_parser():
     parser.add_argument("--datasets", type=str, nargs="+", default=list(DATASET_KEYS),
                         choices=DATASET_KEYS, metavar="KEY",
                         help=f"data sets to write (default: all of {', '.join(DATASET_KEYS)})")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=cli.seed, default=0,
                         help="random seed; the same seed gives byte-identical files (any int >= 0)")
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--scale", type=cli.demo_scale, default=1.0,
                         help="multiplies the image counts (0.01-100; 1 gives ~1,300 images in all; "
                              "small scales keep at least a few images per class)")
     # Runtime

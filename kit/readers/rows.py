@@ -94,16 +94,19 @@ def _resolve_repeats(df: pd.DataFrame) -> pd.DataFrame:
     identical = df.duplicated(subset=["image", *facts], keep="first").to_numpy()
     df = df[~identical].copy()
     problem = df[PROBLEM].to_numpy().copy()
+    what = {label: "labels", "patient": "patients", "official_split": "splits"}
     for image, rows in df[df["image"].duplicated(keep=False)].groupby("image", sort=False):
         names = rows["label_name"] if "label_name" in rows.columns else rows[label]
+        differ = " and ".join(what[c] for c in facts if rows[c].nunique() > 1)  # what the repeats disagree on
         for i, position in enumerate(df.index.get_indexer(rows.index)):
             def fact(j):
                 split = f" ({rows['official_split'].iloc[j] or 'no'} split)" if "official_split" in facts else ""
-                return f"{names.iloc[j]}{split}"
+                patient = f" (patient {rows['patient'].iloc[j]})" if "patients" in differ else ""
+                return f"{names.iloc[j]}{patient}{split}"
 
             others = [f"{fact(j)} at {rows[ORIGIN].iloc[j] or 'another row'}" for j in range(len(rows)) if j != i]
             if problem[position] == "":
-                problem[position] = f"listed more than once with different labels: {fact(i)} here, {'; '.join(others)}"
+                problem[position] = f"listed more than once with different {differ}: {fact(i)} here, {'; '.join(others)}"
     df[PROBLEM] = problem
     df.attrs["duplicates_dropped"] = int(identical.sum())
     return df

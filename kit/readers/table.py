@@ -13,6 +13,11 @@ from .rows import frame, no_problems, note, origins
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test", "": ""}
 TASKS = ("multiclass", "multilabel", "ordinal")
+MAX_GRADES = 100  # an ordinal scale's grades from lowest to highest (every one a class)
+# Label values that mean "no label": pandas' own missing-value spellings (read_csv turns them into NaN, so a class
+# of that name would come back as a missing value), in any case. A row with one is a bad row, never a class.
+MISSING = frozenset({"nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "null", "none", "nat",
+                     "-1.#ind", "-1.#qnan", "1.#ind", "1.#qnan"})
 
 
 def _read_any_table(path: Path) -> pd.DataFrame:
@@ -43,6 +48,10 @@ def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_
         raise ValueError("--dataset csv needs either --label-col (one label per image) or --label-cols (0/1 columns)")
     if (task == "multilabel") != bool(label_cols):
         raise ValueError("--label-cols goes with --task multilabel, --label-col with multiclass or ordinal")
+    joined = [c for c in label_cols or [] if "|" in c]
+    if joined:
+        raise ValueError(f"--label-cols {joined[0]!r}: a class name cannot hold '|' (a manifest joins a multi-label "
+                         f"row's classes with it); rename the column")
     table = _read_any_table(path).fillna("")
     if table.empty:
         raise ValueError(f"{path}: the table has no rows")
@@ -52,6 +61,9 @@ def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_
     problem = no_problems(len(table))
     origin = origins(path, table.index.to_numpy() + 2)
     note(problem, table[image_col] == "", lambda i: f"empty {image_col!r}")
+    for column in label_cols or [label_col]:  # NaN, NA, null, ...: a missing label, not a class
+        missing = table[column].str.lower().isin(MISSING)
+        note(problem, missing, lambda i, c=column: f"missing label: {c!r} is {table[c].iloc[i]!r}")
     image = [p if not p or os.path.isabs(p) else os.path.normpath(path.parent / p) for p in table[image_col]]
 
     if label_cols:  # multilabel: 0/1 per class column
@@ -74,7 +86,14 @@ def read_table(root, *, check_files: bool = True, skip_bad: bool = False, image_
             grades = number[problem == ""].astype(int)
             if grades.empty:
                 raise ValueError(f"{path}: no row has an integer grade in {label_col!r}")
-            classes = [str(g) for g in range(grades.min(), grades.max() + 1)]
+            low, high = int(grades.min()), int(grades.max())
+            if high - low + 1 > MAX_GRADES:  # every grade in between becomes a class: name the far-out one
+                outlier = high if high - grades.median() >= grades.median() - low else low
+                row = int(grades.index[grades == outlier][0]) + 2
+                raise ValueError(f"{path}: row {row}: {label_col!r} is {outlier}, so the grades would run from {low} "
+                                 f"to {high} ({high - low + 1} classes; an ordinal task takes at most {MAX_GRADES}): "
+                                 f"a typo?")
+            classes = [str(g) for g in range(low, high + 1)]
             names = [str(int(v)) if ok == "" else "" for v, ok in zip(number.fillna(0), problem)]
         else:
             classes = sorted(set(raw[problem == ""]), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if

@@ -1,0 +1,51 @@
+"""kit/study.py's settings check, in this process (no workflow run: tests/test_study.py runs it): every setting
+given empty is refused, never its default, and every bound is the one the stage scripts' parsers use."""
+import pytest
+import yaml
+from helpers import ROOT, load_make_demo_data
+
+import finetune_target
+from kit import study
+
+
+def config(name="demo"):
+    return yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+
+
+def test_both_configuration_files_pass():
+    for name in ("demo", "full"):
+        values = {**config(name), "data": None} if name == "full" else config(name)
+        assert study.settings(values, here=ROOT).image_size in (64, 224)
+
+
+@pytest.mark.parametrize("name", sorted(config()))
+def test_every_setting_given_empty_is_refused_not_defaulted(name):
+    """`--config NAME=` reaches the Snakefile as null: `data=` would run the demo instead of your data,
+    `seeds=` seed 0, `targets=` all five paper targets."""
+    with pytest.raises(study.SettingError, match=rf"^setting {name} is given empty; leave it out to take the "):
+        study.settings({**config("full"), name: None}, here=ROOT, given={name: None})
+
+
+def script_error(parser, flag, value, capsys):
+    with pytest.raises(SystemExit):
+        parser.parse_args([flag, value])
+    return capsys.readouterr().err.strip().splitlines()[-1].split(f"argument {flag}: ", 1)[1]
+
+
+@pytest.mark.parametrize("setting, flag, value", [
+    ("image_size", "--image-size", "100000"), ("image_size", "--image-size", "7"), ("seeds", "--seed", "-1"),
+    ("split_seed", "--seed", "1e23"), ("pretrain_seed", "--seed", "4294967296"), ("epochs_finetune", "--epochs", "0"),
+    ("epochs_pretrain", "--epochs", "100000"), ("batch_size", "--batch-size", "abc"), ("batch_size", "--batch-size", "1"),
+    ("device", "--device", "gpu"), ("workers", "--workers", "-1"), ("train_fractions", "--train-fraction", "1.5"),
+])
+def test_a_setting_has_the_bounds_of_the_scripts_flag(setting, flag, value, capsys):
+    expected = script_error(finetune_target.get_args_parser(), flag, value, capsys)
+    with pytest.raises(study.SettingError) as info:
+        study.settings({**config(), setting: value}, here=ROOT, given={setting: value})
+    assert str(info.value) == f"setting {setting}={value!r}: {expected}"
+
+
+def test_the_demo_scale_has_the_bounds_of_make_demo_data(capsys):
+    expected = script_error(load_make_demo_data().get_args_parser(), "--scale", "1000", capsys)
+    with pytest.raises(study.SettingError, match=rf"setting demo_scale='1000': {expected}"):
+        study.settings({**config(), "demo_scale": "1000"}, here=ROOT)
