@@ -23,10 +23,10 @@ study: setup
 	$(BIN)/snakemake $(if $(SETTINGS),--config $(SETTINGS))
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

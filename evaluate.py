@@ -247,13 +247,13 @@ def main(args):
     checkpoints = [Path(p) for p in args.checkpoint]
     out_root = Path(args.out)
     out_dirs = output_dirs(checkpoints, out_root, args.relative_to)
+    # one writer per output folder; this also fails at once, before any inference, where it cannot write
+    locks.hold(out_root.parent / f".{out_root.name}.lock", what=f"evaluation folder {out_root}")
     for path in checkpoints:  # every file there before any inference; a run that lost its best.pt says how to mend it
         if not path.is_file():
             lost = path.name == "best.pt" and (path.parent / "last.pt").is_file()
             raise ValueError(f"{path}: no such file" + (" (its run folder holds last.pt: train the run again with "
                                                         "--no-resume, or evaluate last.pt)" if lost else ""))
-    # one writer per output folder; this also fails at once, before any inference, where it cannot write
-    locks.hold(out_root.parent / f".{out_root.name}.lock", what=f"evaluation folder {out_root}")
 
     # --- data: the split to evaluate
     df, data_meta = manifests.load_manifests(args.manifest)

@@ -236,7 +236,7 @@ def test_resume_checkpoint_refuses_another_run_with_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert runs.resume_checkpoint(out, fingerprint, resume=True) is None  # nothing there: a fresh start
     out.mkdir()
-    checkpoints.save_checkpoint({"model": {}, "epoch": 1, "resume": fingerprint}, out / "last.pt")
+    checkpoints.save_checkpoint({"model": {}, "epoch": 1, "best_epoch": 1, "resume": fingerprint}, out / "last.pt")
     assert runs.resume_checkpoint(out, fingerprint, resume=True)["epoch"] == 1
     other = {**fingerprint, "lr": 3e-4, "world_size": 2, "data": {**fingerprint["data"], "classes": ["a", "b"]}}
     with pytest.raises(SystemExit) as info:
