@@ -517,7 +517,7 @@ def claim_inputs(values, *, se=0.3, seed_sd=0.3, n_seeds=3, min_class_patients=5
 
     rows = []
     for target, by_arm in values.items():
-        arms = [a for a in paper.ARMS if a in by_arm]
+        arms = [a for a in paper.ARMS if a in by_arm] + sorted(set(by_arm) - set(paper.ARMS))  # then beyond the paper
         for i, reference in enumerate(arms):
             for arm in arms[i + 1:]:
                 d = by_arm[arm] - by_arm[reference]
