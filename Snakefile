@@ -11,10 +11,11 @@ ordinary command line, and Snakemake runs what is missing or out of date, in dep
 
 Stages: demo data -> one manifest per data set (prepare_data.py) -> the preprocessing caches -> the same
 picture in a source and a target (check_overlap.py; left out of pretraining unless overlap=keep) -> 8
-pretrained models per seed (pretrain_source.py, pretrain_all.py) -> the arms of every target per seed,
-strategy and train fraction (finetune_target.py) -> each run's best and last checkpoint on the test split
-(evaluate.py) -> figures, tables and OUT/report.md (plot_results.py). Settings: config/demo.yaml and
-config/full.yaml say each with its default and meaning; kit/study.py checks them before anything runs.
+pretrained models per seed (pretrain_source.py, pretrain_all.py; + All_RI_bal, All_IN_bal with balanced_all)
+-> the arms of every target per seed, strategy and train fraction (finetune_target.py; + one per extra_arms
+file) -> each run's best and last checkpoint on the test split (evaluate.py) -> figures, tables and
+OUT/report.md (plot_results.py). Settings: config/demo.yaml and config/full.yaml say each with its default
+and meaning; kit/study.py checks them before anything runs.
 
 A job's output is the file its stage writes last (a run's summary.json), so a killed job is redone by the
 same command (workflow/profiles/default: --rerun-incomplete), resuming a training run from its last.pt; a
