@@ -11,10 +11,11 @@ ordinary command line, and Snakemake runs what is missing or out of date, in dep
 
 Stages: demo data -> one manifest per data set (prepare_data.py) -> the preprocessing caches -> the same
 picture in a source and a target (check_overlap.py; left out of pretraining unless overlap=keep) -> 8
-pretrained models per seed (pretrain_source.py, pretrain_all.py) -> the arms of every target per seed,
-strategy and train fraction (finetune_target.py) -> each run's best and last checkpoint on the test split
-(evaluate.py) -> figures, tables and OUT/report.md (plot_results.py). Settings: config/demo.yaml and
-config/full.yaml say each with its default and meaning; kit/study.py checks them before anything runs.
+pretrained models per seed (pretrain_source.py, pretrain_all.py; + All_RI_bal, All_IN_bal with balanced_all)
+-> the arms of every target per seed, strategy and train fraction (finetune_target.py; + one per extra_arms
+file) -> each run's best and last checkpoint on the test split (evaluate.py) -> figures, tables and
+OUT/report.md (plot_results.py). Settings: config/demo.yaml and config/full.yaml say each with its default
+and meaning; kit/study.py checks them before anything runs.
 
 A job's output is the file its stage writes last (a run's summary.json), so a killed job is redone by the
 same command (workflow/profiles/default: --rerun-incomplete), resuming a training run from its last.pt; a
@@ -272,7 +273,7 @@ rule pretrain_source:  # CXR_RI ... EFI_IN: one source, from random init or Imag
         "--restart-if-changed > {log} 2>&1"
 
 
-rule pretrain_all:  # All_RI, All_IN: the three sources aggregated (22 labels)
+rule pretrain_all:  # All_RI, All_IN: the three sources aggregated (22 labels), each image equally likely
     input:
         manifests=[manifest(key) for key in study.SOURCES],
         cache=cached(study.SOURCES),
@@ -295,22 +296,52 @@ rule pretrain_all:  # All_RI, All_IN: the three sources aggregated (22 labels)
         "--restart-if-changed > {log} 2>&1"
 
 
+rule pretrain_all_balanced:  # All_RI_bal, All_IN_bal (balanced_all): each source drawn by its balanced share
+    input:
+        manifests=[manifest(key) for key in study.SOURCES],
+        cache=cached(study.SOURCES),
+        overlap=ancient(lambda w: checkpoints.overlap.get().output[0]),
+    output:
+        f"{OUT}/pretrain/All_{{init}}_bal/seed{{seed}}/summary.json",
+    params:
+        init=lambda w: "random" if w.init == "RI" else "imagenet",
+        left_out=lambda w: left_out(list(study.SOURCES))(w),
+        settings={**PRETRAIN, "balance": S.balanced_all},
+        run=lambda w: f"{OUT}/pretrain/All_{w.init}_bal/seed{w.seed}",
+    threads: THREADS
+    resources:
+        gpu=0 if S.device == "cpu" else 1,
+    log:
+        f"{OUT}/logs/pretrain/All_{{init}}_bal_seed{{seed}}.log",
+    shell:
+        "{PRETRAIN_LAUNCH} pretrain_all.py --manifests {input.manifests} --init {params.init} {WEIGHTS} "
+        "{EXCLUDE} --balance {S.balanced_all} --out {params.run} --epochs {S.epochs_pretrain} {TRAIN} "
+        "--seed {wildcards.seed} --restart-if-changed > {log} 2>&1"
+
+
 def finetune_init(wildcards):
-    """The arm's --init: random, imagenet, or the pretrained model's last.pt (its summary.json is the input)."""
+    """The arm's --init: random, imagenet, an extra arm's file, or the pretrained model's last.pt."""
     _, _, seed = study.parse_run(wildcards.run)
     return study.init_of(TARGETS[wildcards.target], wildcards.arm, seed, S)
+
+
+def finetune_input(wildcards):
+    """What an arm waits for: an extra arm's file itself, a pretrained model's summary.json, or nothing."""
+    init = finetune_init(wildcards)
+    if wildcards.arm in dict(S.extra_arms):
+        return [init]
+    return [init.replace("last.pt", "summary.json")] if init.endswith("last.pt") else []
 
 
 rule finetune:  # one arm of a target: a seed, a strategy, a train fraction
     input:
         manifest=lambda w: manifest(w.target),
         cache=lambda w: cached([w.target]),
-        pretrained=lambda w: [finetune_init(w).replace("last.pt", "summary.json")]
-        if finetune_init(w).endswith(".pt") else [],
+        pretrained=finetune_input,
     output:
         f"{OUT}/finetune/{{target}}/{{arm}}/{{run}}/summary.json",
     wildcard_constraints:
-        arm="|".join(study.ARMS),
+        arm="|".join(study.arm_names(S)),
         run=rf"(({'|'.join(study.STRATEGIES)})_)?(frac[0-9.]+_)?seed\d+",
     params:
         init=finetune_init,

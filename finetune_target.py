@@ -8,7 +8,11 @@
     All_IN     --init OUT/pretrain/All_IN/seed0/last.pt
 
 A checkpoint gives the backbone only; the head (FC, BN, ReLU, Dropout, FC) is always new. All
-arms of a target read the same manifest, so they see the same split.
+arms of a target read the same manifest, so they see the same split. --init also takes a published
+DenseNet-121 file (torchvision, CheXNet-style, torchxrayvision, MONAI: kit/backbones.py), mapped
+strictly, its layout and hash recorded in the checkpoint's meta:
+
+    python finetune_target.py --manifest OUT/manifests/shenzhen.csv --init chexnet.pth.tar --out OUT/finetune/shenzhen/CheXNet/seed0
 
 CPU demo:
     python finetune_target.py --manifest runs/demo/manifests/shenzhen.csv \\
@@ -41,7 +45,8 @@ def get_args_parser():
                            "(for one --seed, 0.05 is a subset of 0.1); val and test stay whole")
     model = parser.add_argument_group("model")
     model.add_argument("--init", type=cli.init_source, required=True,
-                       help="random | imagenet | path to a pretrain checkpoint (its backbone only is taken)")
+                       help="random | imagenet | path to a pretrain checkpoint or a published DenseNet-121 file "
+                            "(torchvision, CheXNet-style, torchxrayvision, MONAI); its backbone only is taken")
     model.add_argument("--hidden-dim", type=cli.positive_int, default=512, help="width of the head's FC layer")
     model.add_argument("--dropout", type=cli.dropout_rate, default=0.5, help="dropout in the head, in [0, 1)")
     model.add_argument("--strategy", type=str, default="full", choices=STRATEGIES,

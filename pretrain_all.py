@@ -2,9 +2,15 @@
 
 ChestX-ray14 (15 labels), BreakHis (2) and EyePACS (5) become one multi-label set of 22 labels,
 named by their dataset (`chestxray14/Effusion`, `breakhis/malignant`, `eyepacs/grade_3`), each
-image one-hot over the labels of its own dataset and 0 elsewhere, trained with BCE and no class
-weights, as in the paper. Each image keeps its own domain's transform chain. With --label-mask,
-an image's loss skips the other datasets' labels instead (masked BCE; the kit's option).
+image a vector of its labels over the 22 (the paper's "one-hot encoding vector of length 22") and
+no class weights, as in the paper (5.2.3, 5.4). The loss and what the other datasets' labels count
+as are not stated: the kit's choice is BCE with them as negatives (0), or with --label-mask left out
+of the image's loss (masked BCE). Each image keeps its own domain's transform chain.
+
+--balance: the paper draws every image equally often, so ChestX-ray14's 112k images dominate
+BreakHis's 7.9k (Section 5.4 names this as a limitation). domain draws each source equally often,
+sqrt in proportion to the square root of its size; an epoch is as many draws as the train split
+has images, so runs are comparable (the kit's option, for the study's All_RI_bal / All_IN_bal).
 
 CPU demo:
     python pretrain_all.py --manifests runs/demo/manifests/{chestxray14,breakhis,eyepacs}.csv \\
@@ -41,7 +47,12 @@ def get_args_parser():
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--label-mask", action=argparse.BooleanOptionalAction, default=False,
                        help="leave the other datasets' labels out of each image's loss (masked BCE) instead of "
-                            "counting them as negatives (the paper's plain BCE)")
+                            "counting them as negatives (plain BCE; the paper states neither: both are the kit's "
+                            "choice)")
+    optim.add_argument("--balance", type=str, default="none", choices=["none", "domain", "sqrt"],
+                       help="how often each source is drawn per epoch: none = each image equally likely (the "
+                            "paper's); domain = each source equally; sqrt = by the square root of its size. An "
+                            "epoch is as many draws as the train split has images")
     optim.add_argument("--epochs", type=cli.epochs, default=30, help="passes over the train split")
     optim.add_argument("--batch-size", type=cli.train_batch_size, default=32,
                        help="images per step per process (under torchrun the global batch is N x this; scale "
@@ -84,7 +95,11 @@ def main(args):
     train_loader, val_loader, n_skipped = data.train_val_loaders(
         df, data_meta, manifests=args.manifests, image_size=args.image_size, batch_size=args.batch_size,
         workers=args.workers, seed=args.seed, skip_bad=args.skip_bad, out_dir=args.out, device=device,
-        dist_info=dist_info)
+        dist_info=dist_info, balance=args.balance)
+    if args.balance != "none":  # each source's share of an epoch's draws (the paper's: its share of the images)
+        counts = train_loader.sampler.counts()
+        runtime.log(f"--balance {args.balance}: draws per epoch " + ", ".join(
+            f"{key} {n:,} ({100 * n / sum(counts.values()):.1f} %)" for key, n in counts.items()))
 
     # --- model: DenseNet-121 + head, from random init (All_RI) or ImageNet (All_IN)
     model, init_description = models.create_model(len(data_meta["classes"]), args.init, hidden_dim=args.hidden_dim,

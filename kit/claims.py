@@ -151,6 +151,21 @@ CLAIMS = [
 ]
 
 
+def beyond_paper(arms):
+    """The arms of a study that are not the paper's (published backbones, balanced All models): medical
+    initialisations the answer and the claims compare against ImageNet too."""
+    return sorted(set(arms) - set(ARMS) - {"RI"})
+
+
+def beyond_claims(arms_run):
+    """Claims beyond the paper, one per arm that is not the paper's: it beats ImageNet initialisation (IN), on
+    every target that ran it. Judged by the same rules as the paper's claims; none without such arms."""
+    return [Claim(f"x{i}", f"{arm} beats IN (beyond the paper)", f"not a claim of the paper: does {arm} beat "
+                  "ImageNet initialisation on this target?", {t: ((arm,), ("IN",)) for t in arms_run
+                                                              if arm in arms_run[t]}, section="beyond the paper")
+            for i, arm in enumerate(beyond_paper({a for arms in arms_run.values() for a in arms}), 1)]
+
+
 def pairs_of(claim, target):
     """The (x, y) pairs a claim needs on a target, x claimed better (equivalence: every pair of arms)."""
     better, worse = claim.scope[target]
@@ -335,7 +350,7 @@ def fmt_epoch(value):
 
 def paper_table_verdict(claim, target):
     """The same rule on the paper's Table 2 validation values with no noise (curve claims: None)."""
-    if claim.measure != "test":
+    if claim.measure != "test" or any(a not in ARMS for pair in pairs_of(claim, target) for a in pair):
         return None
     val = {arm: TABLE2[target][arm][1] for arm in ARMS}
     delta = margin(target, TARGETS[target][3])
@@ -370,7 +385,8 @@ def judge(claim, target, pairs, curve_rows, curves, sizes, arms_run, alpha, miss
            "quote": claim.quote, "better": " ".join(better), "worse": " ".join(worse), "this_run": "",
            "replication": ""}
     table = paper_table_verdict(claim, target)
-    row["paper_table"] = f"{TABLE_WORDS[table[0]]} ({table[1]})" if table else paper_curve_note(target)
+    row["paper_table"] = (f"{TABLE_WORDS[table[0]]} ({table[1]})" if table else "not in the paper"
+                          if claim.section == "beyond the paper" else paper_curve_note(target))
     needed = set(better) | set(worse)
     if target not in arms_run:
         return row | {"verdict": "not tested", "evidence": f"{short_name(target)} not run"}
@@ -496,7 +512,7 @@ def verdicts(paired, convergence, arms_run, alpha, missing_reason=None, curves=N
     pairs = pair_lookup(paired)
     curve_rows = {(r.target, r.arm): r for r in convergence.itertuples()}
     rows = []
-    for claim in CLAIMS:
+    for claim in CLAIMS + beyond_claims(arms_run):
         found = [judge(claim, target, pairs, curve_rows, curves, sizes, arms_run, alpha, missing_reason,
                        (metrics or {}).get(target)) for target in claim.scope]
         rows += found
@@ -514,8 +530,8 @@ def answer(target, paired, summary_row, arms_run, alpha, metric_name, missing_re
     only when it is shown better than the next; with one seed the sentence says what this run shows
     and that the training noise is not measured."""
     name = f"{short_name(target)} {TARGETS[target][1]}" if target in TARGETS else target
-    arms = [a for a in ARMS if a in arms_run]
-    medical = sorted((a for a in arms if a in MEDICAL and a in summary_row and pd.notna(summary_row[a][0])),
+    arms = [a for a in ARMS if a in arms_run] + beyond_paper(arms_run)  # beyond the paper: medical backbones too
+    medical = sorted((a for a in arms if a not in ("IN", "RI") and a in summary_row and pd.notna(summary_row[a][0])),
                      key=lambda a: -summary_row[a][0])
     pairs = pair_lookup(paired)
     compared = [find_pair(pairs, target, *pair)[0] for pair in zip(medical, medical[1:])]

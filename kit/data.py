@@ -7,6 +7,7 @@ numbers; the training step applies the other half, batched, on the device
 its memory map instead of decoded. ``train_val_loaders`` gives a run its two loaders, whose
 order is a function of (seed, epoch) on any number of processes, so a resumed run replays it.
 """
+import math
 from pathlib import Path
 
 import numpy as np
@@ -205,15 +206,75 @@ def train_val_datasets(df: pd.DataFrame, data_meta: dict, *, image_size: int,
     return sets[0], sets[1]
 
 
+BALANCES = ("none", "domain", "sqrt")  # pretrain_all.py --balance
+
+
+def balance_shares(sizes: dict, balance: str) -> dict:
+    """{group: share of an epoch's draws}: none = its share of the images (the paper's: each image equally
+    likely), domain = equal shares, sqrt = in proportion to the square root of its size."""
+    if balance not in BALANCES:
+        raise ValueError(f"unknown balance {balance!r}: expected one of {', '.join(BALANCES)}")
+    weight = {g: {"none": n, "domain": 1.0, "sqrt": math.sqrt(n)}[balance] for g, n in sizes.items()}
+    return {g: w / sum(weight.values()) for g, w in weight.items()}
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """An epoch of as many draws as the dataset has images, each group (e.g. a source data set of the
+    aggregate) drawn its share (balance_shares) exactly, up to rounding: a group drawn more often than
+    it has images is gone through again, one drawn less often is sampled without repetition. Like a
+    DistributedSampler: a function of (seed, epoch) (set_epoch), and each process takes every
+    world_size-th draw."""
+
+    def __init__(self, groups, balance: str, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        groups = np.asarray(groups).astype(str)
+        self.members = {g: np.flatnonzero(groups == g) for g in sorted(set(groups))}
+        self.shares = balance_shares({g: len(m) for g, m in self.members.items()}, balance)
+        self.size, self.seed, self.epoch = len(groups), seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.num_samples = math.ceil(self.size / num_replicas)
+
+    def counts(self) -> dict:
+        """{group: draws per epoch}: shares x images, rounded so that they add up to the images (largest remainder)."""
+        exact = {g: share * self.size for g, share in self.shares.items()}
+        counts = {g: math.floor(x) for g, x in exact.items()}
+        for g in sorted(exact, key=lambda g: counts[g] - exact[g])[:self.size - sum(counts.values())]:
+            counts[g] += 1
+        return counts
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = []
+        for group, count in self.counts().items():
+            members = self.members[group]
+            rounds = -(-count // len(members))
+            order = torch.cat([torch.randperm(len(members), generator=generator) for _ in range(rounds)])[:count]
+            draws.append(members[order.numpy()])
+        draws = np.concatenate(draws)[torch.randperm(self.size, generator=generator).numpy()]
+        total = self.num_samples * self.num_replicas
+        draws = np.concatenate([draws, draws[:total - self.size]])  # every process the same number of steps
+        return iter(draws[self.rank:total:self.num_replicas].tolist())
+
+
 def make_train_val_loaders(train_set: ImageDataset, val_set: ImageDataset, *, batch_size: int, workers: int,
-                           seed: int, device: torch.device, dist_info: Distributed = Distributed()) -> tuple:
+                           seed: int, device: torch.device, dist_info: Distributed = Distributed(),
+                           balance: str = "none", groups=None) -> tuple:
     """(train_loader, val_loader) over two datasets. Their order is a DistributedSampler's, also in a
     single process: a function of (seed, epoch) (loop.fit calls set_epoch), so a resumed run
-    replays it; under torchrun each process takes every world_size-th image."""
+    replays it; under torchrun each process takes every world_size-th image. With a `balance` other
+    than none, the train order is a BalancedSampler's over `groups` (one name per train image)."""
     loaders = []
     for dataset, train in ((train_set, True), (val_set, False)):
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                                       shuffle=train, seed=seed)
+        if train and balance != "none":
+            sampler = BalancedSampler(groups, balance, seed=seed, num_replicas=dist_info.world_size,
+                                      rank=dist_info.rank)
         loaders.append(make_loader(dataset, batch_size=batch_size, train=train, workers=workers, seed=seed,
                                    device=device, sampler=sampler))
     return loaders[0], loaders[1]
@@ -221,13 +282,13 @@ def make_train_val_loaders(train_set: ImageDataset, val_set: ImageDataset, *, ba
 
 def train_val_loaders(df: pd.DataFrame, data_meta: dict, *, manifests: list, image_size: int, batch_size: int,
                       workers: int, seed: int, skip_bad: bool, out_dir, device: torch.device,
-                      dist_info: Distributed = Distributed()) -> tuple:
+                      dist_info: Distributed = Distributed(), balance: str = "none") -> tuple:
     """A training run's data: (train_loader, val_loader, number of images left out by skip_bad).
 
     Takes the train and val rows of `df` (the manifest, as the script chose it); with skip_bad, decodes
     them once and leaves out the unreadable ones (out_dir/skipped.csv); builds the two datasets at
     image_size, reading the preprocessing cache next to the `manifests` where one is valid; and their
-    loaders (batch_size, workers, seed)."""
+    loaders (batch_size, workers, seed; `balance` draws the aggregate's sources by their `source` column)."""
     df = df[df["split"].isin(["train", "val"])]
     cache_dirs = manifest_folders(manifests)
     n_skipped = 0
@@ -235,8 +296,11 @@ def train_val_loaders(df: pd.DataFrame, data_meta: dict, *, manifests: list, ima
         df, n_skipped = drop_unreadable(df, data_meta, image_size=image_size, workers=workers, cache_dirs=cache_dirs,
                                         out_dir=out_dir, dist_info=dist_info)
     train_set, val_set = train_val_datasets(df, data_meta, image_size=image_size, cache_dirs=cache_dirs)
+    groups = df.loc[df["split"] == "train", "source" if "source" in df.columns else "domain"] \
+        if balance != "none" else None
     train_loader, val_loader = make_train_val_loaders(train_set, val_set, batch_size=batch_size, workers=workers,
-                                                      seed=seed, device=device, dist_info=dist_info)
+                                                      seed=seed, device=device, dist_info=dist_info,
+                                                      balance=balance, groups=groups)
     return train_loader, val_loader, n_skipped
 
 

@@ -408,8 +408,8 @@ def aggregate_manifests(csv_paths) -> tuple[pd.DataFrame, dict]:
     Patients are prefixed by key, splits are kept; ``domain`` and ``source`` columns say where
     each row comes from (the transform chain follows ``domain``). ``meta["label_groups"]`` maps
     each source key to its prefixed label names, in ``classes`` order: a row's own labels are
-    ``label_groups[row.source]``, which is what a masked loss (``--label-mask``) keeps; the
-    paper's plain BCE counts the other sources' labels as negatives."""
+    ``label_groups[row.source]``, which is what a masked loss (``--label-mask``) keeps; plain BCE
+    counts the other sources' labels as negatives (the paper states neither; both are the kit's choice)."""
     paths = [Path(p) for p in csv_paths]
     if not paths:
         raise ValueError("aggregate_manifests: no manifests given")

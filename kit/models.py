@@ -13,7 +13,9 @@ Initialisations (``initialise``):
   ``norm.1`` and the newer ``norm1`` spelling) are mapped to MONAI's explicitly and every
   backbone tensor must be filled (MONAI's ``pretrained=True`` silently skips what it cannot map);
 * a project checkpoint (``last.pt``/``best.pt`` of an earlier stage): backbone only, the head
-  is always new; the missing keys must be exactly the head's.
+  is always new; the missing keys must be exactly the head's;
+* a published DenseNet-121 file (torchvision, CheXNet-style, torchxrayvision, MONAI; backbones.py):
+  every backbone tensor mapped strictly, the stem adapted to 3 channels, the file's hash in the description.
 
 Usage::
 
@@ -28,7 +30,6 @@ Usage::
 checkpoint of this kit into MONAI's DenseNet-121 feature extractor, to use as your ImageNet;
 ``initialise`` (``finetune_target.py --init``) takes the same files.
 """
-import re
 import socket
 from collections import OrderedDict
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
 
+from . import backbones
 from .checkpoints import CheckpointError, first_keys, load_checkpoint, torch_load
 from .files import first_line
 from .paper import STRATEGIES
@@ -211,11 +213,7 @@ def torchvision_key_map(model):
     directly under ``denselayerN`` (old files, such as a639ec97: ``norm.1``, ``conv.1``...);
     MONAI puts them in a ``layers`` Sequential. All other backbone names are the same.
     """
-    mapping = {}
-    for key in backbone_keys(model):
-        mapping[key.replace(".layers.", ".")] = key  # new: ...denselayer1.norm1.weight
-        mapping[re.sub(r"\.layers\.(norm|relu|conv)([12])\.", r".\1.\2.", key)] = key  # old: ...norm.1.weight
-    return mapping
+    return {spelling: key for key in backbone_keys(model) for spelling in backbones.spellings(key)}
 
 
 def load_imagenet_backbone(model, path):
@@ -285,6 +283,23 @@ def load_backbone_from_checkpoint(model, path):
     return meta if isinstance(meta, dict) else {}
 
 
+def load_published_backbone(model, path):
+    """Copy a DenseNet-121 file of another library (backbones.LAYOUTS) into ``model.features``, every tensor
+    checked; returns its record (file, sha256, layout, stem and intensity adaptations) for ``meta``."""
+    import transforms  # the kit's input normalisation, which a torchxrayvision stem is adapted to
+
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+    features, record = backbones.read_backbone(path, expected, mean=transforms.IMAGENET_MEAN,
+                                               std=transforms.IMAGENET_STD)
+    result = model.load_state_dict(features, strict=False)
+    head = {k for k in model.state_dict() if not k.startswith("features.") and not k.endswith("num_batches_tracked")}
+    left = {k for k in result.missing_keys if not k.endswith("num_batches_tracked")}
+    if left != head or result.unexpected_keys:  # cannot happen after map_backbone; never load partially in silence
+        raise CheckpointError(f"{path}: backbone partly loaded: missing {first_keys(left - head)}, "
+                              f"unexpected {first_keys(result.unexpected_keys)}")
+    return record
+
+
 def create_model(num_outputs, init, *, hidden_dim=512, dropout=0.5, imagenet_weights=None):
     """build_model + initialise: (model, description of the initialisation)."""
     model = build_model(num_outputs, hidden_dim=hidden_dim, dropout=dropout)
@@ -297,7 +312,8 @@ def initialise(model, init, *, imagenet_weights=None):
     init: "random" (MONAI's default initialisation, nothing to do), "imagenet" (torchvision's
     ImageNet weights, see find_imagenet_weights; ``imagenet_weights`` is an explicit path) or
     the path of a project checkpoint or of a backbone file exported from one (export.py
-    --formats backbone); either way the backbone only, with every key checked; the head stays new.
+    --formats backbone), or of a published DenseNet-121 file (backbones.LAYOUTS); either way the
+    backbone only, with every key checked; the head stays new.
     """
     init = str(init)
     if init == "random":
@@ -306,6 +322,8 @@ def initialise(model, init, *, imagenet_weights=None):
         path = find_imagenet_weights(imagenet_weights)
         load_imagenet_backbone(model, path)
         return f"imagenet ({path})"
+    if Path(init).is_file() and backbones.layout_of(init) != "kit":
+        return backbones.describe(load_published_backbone(model, init))
     if Path(init).is_file():
         meta = load_backbone_from_checkpoint(model, init)
         source = f"; pretrained on {meta['key']}" if isinstance(meta.get("key"), str) else ""
@@ -314,4 +332,4 @@ def initialise(model, init, *, imagenet_weights=None):
     if Path(init).is_dir():
         raise ValueError(f"{init}: is a folder; --init takes a checkpoint file, e.g. {Path(init) / 'last.pt'}")
     raise ValueError(f"{init}: unknown init: expected 'random', 'imagenet' or the path of an existing "
-                     "checkpoint file")
+                     "checkpoint or DenseNet-121 weights file")

@@ -135,6 +135,18 @@ def epoch_note(target, epochs, sizes):
 
 # --------------------------------------------------------------------------- report.md sections
 
+def beyond_arm(arm, study):
+    """An arm beyond the paper's, described from study.json: a published file's layout and hash, or the
+    balancing of an All model."""
+    published = (study.get("extra_arms") or {}).get(arm)
+    if published:
+        return (f"{arm} = {published['layout']} DenseNet-121 `{Path(published['file']).name}` (sha256 "
+                f"{published['sha256']})")
+    if arm.endswith("_bal") and study.get("balanced_all"):
+        return f"{arm} = {arm[:-4]} pretrained with each source drawn by --balance {study['balanced_all']}"
+    return arm
+
+
 def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason, claims_checkpoint, domains=None,
                  strategy=None):
     """The top of report.md: the data, the arms run and not run and why (said here, once), the seeds
@@ -158,6 +170,10 @@ def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason
     absent = [a for a in ARMS if a not in run_everywhere]
     lines.append(f"- Targets: {', '.join(target_title(t) for t in targets)}; arms run: "
                  f"{', '.join(run_everywhere) or 'none on every target'}.")
+    beyond = sorted({a for arms in runs_arms.values() for a in arms} - set(ARMS) - {"RI"})
+    if beyond:
+        lines.append(f"- Arms beyond the paper: {'; '.join(beyond_arm(a, study or {}) for a in beyond)}. They enter "
+                     "Table 2, the paired comparisons, the answers and claims (x…) below as medical initialisations.")
     skipped = [t for t in TARGETS if t not in targets]
     if skipped:
         lines.append(f"- Targets not run: {', '.join(target_title(t) for t in skipped)} (the targets setting); their "
@@ -207,6 +223,8 @@ def claims_section(claims, ci, bootstrap, paired=None):
     row as a list, then the rules with the number of comparisons each target's Holm correction counted."""
     lines = ["## The paper's claims, checked", ""]
     lines += [f"- ({c.key}) {c.title} (Section {c.section}): \"{c.quote}\"" for c in CLAIMS]
+    beyond = claims[claims["claim"].str.startswith("x")].drop_duplicates("claim")
+    lines += [f"- ({r.claim}) {r.title}: {r.quote}" for r in beyond.itertuples()]
     lines.append("")
     rows = []
     for r in claims.itertuples():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, identity, locks, recipe
+from . import backbones, files, identity, locks, recipe
 from .checkpoints import CheckpointError, load_checkpoint
 from .runtime import is_main_process, log
 
@@ -176,13 +176,18 @@ def pretraining_of(init, run: Run) -> dict | None:
     tell a test image the pretraining saw."""
     if str(init) in ("random", "imagenet"):
         return None
+    published = backbones.record_of(init)
+    if published["layout"] != "kit":  # a published DenseNet-121: its data is not known to the kit
+        return {"checkpoint": str(Path(init).resolve()), "key": None, "data": None, "overlap": None,
+                "images_recorded": False, "layout": published["layout"], "sha256": published["sha256"]}
     checkpoint = load_checkpoint(init)
     meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
     trained = checkpoint.get("trained_on")
     if isinstance(trained, dict) and "images" in trained:
         run.trained_on["pretrained_images"] = np.asarray(trained["images"])
     return {"checkpoint": str(Path(init).resolve()), "key": meta.get("key"), "data": meta.get("data"),
-            "overlap": meta.get("overlap"), "images_recorded": "pretrained_images" in run.trained_on}
+            "overlap": meta.get("overlap"), "images_recorded": "pretrained_images" in run.trained_on,
+            "layout": "kit", "sha256": published["sha256"]}
 
 
 def run_meta(data_meta: dict, run: Run, *, init: str, init_description: str, hidden_dim: int, dropout: float,

@@ -26,6 +26,8 @@ AREA = {"chestxray14": "CXR", "breakhis": "HWSI", "eyepacs": "EFI", "shenzhen": 
         "kather2016": "HWSI", "messidor": "EFI", "deepdrid": "EFI"}
 AREA_OF_DOMAIN = {"cxr": "CXR", "hwsi": "HWSI", "efi": "EFI", "other": None}
 ARMS = ("RI", "IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN")
+BALANCED_ARMS = ("All_RI_bal", "All_IN_bal")  # All_RI / All_IN pretrained with pretrain_all.py --balance
+BALANCES = ("none", "domain", "sqrt")
 
 
 class SettingError(ValueError):
@@ -104,6 +106,35 @@ def parse_target(spec: str, here: Path) -> Target:
                        f"--name {name} --out DIR ...)")
 
 
+def parse_extra_arms(value, here: Path) -> tuple:
+    """extra_arms: a mapping {NAME: FILE}, or the text "NAME=FILE NAME=FILE"; each FILE a DenseNet-121 that
+    finetune_target.py --init takes (kit/backbones.py), read here so that a wrong file stops the study at once."""
+    if value in (None, "", {}):
+        return ()
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        pairs = [item.split("=", 1) if "=" in item else (item, "") for item in _list("extra_arms", value)]
+    arms = []
+    for name, path in pairs:
+        name = str(name).strip()
+        if not name.replace("_", "").replace("-", "").isalnum() or name in (*ARMS, *BALANCED_ARMS) or \
+                name in [a for a, _ in arms]:
+            raise SettingError(f"setting extra_arms: {name!r} is not a plain new arm name (letters, digits, _ -; "
+                               f"not {', '.join((*ARMS, *BALANCED_ARMS))}, not twice)")
+        resolved = (here / str(path)).expanduser().resolve()
+        if not str(path).strip() or not resolved.is_file():
+            raise SettingError(f"setting extra_arms: {name}={resolved}: not a file (NAME=FILE, a DenseNet-121 weights "
+                               "file)")
+        from . import backbones  # torch, only when a study has extra arms
+        try:
+            backbones.layout_of(resolved)
+        except backbones.CheckpointError as err:
+            raise SettingError(f"setting extra_arms: {name}={err}") from None
+        arms.append((name, str(resolved)))
+    return tuple(arms)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every setting of a study, checked."""
@@ -131,6 +162,8 @@ class Settings:
     launch: str
     finetune_launch: str
     gpus: tuple
+    extra_arms: tuple = ()  # (NAME, FILE) of each published DenseNet-121 fine-tuned as an arm of every target
+    balanced_all: str = "none"  # none, or the --balance of the All models added as arms All_RI_bal, All_IN_bal
 
     @property
     def demo(self) -> bool:
@@ -190,6 +223,9 @@ def settings(config: dict, *, here: Path, given: dict | None = None) -> Settings
     if not isinstance(config["cache"], bool):
         raise SettingError(f"setting cache={config['cache']!r}: true or false")
     gpus = tuple(_checked("gpus", g, cli.non_negative_int) for g in (config["gpus"] or []))
+    balanced_all = "none" if config["balanced_all"] in (False, None) else str(config["balanced_all"])
+    if balanced_all not in BALANCES:
+        raise SettingError(f"setting balanced_all={config['balanced_all']!r}: choose {' or '.join(BALANCES)}")
     launch = str(config["launch"] or "python").strip()
     return Settings(
         data=data, out=out, demo_scale=_checked("demo_scale", config["demo_scale"], cli.demo_scale),
@@ -204,7 +240,8 @@ def settings(config: dict, *, here: Path, given: dict | None = None) -> Settings
         pretrain_seed=optional_int("pretrain_seed", cli.seed), train_fractions=fractions,
         targets=targets, arms=arms, strategies=strategies, source_protocol=config["source_protocol"],
         overlap=config["overlap"], cache=config["cache"], imagenet_weights=weights, launch=launch,
-        finetune_launch=str(config["finetune_launch"] or launch).strip(), gpus=gpus)
+        finetune_launch=str(config["finetune_launch"] or launch).strip(), gpus=gpus,
+        extra_arms=parse_extra_arms(config["extra_arms"], here), balanced_all=balanced_all)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -224,23 +261,35 @@ def inits(have_imagenet: bool) -> tuple:
 
 
 def pretrained_models(s: Settings, have_imagenet: bool) -> list:
-    """(NAME, seed) of every pretrained model: NAME = <AREA>_<RI|IN> and All_<RI|IN>."""
+    """(NAME, seed) of every pretrained model: NAME = <AREA>_<RI|IN>, All_<RI|IN> and, with balanced_all,
+    All_<RI|IN>_bal."""
     names = [f"{area}_{init}" for init in inits(have_imagenet) for area in ("CXR", "HWSI", "EFI", "All")]
+    names += [f"All_{init}_bal" for init in inits(have_imagenet)] if s.balanced_all != "none" else []
     return [(name, seed) for seed in pretraining_seeds(s) for name in names]
+
+
+def arm_names(s: Settings) -> tuple:
+    """Every arm name a study may run: the kit's, the balanced All models', the extra arms'."""
+    return (*ARMS, *BALANCED_ARMS, *(name for name, _ in s.extra_arms))
 
 
 def arms_of(target: Target, s: Settings, have_imagenet: bool) -> list:
     """The arms a target gets: those asked for, less the ImageNet-based ones without the ImageNet file; a target
-    of domain other has no Domain arms (no source of its area) and gets the random-init floor RI instead."""
+    of domain other has no Domain arms (no source of its area) and gets the random-init floor RI instead; then
+    the balanced All models (balanced_all) and the extra arms (extra_arms), for every target."""
     arms = [a for a in s.arms if (have_imagenet or not a.endswith("IN")) and not (target.area is None and
                                                                                       a.startswith("Domain_"))]
-    return (["RI"] if target.area is None and "RI" not in arms else []) + arms
+    balanced = [f"All_{init}_bal" for init in inits(have_imagenet)] if s.balanced_all != "none" else []
+    return ((["RI"] if target.area is None and "RI" not in arms else []) + arms + balanced
+            + [name for name, _ in s.extra_arms])
 
 
 def init_of(target: Target, arm: str, seed: int, s: Settings) -> str:
-    """--init of an arm: random, imagenet, or OUT/pretrain/<model>/seed<P>/last.pt."""
+    """--init of an arm: random, imagenet, an extra arm's file, or OUT/pretrain/<model>/seed<P>/last.pt."""
     if arm in ("RI", "IN"):
         return "random" if arm == "RI" else "imagenet"
+    if arm in dict(s.extra_arms):
+        return dict(s.extra_arms)[arm]
     model = f"{target.area}_{arm.split('_')[1]}" if arm.startswith("Domain_") else arm
     pretrained = seed if s.pretrain_seed is None else s.pretrain_seed
     return f"{s.out}/pretrain/{model}/seed{pretrained}/last.pt"
@@ -273,7 +322,20 @@ def record(s: Settings, imagenet: str | None, imagenet_missing: str | None) -> d
             "seeds": list(s.seeds), "split_seed": s.split_seed, "pretrain_seed": s.pretrain_seed,
             "train_fractions": list(s.train_fractions), "targets": [t.name for t in s.targets],
             "source_protocol": s.source_protocol, "arms": list(s.arms), "strategies": list(s.strategies),
-            "overlap": s.overlap}
+            "overlap": s.overlap} | extra_record(s)
+
+
+def extra_record(s: Settings) -> dict:
+    """The arms beyond the paper's, for study.json (nothing where there are none): each extra arm's file with
+    its layout and hash, and the balancing of the All models."""
+    record = {}
+    if s.extra_arms:
+        from . import backbones
+
+        record["extra_arms"] = {name: backbones.record_of(path) for name, path in s.extra_arms}
+    if s.balanced_all != "none":
+        record["balanced_all"] = s.balanced_all
+    return record
 
 
 def threads_per_run(s: Settings, cores: int) -> int:

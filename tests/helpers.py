@@ -195,6 +195,60 @@ def write_imagenet_standin(torch_home: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- published DenseNet-121 stand-ins
+
+def reference_densenet(in_channels=3, out_channels=18, seed=0):
+    """A MONAI DenseNet121 with MONAI's initialisation and randomised BatchNorm statistics, in eval mode:
+    the original network a stand-in file is written from."""
+    import torch
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(seed)
+    net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels)
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if name.endswith("running_mean"):
+                value.copy_(0.1 * torch.randn(value.shape))
+            elif name.endswith("running_var"):
+                value.copy_(0.5 + torch.rand(value.shape))
+    return net.eval()
+
+
+def torchvision_spelling(key, old=False):
+    """A MONAI backbone key as torchvision writes it (`norm1`; `norm.1` with old=True), written out here."""
+    for name in ("norm1", "conv1", "norm2", "conv2", "relu1", "relu2"):
+        key = key.replace(f".layers.{name}.", f".{name[:-1]}.{name[-1]}." if old else f".{name}.")
+    return key
+
+
+def write_layout(path: Path, layout: str, net) -> Path:
+    """`net` (reference_densenet) saved as another library saves a DenseNet-121, with its key names and shapes:
+    torchvision (state_dict, classifier.*), chexnet ({"state_dict": module.densenet121.*, old spelling,
+    classifier.0.*}, "epoch", "best_loss", "optimizer"), torchxrayvision (state_dict of a 1-channel net,
+    classifier [18, 1024], op_threshs), monai (DenseNet121.state_dict())."""
+    import torch
+
+    features = {f"features.{k}": v for k, v in net.features.state_dict().items()}
+    out = net.class_layers.out
+    if layout == "monai":
+        state = net.state_dict()
+    elif layout == "chexnet":
+        state = {"state_dict": {f"module.densenet121.{torchvision_spelling(k, old=True)}": v
+                                for k, v in features.items() if not k.endswith("num_batches_tracked")}
+                 | {"module.densenet121.classifier.0.weight": out.weight.detach(),
+                    "module.densenet121.classifier.0.bias": out.bias.detach()},
+                 "epoch": 9, "arch": "densenet121", "best_loss": 0.15,
+                 "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}}
+    else:
+        state = {torchvision_spelling(k): v for k, v in features.items()} | {
+            "classifier.weight": out.weight.detach(), "classifier.bias": out.bias.detach()}
+        if layout == "torchxrayvision":
+            state["op_threshs"] = torch.rand(out.weight.shape[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 # --------------------------------------------------------------------------- processes
 
 def run_script(*argv, env=None, timeout=600, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -463,7 +517,7 @@ def claim_inputs(values, *, se=0.3, seed_sd=0.3, n_seeds=3, min_class_patients=5
 
     rows = []
     for target, by_arm in values.items():
-        arms = [a for a in paper.ARMS if a in by_arm]
+        arms = [a for a in paper.ARMS if a in by_arm] + sorted(set(by_arm) - set(paper.ARMS))  # then beyond the paper
         for i, reference in enumerate(arms):
             for arm in arms[i + 1:]:
                 d = by_arm[arm] - by_arm[reference]

@@ -470,3 +470,26 @@ def test_too_few_test_patients_in_the_report(tmp_path):
     assert " ‡ |" in table2 and "‡ too few test patients for an interval: fewer than 10 test patients" in table2
     rows = [line for line in report.splitlines() + table2.splitlines() if line.startswith("|")]
     assert max(len(line) for line in rows) <= TABLE_WIDTH
+
+
+# --------------------------------------------------------------------------- arms beyond the paper
+
+def test_arms_beyond_the_paper_enter_the_answer_and_get_claims_of_their_own():
+    values = {"shenzhen": {"IN": 80.0, "Domain_RI": 80.5, "Domain_IN": 80.2, "All_RI": 80.1, "All_IN": 80.3,
+                           "CheXNet": 90.0, "All_RI_bal": 70.0}}
+    paired, arms_run = claim_inputs(values)
+    assert {"CheXNet", "All_RI_bal"} <= set(paired["arm"]) | set(paired["reference"])  # all pairs, with Holm
+    found = claims.verdicts(paired, pd.DataFrame(columns=["target", "arm"]), arms_run, alpha=0.05)
+    beyond = found[found["claim"].str.startswith("x")].set_index("title")
+    assert list(beyond.index) == ["All_RI_bal beats IN (beyond the paper)", "CheXNet beats IN (beyond the paper)"]
+    assert beyond.loc["CheXNet beats IN (beyond the paper)", "verdict"] == "supported"
+    assert beyond.loc["All_RI_bal beats IN (beyond the paper)", "verdict"] == "contradicted"
+    assert set(beyond["paper_table"]) == {"not in the paper"}
+    summary = {arm: (value, value - 1, value + 1) for arm, value in values["shenzhen"].items()}
+    sentence = claims.answer("shenzhen", paired, summary, arms_run["shenzhen"], 0.05, "accuracy")
+    assert "best medical arm CheXNet 90.0" in sentence and "All_RI_bal shown worse than IN" in sentence
+    # the paper's own claims are untouched by the extra arms
+    plain = claims.verdicts(*claim_inputs({"shenzhen": {a: values["shenzhen"][a] for a in ARMS}})[:1],
+                            pd.DataFrame(columns=["target", "arm"]), {"shenzhen": set(ARMS)}, alpha=0.05)
+    assert plain.drop(columns="evidence").equals(found[~found["claim"].str.startswith("x")].reset_index(drop=True)
+                                                 .drop(columns="evidence"))

@@ -104,3 +104,38 @@ def test_skip_bad_leaves_out_unreadable_images_and_counts_them(tmp_path, capsys)
     skipped = pd.read_csv(out / "skipped.csv")
     assert sorted(skipped["image"]) == sorted(broken) and skipped["reason"].str.len().min() > 0
     assert json.loads((out / "summary.json").read_text())["skipped_images"] == 2
+
+
+# --- balanced aggregation (pretrain_all.py --balance) ---------------------------------------------------------
+
+@pytest.mark.parametrize("balance", ["domain", "sqrt", "none"])
+def test_balanced_sampler_draws_each_group_its_share(balance):
+    sizes = {"chestxray14": 660, "breakhis": 47, "eyepacs": 291}
+    groups = np.repeat(list(sizes), list(sizes.values()))
+    shares = data.balance_shares(sizes, balance)
+    expected = {"domain": {g: 1 / 3 for g in sizes}, "sqrt": {g: np.sqrt(n) / sum(np.sqrt(list(sizes.values())))
+                                                               for g, n in sizes.items()},
+                "none": {g: n / len(groups) for g, n in sizes.items()}}[balance]
+    assert shares == pytest.approx(expected)
+    sampler = data.BalancedSampler(groups, balance, seed=3)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        drawn = groups[list(sampler)]
+        assert len(drawn) == len(groups)  # an epoch: as many images seen as without balancing
+        for group, share in expected.items():
+            assert abs(np.mean(drawn == group) - share) < 0.02, (balance, group)
+    sampler.set_epoch(1)
+    assert list(sampler) == list(sampler) and list(sampler) != list(data.BalancedSampler(groups, balance, seed=3))
+    small = np.flatnonzero(groups == "breakhis")  # drawn 7 times its size under domain: every image, evenly
+    counts = np.bincount(list(sampler), minlength=len(groups))[small]
+    assert counts.max() - counts.min() <= 1 and counts.min() >= (1 if balance != "none" else 0)
+
+
+def test_balanced_sampler_shards_an_epoch_across_processes():
+    groups = np.repeat(["a", "b"], [90, 11])
+    shards = [list(data.BalancedSampler(groups, "domain", seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 51
+    whole = list(data.BalancedSampler(groups, "domain", seed=0))
+    assert sorted(shards[0] + shards[1]) == sorted(whole + whole[:1])  # one draw repeated: equal steps per process
+    with pytest.raises(ValueError, match="unknown balance 'even'"):
+        data.balance_shares({"a": 1}, "even")

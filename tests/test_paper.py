@@ -190,7 +190,7 @@ def test_targets_keep_train_val_test(tmp_path, capsys):
             "6.0 % of the paper's 662") in printed
 
 
-# --------------------------------------------------------------------------- the All set: 22 one-hot labels, plain BCE
+# --------------------------------------------------------------------------- the All set: 22 one-hot labels, BCE (the kit's choice)
 
 def write_manifest(folder: Path, key: str, rows: list, task: str, classes) -> Path:
     label = "labels" if task == "multilabel" else "label"

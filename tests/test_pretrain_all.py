@@ -1,11 +1,13 @@
 """pretrain_all.py end to end: the sources aggregated into one multi-label set, with --label-mask."""
 import json
+import re
 
 import pandas as pd
 import pytest
 import torch
 
 import pretrain_all
+from helpers import TINY, assert_same_weights, checkpoint_weights, folder_manifest
 
 
 @pytest.mark.slow
@@ -37,3 +39,21 @@ def test_pretrain_all_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--manifests", str(manifests[0]), "--out", "o", "--init", str(manifests[1])])
     assert "invalid choice" in capsys.readouterr().err  # pretraining starts from random or ImageNet only
+
+
+@pytest.mark.slow
+def test_balance_none_reproduces_the_unbalanced_run_and_domain_changes_the_draws(tmp_path, capsys):
+    first = folder_manifest(tmp_path, "first", ["a", "b"])
+    second = folder_manifest(tmp_path, "second", ["x", "y", "z"], domain="efi")
+    runs = {}
+    for name, extra in (("plain", []), ("none", ["--balance", "none"]), ("domain", ["--balance", "domain"])):
+        pretrain_all.main(pretrain_all.get_args_parser().parse_args(
+            ["--manifests", str(first), str(second), "--init", "random", "--out", str(tmp_path / name), *extra,
+             *TINY]))
+        runs[name] = checkpoint_weights(tmp_path / name / "last.pt")
+    assert_same_weights(runs["plain"], runs["none"])  # --balance none is today's run, bit for bit
+    key = "features.conv0.weight"
+    assert not torch.equal(runs["plain"][key], runs["domain"][key])
+    printed = capsys.readouterr().out
+    assert re.search(r"--balance domain: draws per epoch first (\d+) \(50.0 %\), second \1 \(50.0 %\)", printed), printed
+    assert json.loads((tmp_path / "domain" / "args.json").read_text())["args"]["balance"] == "domain"

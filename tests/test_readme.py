@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import reference_densenet, write_layout
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ STAGES_MARKER = "<!-- stages: run by tests/test_readme.py -->"
 CLINICAL_MARKER = "<!-- clinical: run by tests/test_readme.py -->"
 COMMANDS_MARKER = "<!-- clinical-commands: run by tests/test_readme.py -->"
 OWN_TASK_MARKER = "<!-- own-task: run by tests/test_readme.py -->"
+BACKBONE_MARKER = "<!-- backbone: run by tests/test_readme.py -->"
 RUN = "OUT/finetune/shenzhen/Domain_RI/seed0/best.pt"
 EVAL = "OUT/eval/shenzhen/Domain_RI/seed0/best"
 COMMAND_TIMEOUT = 1200  # seconds for one stage on a slow, busy CPU
@@ -250,6 +252,8 @@ def test_the_blocks_the_slow_test_runs_are_there():
         "predict.py", "evaluate.py", "export.py", "export.py"]
     own = commands(block_after(text, OWN_TASK_MARKER, "bash"))
     assert len(own) == 3 and "--dataset csv" in own[0] and own[1].startswith("snakemake ")
+    backbone = commands(block_after(text, BACKBONE_MARKER, "bash"))
+    assert len(backbone) == 1 and backbone[0].startswith("snakemake ") and "extra_arms=" in backbone[0]
 
 
 # --------------------------------------------------------------------------- the README, run
@@ -448,3 +452,13 @@ def test_readme_own_task_block_runs_as_written(tmp_path):
     for folder in ("runs/demo", "runs/demo/strategies/linear"):
         table = pd.read_csv(repo / folder / "tables/table2.csv")
         assert table.loc[table["target"] == "mytask", "test_last"].notna().any(), folder
+
+    # "Compare a published backbone": its command as written, with a CheXNet-style stand-in where it names one
+    backbone = commands(block_after(README.read_text(), BACKBONE_MARKER, "bash"))[0]
+    write_layout(repo / "chexnet.pth.tar", "chexnet", reference_densenet(out_channels=14))
+    result = run(["bash", "-c", backbone], repo, env)
+    assert result.returncode == 0, f"{backbone}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    table = pd.read_csv(repo / "runs/demo/tables/table2.csv")
+    assert table.loc[(table["target"] == "shenzhen") & (table["arm"] == "CheXNet"), "test_last"].notna().all()
+    report = (repo / "runs/demo/report.md").read_text()
+    assert "CheXNet = chexnet DenseNet-121 `chexnet.pth.tar`" in report and "CheXNet beats IN" in report
