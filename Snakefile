@@ -32,7 +32,7 @@ from kit import cli, overlap as overlap_lib, study  # noqa: E402
 configfile: "config/demo.yaml"
 
 try:
-    S = study.settings(config, here=Path.cwd(), given=workflow.config_settings.overwrite_config)
+    S = study.settings(config, here=Path.cwd(), given=workflow.config_settings.config)
 except study.SettingError as err:
     raise SystemExit(f"error: {err}") from None
 OUT = S.out
