@@ -17,7 +17,8 @@ selection. Writes, per checkpoint:
     confusion.csv     true, <predicted class>... counts, rows = true class (multi-class only)
     confusion.png     the same as a figure, counts and row-normalised % (multi-class only)
     cam/              with --cam N: Grad-CAM heat maps of N images per class, correct and wrong
-                      (cam/<class>/{correct,wrong}/<image>.png: the input | the map over it), cam/cam.csv
+                      (cam/<class>/{correct,wrong}/<image>.png: the input | the map over it, the class
+                      explained, its probability and a colour bar below), cam/cam.csv
 
 Confidence intervals are percentile bootstrap intervals (--bootstrap resamples, --seed). The
 resampling unit is the patient (the manifest's `patient` column): a patient's images are drawn

@@ -42,7 +42,8 @@ def get_args_parser():
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=str, required=True, help="folder for predictions.csv and skipped.csv")
     output.add_argument("--cam", type=str, default=None, metavar="DIR",
-                        help="also write a Grad-CAM heat map per image (input | map over input) as DIR/<name>.png")
+                        help="also write a Grad-CAM heat map per image as DIR/<name>.png: input | map over input, "
+                             "the predicted class and its probability and a colour bar below")
     cli.add_runtime_args(parser, training=False)
     return parser
 
@@ -92,12 +93,14 @@ def main(args):
                 batch_probs = losses.to_probs(logits.float(), meta["task"]).cpu()
                 rows += indices
                 probs.append(batch_probs)
-                if explain is not None:
-                    heat = explain(cam.normalised(pixels, tails, device), batch_probs.argmax(dim=1))
-                    for i, picture, heat_map in zip(indices, pixels, heat):
+                if explain is not None:  # the map of the predicted class, captioned with it and its probability
+                    explained = batch_probs.argmax(dim=1)
+                    heat = explain(cam.normalised(pixels, tails, device), explained)
+                    for i, picture, heat_map, c, p in zip(indices, pixels, heat, explained.tolist(), batch_probs):
                         name = cam.file_name(images[i], taken)
                         ids.setdefault(i, {})["cam"] = str(Path(args.cam) / name)
-                        cam.save_overlay(cam_staging / name, picture, heat_map)
+                        cam.save_overlay(cam_staging / name, picture, heat_map, class_name=meta["classes"][c],
+                                         prob=float(p[c]))
 
         # --- predictions.csv and skipped.csv, in input order
         out.mkdir(parents=True, exist_ok=True)

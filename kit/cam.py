@@ -8,12 +8,14 @@ MONAI's default normaliser maps (min, max) to (1, 0), which would paint the leas
 hottest). ``features.norm5`` would be the same map up to its per-channel affine, but the model's
 in-place ReLU after it does not mix with the backward hooks Grad-CAM needs.
 
-``heat_maps`` takes the normalised batch the model sees (transforms.apply_tail's output);
+``GradCam`` takes the normalised batch the model sees (transforms.apply_tail's output);
 ``save_overlay`` writes a PNG: the input as the model saw it (left) and the heat map over it
-(right, jet colours, red = most weight). predict.py --cam and evaluate.py --cam use both;
-``pick_examples`` chooses evaluate's images per class, correct and wrong.
+(right, jet colours, red = most weight), above a caption: the class the map explains and its
+probability (left), the colour bar of the map (right). predict.py --cam and evaluate.py --cam use
+both; ``pick_examples`` chooses evaluate's images per class, correct and wrong.
 """
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -85,8 +87,59 @@ def overlay(pixels, heat):
     return (both * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def save_overlay(path, pixels, heat):
-    """overlay() as a PNG at `path` (folders made); written to a temporary name, then renamed."""
+@functools.lru_cache(maxsize=8)
+def _font(size):
+    """DejaVu Sans, the font matplotlib ships: the same captions on every machine."""
+    import matplotlib
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")), size)
+
+
+def caption_lines(class_name, prob):
+    """The caption under the input: which class the map explains, and the model's probability of it."""
+    return [f"class: {class_name}", f"probability: {prob:.3f}"]
+
+
+def _fit(draw, text, font, width):
+    """`text`, cut with an ellipsis where it is wider than `width` px."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def captioned(pixels, heat, *, class_name, prob):
+    """overlay() above a white strip: under the input the class the map explains and its probability
+    (caption_lines), under the heat map the colour bar of the map (jet, 0 = no weight, 1 = the most
+    weight in this image). uint8 (S' + caption, 2 S', 3); the top S' rows are overlay()'s."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    both = overlay(pixels, heat)
+    side = both.shape[0]
+    size = max(12, side // 16)  # px, 16 at the smallest side (MIN_SIDE)
+    margin = size // 2
+    font = _font(size)
+    strip = Image.new("RGB", (both.shape[1], 3 * size + 2 * margin), "white")
+    draw = ImageDraw.Draw(strip)
+    for row, line in enumerate(caption_lines(class_name, prob)):
+        draw.text((margin, margin + row * round(1.3 * size)), _fit(draw, line, font, side - 2 * margin), fill="black",
+                  font=font)
+    left, right = side + margin, both.shape[1] - margin
+    bar = colormaps["jet"](np.linspace(0, 1, right - left))[:, :3]
+    strip.paste(Image.fromarray((np.repeat(bar[None], size, axis=0) * 255).round().astype(np.uint8)),
+                (left, margin))
+    label_y = margin + size + 2
+    draw.text((left, label_y), "0", fill="black", font=font)
+    draw.text(((left + right) // 2, label_y), "Grad-CAM weight", fill="black", font=font, anchor="ma")
+    draw.text((right, label_y), "1", fill="black", font=font, anchor="ra")
+    return np.concatenate([both, np.asarray(strip)], axis=0)
+
+
+def save_overlay(path, pixels, heat, *, class_name, prob):
+    """captioned() as a PNG at `path` (folders made); written to a temporary name, then renamed."""
     from PIL import Image
 
     from . import files
@@ -94,7 +147,7 @@ def save_overlay(path, pixels, heat):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.write_atomic(path) as handle:  # a full disk is one line naming the file
-        Image.fromarray(overlay(pixels, heat)).save(handle, format="PNG")
+        Image.fromarray(captioned(pixels, heat, class_name=class_name, prob=prob)).save(handle, format="PNG")
 
 
 def normalised(pixels, tails, device):
@@ -170,7 +223,7 @@ def write_examples(folder, model, dataset, *, task, classes, targets, probs, n, 
         heat = explain(normalised(pixels, tails, device), [c for _, c, _ in chunk])
         for (row, c, where), picture, heat_map in zip(chunk, pixels, heat):
             path = folder / where / file_name(dataset.images[row], taken.setdefault(where, set()))
-            save_overlay(path, picture, heat_map)
+            save_overlay(path, picture, heat_map, class_name=classes[c], prob=float(probs[row][c]))
             listed.append({"image": dataset.images[row], "file": path.relative_to(folder).as_posix(),
                            "folder": where, "explained_class": classes[c], "prob": round(float(probs[row][c]), 6)})
     if listed:

@@ -3,13 +3,17 @@
 * ``save_torchscript``: the model in a normalisation wrapper (:class:`Deployed`): uint8 in [0, 255]
   or float in [0, 1], (B, 1 or 3, S, S), the picture as the eval chain's loader half leaves it
   (transforms.loader_transforms(domain, image_size=S, train=False)) -> ImageNet normalisation ->
-  model -> probabilities (softmax; sigmoid for a multi-label model). Traced (the network) inside a
-  scripted wrapper (the dtype and channel branches), with its description as the extra file
-  ``meta.json`` (see :func:`description`). Loads with ``torch.jit.load`` alone: no kit, no MONAI.
+  model -> probabilities (softmax; sigmoid for a multi-label model). Any other shape is refused with a
+  ValueError naming the expected and the given shape: a picture of another size would be predicted
+  without a word, and wrongly. Traced (the network) inside a scripted wrapper (the checks, the dtype and
+  channel branches), with its description as the extra file ``meta.json`` (see :func:`description`).
+  Loads with ``torch.jit.load`` alone: no kit, no MONAI.
 * ``save_bundle``: a MONAI bundle folder that runs with MONAI alone (no kit). The network is built
   from MONAI and torch components (``monai.networks.nets.DenseNet121`` with ``out_channels =
   hidden_dim``, whose final Linear is the head's first one, then BatchNorm1d, ReLU, Dropout, Linear:
-  the kit's model exactly) and its weights are ``models/model.pt``. The preprocessing is the kit's
+  the kit's model exactly) and its weights are ``models/model.pt``. ``network`` (what inference uses)
+  refuses inputs other than (B, 3, S, S) with a ValueError, by a forward pre-hook (:func:`input_check`);
+  ``network_def`` stays the bare network for MONAI's tools. The preprocessing is the kit's
   eval chain in stock MONAI transforms (``transforms.stock_eval_config``): the numbers of predict.py
   within 1e-5 in probability, except for what docs/clinical.md lists (a DICOM's VOI window and
   MONOCHROME1 inversion, predict.py's refusals).
@@ -33,18 +37,34 @@ PROBABILITIES = {"multiclass": "softmax over the classes (they sum to 1)",
                  "multilabel": "sigmoid per label (independent, each in [0, 1])"}
 
 
+def how_to_resize(domain: str, size: int) -> str:
+    """What to do with a picture of another size: the training chain's resize, never a plain one (the
+    hwsi and efi chains keep the aspect ratio and crop; efi crops to the eye first)."""
+    return (f"resize with the rule the model was trained with: the kit's "
+            f"transforms.loader_transforms('{domain}', image_size={size}, train=False) on the image file, "
+            "or run predict.py")
+
+
 class Deployed(nn.Module):
     """The model with what the kit does around it: uint8 or [0, 1] pixels (B, 1 or 3, S, S) ->
-    probabilities (B, classes), with the arithmetic of transforms.apply_tail and losses.to_probs."""
+    probabilities (B, classes), with the arithmetic of transforms.apply_tail and losses.to_probs.
+    Another shape is refused (ValueError): the network would give it probabilities without a word."""
 
-    def __init__(self, network, multilabel: bool):
+    def __init__(self, network, multilabel: bool, *, image_size: int, domain: str):
         super().__init__()
         self.network = network
         self.multilabel = multilabel
+        self.image_size = image_size
+        self.hint = how_to_resize(domain, image_size)
         self.register_buffer("mean", torch.tensor(transforms.IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("inv_std", 1 / torch.tensor(transforms.IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.image_size
+        if x.dim() != 4 or x.shape[1] not in [1, 3] or x.shape[2] != size or x.shape[3] != size:
+            given = "(" + ", ".join([str(n) for n in x.shape]) + ")"
+            raise ValueError(f"model.ts takes (batch, 1 or 3, {size}, {size}) pictures (grey or RGB, {size} x "
+                             f"{size} px, as the model was trained); given {given}: {self.hint}")
         if x.dtype == torch.uint8:
             x = x.to(torch.float32).mul(1 / 255)
         else:
@@ -64,7 +84,7 @@ def description(meta: dict, *, source: str, epoch=None) -> dict:
         "source_checkpoint": source, "epoch": epoch, "headline_metric": meta.get("headline_metric"),
         "input": {
             "layout": f"(batch, channels, {size}, {size}): channels first, rows top to bottom; channels 1 (grey, "
-                      "repeated to 3) or 3 (RGB)",
+                      "repeated to 3) or 3 (RGB); any other shape is refused (ValueError)",
             "dtype": "uint8 in [0, 255], or float in [0, 1]",
             "preprocessing": f"the head of transforms.eval_transforms('{meta['domain']}', image_size={size}) "
                              "rounded to uint8, i.e. transforms.loader_transforms(domain, image_size, train=False)"
@@ -84,7 +104,8 @@ def save_torchscript(model, meta: dict, path, *, source: str, epoch=None) -> dic
     model = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.rand(2, 3, size, size), check_trace=False)
-    scripted = torch.jit.script(Deployed(traced, meta["task"] == "multilabel").eval())
+    scripted = torch.jit.script(Deployed(traced, meta["task"] == "multilabel", image_size=size,
+                                         domain=meta["domain"]).eval())
     info = description(meta, source=source, epoch=epoch)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -118,11 +139,23 @@ def bundle_state_dict(state: dict) -> OrderedDict:
     return renamed
 
 
+def input_check(image_size: int) -> str:
+    """The bundle's forward pre-hook, a config expression: inputs other than (B, 3, S, S) are refused with
+    a ValueError (torch._check_value), where the network would predict them without a word."""
+    shape = f"(3, {image_size}, {image_size})"
+    message = (f"'this network takes (batch, 3, {image_size}, {image_size}) images ({image_size} x {image_size} px, "
+               f"as it was trained); given ' + str(tuple(args[0].shape)) + ': run the image files through "
+               "`preprocessing` in configs/inference.json, which resizes with the rule the model was trained with'")
+    return f"$lambda network, args: torch._check_value(tuple(args[0].shape[1:]) == {shape}, lambda: {message})"
+
+
 def inference_config(meta: dict) -> dict:
     """configs/inference.json: MONAI components for the network, the kit's eval chain in stock MONAI
     transforms for the images (transforms.stock_eval_config), so that MONAI alone runs it.
     `python -m monai.bundle run --config_file configs/inference.json --bundle_root B --dataset_dir D`
-    writes <output_dir>/predictions.csv (image, prob_<class>...)."""
+    writes <output_dir>/predictions.csv (image, prob_<class>...). `network` is `network_def` on the
+    device with input_check's hook; `network_def` stays the bare network (MONAI's ckpt_export scripts
+    it, and TorchScript cannot compile a hook written in a config)."""
     multilabel = meta["task"] == "multilabel"
     return {
         "imports": ["$import collections", "$import glob", "$import os", "$import torch"],
@@ -140,7 +173,8 @@ def inference_config(meta: dict) -> dict:
         "network_def": "$torch.nn.Sequential(collections.OrderedDict(backbone=@backbone, "
                        "bn=torch.nn.BatchNorm1d(@hidden_dim), relu=torch.nn.ReLU(), dropout=torch.nn.Dropout(@dropout), "
                        "out=torch.nn.Linear(@hidden_dim, len(@classes))))",
-        "network": "$@network_def.to(@device)",
+        "input_check": input_check(meta["image_size"]),
+        "network": "$[@network_def.register_forward_pre_hook(@input_check), @network_def.to(@device)][-1]",
         "ckpt_path": "$os.path.join(@bundle_root, 'models', 'model.pt')",
         "load_weights": "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))",
         "preprocessing": {"_target_": "Compose", "transforms": [
@@ -245,6 +279,10 @@ def bundle_readme(meta: dict, info: dict, *, metrics_rows=None) -> str:
               "network.eval()",
               "preprocess = parser.get_parsed_content('preprocessing')",
               "```", "",
+              f"`network` refuses an input of another shape than (batch, 3, {meta['image_size']}, "
+              f"{meta['image_size']}) with a ValueError: an image of another size would be predicted without a "
+              "word, and wrongly. Give it what `preprocessing` returns; `network_def` is the bare network, for "
+              "MONAI's tools (`ckpt_export`, `verify_net_in_out`).", "",
               "The chain computes what the kit's `predict.py` computes (within 1e-5 in probability), except: a "
               "DICOM file is read with its rescale slope and intercept but without its VOI window (Window "
               "Center/Width or VOI LUT), and MONOCHROME1 is not inverted, so a windowed radiograph is seen "

@@ -9,7 +9,8 @@ import numpy as np
 
 from .files import save_figure
 from .report import DISCRETE, TOO_FEW, fmt_p, zero_edge
-from .paper import ARMS, CURVE_SPLITS, arm_legend_label, fraction_label, metric_label, paper_sorted, target_title
+from .paper import (ARMS, CURVE_SPLITS, arm_legend_label, fraction_label, metric_label, metric_name, paper_sorted,
+                    target_title)
 
 # Fixed colour and marker per arm, so an arm looks the same in every figure.
 ARM_STYLES = {
@@ -62,44 +63,48 @@ def seeds_note(n_seeds):
 
 
 def plot_target(target, runs, metric, column, out_path, dpi, extra_arms, n_seeds):
-    """Paper Figs. 3-4 for one target: training | validation panels, the arms overlaid."""
+    """Paper Figs. 3-4 for one target: training | validation panels, the arms overlaid, on one y-range
+    (the gap between training and validation reads at a glance). Returns the (closed) figure."""
     import matplotlib.pyplot as plt
 
     styles = {arm: arm_style(arm, extra_arms) for arm in runs}
     labels = {arm: arm_legend_label(target, arm) for arm in runs}
     is_loss = column == "loss"
-    y_label = "Loss" if is_loss else f"{metric_label(metric)} (%)"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained", sharey=True)
     for ax, (split, split_name) in zip(axes, CURVE_SPLITS):
         plot_panel(ax, runs, split, column, 1.0 if is_loss else 100.0, styles, labels)
         ax.set_title(split_name)
-        ax.set_ylabel(y_label)
-    fig.suptitle(f"{target_title(target)} — {'loss' if is_loss else metric}{seeds_note(n_seeds)}", fontsize=13)
+    axes[0].set_ylabel("Loss" if is_loss else f"{metric_label(metric)} (%)")
+    fig.suptitle(f"{target_title(target)} — {'loss' if is_loss else metric_name(metric)}{seeds_note(n_seeds)}",
+                 fontsize=13)
     # One shared legend below the panels: it never hides a curve.
     fig.legend(handles=legend_handles(list(runs), styles, labels), loc="outside lower center",
                ncol=min(len(runs), 5), frameon=False)
     save_figure(fig, out_path, dpi)
+    return fig
 
 
 def plot_overview(all_runs, metrics, out_path, dpi, extra_arms, n_seeds):
-    """All targets in one grid (rows = targets, cols = training | validation), the paper-style overview."""
+    """All targets in one grid (rows = targets, cols = training | validation), the paper-style overview;
+    the two panels of a target share their y-range. Returns the (closed) figure."""
     import matplotlib.pyplot as plt
 
     arms = paper_sorted({a for runs in all_runs.values() for a in runs}, ARMS)
     styles = {arm: arm_style(arm, extra_arms) for arm in arms}
     labels = {arm: arm for arm in arms}
     fig, axes = plt.subplots(len(all_runs), 2, figsize=(11, 1.2 + 3.0 * len(all_runs)),
-                             layout="constrained", squeeze=False)
+                             layout="constrained", squeeze=False, sharey="row")
     for row, (target, runs) in enumerate(all_runs.items()):
         for ax, (split, split_name) in zip(axes[row], CURVE_SPLITS):
             plot_panel(ax, runs, split, "value", 100.0, styles, labels)
             ax.set_title(f"{target_title(target)} — {split_name.lower()}", fontsize=11)
-            ax.set_ylabel(f"{metric_label(metrics[target])} (%)")
+        axes[row, 0].set_ylabel(f"{metric_label(metrics[target])} (%)")
     if n_seeds > 1:
         fig.suptitle(f"Learning curves{seeds_note(n_seeds)}", fontsize=12)
     fig.legend(handles=legend_handles(arms, styles, labels), loc="outside upper center",
                ncol=min(len(arms), 5), frameon=False)
     save_figure(fig, out_path, dpi)
+    return fig
 
 
 def plot_forest(paired, out_path, dpi, extra_arms, ci):

@@ -18,15 +18,22 @@ ARMS = ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"]  # paper order (Tabl
 
 STRATEGIES = ("full", "partial", "linear")  # the kit's fine-tuning strategies (--strategy); the paper's is full
 
-ARM_HEADERS = {"IN": "IN", "Domain_RI": "Dom RI", "Domain_IN": "Dom IN", "All_RI": "ALL RI", "All_IN": "ALL IN"}
-
-METRIC_LABELS = {
+METRIC_LABELS = {  # axis labels and table headings (the paper's "Kappa Score", Figs. 3-4 and Table 2)
     "accuracy": "Accuracy",
     "kappa": "Kappa Score",
     "balanced_accuracy": "Balanced accuracy",
-    "qwk": "Quadratic kappa",
+    "qwk": "Quadratic weighted kappa",
     "auroc": "AUROC",
     "map": "mAP",
+}
+
+METRIC_NAMES = {  # the full name, in figure titles and running text (kit/metrics.py computes them)
+    "accuracy": "accuracy",
+    "kappa": "Cohen's kappa",
+    "balanced_accuracy": "balanced accuracy",
+    "qwk": "quadratic weighted kappa",
+    "auroc": "macro AUROC",
+    "map": "mean average precision",
 }
 
 CURVE_SPLITS = [("train", "Training"), ("val", "Validation")]
@@ -50,6 +57,10 @@ def short_name(target):
 
 def metric_label(metric):
     return METRIC_LABELS.get(metric, metric)
+
+
+def metric_name(metric):
+    return METRIC_NAMES.get(metric, metric)
 
 
 def arm_legend_label(target, arm):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .claims import CLAIMS, LEVELLED_OFF, MARGIN, MIN_CURVE_EPOCHS, ONE_NETWORK, fmt_p, margin
-from .paper import (ARM_HEADERS, ARMS, CURVE_SPLITS, LIMITS, NO_PATIENT_IDS, SETTINGS, SOURCE_IMAGES, TARGETS,
+from .paper import (ARMS, CURVE_SPLITS, LIMITS, NO_PATIENT_IDS, SETTINGS, SOURCE_IMAGES, TARGETS,
                     metric_label, short_name, target_title)
 from .recipe import describe as recipe_words
 from .stats import DEFAULT_RESAMPLES, MIN_PATIENTS_PER_CLASS
@@ -86,7 +86,7 @@ def test_size(n_images, n_patients):
 def table2_markdown(table, table_arms, notes, ci, level="##"):
     """Paper Table 2: one block per metric (Accuracy (%), Kappa Score (%), ...), rows Dx Training/Validation,
     then the held-out test block: mean [CI] of the best-validation and the last checkpoint."""
-    headers = [ARM_HEADERS.get(a, a) for a in table_arms]
+    headers = list(table_arms)  # the arms as the study names them everywhere
     n_seeds = int(table["n_seeds"].max()) if len(table) else 0
     lines = [f"{level} Table 2. Model's performance at last epoch", ""]
     for metric, block in table.groupby("metric", sort=False):

@@ -134,6 +134,95 @@ def test_torchscript_runs_with_torch_alone_and_equals_the_eager_model(runs, tmp_
     assert info["output"]["kind"] == "probabilities" and "softmax" in info["output"]["activation"]
 
 
+WRONG_SHAPES = {"another size": (1, 1, 297, 264), "another channel count": (1, 4, SIZE, SIZE),
+                "no batch axis": (3, SIZE, SIZE)}
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """A kit model (random weights, eval mode) and the meta of a 32 px cxr model: the export's arithmetic
+    and checks need no training."""
+    from kit import models
+
+    torch.manual_seed(0)
+    model = models.build_model(2, hidden_dim=16).eval()
+    meta = {"task": "multiclass", "domain": "cxr", "classes": ["horizontal", "vertical"], "image_size": SIZE,
+            "hidden_dim": 16, "dropout": 0.5, "key": "bars", "init": "random"}
+    return model, meta
+
+
+def normalised(pixels):
+    """uint8 (B, 1 or 3, S, S) -> what the unwrapped model takes: 3 channels, ImageNet-normalised."""
+    import transforms
+
+    x = (pixels.float() / 255).expand(-1, 3, -1, -1)
+    return (x - torch.tensor(transforms.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        transforms.IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_torchscript_refuses_a_picture_not_of_its_trained_shape_and_predicts_the_right_one(untrained, tmp_path):
+    from kit import export
+
+    model, meta = untrained
+    export.save_torchscript(model, meta, tmp_path / "model.ts", source="best.pt")
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    pixels = torch.randint(0, 256, (3, 1, SIZE, SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        eager = torch.softmax(model(normalised(pixels)), dim=1)
+        torch.testing.assert_close(scripted(pixels), eager, rtol=0, atol=TS_TOLERANCE)
+        torch.testing.assert_close(scripted(pixels.expand(-1, 3, -1, -1)), eager, rtol=0, atol=TS_TOLERANCE)
+    for what, shape in WRONG_SHAPES.items():
+        with pytest.raises(torch.jit.Error) as info:
+            scripted(torch.zeros(shape, dtype=torch.uint8))
+        given = ", ".join(map(str, shape))
+        assert str(info.value).strip().splitlines()[-1] == (
+            f"builtins.ValueError: model.ts takes (batch, 1 or 3, {SIZE}, {SIZE}) pictures (grey or RGB, {SIZE} x "
+            f"{SIZE} px, as the model was trained); given ({given}): resize with the rule the model was trained "
+            f"with: the kit's transforms.loader_transforms('cxr', image_size={SIZE}, train=False) on the image "
+            "file, or run predict.py"), what
+    # the wrapper before scripting raises the same, as a ValueError
+    wrapper = export.Deployed(model, False, image_size=SIZE, domain="cxr")
+    with pytest.raises(ValueError, match=r"given \(1, 1, 297, 264\)"):
+        wrapper(torch.zeros(WRONG_SHAPES["another size"]))
+
+
+def test_the_bundle_network_refuses_an_input_not_of_its_trained_shape_and_stays_a_valid_bundle(untrained, tmp_path):
+    import monai.bundle
+    from monai.bundle import ConfigParser
+
+    from kit import export
+
+    model, meta = untrained
+    bundle = export.save_bundle(model, meta, tmp_path / "bundle", source="best.pt", epoch=3)
+    parser = ConfigParser()  # as docs/clinical.md and the bundle's README load it
+    parser.read_config(bundle / "configs" / "inference.json")
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network")
+    parser.get_parsed_content("load_weights")
+    network.eval()
+    x = normalised(torch.randint(0, 256, (3, 1, SIZE, SIZE), dtype=torch.uint8))
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), model(x), rtol=0, atol=1e-5)
+    for what, shape in {**WRONG_SHAPES, "one channel": (1, 1, SIZE, SIZE)}.items():
+        given = ", ".join(map(str, shape))
+        with pytest.raises(ValueError) as info:
+            network(torch.zeros(shape))
+        assert str(info.value) == (
+            f"this network takes (batch, 3, {SIZE}, {SIZE}) images ({SIZE} x {SIZE} px, as it was trained); given "
+            f"({given}): run the image files through `preprocessing` in configs/inference.json, which resizes with "
+            "the rule the model was trained with"), what
+    # MONAI's own checks of the bundle: the metadata's input shape runs through network_def, and network_def
+    # (no hook) still exports to TorchScript with MONAI's ckpt_export
+    monai.bundle.verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+                                   config_file=str(bundle / "configs" / "inference.json"), device="cpu")
+    monai.bundle.ckpt_export(net_id="network_def", filepath=str(tmp_path / "network.ts"),
+                             ckpt_file=str(bundle / "models" / "model.pt"),
+                             meta_file=str(bundle / "configs" / "metadata.json"),
+                             config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle))
+    assert (tmp_path / "network.ts").is_file()
+    assert "refuses an input of another shape" in (bundle / "docs" / "README.md").read_text()
+
+
 # --------------------------------------------------------------------------- MONAI bundle
 
 IN_BUNDLE_TOOLS = """

@@ -39,7 +39,7 @@ def test_metric_override_and_unknown_target_and_arm(tmp_path):
     assert set(table["metric"]) == {"qwk"}
     assert table.at[("deepdrid", "IN"), "train"] == pytest.approx(
         last(written["deepdrid", "IN"], "train", "qwk"), abs=0.006)
-    assert "### Quadratic kappa (%)" in (tmp_path / "qwk" / "tables" / "table2.md").read_text()
+    assert "### Quadratic weighted kappa (%)" in (tmp_path / "qwk" / "tables" / "table2.md").read_text()
 
 
 def test_error_without_runs(tmp_path):

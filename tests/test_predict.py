@@ -264,7 +264,8 @@ def test_predict_cam_pngs_show_the_map_over_the_input(corner_model, tmp_path):
             assert png.format == "PNG" and png.mode == "RGB"
             pixels = np.asarray(png).astype(int)
         height, width, _ = pixels.shape
-        assert width == 2 * height and height >= 256
+        assert width >= 512 and height > width // 2  # the pictures, and the caption below them
+        pixels = pixels[: width // 2]
         left, right = pixels[:, : width // 2], pixels[:, width // 2:]
         assert np.abs(left - left[..., :1]).max() == 0  # the input as the model saw it: grey
         assert np.abs(right - right[..., :1]).max() > 60  # the heat map's colours over it
@@ -292,7 +293,7 @@ def test_evaluate_cam_writes_correct_and_wrong_examples_per_class_inside_the_fol
         assert counts.get(f"{name}/wrong", 0) == min(2, len(mine) - right)
     for file in listed["file"]:
         with Image.open(out / "cam" / file) as png:
-            assert png.size[0] == 2 * png.size[1]
+            assert png.size[1] > png.size[0] // 2  # input | map, and the caption below
     assert not list(tmp_path.glob(".*tmp*"))  # written inside the folder before it was put in place
 
 
@@ -441,6 +442,33 @@ def test_predict_help_shows_defaults_without_loading_torch():
     assert "| torch" not in result.stderr and "| monai" not in result.stderr
 
 
+def test_a_heat_map_png_is_captioned_with_the_class_its_probability_and_a_colour_bar(tmp_path):
+    from matplotlib import colormaps
+
+    from kit import cam
+
+    rng = np.random.default_rng(0)
+    pixels = torch.as_tensor(corner_picture("top_left", rng)[None])
+    heat = torch.linspace(0, 1, SIZE * SIZE).reshape(SIZE, SIZE)
+    cam.save_overlay(tmp_path / "square.png", pixels, heat, class_name="square", prob=0.973)
+    cam.save_overlay(tmp_path / "none.png", pixels, heat, class_name="none", prob=0.027)
+    pictures = cam.overlay(pixels, heat)
+    side = pictures.shape[0]
+    with Image.open(tmp_path / "square.png") as png, Image.open(tmp_path / "none.png") as other:
+        square, none = np.asarray(png), np.asarray(other)
+    assert square.shape[1] == pictures.shape[1] and square.shape[0] > side + 30
+    assert np.array_equal(square[:side], pictures)  # the pictures as they were, the caption below
+    caption, other_caption = square[side:], none[side:]
+    assert caption[:, :side].min() < 60  # dark text under the input
+    assert not np.array_equal(caption[:, :side], other_caption[:, :side])  # that names the class and probability
+    assert np.array_equal(caption[:, side:], other_caption[:, side:])  # the colour bar: the same scale for every map
+    bar_row = caption[:, side:][np.argmax([len(np.unique(row, axis=0)) for row in caption[:, side:]])] / 255
+    jet = colormaps["jet"]([0.0, 1.0])[:, :3]
+    bar = bar_row[(bar_row.max(axis=1) - bar_row.min(axis=1)) > 0.3]  # the coloured pixels, left to right
+    assert np.abs(bar[0] - jet[0]).max() < 0.05 and np.abs(bar[-1] - jet[1]).max() < 0.05  # blue (0) to red (1)
+    assert cam.caption_lines("square", 0.97312) == ["class: square", "probability: 0.973"]
+
+
 def test_heat_maps_are_scaled_with_the_largest_value_hottest():
     """MONAI's default GradCAM normaliser maps (min, max) to (1, 0); ours keeps the largest value largest."""
     from kit.cam import unit_range
@@ -473,7 +501,7 @@ def test_predict_cam_writes_the_maps_and_predictions_csv_together_or_not_at_all(
     saved = []
     real_save = cam.save_overlay
 
-    def third_map_fails(path, pixels, heat):
+    def third_map_fails(path, pixels, heat, **caption):
         saved.append(path)
         if len(saved) == 3:
             if failure == "ctrl_c":
@@ -482,10 +510,10 @@ def test_predict_cam_writes_the_maps_and_predictions_csv_together_or_not_at_all(
             monkeypatch.setattr(files._Handle, "write", lambda self, data: (_ for _ in ()).throw(
                 OSError(errno.ENOSPC, "No space left on device")))
             try:
-                return real_save(path, pixels, heat)
+                return real_save(path, pixels, heat, **caption)
             finally:
                 monkeypatch.setattr(files._Handle, "write", real_write)
-        return real_save(path, pixels, heat)
+        return real_save(path, pixels, heat, **caption)
 
     monkeypatch.setattr(cam, "save_overlay", third_map_fails)
     expected = KeyboardInterrupt if failure == "ctrl_c" else files.WriteError
@@ -496,9 +524,19 @@ def test_predict_cam_writes_the_maps_and_predictions_csv_together_or_not_at_all(
     assert not (tmp_path / "out" / "predictions.csv").exists()
     assert not list((tmp_path / "cam").glob("*.png")) if (tmp_path / "cam").exists() else True
     assert not list(tmp_path.glob(".cam.tmp-*"))
-    # the same command again writes them all, together
-    monkeypatch.setattr(cam, "save_overlay", real_save)
+    # the same command again writes them all, together, each captioned with its predicted class and probability
+    captions = {}
+
+    def save_and_note(path, pixels, heat, **caption):
+        captions[Path(path).name] = caption
+        return real_save(path, pixels, heat, **caption)
+
+    monkeypatch.setattr(cam, "save_overlay", save_and_note)
     predict.main(predict.get_args_parser().parse_args(argv))
     predicted = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert len(predicted) > 3 and predicted["cam"].map(lambda p: Path(p).is_file()).all()
     assert len(list((tmp_path / "cam").glob("*.png"))) == len(predicted)
+    for row in predicted.itertuples():
+        caption = captions[Path(row.cam).name]
+        assert caption["class_name"] == row.pred
+        assert caption["prob"] == pytest.approx(getattr(row, f"prob_{row.pred}"), abs=1e-6)

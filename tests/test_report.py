@@ -13,7 +13,7 @@ def test_table2_markdown(plain_study):
     text = (root / "tables" / "table2.md").read_text()
     assert "### Accuracy (%)" in text and "### Kappa Score (%)" in text
     assert text.index("### Accuracy (%)") < text.index("### Kappa Score (%)")
-    assert "| Dataset |  | IN | Dom RI | Dom IN | ALL RI | ALL IN |" in text
+    assert "| Dataset |  | IN | Domain_RI | Domain_IN | All_RI | All_IN |" in text
     lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()}
     d4_val = [c.strip() for c in lines["D4 Messidor", "Validation"].strip("|").split("|")][2:]
     expected = ["n/a", f"{last(written['messidor', 'Domain_RI'], 'val', 'kappa'):.1f}", "n/a",
