@@ -13,6 +13,7 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt tools/install_torch.sh
+	@echo "installing into $(VENV), quietly: PyTorch (CPU or CUDA build, said next), the requirements (MONAI, pandas, snakemake, pytest, ...), the kit"
 	$(PYTHON) -m venv $(VENV)
 	bash tools/install_torch.sh $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements.txt

@@ -8,7 +8,8 @@ args.train_fraction; else from a folder name like frac0.1_seed2; else seed 0, fr
   OUT/finetune/<target>/<arm>/<run>/args.json     seed, train fraction, `meta.headline_metric`
   OUT/eval/**/metrics.csv, predictions.csv         test results of each run's best.pt / last.pt
                                                   (evaluate.py; matched to runs by their checkpoint path)
-  OUT/manifests/<key>.json                        split sizes of targets and sources (optional)
+  OUT/manifests/<key>.json                        split sizes of targets and sources; without study.json, the
+                                                  data's origin (demo_data: generated demo data) (optional)
   OUT/study.json                                  what the workflow ran: data (demo or a path), ImageNet weights
                                                   found or why not, sizes, epochs, seeds (optional)
 and writes (values in %, differences in percentage points):
@@ -300,7 +301,8 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out
         pairing_notes=tuple(dict.fromkeys(pairing_notes)), domains={t: results.target_domain(args.runs, t) for t in targets},
         strategy=strategy if several else None, overlap=overlap_facts(args.runs, runs, targets, study,
                                                                        args.claims_checkpoint),
-        left_out=[item for item in left_out if item["key"] in {r["key"] for r in runs}]))
+        left_out=[item for item in left_out if item["key"] in {r["key"] for r in runs}],
+        manifests=results.manifest_data(args.runs, targets)))
     files.write_text_atomic(out / "report.md", report)
 
     print(f"{strategy}: {', '.join(sorted(written))}, table2.md, {len(written_figures)} figures and report.md")

@@ -147,21 +147,60 @@ def beyond_arm(arm, study):
     return arm
 
 
+DEMO_WORDS = ("generated pictures in the datasets' layouts, not patients. The numbers below only show that the "
+              "pipeline runs; they mean nothing about medicine or about the paper's question.")
+
+
+def data_line(manifests) -> str:
+    """The Data line of a folder without study.json (stages run by hand), from what the manifests' JSON records:
+    {key: {"root": folder, "demo_data": DEMO_DATA.json of tools/make_demo_data.py, None (the manifest says the
+    data are not generated) or absent (it says nothing)}} (results.manifest_data)."""
+    manifests = manifests or {}
+    demo = {key: m["demo_data"] for key, m in manifests.items() if m.get("demo_data")}
+    own = {key: m["root"] for key, m in manifests.items() if "demo_data" in m and not m["demo_data"] and m.get("root")}
+    unknown = [key for key in manifests if key not in demo and key not in own]
+    drawn = {}  # "seed S, scale X" -> the data sets drawn so
+    for key, record in demo.items():
+        scale = record.get("scale")
+        scale = f"{scale:g}" if isinstance(scale, (int, float)) else scale
+        drawn.setdefault(f"seed {record.get('seed')}, scale {scale}", []).append(key)
+    how = "; ".join(f"{words}: {', '.join(keys)}" if len(drawn) > 1 else words for words, keys in drawn.items())
+    folders = "; ".join(f"{key} `{root}`" for key, root in own.items())
+    if demo and not own and not unknown:
+        return (f"- **Data: generated demo data** ({how}) — the kit's tools/make_demo_data.py, not real images (the "
+                f"manifests record it; no study.json here): {DEMO_WORDS}")
+    if own and not demo and not unknown:
+        return (f"- Data: read from {folders} (the manifests record it: none is the kit's generated demo data; no "
+                "study.json here: the stages were run by hand).")
+    if not demo and not own:
+        return ("- **Data: unknown** (no study.json in this folder: it was not written by the study workflow, and the "
+                "manifests record no origin); check whether the runs used real data before reading anything into "
+                "the numbers.")
+    parts = []
+    if demo:
+        parts.append(f"generated demo data for {', '.join(demo)} (tools/make_demo_data.py, not real images; {how})")
+    if own:
+        parts.append(f"read from {folders}")
+    if unknown:
+        parts.append(f"unknown for {', '.join(unknown)} (the manifests record no origin)")
+    return (f"- **Data: mixed** (from the manifests; no study.json here): {'; '.join(parts)}. Numbers of generated "
+            "data mean nothing about medicine.")
+
+
 def what_was_run(study, runs_arms, targets, seeds, settings_line, missing_reason, claims_checkpoint, domains=None,
-                 strategy=None):
+                 strategy=None, manifests=None):
     """The top of report.md: the data, the arms run and not run and why (said here, once), the seeds
-    and what they replicate, the sizes, the known limits of the targets' data."""
+    and what they replicate, the sizes, the known limits of the targets' data. `manifests`: what the
+    manifests' JSON says of the data (data_line), for a folder without study.json."""
     lines = ["## What was run", ""]
     if strategy:
         lines.append(f"- Fine-tuning strategy: **{STRATEGY_WORDS.get(strategy, strategy)}** "
                      f"(finetune_target.py --strategy {strategy}).")
     if study is None:
-        lines.append("- **Data: unknown** (no study.json in this folder: it was not written by the study workflow); check "
-                     "whether the runs used real data before reading anything into the numbers.")
+        lines.append(data_line(manifests))
     elif study.get("demo"):
         lines.append(f"- **Data: synthetic demo data** (tools/make_demo_data.py, scale {study.get('demo_scale')}): "
-                     "generated pictures in the datasets' layouts, not patients. The numbers below only show that the "
-                     "pipeline runs; they mean nothing about medicine or about the paper's question.")
+                     + DEMO_WORDS)
     else:
         lines.append(f"- Data: the downloads in `{study['data']}`.")
     others = [t for t in targets if (domains or {}).get(t) == "other"]
@@ -530,6 +569,7 @@ class Study:
     strategy: str | None = None
     overlap: dict | None = None
     left_out: list = dataclasses.field(default_factory=list)  # evaluations not of the checkpoint in their run folder
+    manifests: dict | None = None    # what the manifests' JSON says of the data: results.manifest_data
 
 
 def left_out_section(left_out) -> list:
@@ -550,7 +590,7 @@ def report_markdown(study: Study) -> str:
     targets = list(s.metrics)
     lines = ["# Domain-aware transfer learning: study report", ""]
     lines += what_was_run(s.record, s.runs_arms, targets, s.seeds, s.settings, s.missing_reason,
-                          reporting.claims_checkpoint, s.domains, s.strategy)
+                          reporting.claims_checkpoint, s.domains, s.strategy, s.manifests)
     lines += overlap_section(**s.overlap) if s.overlap else []
     lines += left_out_section(s.left_out)
     lines += ["## The answer, per target", "", "Does medical pretraining beat ImageNet? (test split, "

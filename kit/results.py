@@ -233,6 +233,19 @@ def source_manifests(runs_dir, keys=("chestxray14", "breakhis", "eyepacs")):
     return found
 
 
+def manifest_data(runs_dir, targets, sources=("chestxray14", "breakhis", "eyepacs")):
+    """{key: {"root", "demo_data"}} from OUT/manifests/<key>.json of each source and target that has one: the
+    folder the data set was read from and what prepare_data.py recorded of its origin (demo_data: the
+    DEMO_DATA.json of generated demo data, None for other data; left out where the manifest records nothing)."""
+    found = {}
+    for key in dict.fromkeys([*sources, *targets]):
+        path = Path(runs_dir) / "manifests" / f"{key}.json"
+        if path.is_file():
+            meta = read_json(path)
+            found[key] = {"root": meta.get("root")} | ({"demo_data": meta["demo_data"]} if "demo_data" in meta else {})
+    return found
+
+
 def run_arguments(runs_dir, runs):
     """{"fine-tuning": args, "pretraining": args} from the args.json of the first fine-tuning run and of
     the first pretraining run under OUT/pretrain/ (either left out when absent): the run's settings, with

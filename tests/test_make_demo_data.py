@@ -1,6 +1,7 @@
 """tools/make_demo_data.py: native layouts, real column names, determinism, content by class."""
 import gzip
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -52,6 +53,20 @@ def plan_only(key, tmp_path, scale=1.0, seed=0):
 
 def test_all_datasets_written_and_no_temporary_folders(demo_root):
     assert sorted(p.name for p in demo_root.iterdir()) == sorted(demo.DATASET_KEYS)
+
+
+def test_every_data_set_says_it_is_generated_demo_data(demo_root):
+    """DEMO_DATA.json in each data set: what prepare_data.py copies into the manifest, so the report can say
+    where the data came from (no date in it: the files stay byte-identical for a seed)."""
+    for key in demo.DATASET_KEYS:
+        record = json.loads((demo_root / key / "DEMO_DATA.json").read_text())
+        assert record["generated"] is True and record["generator"] == "tools/make_demo_data.py"
+        assert (record["dataset"], record["seed"], record["scale"]) == (key, 0, SCALE)
+        assert record["contents"] and record["kit_version"] and "not images of patients" in record["note"]
+    chestxray14 = json.loads((demo_root / "chestxray14" / "DEMO_DATA.json").read_text())
+    assert chestxray14["image_size"] == "256x256 px" and "images of" in chestxray14["contents"]
+    assert re.fullmatch(r"2\d\d-[23]\d\dx2\d\d-[23]\d\d px",
+                        json.loads((demo_root / "shenzhen" / "DEMO_DATA.json").read_text())["image_size"])
 
 
 @pytest.mark.parametrize("key,patterns", [

@@ -1,12 +1,15 @@
 """README.md and docs/*.md say what the code does.
 
-* slow: the README's "stages one by one" block runs as written, command by command, in a copy of
-  the repository with the kit installed (every path a command reads was written by an earlier
-  command); then its clinical commands (predict, heat maps, export) and its Python snippet run on
-  the checkpoint the stages wrote; and its own-task block runs on a generated table.
+* slow: the README's "stages one by one" block runs as written, in a new shell (no environment
+  active: each block activates .venv itself) in a copy of the repository after its documented
+  set-up (every path a command reads was written by an earlier command), and its report has numbers
+  where the stages made them; then its clinical commands (predict, heat maps, export) and its
+  Python snippet run on the checkpoint the stages wrote; and its own-task and backbone blocks run
+  on a generated table.
 * fast: every script, module, shell script and make target the documents name exists; every flag
-  written after a script in a command is in that script's --help; README.md stays short; the
-  documents name nothing outside the repository.
+  written after a script in a command is in that script's --help; every README block that runs the
+  kit opens by activating its environment; README.md stays short; the documents name nothing
+  outside the repository.
 """
 import functools
 import json
@@ -33,6 +36,7 @@ CLINICAL_MARKER = "<!-- clinical: run by tests/test_readme.py -->"
 COMMANDS_MARKER = "<!-- clinical-commands: run by tests/test_readme.py -->"
 OWN_TASK_MARKER = "<!-- own-task: run by tests/test_readme.py -->"
 BACKBONE_MARKER = "<!-- backbone: run by tests/test_readme.py -->"
+ACTIVATE = "source .venv/bin/activate"  # the environment `make setup` (or make study / make test) built
 RUN = "OUT/finetune/shenzhen/Domain_RI/seed0/best.pt"
 EVAL = "OUT/eval/shenzhen/Domain_RI/seed0/best"
 COMMAND_TIMEOUT = 1200  # seconds for one stage on a slow, busy CPU
@@ -246,14 +250,35 @@ def test_each_fact_has_one_source():
 def test_the_blocks_the_slow_test_runs_are_there():
     text = README.read_text()
     stages = commands(block_after(text, STAGES_MARKER, "bash"))
-    assert stages and all(c.startswith("python ") for c in stages), stages
+    assert stages[0] == ACTIVATE and stages[1:] and all(c.startswith("python ") for c in stages[1:]), stages
     assert "model_from_checkpoint" in block_after(text, CLINICAL_MARKER, "python")
-    assert [c.split()[1] for c in commands(block_after(text, COMMANDS_MARKER, "bash"))] == [
+    clinical = commands(block_after(text, COMMANDS_MARKER, "bash"))
+    assert clinical[0] == ACTIVATE and [c.split()[1] for c in clinical[1:]] == [
         "predict.py", "evaluate.py", "export.py", "export.py"]
     own = commands(block_after(text, OWN_TASK_MARKER, "bash"))
-    assert len(own) == 3 and "--dataset csv" in own[0] and own[1].startswith("snakemake ")
+    assert len(own) == 4 and own[0] == ACTIVATE and "--dataset csv" in own[1] and own[2].startswith("snakemake ")
     backbone = commands(block_after(text, BACKBONE_MARKER, "bash"))
-    assert len(backbone) == 1 and backbone[0].startswith("snakemake ") and "extra_arms=" in backbone[0]
+    assert len(backbone) == 2 and backbone[0] == ACTIVATE and backbone[1].startswith("snakemake ")
+    assert "extra_arms=" in backbone[1]
+
+
+def test_every_block_that_runs_the_kit_activates_its_environment_first():
+    """A new shell has no environment: a README block running python, snakemake, torchrun or pytest opens
+    with `source .venv/bin/activate` (the make targets activate it themselves)."""
+    forgot = []
+    for language, body, _ in fenced_blocks(README.read_text()):
+        found = commands(body) if language in SHELL_LANGUAGES else []
+        runs_the_kit = any(re.match(r"(python3?|snakemake|torchrun|pytest)\b", command) for command in found)
+        if runs_the_kit and found[0] != ACTIVATE:
+            forgot.append(found[0])
+    assert not forgot, f"README blocks that do not open with {ACTIVATE!r}: {forgot}"
+
+
+def test_a_new_shell_has_no_python_with_the_kits_packages(tmp_path):
+    """What the slow tests run the blocks in: without `source .venv/bin/activate`, `python` is not the kit's."""
+    result = subprocess.run(["bash", "-c", "python -c 'import pandas'"], env=new_shell(tmp_path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0 and "source .venv/bin/activate" in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- the README, run
@@ -279,18 +304,60 @@ def copy_repository(dest: Path) -> Path:
     return dest
 
 
-def python_first_on_path(bin_dir: Path) -> dict:
-    """The environment for the blocks: `python` is the interpreter running these tests (a wrapper
-    that execs it, so a virtual environment stays a virtual environment)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = bin_dir / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.pop("PYTHONPATH", None)  # the copy must work on its own
+def new_shell(tmp_path: Path) -> dict:
+    """The environment of a new terminal: this one without any virtual environment (no VIRTUAL_ENV, no
+    PYTHONPATH, no environment's bin folder on PATH) and, first on PATH, a `python`, `python3`, `pip`,
+    `snakemake`, `pytest` and `torchrun` that refuse to run. A block that does not activate .venv fails here,
+    even on a machine whose system python holds the kit's packages."""
+    guard = tmp_path / "no_environment"
+    guard.mkdir(exist_ok=True)
+    for name in ("python", "python3", "pip", "pip3", "snakemake", "pytest", "torchrun"):
+        stub = guard / name
+        stub.write_text(f'#!/bin/sh\necho "{name}: no environment is active here (source .venv/bin/activate)" >&2\n'
+                        "exit 127\n")
+        stub.chmod(stub.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT", "PYTHONPATH", "PYTHONHOME", "CONDA_PREFIX",
+                          "CONDA_DEFAULT_ENV"}}
+    folders = [folder for folder in env.get("PATH", "").split(os.pathsep) if folder and not environment_bin(folder)]
+    env["PATH"] = os.pathsep.join([str(guard), *folders])
     env["MPLBACKEND"] = "Agg"
     return env
+
+
+def environment_bin(folder: str) -> bool:
+    """Whether `folder` is the bin folder of a virtual or conda environment (this Python's included)."""
+    path = Path(folder)
+    return ((path.parent / "pyvenv.cfg").is_file() or (path.parent / "conda-meta").is_dir()
+            or path.resolve() == Path(sys.executable).parent.resolve())
+
+
+def documented_setup(repo: Path) -> None:
+    """`make setup` in the copy (README, Quick start): `.venv` holding PyTorch, the requirements and the kit.
+    Stood in for by what that set-up produces here: `.venv` is a link to the environment `make setup` built
+    for this checkout (ROOT/.venv), else to the virtual environment running these tests; where there is
+    neither (the tests run in another kind of environment), a virtual environment is made in the copy from
+    this Python's packages, with the copy installed (editable) and a `snakemake` command."""
+    import site
+
+    for built in (ROOT / ".venv", Path(sys.prefix)):
+        if (built / "bin" / "activate").is_file() and (built / "bin" / "python").exists():
+            (repo / ".venv").symlink_to(built.resolve(), target_is_directory=True)
+            return
+    venv = repo / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    # this Python's packages (torch, MONAI) by a .pth file naming their folders: the .pth files inside those
+    # folders (this Python's own editable kit) are not run, so the copy's install is the one imported
+    Path(purelib, "parent_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e",
+                             str(repo)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    launcher = venv / "bin" / "snakemake"
+    launcher.write_text('#!/bin/sh\nexec "$(dirname "$0")/python" -m snakemake "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
 def paths_read(command: str) -> list[str]:
@@ -305,48 +372,48 @@ def run(command, cwd, env, **kwargs):
                           **kwargs)
 
 
-def kit_environment(tmp_path, repo):
-    """PATH with a virtual environment first whose `python` has this Python's packages and the
-    copy installed (editable: `transforms` and `kit`), as `make` sets it up."""
-    import site
-
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
-                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    # this Python's packages (torch, MONAI) by a .pth file naming their folders: the .pth files inside those
-    # folders (this Python's own editable kit) are not run, so the copy's install is the one imported
-    Path(purelib, "parent_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e",
-                             str(repo)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
-    env["MPLBACKEND"] = "Agg"
-    return env
-
-
 def run_block(body, repo, env, what):
-    for number, command in enumerate(commands(body), start=1):
-        result = run(["bash", "-c", command], repo, env)
-        assert result.returncode == 0, (f"{what} command {number} failed (exit {result.returncode}):\n{command}\n"
-                                        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    """A block as printed, in one new `bash` (its `source .venv/bin/activate` holds for the commands after it),
+    stopping at the first command that fails and naming it; returns the finished process."""
+    trap = "trap 'echo \"failed (exit $?): $BASH_COMMAND\" >&2' ERR\n"
+    result = subprocess.run(["bash", "-c", "set -e\n" + trap + body], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=COMMAND_TIMEOUT * len(commands(body)))
+    assert result.returncode == 0, (f"{what} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-3000:]}")
+    return result
 
 
 @pytest.mark.slow
 def test_readme_stages_then_clinical_blocks_run_as_written(tmp_path):
+    """The stages block, then the clinical commands, each as printed in a new shell (new_shell: no environment
+    active) in a copy of the repository after its documented set-up (documented_setup); then the Python
+    snippet. The report the stages end in has numbers wherever they made them, and names its data."""
     text = README.read_text()
     stages = block_after(text, STAGES_MARKER, "bash")
     clinical = block_after(text, COMMANDS_MARKER, "bash")
     snippet = block_after(text, CLINICAL_MARKER, "python")
-    assert [c.split()[1] for c in commands(clinical)] == ["predict.py", "evaluate.py", "export.py", "export.py"]
+    assert [c.split()[1] for c in commands(clinical)[1:]] == ["predict.py", "evaluate.py", "export.py", "export.py"]
     repo = copy_repository(tmp_path / "repo")
-    env = kit_environment(tmp_path, repo)
+    documented_setup(repo)
+    env = new_shell(tmp_path)
     run_block(stages, repo, env, "stages")
     evaluated = pd.read_csv(repo / EVAL / "predictions.csv")
-    run_block(clinical, repo, env, "clinical")
     out = repo / "OUT"
+
+    # report.md: Domain_RI's values (validation, test at the best and at the last epoch: Table 2 and the answers
+    # read the last) where the other arms, not run, read n/a; the data named from what the manifests record
+    table = pd.read_csv(out / "tables/table2.csv").set_index("arm")
+    assert table.loc["Domain_RI", ["train", "val", "test", "test_last"]].notna().all()
+    report = (out / "report.md").read_text()
+    assert "Data: generated demo data** (seed 0, scale 1)" in report
+    next_to_paper = report.split("## The paper's Table 2 next to this run", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in next_to_paper.splitlines() if line.startswith("| D1 Shenzhen CXR | Domain_RI |"))
+    assert "n/a" not in row, row
+    held_out = report.split("### Held-out test", 1)[1].split("\n\n", 2)[1]  # its table: best-val, last epoch
+    rows = [line for line in held_out.splitlines() if line.startswith("| D1 Shenzhen CXR |")]
+    assert len(rows) == 2 and all(re.search(r"\| \d+\.\d", line) for line in rows), held_out
+
+    run_block(clinical, repo, env, "clinical")
 
     # predict.py: every demo image of the folder, with its heat map; nothing skipped
     folder = out / "demo_data/shenzhen/ChinaSet_AllFiles/CXR_png"
@@ -367,8 +434,8 @@ def test_readme_stages_then_clinical_blocks_run_as_written(tmp_path):
     columns = ["prob_normal", "prob_tuberculosis"]
     np.testing.assert_allclose(by_name.loc[names, columns].to_numpy(), evaluated[columns].to_numpy(), atol=1e-3)
     evaluated[["image"]].to_csv(out / "test_images.csv", index=False)
-    result = run(["bash", "-c", f"python predict.py --checkpoint {RUN} OUT/test_images.csv --out OUT/predict/test "
-                                "--workers 0"], repo, env)
+    result = run(["bash", "-c", f"{ACTIVATE} && python predict.py --checkpoint {RUN} OUT/test_images.csv "
+                                "--out OUT/predict/test --workers 0"], repo, env)
     assert result.returncode == 0, result.stderr[-3000:]
     on_test = pd.read_csv(out / "predict/test/predictions.csv")
     assert on_test["image"].tolist() == evaluated["image"].tolist()
@@ -402,7 +469,7 @@ def test_readme_stages_then_clinical_blocks_run_as_written(tmp_path):
     assert load_backbone(out / "export/CXR_RI/backbone.pt")(torch.rand(1, 3, 64, 64)).shape == (1, 1024, 2, 2)
 
     # the Python snippet, with the installed names, from the copy's root
-    result = run(["python", "-"], repo, env, input=snippet)
+    result = run(["bash", "-c", f"{ACTIVATE} && python -"], repo, env, input=snippet)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = dict(re.findall(r"^(.+?):\s*([0-9]*\.[0-9]+)\s*$", result.stdout, re.M))
     assert set(printed) == {"normal", "tuberculosis"} and abs(sum(map(float, printed.values())) - 1) < 1e-3
@@ -424,10 +491,12 @@ def write_own_table(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_readme_own_task_block_runs_as_written(tmp_path):
-    """The three commands as written, on a generated table; the study's size comes from a Snakemake profile
-    (SNAKEMAKE_PROFILE: a tiny demo, 32 px, one epoch, two runs at a time), as a user would shrink it."""
-    own = commands(block_after(README.read_text(), OWN_TASK_MARKER, "bash"))
+    """The block as written, in a new shell after the documented set-up, on a generated table; the study's size
+    comes from a Snakemake profile (SNAKEMAKE_PROFILE: a tiny demo, 32 px, one epoch, two runs at a time), as a
+    user would shrink it."""
+    own = block_after(README.read_text(), OWN_TASK_MARKER, "bash")
     repo = copy_repository(tmp_path / "repo")
+    documented_setup(repo)
     write_own_table(repo)
     profile = tmp_path / "tiny"
     profile.mkdir()
@@ -435,29 +504,21 @@ def test_readme_own_task_block_runs_as_written(tmp_path):
                                        "demo_scale: 0.3\nworkers: 0\ndevice: cpu\nthreads: 1\n")
     (profile / "profile.yaml").write_text(f"cores: 2\nconfigfile: [{repo / 'config' / 'demo.yaml'}, "
                                           f"{profile / 'tiny.yaml'}]\n")
-    env = {**python_first_on_path(tmp_path / "bin"), "SNAKEMAKE_PROFILE": str(profile),
-           "TORCH_HOME": str(tmp_path / "no_torch_home")}
+    env = {**new_shell(tmp_path), "SNAKEMAKE_PROFILE": str(profile), "TORCH_HOME": str(tmp_path / "no_torch_home")}
     env.pop("OMP_NUM_THREADS", None)
-    printed = ""
-    for number, command in enumerate(own, start=1):
-        result = run(["bash", "-c", command], repo, env)
-        assert result.returncode == 0, (f"own-task command {number} failed:\n{command}\n{result.stdout[-3000:]}\n"
-                                        f"{result.stderr[-3000:]}")
-        printed = result.stdout
+    printed = run_block(own, repo, env, "own-task block").stdout
     meta = json.loads((repo / "mydata/manifests/mytask.json").read_text())
     assert meta["ordinal"] and meta["classes"] == ["0", "1", "2", "3"] and meta["domain"] == "efi"
     report = (repo / "runs/demo/report.md").read_text()
-    assert printed.strip() and printed.strip().splitlines()[0] == report.splitlines()[0]  # head shows the report
+    assert printed.endswith("".join(report.splitlines(keepends=True)[:40]))  # head shows the report
     assert "## Fine-tuning strategies side by side" in report and "| mytask |" in report
     for folder in ("runs/demo", "runs/demo/strategies/linear"):
         table = pd.read_csv(repo / folder / "tables/table2.csv")
         assert table.loc[table["target"] == "mytask", "test_last"].notna().any(), folder
 
-    # "Compare a published backbone": its command as written, with a CheXNet-style stand-in where it names one
-    backbone = commands(block_after(README.read_text(), BACKBONE_MARKER, "bash"))[0]
+    # "Compare a published backbone": its block as written, with a CheXNet-style stand-in where it names one
     write_layout(repo / "chexnet.pth.tar", "chexnet", reference_densenet(out_channels=14))
-    result = run(["bash", "-c", backbone], repo, env)
-    assert result.returncode == 0, f"{backbone}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    run_block(block_after(README.read_text(), BACKBONE_MARKER, "bash"), repo, env, "backbone block")
     table = pd.read_csv(repo / "runs/demo/tables/table2.csv")
     assert table.loc[(table["target"] == "shenzhen") & (table["arm"] == "CheXNet"), "test_last"].notna().all()
     report = (repo / "runs/demo/report.md").read_text()

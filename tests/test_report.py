@@ -104,3 +104,28 @@ def test_an_interval_ending_at_0_next_to_a_large_p_says_why(tmp_path):
     line = [line for line in text.splitlines() if line.startswith("| D1 Shenzhen CXR | Domain_RI − IN | 1 |")][0]
     assert line.split("|")[4].strip() == f"2.5 [0.0, {row['ci_high']:.1f}] †"
     assert f"† {report.DISCRETE}" in text
+
+
+def test_the_data_line_without_study_json_says_what_the_manifests_record():
+    """Stages run by hand leave no study.json: the Data line comes from the manifests' JSON (prepare_data.py copies
+    the DEMO_DATA.json of generated demo data into it; None: not generated; absent: an older manifest)."""
+    drawn = {"generated": True, "generator": "tools/make_demo_data.py", "seed": 0, "scale": 1.0}
+    line = report.data_line({"chestxray14": {"root": "/d/chestxray14", "demo_data": drawn},
+                             "shenzhen": {"root": "/d/shenzhen", "demo_data": drawn}})
+    assert line.startswith("- **Data: generated demo data** (seed 0, scale 1) — the kit's tools/make_demo_data.py, "
+                           "not real images") and "mean nothing about medicine" in line
+    line = report.data_line({"chestxray14": {"root": "/d/c", "demo_data": {**drawn, "seed": 1, "scale": 0.3}},
+                             "shenzhen": {"root": "/d/s", "demo_data": drawn}})
+    assert "(seed 1, scale 0.3: chestxray14; seed 0, scale 1: shenzhen)" in line
+    line = report.data_line({"shenzhen": {"root": "/data/shenzhen", "demo_data": None}})
+    assert line.startswith("- Data: read from shenzhen `/data/shenzhen`") and "none is the kit's generated" in line
+    for nothing in ({}, None, {"shenzhen": {"root": "/data/shenzhen"}}):
+        assert report.data_line(nothing).startswith("- **Data: unknown**")
+    line = report.data_line({"chestxray14": {"root": "/d/c", "demo_data": drawn},
+                             "mytask": {"root": "/data/labels.csv", "demo_data": None}, "shenzhen": {"root": "/d/s"}})
+    assert line.startswith("- **Data: mixed**") and "generated demo data for chestxray14" in line
+    assert "read from mytask `/data/labels.csv`" in line and "unknown for shenzhen" in line
+    # with study.json the workflow's record speaks, whatever the manifests say
+    lines = report.what_was_run({"demo": True, "demo_scale": 0.3}, {"shenzhen": {"IN"}}, ["shenzhen"], [0], "", None,
+                                "last", manifests={"shenzhen": {"root": "/d/s", "demo_data": None}})
+    assert "- **Data: synthetic demo data** (tools/make_demo_data.py, scale 0.3)" in "\n".join(lines)

@@ -37,6 +37,10 @@ Layout written under ``OUT/demo_data/<key>/`` (sizes at ``--scale 1``):
   and ``.../Images/<patient_id>/<patient_id>_<l|r><1|2>.jpg``; 320x320 RGB JPEG;
   30 training and 10 validation patients, 4 images each.
 
+Every data set folder also holds ``DEMO_DATA.json``: that it is generated demo data, the data set,
+seed, scale, image sizes and contents, and the kit's version; prepare_data.py copies it into the
+manifest's JSON sidecar, so a report made from hand-run stages can say where its data came from.
+
 Every image is drawn from its own seed (seed, data set, image number), so the files are
 byte-identical for a given ``--seed`` whatever ``--workers`` is; no file embeds a date.
 Each data set is written into ``<key>.tmp`` and renamed to ``<key>`` when complete.
@@ -48,6 +52,7 @@ import math
 import os
 import shutil
 import time
+import tomllib
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -59,7 +64,7 @@ import xlwt
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere: the kit's cli
-from kit import cli  # noqa: E402
+from kit import cli, files  # noqa: E402
 
 DATASET_KEYS = ("chestxray14", "breakhis", "eyepacs", "shenzhen", "covid19_radiography",
                 "kather2016", "messidor", "deepdrid")
@@ -954,6 +959,22 @@ def plan_deepdrid(root, rng, planner, scale):
     return ", ".join(summary)
 
 
+def demo_record(key, seed, scale, jobs, contents) -> dict:
+    """DEMO_DATA.json of one data set: what a manifest made from it, and the report, say about its data."""
+    def span(values):
+        return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+    widths = sorted({params["width"] for _, _, params, _ in jobs if "width" in params})
+    heights = sorted({params["height"] for _, _, params, _ in jobs if "height" in params})
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    version = tomllib.loads(pyproject.read_text())["project"]["version"] if pyproject.is_file() else None
+    return {"generated": True, "generator": "tools/make_demo_data.py", "dataset": key, "seed": seed, "scale": scale,
+            "image_size": f"{span(widths)}x{span(heights)} px" if widths and heights else None,
+            "contents": contents, "kit_version": version,
+            "note": "drawn pictures in the data set's native layout, not images of patients: numbers made from "
+                    "them say nothing about medicine"}
+
+
 PLANNERS = {"chestxray14": plan_chestxray14, "breakhis": plan_breakhis, "eyepacs": plan_eyepacs,
             "shenzhen": plan_shenzhen, "covid19_radiography": plan_covid19_radiography,
             "kather2016": plan_kather2016, "messidor": plan_messidor, "deepdrid": plan_deepdrid}
@@ -996,6 +1017,7 @@ def main(args):
             else:
                 for _ in pool.imap_unordered(run_job, planner.jobs, chunksize=4):
                     pass
+            files.write_json(demo_record(key, args.seed, args.scale, planner.jobs, summary), tmp_dir / "DEMO_DATA.json")
             if target.exists():    # --overwrite (checked above): swap, then delete the old copy
                 old = out_dir / f"{key}.old"
                 if old.exists():
