@@ -35,7 +35,7 @@ from kit import cli
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--targets", type=cli.existing_file, nargs="+", required=True,
                       help="target manifest CSVs from prepare_data.py (every split is checked)")

@@ -46,7 +46,7 @@ from kit import cli
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint", type=str, nargs="+", required=True,
                       help="best.pt / last.pt files; with several, outputs go to OUT/<path relative to --relative-to, "

@@ -30,7 +30,7 @@ FORMATS = ("torchscript", "bundle", "backbone")
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     parser.add_argument("--checkpoint", type=cli.existing_file, required=True, help="best.pt / last.pt of a run")
     parser.add_argument("--out", type=str, required=True, help="folder for model.ts, bundle/ and backbone.pt")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["torchscript", "bundle"],

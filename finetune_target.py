@@ -10,9 +10,7 @@
 A checkpoint gives the backbone only; the head (FC, BN, ReLU, Dropout, FC) is always new. All
 arms of a target read the same manifest, so they see the same split. --init also takes a published
 DenseNet-121 file (torchvision, CheXNet-style, torchxrayvision, MONAI: kit/backbones.py), mapped
-strictly, its layout and hash recorded in the checkpoint's meta:
-
-    python finetune_target.py --manifest OUT/manifests/shenzhen.csv --init chexnet.pth.tar --out OUT/finetune/shenzhen/CheXNet/seed0
+strictly, its layout and hash recorded in the checkpoint's meta.
 
 CPU demo:
     python finetune_target.py --manifest runs/demo/manifests/shenzhen.csv \\
@@ -23,6 +21,8 @@ One GPU, 224 px:
 Eight GPUs (the same file; --batch-size is per process):
     torchrun --nproc_per_node=8 finetune_target.py --manifest OUT/manifests/messidor.csv --init imagenet \\
         --out OUT/finetune/messidor/IN/seed0 --batch-size 32 --lr 8e-4
+A published DenseNet-121 file (here CheXNet's) as the init:
+    python finetune_target.py --manifest OUT/manifests/shenzhen.csv --init chexnet.pth.tar --out OUT/finetune/shenzhen/CheXNet/seed0
 A killed run continues from OUT/.../last.pt when the same command is run again (--no-resume starts over).
 
 The recipe is main() below, top to bottom: data, model, loss, what trains (--strategy: full,
@@ -35,7 +35,7 @@ from kit.paper import STRATEGIES
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=cli.existing_file, required=True,
                       help="target manifest CSV from prepare_data.py")

@@ -68,7 +68,6 @@ value (a threshold common to the target's arms), the curve's mean height, its la
 epochs, its sd and gain over the last third. Table 2, the curves, the
 forest plot, convergence and the claims use each target's largest train fraction (normally 1).
 
-Commands to paste:
   # after the CPU demo or the full study (the workflow writes everything under OUT)
   python plot_results.py --runs OUT --out OUT
   # another metric column for every target instead of the paper's headline metrics
@@ -81,7 +80,7 @@ from kit import cli
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     # Data
     parser.add_argument("--runs", type=Path, required=True,
                         help="study output folder OUT holding finetune/<target>/<arm>/.../metrics.csv "

@@ -29,7 +29,7 @@ from kit import cli
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("inputs", nargs="+", help="image files, folders (recursive) and CSV files with an `image` column")
     data.add_argument("--checkpoint", type=cli.existing_file, required=True,

@@ -37,7 +37,7 @@ PAPER_SOURCES = tuple(k for k in paper.SOURCE_IMAGES if k != "all")  # chestxray
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     # Data
     parser.add_argument("--dataset", type=str, default=None, choices=list(readers.DATASETS),
                         help="which reader to use (native layout of that data set); --dataset, --root and --out are "

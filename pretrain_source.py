@@ -19,7 +19,7 @@ from kit import cli
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=cli.existing_file, required=True, help="source manifest CSV from prepare_data.py")
     data.add_argument("--image-size", type=cli.image_size, default=224, help="input side in px (32-1024; paper: 224)")

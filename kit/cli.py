@@ -1,5 +1,5 @@
-"""What the scripts share on the command line: argument types, the runtime flags, and the
-handler that turns bad input into one clear line.
+"""What the scripts share on the command line: their parser (--help opens with the commands to
+paste), argument types, the runtime flags, and the handler that turns bad input into one clear line.
 
 Light on purpose (no torch, no MONAI): every script builds its parser and parses before it
 imports the heavy modules, so ``--help`` and a mistyped flag answer at once.
@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,9 +26,50 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """An ArgumentParser whose --help starts with the script's docstring (its commands to paste)."""
-    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+COMMAND_STARTS = ("python ", "torchrun ")  # a docstring line starting so (indented) is a command to paste
+
+
+def split_commands(doc: str) -> tuple[str, str]:
+    """(the commands to paste, the rest) of a script's docstring. A command is a line starting with
+    `python ` or `torchrun `, with the lines its trailing backslashes continue it onto; its label is the
+    `#` comments and the one less indented line (e.g. `One GPU, 224 px:`) right above it, shown as a
+    comment. The rest keeps every other line, in order."""
+    lines = (doc or "").strip("\n").splitlines()
+    commands, rest = [], []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.lstrip().startswith(COMMAND_STARTS):
+            rest.append(line)
+            i += 1
+            continue
+        indent = len(line) - len(line.lstrip())
+        labels = []
+        while rest and rest[-1].strip().startswith("#"):
+            labels.insert(0, rest.pop().strip())
+        if rest and rest[-1].strip() and len(rest[-1]) - len(rest[-1].lstrip()) < indent:
+            labels.insert(0, "# " + rest.pop().strip().removesuffix(":"))
+        block = [line]
+        while block[-1].rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            block.append(lines[i])
+        commands += labels + [text[indent:] if text[:indent].isspace() else text.strip() for text in block]
+        i += 1
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in rest)).strip("\n")
+    return "\n".join(commands), text
+
+
+class Parser(argparse.ArgumentParser):
+    """The scripts' ArgumentParser: --help opens with the commands to paste from the script's docstring
+    (split_commands), then the usage, the rest of the docstring and every flag with its default."""
+
+    def __init__(self, doc: str, **kwargs):
+        self.commands, description = split_commands(doc)
+        super().__init__(description=description, formatter_class=HelpFormatter, **kwargs)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return f"{self.commands}\n\n{text}" if self.commands else text
 
 
 # --------------------------------------------------------------------------- argument types

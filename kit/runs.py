@@ -3,7 +3,9 @@
 A run folder (``--out`` of a training script) holds:
     args.json     resolved arguments, the model/data ``meta``, library versions, git sha (written first)
     metrics.csv   one row per (epoch, split): epoch, split, loss, <metric columns>, seconds, lr
-    last.pt       every epoch;  best.pt  on the best validation headline metric
+    last.pt       every epoch; once the last is done, `finished` and without the optimizer, scheduler,
+                  scaler and RNG states that only resuming needs (a rerun then trains nothing)
+    best.pt       on the best validation headline metric
     summary.json  written once the last epoch is done (the study workflow's output of a run)
 
 A run is resumed only from a ``last.pt`` of the very same run: its **fingerprint** (every

@@ -5,6 +5,8 @@ A configuration is config/demo.yaml or config/full.yaml with `snakemake --config
 `settings(config)` checks every value with the bounds the scripts use (one line naming the setting, and
 nothing written); the other functions turn the settings into the study's files, laid out as the
 README's "Where runs go" says (tests/test_study.py checks the demo study against that list).
+`python -m kit.study` (make help) prints every setting with its demo and full-study value and its meaning,
+read from the configuration files' comments.
 
 A seed seeds the whole pipeline: the arms of seed S fine-tune from the models pretrained with seed S
 (pretrain_seed: one pretraining for every seed instead), so the spread across seeds includes the
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import textwrap
 from pathlib import Path
 
 from . import cli
@@ -343,3 +346,79 @@ def threads_per_run(s: Settings, cores: int) -> int:
     (one job at a time; threads=1 with --cores N runs N jobs side by side). On a CPU the numbers depend on
     it: the same threads give the same numbers whatever --cores is."""
     return s.threads or max(1, cores)
+
+
+# --------------------------------------------------------------------------- the settings, for people (make help)
+
+CONFIG_FOLDER = Path(__file__).resolve().parents[1] / "config"
+
+
+def _comment(line: str) -> str | None:
+    """The comment of a YAML line (after a `#` that starts the line or follows a space, outside a quoted
+    value), or None."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"" and (i == 0 or line[i - 1] in " \t[{,:"):
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[i + 1:].strip()
+    return None
+
+
+def meanings(text: str) -> dict:
+    """{setting: its meaning} from a configuration file's text: the comment on a top-level `KEY: VALUE` line,
+    continued by the indented comment lines under it."""
+    found, key = {}, None
+    for line in text.splitlines():
+        if line[:1].isalpha() or line[:1] == "_":
+            key = line.split(":", 1)[0].strip()
+            found[key] = _comment(line) or ""
+        elif key and line[:1] in (" ", "\t") and line.strip().startswith("#"):
+            found[key] = f"{found[key]} {_comment(line)}".strip()
+        else:
+            key = None  # a blank line or a comment of the file's own ends a setting's meaning
+    return found
+
+
+def _shown(value) -> str:
+    """A setting's value as one writes it in the configuration file or after --config."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def settings_help(folder: Path = CONFIG_FOLDER) -> str:
+    """What `make help` prints: every setting with its value in the demo (config/demo.yaml) and the full study
+    (config/full.yaml) and its meaning (the demo file's comment), then how to change one."""
+    import yaml  # installed with Snakemake
+
+    texts = {name: (folder / f"{name}.yaml").read_text() for name in ("demo", "full")}
+    values = {name: yaml.safe_load(text) for name, text in texts.items()}
+    meaning = meanings(texts["demo"])
+    names = [*values["demo"], *(f.name for f in dataclasses.fields(Settings) if f.name not in values["demo"])]
+    lines = ["The study's settings: the demo's value (config/demo.yaml, what make study and snakemake run),",
+             "the full study's (config/full.yaml), and what each means.", ""]
+    for name in names:
+        demo, full = (_shown(values[config].get(name)) for config in ("demo", "full"))
+        lines.append(f"{name}: {demo} (demo and full)" if demo == full else f"{name}: {demo} (demo), {full} (full)")
+        lines += textwrap.wrap(meaning.get(name) or "(no meaning given)", 100, initial_indent="    ",
+                               subsequent_indent="    ")
+    lines += ["",
+              "Change settings for one study (lists in brackets; a setting given empty is refused, leave it out",
+              "to keep the file's value):",
+              "  make study SETTINGS='seeds=[0,1,2] epochs_finetune=10'",
+              "  snakemake --config seeds=\"[0,1,2]\" epochs_finetune=10",
+              "The full study on your downloads (one folder per data set; README, Full data):",
+              "  snakemake --configfile config/full.yaml --config data=/data/study",
+              "To change a default, edit config/demo.yaml or config/full.yaml."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_help())

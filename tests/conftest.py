@@ -22,16 +22,31 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n N`: the workers share the
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# Why a test using `shared_data` skips: said once for all of them in the summary (pytest_runtest_makereport)
+NO_SAMPLE_DATA = f"real dataset sample files not found at {SAMPLE_DATA} (set SAMPLE_DATA; README, Tests)"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Real excerpts of the datasets' public downloads (a folder per dataset, files in their native
-    layout); tests using them skip without."""
+    layout: ChestX-ray14 metadata and images, EyePACS labels and images, BreakHis, COVID-19 Radiography,
+    Messidor and DeepDRiD samples); tests using them skip without, and the readers and prepare_data.py
+    are then tested on generated native trees only."""
     if not SAMPLE_DATA.is_dir():
-        pytest.skip(f"real dataset sample files (ChestX-ray14 metadata and images, EyePACS labels and images, "
-                    f"BreakHis, COVID-19 Radiography, Messidor and DeepDRiD samples) not found at {SAMPLE_DATA} "
-                    f"(set SAMPLE_DATA; see the README, Tests): excerpts of the public downloads; without them "
-                    f"the readers and prepare_data.py are tested on generated native trees only")
+        pytest.skip(NO_SAMPLE_DATA)
     return SAMPLE_DATA
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip for want of the sample files is reported at this file rather than at each test, so that
+    `-ra` folds them into one line (`SKIPPED [N] tests/conftest.py: real dataset sample files not found
+    ...`); every other skip keeps its own line. Made in the process that ran the test, so it holds under
+    pytest-xdist too."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2] == f"Skipped: {NO_SAMPLE_DATA}":
+        report.longrepr = (__file__, None, report.longrepr[2])
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""kit.cli: argument types, the runtime flags, one-line errors; every script's --help (defaults
-shown, answered without importing torch or MONAI) """
+"""kit.cli: argument types, the runtime flags, one-line errors; every script's --help (the commands to
+paste first, defaults shown, answered without importing torch or MONAI) """
 import argparse
 import importlib
 import os
@@ -64,7 +64,7 @@ def test_existing_file_is_absolute_and_init_source(tmp_path, monkeypatch):
 
 
 def test_runtime_flags_and_default_workers(monkeypatch):
-    training, evaluation = cli.parser("doc"), cli.parser("doc")
+    training, evaluation = cli.Parser("doc"), cli.Parser("doc")
     cli.add_runtime_args(training, training=True)
     cli.add_runtime_args(evaluation, training=False)
     args = training.parse_args([])
@@ -160,6 +160,48 @@ def test_help_of_each_script_says_what_it_offers(tmp_path):
     assert "bootstrap" in _entry(evaluate, "--seed")
 
 
+
+# every script a user runs: its --help opens with the commands to paste, then the usage
+EVERY_SCRIPT = (*SCRIPTS, "check_overlap.py", "predict.py", "export.py")
+
+
+@pytest.mark.parametrize("script", EVERY_SCRIPT)
+def test_help_opens_with_the_commands_to_paste_then_the_usage(script):
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\n\nusage: " in result.stdout, result.stdout[:2000]
+    head = result.stdout.split("\n\nusage: ", 1)[0].splitlines()
+    words = [line for line in head if not line.startswith("#")]  # a label above a command is a shell comment
+    assert words and words[0].startswith(("python ", "torchrun ")), head
+    for before, line in zip(head, head[1:]):  # each line a command, its label, or the continuation of a command
+        assert line.startswith(("python ", "torchrun ", "#")) or before.endswith("\\"), (script, line)
+    assert script.split("/")[-1] in words[0]
+    assert not any(line.strip().startswith(("python ", "torchrun ")) for line in result.stdout.split("options:")[0]
+                   .split("\n\nusage: ", 1)[1].splitlines()), "a command is left in the description"
+
+
+def test_parser_puts_the_docstrings_commands_first():
+    doc = """One line.
+
+Prose that stays.
+
+CPU demo:
+    python a.py --x 1 \\
+        --y 2
+One GPU:
+    # a comment of its own
+    torchrun --nproc_per_node=2 a.py --x 1          # trailing words stay
+More prose.
+"""
+    parser = cli.Parser(doc)
+    assert parser.commands.splitlines() == [
+        "# CPU demo", "python a.py --x 1 \\", "    --y 2", "# One GPU", "# a comment of its own",
+        "torchrun --nproc_per_node=2 a.py --x 1          # trailing words stay"]
+    assert parser.description == "One line.\n\nProse that stays.\n\nMore prose."
+    text = parser.format_help()
+    assert text.startswith(parser.commands + "\n\nusage: ") and "Prose that stays." in text
+    assert isinstance(parser, argparse.ArgumentParser)
+    assert cli.Parser("No commands.").format_help().startswith("usage: ")
 
 
 @pytest.mark.parametrize("script, flag, value, words", [

@@ -253,3 +253,48 @@ def test_best_pt_holds_the_model_and_meta_only(tmp_path):
     sys.path.insert(0, str(ROOT))
     from kit import loop
     assert set(loop.BEST_KEYS) == {"model", "meta", "epoch", "best_metric", "best_epoch", "trained_on"}
+
+
+@pytest.mark.slow
+def test_a_finished_run_keeps_the_model_not_what_resuming_needs_and_trains_no_more(tmp_path, monkeypatch, capsys):
+    import evaluate
+
+    manifest = two_colour_manifest(tmp_path)
+    out = tmp_path / "run"
+    saved, real_save = {}, loop.save_checkpoint
+
+    def save_and_measure(checkpoint, path):
+        real_save(checkpoint, path)
+        if path.name == "last.pt":
+            saved[checkpoint["epoch"]] = (checkpoint, path.stat().st_size)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_and_measure)
+    run_finetune(finetune_argv(manifest, out, epochs=2))
+    (running, running_size), (_, finished_size) = saved[1], saved[2]
+    assert running["finished"] is False and set(loop.RESUME_ONLY) <= set(running)  # epoch 1 of 2: resumable
+    last = checkpoints.load_checkpoint(out / "last.pt")
+    assert last["finished"] is True and last["epoch"] == 2 and not set(loop.RESUME_ONLY) & set(last)
+    assert finished_size < 0.5 * running_size, (finished_size, running_size)  # AdamW's moments: 2x the model
+    assert {"model", "meta", "history", "resume", "trained_on", "best_epoch"} <= set(last)
+
+    capsys.readouterr()
+    before = (out / "last.pt").read_bytes()
+    run_finetune(finetune_argv(manifest, out, epochs=2))  # the same command: finished, nothing trained
+    printed = capsys.readouterr().out
+    assert "finished: all 2 epochs are in" in printed and "epoch 1/2" not in printed and "epoch 2/2" not in printed
+    assert (out / "last.pt").read_bytes() == before and len(read_metrics(out)) == 4
+    assert (out / "summary.json").is_file()
+
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--checkpoint", str(out / "last.pt"), "--manifest", str(manifest), "--split", "val", "--bootstrap", "20",
+         "--out", str(tmp_path / "eval"), "--device", "cpu", "--workers", "0"]))
+    assert pd.read_csv(tmp_path / "eval" / "metrics.csv")["epoch"].tolist() == [2]
+
+    # a complete last.pt that still holds what resuming needs (written before runs were finished) is slimmed
+    complete = {key: value for key, value in last.items() if key != "finished"}
+    checkpoints.save_checkpoint({**complete, **{key: running[key] for key in loop.RESUME_ONLY}}, out / "last.pt")
+    run_finetune(finetune_argv(manifest, out, epochs=2))
+    assert "epoch 2/2" not in capsys.readouterr().out
+    slimmed = checkpoints.load_checkpoint(out / "last.pt")
+    assert slimmed["finished"] is True and not set(loop.RESUME_ONLY) & set(slimmed)
+    assert all(torch.equal(slimmed["model"][key], last["model"][key]) for key in last["model"])

@@ -49,3 +49,44 @@ def test_the_demo_scale_has_the_bounds_of_make_demo_data(capsys):
     expected = script_error(load_make_demo_data().get_args_parser(), "--scale", "1000", capsys)
     with pytest.raises(study.SettingError, match=rf"setting demo_scale='1000': {expected}"):
         study.settings({**config(), "demo_scale": "1000"}, here=ROOT)
+
+
+# --------------------------------------------------------------------------- make help
+
+def test_make_help_lists_every_setting_with_both_defaults_and_its_meaning():
+    import dataclasses
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "kit.study"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for field in dataclasses.fields(study.Settings):
+        entry = next((i for i, line in enumerate(lines) if line.startswith(f"{field.name}: ")), None)
+        assert entry is not None, f"make help does not list {field.name}"
+        demo, full = (study._shown(config(name)[field.name]) for name in ("demo", "full"))
+        expected = f"{demo} (demo and full)" if demo == full else f"{demo} (demo), {full} (full)"
+        assert lines[entry] == f"{field.name}: {expected}"
+        meaning = lines[entry + 1]
+        assert meaning.startswith("    ") and len(meaning.strip()) > 10 and "no meaning" not in meaning, field.name
+    assert "image_size: 64 (demo), 224 (full)" in lines and "seeds: [0] (demo and full)" in lines
+    assert "data: null (demo), /data/study (full)" in lines and "extra_arms: {} (demo and full)" in lines
+    text = done.stdout
+    assert "make study SETTINGS='seeds=[0,1,2] epochs_finetune=10'" in text
+    assert "snakemake --configfile config/full.yaml --config data=/data/study" in text
+    assert "$(" not in text and "study.settings" not in text and "_shown" not in text  # no Makefile text, no code names
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^\.PHONY:.*\bhelp\b", makefile, re.M)
+    assert re.search(r"^help: setup\n\t@\$\(BIN\)/python -m kit\.study$", makefile, re.M)
+
+
+def test_a_settings_meaning_is_its_comment_continued_by_the_indented_comments_under_it():
+    text = ("# the file's own comment\n"
+            "launch: \"a # in quotes\"   # starts the runs\n"
+            "threads: null  # CPU threads; null: every core\n"
+            "               # (continued)\n"
+            "# not threads'\n"
+            "cache: true\n")
+    assert study.meanings(text) == {"launch": "starts the runs", "threads": "CPU threads; null: every core (continued)",
+                                    "cache": ""}

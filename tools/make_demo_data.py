@@ -103,7 +103,7 @@ SIZE_DEEPDRID = (320, 320)     # real ~1956x1934
 
 
 def get_args_parser():
-    parser = cli.parser(__doc__)
+    parser = cli.Parser(__doc__)
     # Data
     parser.add_argument("--out", type=Path, required=True,
                         help="folder that receives one sub-folder per data set (e.g. OUT/demo_data)")
