@@ -1,5 +1,7 @@
 """kit/study.py's settings check, in this process (no workflow run: tests/test_study.py runs it): every setting
 given empty is refused, never its default, and every bound is the one the stage scripts' parsers use."""
+from pathlib import Path
+
 import pytest
 import yaml
 from helpers import ROOT, load_make_demo_data
@@ -79,6 +81,12 @@ def test_make_help_lists_every_setting_with_both_defaults_and_its_meaning():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^\.PHONY:.*\bhelp\b", makefile, re.M)
     assert re.search(r"^help: setup\n\t@\$\(BIN\)/python -m kit\.study$", makefile, re.M)
+    # `make help` as the README prints it, with the environment running these tests as the Makefile's .venv
+    # (-o: its set-up counts as done, so nothing is installed)
+    venv = Path(sys.prefix)
+    made = subprocess.run(["make", "-s", "-o", f"{venv}/.installed", "help", f"VENV={venv}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and made.stdout == done.stdout, made.stderr[-2000:]
 
 
 def test_a_settings_meaning_is_its_comment_continued_by_the_indented_comments_under_it():
