@@ -425,7 +425,7 @@ def test_readme_stages_then_clinical_blocks_run_as_written(tmp_path):
     assert set(predicted["pred"]) <= {"normal", "tuberculosis"}
     for path in predicted["cam"].sample(3, random_state=0):
         with Image.open(repo / path) as png:
-            assert png.format == "PNG" and png.size[0] == 2 * png.size[1]
+            assert png.format == "PNG" and png.size[0] // 2 < png.size[1] < png.size[0]  # input | map, a caption below
     # ... and on the test images, evaluate.py's numbers: same rows, to 1e-6 when predict.py reads the
     # test images (a CSV); the folder run batches them with other images, which bf16 kernels may round
     # differently, so it is held to 1e-3
