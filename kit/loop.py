@@ -191,9 +191,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     out, and a rerun trains nothing. `meta` describes model and data and travels in every
     checkpoint, so that later stages rebuild both; so do the run's fingerprint, the recipe it trains
     with (read off the model, optimizer, scheduler and criterion: kit/recipe.py) and its record of
-    the training images and patients (for evaluate.py's overlap check). `device` and `dist_info` as the script set them up
-    (runtime.init_distributed). Under torchrun: DistributedDataParallel; rank 0 writes. Returns what
-    summary.json holds.
+    the training images and patients (for evaluate.py's overlap check). `device` and `dist_info` as
+    the script set them up (runtime.init_distributed). Under torchrun: DistributedDataParallel; rank 0
+    writes. Returns what summary.json holds.
     """
     out_dir, main_process = run.out_dir, dist_info.is_main_process
     amp_dtype = autocast_dtype(device, settings.amp)
