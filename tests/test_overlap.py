@@ -141,3 +141,21 @@ def test_a_file_that_is_no_overlap_csv_gets_one_line(tmp_path):
     (tmp_path / "other.csv").write_text("image,label\na,0\n")
     with pytest.raises(ValueError, match=r"other.csv: missing column\(s\) \['target'"):
         overlap.read_overlap(tmp_path / "other.csv")
+
+
+def test_pictures_picked_from_a_prepared_set_align_and_measure_like_their_thumbnails(pictures):
+    """The coarse alignment reads each set's wide blurs, made once (float16); the result is the thumbnails'."""
+    import torch
+
+    originals, altered = pictures["cxr"]
+    template = overlap.template_of(originals)
+    database, query = overlap.prepare(originals, template), overlap.prepare(altered["crop 5 % a side"], template)
+    q_idx, d_idx = np.array([0, 1, 2, 3, 0]), np.array([0, 1, 2, 3, 5])
+    start = torch.tensor(overlap.IDENTITY).repeat(len(q_idx), 1)
+    by_thumbs = overlap.align(query.thumbs[q_idx], database.thumbs[d_idx], start, levels=overlap.ALIGN_LEVELS[:2])
+    by_picks = overlap.align(query.picked(q_idx), database.picked(d_idx), start, levels=overlap.ALIGN_LEVELS[:2])
+    assert (by_thumbs - by_picks).abs().max() < 2e-3 and (by_thumbs - start).abs().max() > 0.01
+    assert set(database.smoothed) == {4.0, 2.0}  # the blurs at or over SMOOTHED_ONCE, kept
+    measured = [overlap.distance(q, d, by_thumbs, sigma=2.0, detail=4.0, n=16)
+                for q, d in ((query.thumbs[q_idx], database.thumbs[d_idx]), (query.picked(q_idx), database.picked(d_idx)))]
+    assert np.allclose(*measured, atol=0.01) and measured[0][4] > 2 * measured[0][:4].max()
