@@ -329,19 +329,20 @@ def frames(thumbs, template) -> "torch.Tensor":
     for start in range(0, len(thumbs), CHUNK):
         x = _as_float(thumbs[start:start + CHUNK])
         identity = torch.tensor(IDENTITY).repeat(len(x), 1)
-        registered = align(template.expand(len(x), -1, -1), x, identity, half=0.7,
+        registered = align(template[None], x, identity, half=0.7,
                            levels=((6.0, 6, 16), (3.0, 5, 16), (1.5, 4, 24)))
         parts.append(torch.stack([identity, _moment_frames(_blur(x, 2.0)), registered]))
     return torch.cat(parts, dim=1) if parts else torch.zeros(3, 0, 4)
 
 
 def descriptors(thumbs, theta) -> np.ndarray:
-    """(N, COARSE^2) float32 unit vectors: the blurred thumbnail sampled on a COARSE x COARSE grid of
-    each picture's frame, standardised (brightness and contrast drop out)."""
-    out = np.zeros((len(thumbs), COARSE * COARSE), dtype=np.float32)
+    """(frames, N, COARSE^2) float32 unit vectors: the blurred thumbnail sampled on a COARSE x COARSE grid
+    of each of the picture's frames (theta: frames, N, 4), standardised (brightness and contrast drop out)."""
+    out = np.zeros((len(theta), len(thumbs), COARSE * COARSE), dtype=np.float32)
     for start in range(0, len(thumbs), CHUNK):
         x = _blur(_as_float(thumbs[start:start + CHUNK]), 2.0)
-        out[start:start + len(x)] = _standardise(_sample(x, theta[start:start + len(x)], COARSE, 0.8)).flatten(1).numpy()
+        for view, frame in enumerate(theta[:, start:start + len(x)]):
+            out[view, start:start + len(x)] = _standardise(_sample(x, frame, COARSE, 0.8)).flatten(1).numpy()
     return out
 
 
@@ -404,7 +405,7 @@ def _smoothed(pictures, sigma: float):
 def prepare(thumbs: np.ndarray, template) -> Prepared:
     theta = frames(thumbs, template)
     usable = thumbs.reshape(len(thumbs), -1).max(axis=1) > 0 if len(thumbs) else np.zeros(0, dtype=bool)
-    return Prepared(thumbs, theta, [descriptors(thumbs, theta[v]) for v in range(len(theta))], usable)
+    return Prepared(thumbs, theta, list(descriptors(thumbs, theta)), usable)
 
 
 def template_of(*thumbs_sets):
@@ -450,7 +451,8 @@ def align(query, database, theta, *, half: float = 0.85, levels=ALIGN_LEVELS):
     """Refine `theta` (P, 4), the map from each query picture's coordinates into its database
     picture's, by Gauss-Newton on the residual (a database(theta) + b) - query over an n x n grid of the
     query's central part, coarse to fine: per level (Gaussian blur sigma in px, iterations, n).
-    query, database: (P, H, W) uint8 thumbnails or float images in [0, 1]. Returns theta."""
+    query, database: (P, H, W) uint8 thumbnails, float images in [0, 1] or Picked; query (1, H, W): one
+    picture for every pair. Returns theta."""
     import torch
     import torch.nn.functional as F
 
@@ -459,7 +461,8 @@ def align(query, database, theta, *, half: float = 0.85, levels=ALIGN_LEVELS):
     for sigma, iterations, n in levels:
         base = _base_grid(n, half).flatten(1, 2)  # (1, n*n, 2)
         gx, gy = base[..., 0], base[..., 1]
-        q = _sample(_smoothed(query, sigma), one, n, half).flatten(1)
+        q = _smoothed(query, sigma)
+        q = _sample(q, one[:len(q)], n, half).flatten(1).expand(len(theta), -1)
         q = q - q.mean(1, keepdim=True)
         d_img = _smoothed(database, sigma)
         stacked = torch.cat([d_img[:, None], *(g[:, None] for g in _gradients(d_img))], dim=1)
