@@ -511,13 +511,24 @@ def distance(query, database, theta, *, sigma: float = 0.7, detail: float = 2.0,
 
 # --------------------------------------------------------------------------- search
 
-# The largest distance() of one picture, per domain, set between the altered copies' and the look-alikes'
+# The largest distance of one picture, per domain, set between the altered copies' and the look-alikes'
 # distances that bench/bench_overlap.py measures (generated pictures, 40 originals x 9 alterations, and
 # their nearest look-alikes among 240 + 20,000 pictures): radiographs, copies at most 0.16, look-alikes of
-# different patients from 0.32; fundus photographs, copies at most 0.34, look-alikes from 0.78. Tissue
-# tiles are textures whose fine detail a resize, JPEG or clipping changes: copies up to 0.86 (near-empty
-# tiles more), look-alikes from 0.92, so their margin is narrow (docs/data.md says what is missed).
-MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.90, "other": 0.52}
+# different patients from 0.32; fundus photographs, copies at most 0.34, look-alikes from 0.78; tissue
+# tiles, copies at most 0.65, look-alikes from 0.92 (a tile clipped white by a brightness change is missed).
+MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.80, "other": 0.52}
+# The scales a pair is measured at: distance()'s (sigma, detail, n) and a weight; the smallest weighted
+# distance counts. Tissue tiles are also measured coarsely: a near-empty tile's fine detail is grain,
+# which a resize or JPEG redraws, while its faint coarse texture survives.
+FINE = (0.7, 2.0, 32, 1.0)
+MATCH_SCALES = {"hwsi": (FINE, (2.0, 6.0, 24, 1.3), (3.0, 8.0, 16, 1.6))}
+COARSE_SCALE = (2.0, 4.0, 16, 1.0)  # after the coarse alignment levels, with the domain's coarse scales
+
+
+def measure(query, database, theta, scales) -> np.ndarray:
+    """The smallest weighted distance() over `scales` ((sigma, detail, n, weight) each)."""
+    return np.min([weight * distance(query, database, theta, sigma=sigma, detail=detail, n=n)
+                   for sigma, detail, n, weight in scales], axis=0)
 REJECT_EARLY = 1.5  # a pair this many times over the threshold after the coarse alignment levels is dropped
 MEASURED = 0.25     # the least share of the grid left after saturated pixels for a distance (else inf: no match)
 
@@ -534,6 +545,7 @@ def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: 
     import torch
 
     threshold = MATCH_DISTANCE.get(domain, MATCH_DISTANCE["other"]) if max_distance is None else max_distance
+    scales = MATCH_SCALES.get(domain, (FINE,))
     same_set = database is None
     database = query if same_set else database
     started = time.perf_counter()
@@ -561,7 +573,7 @@ def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: 
         start_theta = _relative(query.theta[view, q_idx], database.theta[view, d_idx])
         # coarse levels for every candidate; the fine ones only for those still near a match
         theta = align(q_img, d_img, start_theta, levels=ALIGN_LEVELS[:2])
-        coarse = distance(q_img, d_img, theta, sigma=2.0, detail=4.0, n=16)
+        coarse = measure(q_img, d_img, theta, (COARSE_SCALE, *(s for s in scales if s[0] >= SMOOTHED_ONCE)))
         near = (coarse <= REJECT_EARLY * threshold) | np.isinf(coarse)  # unmeasurable at 16 px: the fine grid decides
         if timings is not None:
             timings["pairs"] = timings.get("pairs", 0) + len(chunk)
@@ -569,7 +581,7 @@ def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: 
         if near.any():
             q_img, d_img = query.thumbs[chunk[near, 0]], database.thumbs[chunk[near, 1]]
             theta = align(q_img, d_img, theta[torch.from_numpy(near)], levels=ALIGN_LEVELS[2:])
-            values = distance(q_img, d_img, theta)
+            values = measure(q_img, d_img, theta, scales)
             rows += [(i, j, value) for (i, j, _), value in zip(chunk[near], values) if value <= threshold]
     if timings is not None:
         timings["search"] = timings.get("search", 0.0) + searched - started

@@ -159,3 +159,21 @@ def test_pictures_picked_from_a_prepared_set_align_and_measure_like_their_thumbn
     measured = [overlap.distance(q, d, by_thumbs, sigma=2.0, detail=4.0, n=16)
                 for q, d in ((query.thumbs[q_idx], database.thumbs[d_idx]), (query.picked(q_idx), database.picked(d_idx)))]
     assert np.allclose(*measured, atol=0.01) and measured[0][4] > 2 * measured[0][:4].max()
+
+
+@pytest.mark.parametrize("alteration", ["JPEG quality 60", "resized to 30 %"])
+def test_copies_of_near_empty_tiles_are_found_by_their_coarse_texture(tmp_path, alteration):
+    """A near-empty tile (background glass) has grain for fine detail, which JPEG or a resize redraws."""
+    demo = load_make_demo_data()
+    paths = []
+    for seed in range(12):
+        tissue = "EMPTY" if seed < 8 else ("TUMOR", "STROMA", "ADIPOSE", "LYMPHO")[seed - 8]
+        pixels = demo.render_histology(np.random.default_rng((5, seed)), 256, 256, tissue=tissue)[0]
+        paths.append(tmp_path / f"tile_{seed}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    copies = [overlap.write_altered(path, tmp_path, f"copy{i}")[alteration] for i, path in enumerate(paths[:8])]
+    originals = thumbs_of(paths)
+    template = overlap.template_of(originals)
+    found = overlap.same_pictures(overlap.prepare(thumbs_of(copies), template), overlap.prepare(originals, template),
+                                  domain="hwsi")
+    assert {(int(i), int(j)) for i, j, _ in found} == {(i, i) for i in range(8)}, found
