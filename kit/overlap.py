@@ -377,8 +377,9 @@ class Picked:
         return _as_float(self.prepared.thumbs[self.index])
 
     def smooth(self, sigma: float):
-        if sigma < SMOOTHED_ONCE:
-            return _smooth(self.raw(), sigma)
+        if sigma < SMOOTHED_ONCE:  # each picture once, however many pairs it is in
+            unique, inverse = np.unique(self.index, return_inverse=True)
+            return _smooth(_as_float(self.prepared.thumbs[unique]), sigma)[inverse.ravel()]
         if sigma not in self.prepared.smoothed:
             thumbs = self.prepared.thumbs
             self.prepared.smoothed[sigma] = torch_cat([_smooth(_as_float(thumbs[start:start + CHUNK]), sigma).half()
@@ -564,7 +565,7 @@ def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: 
                     continue
                 candidates.setdefault((min(i, j), max(i, j)) if same_set else (i, j), view)
     rows = []
-    pairs = np.array([(i, j, view) for (i, j), view in candidates.items()], dtype=np.int64).reshape(-1, 3)
+    pairs = np.array([(i, j, view) for (i, j), view in sorted(candidates.items())], dtype=np.int64).reshape(-1, 3)
     searched = time.perf_counter()
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
@@ -579,7 +580,7 @@ def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: 
             timings["pairs"] = timings.get("pairs", 0) + len(chunk)
             timings["fine pairs"] = timings.get("fine pairs", 0) + int(near.sum())
         if near.any():
-            q_img, d_img = query.thumbs[chunk[near, 0]], database.thumbs[chunk[near, 1]]
+            q_img, d_img = query.picked(chunk[near, 0]), database.picked(chunk[near, 1])
             theta = align(q_img, d_img, theta[torch.from_numpy(near)], levels=ALIGN_LEVELS[2:])
             values = measure(q_img, d_img, theta, scales)
             rows += [(i, j, value) for (i, j, _), value in zip(chunk[near], values) if value <= threshold]
