@@ -22,6 +22,19 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n N`: the workers share the
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """How pytest-xdist shares the tests among its workers (pytest.ini: --dist loadgroup --no-loadscope-reorder):
+    a test file is one group, run whole by one worker (its module fixtures run once), unless a test names a
+    group of its own with @pytest.mark.xdist_group (a long study run that need not wait behind the rest of its
+    file). The named groups, the long ones, are handed out first, so that none of them starts last while the
+    other workers sit idle."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] == item.path.stem)  # stable
+
+
 # Why a test using `shared_data` skips: said once for all of them in the summary (pytest_runtest_makereport)
 NO_SAMPLE_DATA = f"real dataset sample files not found at {SAMPLE_DATA} (set SAMPLE_DATA; README, Tests)"
 

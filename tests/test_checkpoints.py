@@ -17,6 +17,7 @@ from helpers import (
     payloads,
     prepare_colour,
     run_script,
+    script_error,
     train_argv,
 )
 
@@ -134,20 +135,6 @@ def test_torch_load_names_what_it_reads_and_message_helpers(tmp_path):
     assert first_line(OSError("first line\nsecond line")) == "OSError: first line"
 
 
-def script_error(script, argv) -> str:
-    """`python <script> <argv>` run in this process as its `__main__` block runs it (parse, then main under
-    cli.user_errors): the line it exits with. One interpreter for every command: no torch import per command."""
-    import importlib
-
-    from kit import cli
-
-    module = importlib.import_module(script.removesuffix(".py"))
-    args = module.get_args_parser().parse_args([str(a) for a in argv])
-    with pytest.raises(SystemExit) as info, cli.user_errors():
-        module.main(args)
-    return str(info.value.code)
-
-
 @pytest.mark.slow
 def test_pickled_payloads_are_refused_on_every_loading_path(tmp_path):
     """Every payload on every path that loads a checkpoint: the scripts run in this process (script_error)."""
@@ -167,7 +154,7 @@ def test_pickled_payloads_are_refused_on_every_loading_path(tmp_path):
             "--imagenet-weights": [*train_argv(manifest, outs / "in"), "--init", "imagenet", "--imagenet-weights", evil],
         }
         for path, (script, *argv) in commands.items():
-            line = script_error(script, argv)
+            line = script_error(script, *argv)
             assert "\n" not in line, (name, path, line)  # one line, no traceback
             assert "contains Python objects that could run code" in line and "refused" in line, (name, path, line)
             assert "weights_only" not in line, line

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -21,9 +22,8 @@ import torch
 from helpers import (
     ROOT,
     graded_table,
-    image_sizes,
+    prepare,
     reference_densenet,
-    run_script,
     run_study,
     study_command,
     write_imagenet_standin,
@@ -31,6 +31,10 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.slow  # every test here runs the workflow
+# Each long run apart (tests/conftest.py): the whole study and the tests reading it, the tiny study on one core
+# and the tests reading it, the studies of one test each; the bad settings and Ctrl-C stay with the file.
+WHOLE_STUDY = pytest.mark.xdist_group("whole_study")
+TINY_STUDY_ON_ONE_CORE = pytest.mark.xdist_group("tiny_study_on_one_core")
 
 TARGETS = ["shenzhen", "covid19_radiography", "kather2016", "messidor", "deepdrid"]
 ARMS = ["IN", "Domain_RI", "Domain_IN", "All_RI", "All_IN"]
@@ -48,6 +52,7 @@ def study(tmp_path_factory):
     return base, result
 
 
+@WHOLE_STUDY
 def test_every_stage_wrote_its_files(study):
     base, _ = study
     out = base / "out"
@@ -95,6 +100,7 @@ def readme_layout():
     return patterns
 
 
+@WHOLE_STUDY
 def test_the_readme_layout_is_what_the_study_wrote(study):
     base, _ = study
     patterns = readme_layout()
@@ -103,6 +109,7 @@ def test_the_readme_layout_is_what_the_study_wrote(study):
         assert list((base / "out").glob(pattern)), f"README's Where runs go names OUT/{pattern}: not in the demo study"
 
 
+@WHOLE_STUDY
 def test_no_target_picture_is_seen_in_pretraining(study):
     """The demo's COVID-19 Radiography set holds two ChestX-ray14 radiographs and a twin, as the real one does:
     the radiographs stay out of the chest and All pretraining, every evaluation is checked, the report says so."""
@@ -125,6 +132,7 @@ def test_no_target_picture_is_seen_in_pretraining(study):
     assert "D2 COVID-19 Radiography: every arm was tested on images no pretraining saw" in section
 
 
+@WHOLE_STUDY
 def test_metrics_csv_columns(study):
     base, _ = study
     out = base / "out"
@@ -145,6 +153,7 @@ def test_metrics_csv_columns(study):
     assert len(predictions) == evaluation.loc[0, "n"]
 
 
+@WHOLE_STUDY
 def test_table2_has_25_finite_values(study):
     base, _ = study
     table = pd.read_csv(base / "out" / "tables" / "table2.csv")
@@ -170,6 +179,7 @@ def test_table2_has_25_finite_values(study):
     assert "## Paired comparisons" in report and "(figures/forest.png)" in report
 
 
+@WHOLE_STUDY
 def test_the_in_arm_really_started_from_the_standin(study):
     base, _ = study
     args = (base / "out" / "finetune" / "kather2016" / "IN" / "seed0" / "args.json").read_text()
@@ -179,6 +189,7 @@ def test_the_in_arm_really_started_from_the_standin(study):
     assert source.endswith(os.path.join("pretrain", "HWSI_RI", "seed0", "last.pt"))
 
 
+@WHOLE_STUDY
 def test_a_second_run_has_nothing_to_do_and_a_plan_runs_nothing(study):
     base, _ = study
     before = (base / "out" / "pretrain" / "CXR_RI" / "seed0" / "last.pt").stat().st_mtime_ns
@@ -207,10 +218,25 @@ def job_counts(plan):
     return counts
 
 
-def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(study, tmp_path):
+# The tiny study's arms (helpers.TINY_STUDY: shenzhen, 32 px, one epoch each): Domain_RI after the CXR_RI
+# pretraining and the random-init floor RI, which can run beside that pretraining.
+TINY_ARMS = ["Domain_RI", "RI"]
+
+
+@pytest.fixture(scope="module")
+def one_job_at_a_time(tmp_path_factory):
+    """The tiny study on one core, one job at a time: its OUT. The two-core test compares with it, the failing-job
+    test breaks a copy of it, the no-ImageNet study reads its demo data as a data folder."""
+    out = tmp_path_factory.mktemp("one") / "out"
+    result = run_study(out, cores=1, arms=TINY_ARMS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@TINY_STUDY_ON_ONE_CORE
+def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(one_job_at_a_time, tmp_path):
     """Also: a second train fraction (nested subsets, label-efficiency figure), a seed other than 0, a launch
     prefix that starts the training scripts (a recording stand-in for torchrun) and overlap: keep."""
-    base, _ = study
     out = tmp_path / "out"
     launcher = tmp_path / "launcher.py"
     launcher.write_text("import os, runpy, sys\n"
@@ -218,8 +244,8 @@ def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(study, tmp_
                         "sys.argv = sys.argv[1:]\n"
                         "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))\n"
                         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    targets = ["shenzhen", "covid19_radiography", "messidor"]
-    result = run_study(out, data=base / "out" / "demo_data", targets=targets, seeds=[3], train_fractions=[0.5, 1],
+    targets = ["covid19_radiography", "messidor"]  # a chest and a fundus target
+    result = run_study(out, data=one_job_at_a_time / "demo_data", targets=targets, seeds=[3], train_fractions=[0.5, 1],
                        launch=f"{os.sys.executable} {launcher}", overlap="keep", torch_home=tmp_path / "empty",
                        env={"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})  # offline
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -231,13 +257,13 @@ def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(study, tmp_
     assert sorted(p.name for p in (out / "finetune" / "messidor" / "All_RI").iterdir()) == ["frac0.5_seed3", "seed3"]
     launched = (tmp_path / "launched.txt").read_text().split()
     assert launched.count("pretrain_source.py") == 2 and launched.count("pretrain_all.py") == 1
-    assert launched.count("finetune_target.py") == 3 * 2 * 2  # targets x arms x fractions
+    assert launched.count("finetune_target.py") == 2 * 2 * 2  # targets x arms x fractions
     half = json.loads((out / "finetune" / "messidor" / "All_RI" / "frac0.5_seed3" / "args.json").read_text())["args"]
     full = json.loads((out / "finetune" / "messidor" / "All_RI" / "seed3" / "args.json").read_text())["args"]
     assert (half["train_fraction"], half["seed"], full["train_fraction"], full["seed"]) == (0.5, 3, 1.0, 3)
     assert half["init"].endswith(os.path.join("pretrain", "All_RI", "seed3", "last.pt"))
     table = pd.read_csv(out / "tables" / "table2.csv")
-    assert len(table) == 3 * 5 and set(table["train_fraction"]) == {1.0}
+    assert len(table) == 2 * 5 and set(table["train_fraction"]) == {1.0}
     ran = table.arm.isin(["Domain_RI", "All_RI"])
     assert table.loc[ran, "val"].notna().all() and table.loc[~ran, ["train", "val"]].isna().all().all()
     summary = pd.read_csv(out / "tables" / "test_summary.csv")
@@ -270,12 +296,11 @@ def test_a_bad_setting_is_one_line_and_writes_nothing(tmp_path, setting, message
     assert not out.exists()
 
 
-def test_one_core_and_two_give_the_same_numbers_and_a_killed_study_continues(tmp_path):
-    one = run_study(tmp_path / "one", cores=1)
-    assert one.returncode == 0, one.stderr[-3000:]
+@TINY_STUDY_ON_ONE_CORE
+def test_one_core_and_two_give_the_same_numbers_and_a_killed_study_continues(one_job_at_a_time, tmp_path):
     # two at a time, killed as soon as the first fine-tuning is under way ...
     two = tmp_path / "two"
-    process = subprocess.Popen(study_command(two, cores=2), cwd=ROOT, start_new_session=True,
+    process = subprocess.Popen(study_command(two, cores=2, arms=TINY_ARMS), cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 1500
     while time.time() < deadline and process.poll() is None and not list((two / "finetune").glob("*/*/*/last.pt")):
@@ -283,45 +308,58 @@ def test_one_core_and_two_give_the_same_numbers_and_a_killed_study_continues(tmp
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     # ... continued by the same command: the killed run resumes from its last.pt, the tables equal one core's
-    again = run_study(two, cores=2)
+    again = run_study(two, cores=2, arms=TINY_ARMS)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert (tmp_path / "one" / "tables" / "table2.csv").read_text() == (two / "tables" / "table2.csv").read_text()
+    assert (one_job_at_a_time / "tables" / "table2.csv").read_text() == (two / "tables" / "table2.csv").read_text()
     threads = [line for log in (two / "logs").rglob("*.log") for line in log.read_text().splitlines()
                if line.startswith("CPU threads:")]
     assert threads and all(line.startswith("CPU threads: 1 ") for line in threads), threads
-    # a changed setting reruns the runs it reaches, which start over rather than resume another run's checkpoint
-    bigger = run_study(two, cores=2, image_size=48)
-    assert bigger.returncode == 0, bigger.stderr[-3000:]
-    assert set(image_sizes(two).values()) == {48}, image_sizes(two)
+    # a changed setting reaches exactly what depends on it: a new image size every cache and training run (the
+    # plan, -n) ...
+    plan = run_study(two, "-n", cores=2, arms=TINY_ARMS, image_size=48)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    jobs = job_counts(plan.stdout)
+    caches = len(list((two / "manifests" / "cache").glob("*_32.ready")))  # one per data set, at 32 px
+    assert jobs["cache"] == caches and jobs["pretrain_source"] == 1 and jobs["finetune"] == len(TINY_ARMS), jobs
+    # ... more fine-tuning epochs the fine-tunings alone, which start over rather than resume the old checkpoint
+    pretrained = (two / "pretrain" / "CXR_RI" / "seed0" / "last.pt").stat().st_mtime_ns
+    longer = run_study(two, cores=2, arms=TINY_ARMS, epochs_finetune=2)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    epochs = {p.parent.parent.name: json.loads(p.read_text())["args"]["epochs"]
+              for p in (two / "finetune").glob("*/*/*/args.json")}
+    assert epochs == {arm: 2 for arm in TINY_ARMS}, epochs
+    assert (two / "pretrain" / "CXR_RI" / "seed0" / "last.pt").stat().st_mtime_ns == pretrained
     logs = "".join(p.read_text() for p in (two / "logs" / "finetune").glob("*.log"))
     assert "starting over (--restart-if-changed)" in logs
 
 
-def test_a_failing_job_stops_the_study_with_its_log_and_keeps_the_rest(tmp_path):
+@TINY_STUDY_ON_ONE_CORE
+def test_a_failing_job_stops_the_study_with_its_log_and_keeps_the_rest(one_job_at_a_time, tmp_path):
     out = tmp_path / "out"
-    first = run_study(out, cores=2)
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(one_job_at_a_time, out, symlinks=True)  # a finished study (times kept: nothing to redo)
     report = (out / "report.md").read_text()
     # break one fine-tuning's pretrained model: the arm is redone (its input changed) and fails
-    (out / "pretrain" / "All_RI" / "seed0" / "last.pt").write_bytes(b"not a checkpoint")
-    with open(out / "pretrain" / "All_RI" / "seed0" / "summary.json", "a") as summary:  # as a redone run would:
+    (out / "pretrain" / "CXR_RI" / "seed0" / "last.pt").write_bytes(b"not a checkpoint")
+    with open(out / "pretrain" / "CXR_RI" / "seed0" / "summary.json", "a") as summary:  # as a redone run would:
         summary.write("\n")  # new content (snakemake compares a small input's checksum, not only its time)
-    failed = run_study(out, cores=2)
+    failed = run_study(out, cores=2, arms=TINY_ARMS)
     assert failed.returncode != 0
     printed = failed.stdout + failed.stderr
     assert "Error in rule finetune" in printed and "not a readable PyTorch checkpoint" in printed  # the log shown
-    assert (out / "finetune" / "shenzhen" / "Domain_RI" / "seed0" / "summary.json").is_file()
+    assert (out / "finetune" / "shenzhen" / "RI" / "seed0" / "summary.json").is_file()
     assert (out / "report.md").read_text() == report
 
 
+@pytest.mark.xdist_group("own_target_study")
 def test_your_own_target_and_two_strategies_in_the_study(tmp_path):
+    """Your target alone: the paper's targets next to one are the README's own-task block (tests/test_readme.py)."""
     path, _ = graded_table(tmp_path / "own")
-    assert run_script("prepare_data.py", "--dataset", "csv", "--root", path, "--image-col", "path", "--label-col",
-                      "grade", "--patient-col", "pid", "--domain", "other", "--task", "ordinal", "--name", "mytask",
-                      "--out", tmp_path / "own" / "manifests").returncode == 0
+    prepare("--dataset", "csv", "--root", str(path), "--image-col", "path", "--label-col", "grade", "--patient-col",
+            "pid", "--domain", "other", "--task", "ordinal", "--name", "mytask",
+            "--out", str(tmp_path / "own" / "manifests"))
     out = tmp_path / "out"
     result = run_study(out, cores=2, epochs_finetune=2, strategies=["full", "linear"],
-                       targets=["shenzhen", f"mytask={tmp_path / 'own' / 'manifests' / 'mytask.csv'}"])
+                       targets=[f"mytask={tmp_path / 'own' / 'manifests' / 'mytask.csv'}"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for folder in (out, out / "strategies" / "linear"):
         table = pd.read_csv(folder / "tables" / "table2.csv")
@@ -351,6 +389,7 @@ def test_a_ctrl_c_ends_the_study_with_the_line_every_script_ends_with(tmp_path):
     assert process.returncode != 0 and cli.INTERRUPTED in stderr, stderr[-3000:]
 
 
+@pytest.mark.xdist_group("published_backbones_study")
 def test_published_backbones_and_balanced_all_models_are_arms_of_the_study(tmp_path):
     """Two external arms (stand-ins of two layouts) and the balanced All models, next to IN and Domain_RI."""
     net = reference_densenet(in_channels=1)
