@@ -22,17 +22,15 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n N`: the workers share the
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+# The files that run the README and the study end to end, the longest units of work: pytest-xdist hands out the
+# files in the order collected (pytest.ini: --dist loadfile --no-loadscope-reorder), these first, so that none
+# of them starts last while the other workers sit idle.
+LONG_FILES = ("test_readme.py", "test_study.py", "test_study_tiny.py", "test_study_arms.py")
+
+
 def pytest_collection_modifyitems(items):
-    """How pytest-xdist shares the tests among its workers (pytest.ini: --dist loadgroup --no-loadscope-reorder):
-    a test file is one group, run whole by one worker (its module fixtures run once), unless a test names a
-    group of its own with @pytest.mark.xdist_group (a long study run that need not wait behind the rest of its
-    file). The named groups, the long ones, are handed out first, so that none of them starts last while the
-    other workers sit idle."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] == item.path.stem)  # stable
+    """The tests of LONG_FILES first, in that order; the other files after them as collected."""
+    items.sort(key=lambda item: LONG_FILES.index(item.path.name) if item.path.name in LONG_FILES else len(LONG_FILES))
 
 
 # Why a test using `shared_data` skips: said once for all of them in the summary (pytest_runtest_makereport)

@@ -710,6 +710,18 @@ def run_study(out, *extra, cores=2, torch_home=None, env=None, **settings) -> su
                           capture_output=True, text=True, timeout=3000)
 
 
+def job_counts(plan):
+    """{rule: jobs} of a snakemake plan's job table."""
+    lines = plan.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
 class Payload:
     def __init__(self, function, *args):
         self.function, self.args = function, args

@@ -1,6 +1,6 @@
 """tests/conftest.py: without the real sample files, the tests that need them skip with one line in the
-summary for all of them, in one process and under pytest-xdist; any other skip keeps its own line. A test
-file is one pytest-xdist group unless a test names its own, and the named groups go first."""
+summary for all of them, in one process and under pytest-xdist; any other skip keeps its own line. The files
+of long end-to-end runs are handed out to the pytest-xdist workers first."""
 import os
 import subprocess
 import sys
@@ -36,27 +36,22 @@ def test_missing_sample_files_are_one_summary_line(tmp_path, workers):
     assert "4 skipped in" in done.stdout
 
 
-def test_a_file_is_one_xdist_group_a_named_group_its_own_and_named_groups_go_first():
-    """pytest-xdist's groups (pytest.ini: --dist loadgroup): each test of a file in the file's group, a test
-    marked xdist_group in its own, handed out first; within each, the order of collection."""
+def test_the_long_files_are_handed_out_first():
+    """pytest-xdist hands out the files in the order collected (pytest.ini): the README's and the study's first,
+    in LONG_FILES order, every other test after them in the order collected."""
     from pathlib import Path
 
     import conftest
 
     class Item:  # what the hook reads of a collected test
-        def __init__(self, path, name, group=None):
-            self.path, self.name = Path(path), name
-            self.marks = [pytest.mark.xdist_group(group).mark] if group else []
+        def __init__(self, name, test):
+            self.path, self.test = Path("tests") / name, test
 
-        def get_closest_marker(self, name):
-            return next((mark for mark in reversed(self.marks) if mark.name == name), None)
-
-        def add_marker(self, marker):
-            self.marks.append(marker.mark)
-
-    items = [Item("tests/test_a.py", "a1"), Item("tests/test_a.py", "a2"), Item("tests/test_b.py", "b1"),
-             Item("tests/test_b.py", "b2", group="long_b"), Item("tests/test_c.py", "c1", group="long_c"),
-             Item("tests/test_c.py", "c2")]
+    names = ["test_a.py", conftest.LONG_FILES[1], "test_b.py", conftest.LONG_FILES[0], "test_a.py",
+             conftest.LONG_FILES[1]]
+    items = [Item(name, i) for i, name in enumerate(names)]
     conftest.pytest_collection_modifyitems(items)
-    assert [(item.name, item.get_closest_marker("xdist_group").args[0]) for item in items] == [
-        ("b2", "long_b"), ("c1", "long_c"), ("a1", "test_a"), ("a2", "test_a"), ("b1", "test_b"), ("c2", "test_c")]
+    assert [(item.path.name, item.test) for item in items] == [
+        (conftest.LONG_FILES[0], 3), (conftest.LONG_FILES[1], 1), (conftest.LONG_FILES[1], 5), ("test_a.py", 0),
+        ("test_b.py", 2), ("test_a.py", 4)]
+    assert all((Path(conftest.__file__).parent / name).is_file() for name in conftest.LONG_FILES)

@@ -384,7 +384,6 @@ def run_block(body, repo, env, what):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("readme_stages")  # apart from the rest of the file (tests/conftest.py)
 def test_readme_stages_then_clinical_blocks_run_as_written(tmp_path):
     """The stages block, then the clinical commands, each as printed in a new shell (new_shell: no environment
     active) in a copy of the repository after its documented set-up (documented_setup); then the Python
@@ -491,7 +490,6 @@ def write_own_table(repo: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("readme_own_task")  # apart from the rest of the file (tests/conftest.py)
 def test_readme_own_task_block_runs_as_written(tmp_path):
     """The block as written, in a new shell after the documented set-up, on a generated table; the study's size
     comes from a Snakemake profile (SNAKEMAKE_PROFILE: a tiny demo, 32 px, one epoch, two runs at a time), as a
