@@ -29,10 +29,10 @@ help: setup
 	@$(BIN)/python -m kit.study
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -n auto --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -n auto
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -n auto --dist loadfile -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -n auto -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,6 +22,17 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n N`: the workers share the
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# The files that run the README and the study end to end, the longest units of work: pytest-xdist hands out the
+# files in the order collected (pytest.ini: --dist loadfile --no-loadscope-reorder), these first, so that none
+# of them starts last while the other workers sit idle.
+LONG_FILES = ("test_readme.py", "test_study.py", "test_study_tiny.py", "test_study_arms.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The tests of LONG_FILES first, in that order; the other files after them as collected."""
+    items.sort(key=lambda item: LONG_FILES.index(item.path.name) if item.path.name in LONG_FILES else len(LONG_FILES))
+
+
 # Why a test using `shared_data` skips: said once for all of them in the summary (pytest_runtest_makereport)
 NO_SAMPLE_DATA = f"real dataset sample files not found at {SAMPLE_DATA} (set SAMPLE_DATA; README, Tests)"
 

@@ -257,6 +257,23 @@ def run_script(*argv, env=None, timeout=600, cwd=ROOT) -> subprocess.CompletedPr
                           timeout=timeout)
 
 
+def script_error(script, *argv) -> str:
+    """`python <script> <argv>` for a command that must fail, run in this process as the script's `__main__` block
+    runs it (parse, then main under cli.user_errors): the line it exits with. No interpreter to start, no torch
+    to import: for the tests that try many refusals."""
+    import importlib
+
+    import pytest
+
+    from kit import cli
+
+    module = importlib.import_module(Path(script).stem)
+    args = module.get_args_parser().parse_args([str(a) for a in argv])
+    with pytest.raises(SystemExit) as info, cli.user_errors():
+        module.main(args)
+    return str(info.value.code)
+
+
 def masked_targets():
     """A 3-label aggregate of two sources (a: x, y; b: z), three rows: (targets, targets with --label-mask)."""
     from kit import data
@@ -693,10 +710,16 @@ def run_study(out, *extra, cores=2, torch_home=None, env=None, **settings) -> su
                           capture_output=True, text=True, timeout=3000)
 
 
-def image_sizes(out):
-    """{run folder: the image size its args.json records}, for every run of a study."""
-    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["meta"]["image_size"]
-            for p in out.glob("*/**/args.json")}
+def job_counts(plan):
+    """{rule: jobs} of a snakemake plan's job table."""
+    lines = plan.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
 
 
 class Payload:

@@ -16,7 +16,9 @@ from helpers import (
     folder_manifest,
     one_line,
     prepare_colour,
+    run_finetune,
     run_script,
+    script_error,
     train_argv,
 )
 from PIL import Image
@@ -147,25 +149,29 @@ def test_evaluate_refuses_a_checkpoint_of_other_classes(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_test_rows_it_was_trained_on_and_notes_a_disjoint_manifest(tmp_path):
+def test_evaluate_refuses_test_rows_it_was_trained_on_and_notes_a_disjoint_manifest(tmp_path, capsys):
+    """Training and evaluation run in this process (no torch import per command)."""
     data = colour_folder(tmp_path / "data", n=20)
     manifest = prepare_colour(data, tmp_path / "m")
-    assert run_script(*train_argv(manifest, tmp_path / "run")).returncode == 0
+    run_finetune(map(str, train_argv(manifest, tmp_path / "run")[1:]))
     checkpoint = tmp_path / "run" / "best.pt"
-    evaluate = ["evaluate.py", "--checkpoint", checkpoint, "--bootstrap", "10", "--workers", "0", "--device", "cpu"]
+    arguments = ["--checkpoint", checkpoint, "--bootstrap", "10", "--workers", "0", "--device", "cpu"]
     # the same data split again with another seed: its test split holds images the model trained on
     other = prepare_colour(data, tmp_path / "m2", "--seed", "5")
-    line = one_line(run_script(*[*evaluate, "--manifest", other, "--out", tmp_path / "e1"]))
-    assert "were used to train or select" in line and "test images" in line
+    line = script_error("evaluate.py", *arguments, "--manifest", other, "--out", tmp_path / "e1")
+    assert "were used to train or select" in line and "test images" in line and "\n" not in line, line
     assert not (tmp_path / "e1").exists()
     # a manifest of other images (another folder) with the same classes: allowed, with a note
     external = prepare_colour(colour_folder(tmp_path / "external", n=6, seed=9), tmp_path / "m3", name="external")
-    result = run_script(*[*evaluate, "--manifest", external, "--out", tmp_path / "e2"])
-    assert result.returncode == 0, result.stderr
-    assert "is not the manifest" in result.stdout and "shares no image and no patient" in result.stdout
+    capsys.readouterr()
+    evaluate.main(evaluate.get_args_parser().parse_args(map(str, [*arguments, "--manifest", external, "--out",
+                                                                   tmp_path / "e2"])))
+    printed = capsys.readouterr().out
+    assert "is not the manifest" in printed and "shares no image and no patient" in printed
     # its own manifest: no note
-    result = run_script(*[*evaluate, "--manifest", manifest, "--out", tmp_path / "e3"])
-    assert result.returncode == 0 and "note:" not in result.stdout
+    evaluate.main(evaluate.get_args_parser().parse_args(map(str, [*arguments, "--manifest", manifest, "--out",
+                                                                   tmp_path / "e3"])))
+    assert "note:" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -174,7 +180,7 @@ def test_an_evaluation_killed_between_files_leaves_the_previous_folder_whole(tmp
     import evaluate
 
     manifest = prepare_colour(colour_folder(tmp_path / "data", n=12), tmp_path / "m")
-    assert run_script(*train_argv(manifest, tmp_path / "run")).returncode == 0
+    run_finetune(map(str, train_argv(manifest, tmp_path / "run")[1:]))
     argv = ["--checkpoint", str(tmp_path / "run" / "best.pt"), "--manifest", str(manifest), "--out",
             str(tmp_path / "e"), "--bootstrap", "10", "--workers", "0", "--device", "cpu"]
     evaluate.main(evaluate.get_args_parser().parse_args(argv))

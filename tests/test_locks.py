@@ -9,9 +9,8 @@ from helpers import (
     ROOT,
     colour_folder,
     hold_lock,
-    one_line,
     prepare_colour,
-    run_script,
+    script_error,
     study_command,
     train_argv,
 )
@@ -20,16 +19,16 @@ from helpers import (
 def test_prepare_data_evaluate_and_study_refuse_a_folder_in_use(tmp_path):
     data = colour_folder(tmp_path / "data", n=4)
     (tmp_path / "m").mkdir()
-    with hold_lock(tmp_path / "m" / ".tiny.lock"):
-        result = run_script(*["prepare_data.py", "--dataset", "folder", "--root", data, "--name", "tiny", "--domain", "hwsi",
-                      "--out", tmp_path / "m"])
-        assert "pid 4242 on testhost" in one_line(result)
+    with hold_lock(tmp_path / "m" / ".tiny.lock"):  # the scripts run in this process (helpers.script_error)
+        line = script_error("prepare_data.py", "--dataset", "folder", "--root", data, "--name", "tiny", "--domain",
+                            "hwsi", "--out", tmp_path / "m")
+        assert "pid 4242 on testhost" in line and "\n" not in line, line
         assert not (tmp_path / "m" / "tiny.csv").exists()
     (tmp_path / "ckpt.pt").write_bytes(b"")
     with hold_lock(tmp_path / ".e.lock"):
-        result = run_script(*["evaluate.py", "--checkpoint", tmp_path / "ckpt.pt", "--manifest", tmp_path / "none.csv",
-                      "--out", tmp_path / "e"])
-        assert "pid 4242 on testhost" in one_line(result)
+        line = script_error("evaluate.py", "--checkpoint", tmp_path / "ckpt.pt", "--manifest", tmp_path / "none.csv",
+                            "--out", tmp_path / "e")
+        assert "pid 4242 on testhost" in line and "\n" not in line, line
     with hold_lock(tmp_path / ".study.lock"):  # the workflow's lock on OUT = tmp_path/study
         result = subprocess.run(study_command(tmp_path / "study"), cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode != 0 and "pid 4242 on testhost" in result.stderr
@@ -47,5 +46,5 @@ def test_a_read_only_output_folder_fails_before_any_work(tmp_path):
     manifest = prepare_colour(colour_folder(tmp_path / "data", n=4), tmp_path / "m")
     for argv in (train_argv(manifest, target / "run"),
                  ["evaluate.py", "--checkpoint", tmp_path / "none.pt", "--manifest", manifest, "--out", target / "e"]):
-        line = one_line(run_script(*argv))
-        assert line.startswith(f"error: {target}"), line
+        line = script_error(*argv)  # in this process (helpers.script_error)
+        assert line.startswith(f"error: {target}") and "\n" not in line, line

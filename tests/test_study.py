@@ -1,7 +1,8 @@
-"""The study workflow (Snakefile, kit/study.py) end to end on a tiny demo (32 px, one or two epochs): every
-stage's files, no target picture in pretraining, the ImageNet arms from a stand-in file or left out, a plan
-without running (-n), the same numbers on one or two cores at one thread per run, a killed study continued by
-the same command, a changed setting rerunning exactly what it reaches, a failed job, your own target.
+"""The study workflow (Snakefile, kit/study.py) end to end on a tiny demo (32 px, two epochs): every stage's
+files of the whole study, no target picture in pretraining, the ImageNet arms from a stand-in file, a plan
+without running (-n), a bad setting, Ctrl-C. The tiny study on one core and two, a killed study, a failed job
+and a study without ImageNet weights: test_study_tiny.py; your own target and published backbones as arms:
+test_study_arms.py.
 
 A stand-in for torchvision's ImageNet DenseNet-121 file (real key names and shapes, old key style like
 densenet121-a639ec97.pth, freshly initialised values) is written into a temporary TORCH_HOME, so the IN-based
@@ -20,14 +21,10 @@ import pytest
 import torch
 from helpers import (
     ROOT,
-    graded_table,
-    image_sizes,
-    reference_densenet,
-    run_script,
+    job_counts,
     run_study,
     study_command,
     write_imagenet_standin,
-    write_layout,
 )
 
 pytestmark = pytest.mark.slow  # every test here runs the workflow
@@ -195,61 +192,6 @@ def test_a_second_run_has_nothing_to_do_and_a_plan_runs_nothing(study):
         "args"]["epochs"] == 2
 
 
-def job_counts(plan):
-    """{rule: jobs} of a snakemake plan's job table."""
-    lines = plan.split("Job stats:")[1].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
-def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(study, tmp_path):
-    """Also: a second train fraction (nested subsets, label-efficiency figure), a seed other than 0, a launch
-    prefix that starts the training scripts (a recording stand-in for torchrun) and overlap: keep."""
-    base, _ = study
-    out = tmp_path / "out"
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text("import os, runpy, sys\n"
-                        f"open({str(tmp_path / 'launched.txt')!r}, 'a').write(sys.argv[1] + '\\n')\n"
-                        "sys.argv = sys.argv[1:]\n"
-                        "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))\n"
-                        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    targets = ["shenzhen", "covid19_radiography", "messidor"]
-    result = run_study(out, data=base / "out" / "demo_data", targets=targets, seeds=[3], train_fractions=[0.5, 1],
-                       launch=f"{os.sys.executable} {launcher}", overlap="keep", torch_home=tmp_path / "empty",
-                       env={"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})  # offline
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    loud = [line for line in result.stderr.splitlines() if line.startswith("!!! NO IMAGENET WEIGHTS")]
-    assert len(loud) == 1 and "imagenet_weights=" in loud[0]
-    # only what the targets need: no histology target, no HWSI model (BreakHis still in All)
-    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["All_RI", "CXR_RI", "EFI_RI"]
-    assert sorted(p.name for p in (out / "finetune" / "messidor").iterdir()) == ["All_RI", "Domain_RI"]
-    assert sorted(p.name for p in (out / "finetune" / "messidor" / "All_RI").iterdir()) == ["frac0.5_seed3", "seed3"]
-    launched = (tmp_path / "launched.txt").read_text().split()
-    assert launched.count("pretrain_source.py") == 2 and launched.count("pretrain_all.py") == 1
-    assert launched.count("finetune_target.py") == 3 * 2 * 2  # targets x arms x fractions
-    half = json.loads((out / "finetune" / "messidor" / "All_RI" / "frac0.5_seed3" / "args.json").read_text())["args"]
-    full = json.loads((out / "finetune" / "messidor" / "All_RI" / "seed3" / "args.json").read_text())["args"]
-    assert (half["train_fraction"], half["seed"], full["train_fraction"], full["seed"]) == (0.5, 3, 1.0, 3)
-    assert half["init"].endswith(os.path.join("pretrain", "All_RI", "seed3", "last.pt"))
-    table = pd.read_csv(out / "tables" / "table2.csv")
-    assert len(table) == 3 * 5 and set(table["train_fraction"]) == {1.0}
-    ran = table.arm.isin(["Domain_RI", "All_RI"])
-    assert table.loc[ran, "val"].notna().all() and table.loc[~ran, ["train", "val"]].isna().all().all()
-    summary = pd.read_csv(out / "tables" / "test_summary.csv")
-    assert sorted(set(summary["train_fraction"])) == [0.5, 1.0]
-    assert "(figures/label_efficiency.png)" in (out / "report.md").read_text()
-    # overlap: keep, the paper's way: the pictures stay in pretraining, evaluations count them, the report flags it
-    assert json.loads((out / "pretrain" / "CXR_RI" / "seed3" / "args.json").read_text())["meta"]["overlap"] is None
-    seen = [pd.read_csv(p)["seen_in_pretraining"].iloc[0] for p in (out / "eval" / "covid19_radiography").rglob("metrics.csv")]
-    assert seen and all(v >= 0 for v in seen)
-    assert "**kept in pretraining** (overlap: keep" in (out / "report.md").read_text()
-
-
 @pytest.mark.parametrize("setting, message", [
     ("image_size=7", "setting image_size=7: must be >= 32 px"),
     ("seeds=", "setting seeds is given empty"),
@@ -270,73 +212,6 @@ def test_a_bad_setting_is_one_line_and_writes_nothing(tmp_path, setting, message
     assert not out.exists()
 
 
-def test_one_core_and_two_give_the_same_numbers_and_a_killed_study_continues(tmp_path):
-    one = run_study(tmp_path / "one", cores=1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    # two at a time, killed as soon as the first fine-tuning is under way ...
-    two = tmp_path / "two"
-    process = subprocess.Popen(study_command(two, cores=2), cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 1500
-    while time.time() < deadline and process.poll() is None and not list((two / "finetune").glob("*/*/*/last.pt")):
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    # ... continued by the same command: the killed run resumes from its last.pt, the tables equal one core's
-    again = run_study(two, cores=2)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert (tmp_path / "one" / "tables" / "table2.csv").read_text() == (two / "tables" / "table2.csv").read_text()
-    threads = [line for log in (two / "logs").rglob("*.log") for line in log.read_text().splitlines()
-               if line.startswith("CPU threads:")]
-    assert threads and all(line.startswith("CPU threads: 1 ") for line in threads), threads
-    # a changed setting reruns the runs it reaches, which start over rather than resume another run's checkpoint
-    bigger = run_study(two, cores=2, image_size=48)
-    assert bigger.returncode == 0, bigger.stderr[-3000:]
-    assert set(image_sizes(two).values()) == {48}, image_sizes(two)
-    logs = "".join(p.read_text() for p in (two / "logs" / "finetune").glob("*.log"))
-    assert "starting over (--restart-if-changed)" in logs
-
-
-def test_a_failing_job_stops_the_study_with_its_log_and_keeps_the_rest(tmp_path):
-    out = tmp_path / "out"
-    first = run_study(out, cores=2)
-    assert first.returncode == 0, first.stderr[-3000:]
-    report = (out / "report.md").read_text()
-    # break one fine-tuning's pretrained model: the arm is redone (its input changed) and fails
-    (out / "pretrain" / "All_RI" / "seed0" / "last.pt").write_bytes(b"not a checkpoint")
-    with open(out / "pretrain" / "All_RI" / "seed0" / "summary.json", "a") as summary:  # as a redone run would:
-        summary.write("\n")  # new content (snakemake compares a small input's checksum, not only its time)
-    failed = run_study(out, cores=2)
-    assert failed.returncode != 0
-    printed = failed.stdout + failed.stderr
-    assert "Error in rule finetune" in printed and "not a readable PyTorch checkpoint" in printed  # the log shown
-    assert (out / "finetune" / "shenzhen" / "Domain_RI" / "seed0" / "summary.json").is_file()
-    assert (out / "report.md").read_text() == report
-
-
-def test_your_own_target_and_two_strategies_in_the_study(tmp_path):
-    path, _ = graded_table(tmp_path / "own")
-    assert run_script("prepare_data.py", "--dataset", "csv", "--root", path, "--image-col", "path", "--label-col",
-                      "grade", "--patient-col", "pid", "--domain", "other", "--task", "ordinal", "--name", "mytask",
-                      "--out", tmp_path / "own" / "manifests").returncode == 0
-    out = tmp_path / "out"
-    result = run_study(out, cores=2, epochs_finetune=2, strategies=["full", "linear"],
-                       targets=["shenzhen", f"mytask={tmp_path / 'own' / 'manifests' / 'mytask.csv'}"])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for folder in (out, out / "strategies" / "linear"):
-        table = pd.read_csv(folder / "tables" / "table2.csv")
-        mine = table[(table["target"] == "mytask") & table["test_last"].notna()]
-        assert set(mine["arm"]) == {"RI", "All_RI"}  # domain other: no Domain arms; RI is the floor
-        paired = pd.read_csv(folder / "tables" / "paired.csv")
-        assert {("All_RI", "RI")} <= set(zip(paired.loc[paired["target"] == "mytask", "arm"],
-                                               paired.loc[paired["target"] == "mytask", "reference"]))
-        assert (folder / "figures" / "forest.png").stat().st_size > 10_000
-        assert (folder / "figures" / "mytask.png").is_file()
-    report = (out / "report.md").read_text()
-    assert "## Fine-tuning strategies side by side" in report and "| mytask | All_RI |" in report
-    assert "mytask is of domain *other*" in report
-
-
 def test_a_ctrl_c_ends_the_study_with_the_line_every_script_ends_with(tmp_path):
     from kit import cli
     out = tmp_path / "out"
@@ -349,46 +224,3 @@ def test_a_ctrl_c_ends_the_study_with_the_line_every_script_ends_with(tmp_path):
     os.killpg(process.pid, signal.SIGINT)  # what a Ctrl-C in the terminal sends: the workflow and its jobs
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0 and cli.INTERRUPTED in stderr, stderr[-3000:]
-
-
-def test_published_backbones_and_balanced_all_models_are_arms_of_the_study(tmp_path):
-    """Two external arms (stand-ins of two layouts) and the balanced All models, next to IN and Domain_RI."""
-    net = reference_densenet(in_channels=1)
-    chexnet = write_layout(tmp_path / "weights" / "chexnet.pth.tar", "chexnet", reference_densenet(out_channels=14))
-    txv = write_layout(tmp_path / "weights" / "txv.pt", "torchxrayvision", net)
-    write_imagenet_standin(tmp_path / "torch_home")
-    out = tmp_path / "out"
-    result = run_study(out, torch_home=tmp_path / "torch_home", arms=["IN", "Domain_RI"], balanced_all="domain",
-                       extra_arms=f"CheXNet={chexnet} TXV={txv}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    arms = {"IN", "Domain_RI", "All_RI_bal", "All_IN_bal", "CheXNet", "TXV"}
-    table = pd.read_csv(out / "tables" / "table2.csv")
-    ran = table[table["test_last"].notna()]
-    assert set(ran["arm"]) == arms and ran[["train", "val", "test_last"]].notna().all().all()
-    paired = pd.read_csv(out / "tables" / "paired.csv")
-    headline = paired[paired["method"] != "DeLong"]
-    pairs = {frozenset(p) for p in zip(headline["arm"], headline["reference"])}
-    assert len(pairs) == 15 and all(frozenset(p) in pairs for p in (("CheXNet", "IN"), ("TXV", "All_RI_bal")))
-    found = pd.read_csv(out / "tables" / "claims.csv")
-    assert set(found.loc[found["claim"].str.startswith("x"), "title"]) == {
-        f"{arm} beats IN (beyond the paper)" for arm in ("All_RI_bal", "All_IN_bal", "CheXNet", "TXV")}
-    assert "--balance domain: draws per epoch" in (out / "logs" / "pretrain" / "All_RI_bal_seed0.log").read_text()
-    record = json.loads((out / "study.json").read_text())
-    assert record["balanced_all"] == "domain" and record["extra_arms"]["TXV"]["layout"] == "torchxrayvision"
-    meta = torch.load(out / "finetune" / "shenzhen" / "CheXNet" / "seed0" / "last.pt", weights_only=True)["meta"]
-    assert meta["pretraining"]["layout"] == "chexnet" and meta["pretraining"]["sha256"] == \
-        record["extra_arms"]["CheXNet"]["sha256"]
-    report = (out / "report.md").read_text()
-    assert "CheXNet = chexnet DenseNet-121 `chexnet.pth.tar` (sha256 " in report
-    assert "All_IN_bal = All_IN pretrained with each source drawn by --balance domain" in report
-    assert "(x3) CheXNet beats IN (beyond the paper)" in report
-    answer = [line for line in report.splitlines() if line.startswith("- D1 Shenzhen CXR (")][0]
-    assert all(arm in answer for arm in ("CheXNet", "TXV", "All_RI_bal", "All_IN_bal"))
-    table2 = (out / "tables" / "table2.md").read_text()
-    assert all(arm in table2 for arm in ("CheXNet", "TXV", "All_RI_bal", "All_IN_bal"))
-    # a file that is not a DenseNet-121 stops the study before anything runs, in one line naming the setting
-    wrong = tmp_path / "weights" / "resnet.pth"
-    torch.save({"layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, wrong)
-    bad = subprocess.run(study_command(tmp_path / "bad", "-n") + ["--config", f"extra_arms=R={wrong}"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and f"error: setting extra_arms: R={wrong}: not a DenseNet-121: a ResNet" in bad.stderr
