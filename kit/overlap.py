@@ -381,16 +381,12 @@ class Picked:
             unique, inverse = np.unique(self.index, return_inverse=True)
             return _smooth(_as_float(self.prepared.thumbs[unique]), sigma)[inverse.ravel()]
         if sigma not in self.prepared.smoothed:
-            thumbs = self.prepared.thumbs
-            self.prepared.smoothed[sigma] = torch_cat([_smooth(_as_float(thumbs[start:start + CHUNK]), sigma).half()
+            import torch
+
+            thumbs = self.prepared.thumbs  # never empty here: a Picked indexes its pictures
+            self.prepared.smoothed[sigma] = torch.cat([_smooth(_as_float(thumbs[start:start + CHUNK]), sigma).half()
                                                        for start in range(0, len(thumbs), CHUNK)])
         return self.prepared.smoothed[sigma][self.index].float()
-
-
-def torch_cat(parts):
-    import torch
-
-    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def _raw(pictures):
@@ -524,14 +520,14 @@ MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.80, "other": 0.52}
 FINE = (0.7, 2.0, 32, 1.0)
 MATCH_SCALES = {"hwsi": (FINE, (2.0, 6.0, 24, 1.3), (3.0, 8.0, 16, 1.6))}
 COARSE_SCALE = (2.0, 4.0, 16, 1.0)  # after the coarse alignment levels, with the domain's coarse scales
+REJECT_EARLY = 1.5  # a pair this many times over the threshold after the coarse alignment levels is dropped
+MEASURED = 0.25     # the least share of the grid left after saturated pixels for a distance (else inf: no match)
 
 
 def measure(query, database, theta, scales) -> np.ndarray:
     """The smallest weighted distance() over `scales` ((sigma, detail, n, weight) each)."""
     return np.min([weight * distance(query, database, theta, sigma=sigma, detail=detail, n=n)
                    for sigma, detail, n, weight in scales], axis=0)
-REJECT_EARLY = 1.5  # a pair this many times over the threshold after the coarse alignment levels is dropped
-MEASURED = 0.25     # the least share of the grid left after saturated pixels for a distance (else inf: no match)
 
 
 def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: str, k: int = CANDIDATES,
