@@ -225,7 +225,9 @@ def _as_float(thumbs):
 
     if isinstance(thumbs, torch.Tensor) and thumbs.is_floating_point():
         return thumbs
-    return torch.as_tensor(np.asarray(thumbs), dtype=torch.float32) / 255.0
+    thumbs = np.ascontiguousarray(thumbs)
+    return torch.from_numpy(thumbs).float().mul_(1 / 255) if thumbs.dtype == np.uint8 else \
+        torch.as_tensor(thumbs, dtype=torch.float32) / 255.0
 
 
 _KERNELS = {}
@@ -290,7 +292,9 @@ def _base_grid(n: int, half: float):
 
 def _grid(theta, n: int, half: float):
     """Each frame's n x n grid over [-half, half]^2 in picture coordinates: s g + t per axis."""
-    return _base_grid(n, half) * theta[:, None, None, :2] + theta[:, None, None, 2:]
+    import torch
+
+    return torch.addcmul(theta[:, None, None, 2:], _base_grid(n, half), theta[:, None, None, :2])
 
 
 def _sample(images, theta, n: int, half: float):
@@ -319,31 +323,27 @@ def _moment_frames(x):
 
 
 CHUNK = 4096  # thumbnails per step: float copies of 200,000 at once would take gigabytes
+REGISTER_LEVELS = ((6.0, 3, 12), (3.0, 3, 16), (2.0, 2, 16))  # align()'s levels for the registered frame
 
 
-def frames(thumbs, template) -> "torch.Tensor":
-    """(3, N, 4): each picture's frame as stored, by its intensity moments, and registered to `template`."""
+def frames_and_descriptors(thumbs, template) -> tuple:
+    """Each picture's frames, (3, N, 4): as stored, centred and scaled by its intensity moments, and
+    registered to `template`; and its descriptors, (3, N, COARSE^2) float32 unit vectors: the thumbnail
+    blurred by 2 px, sampled on a COARSE x COARSE grid of each frame, standardised (brightness and
+    contrast drop out)."""
     import torch
 
-    parts = []
+    theta = torch.zeros(3, len(thumbs), 4)
+    out = np.zeros((3, len(thumbs), COARSE * COARSE), dtype=np.float32)
     for start in range(0, len(thumbs), CHUNK):
         x = _as_float(thumbs[start:start + CHUNK])
+        blurred = _blur(x, 2.0)
         identity = torch.tensor(IDENTITY).repeat(len(x), 1)
-        registered = align(template[None], x, identity, half=0.7,
-                           levels=((6.0, 6, 16), (3.0, 5, 16), (1.5, 4, 24)))
-        parts.append(torch.stack([identity, _moment_frames(_blur(x, 2.0)), registered]))
-    return torch.cat(parts, dim=1) if parts else torch.zeros(3, 0, 4)
-
-
-def descriptors(thumbs, theta) -> np.ndarray:
-    """(frames, N, COARSE^2) float32 unit vectors: the blurred thumbnail sampled on a COARSE x COARSE grid
-    of each of the picture's frames (theta: frames, N, 4), standardised (brightness and contrast drop out)."""
-    out = np.zeros((len(theta), len(thumbs), COARSE * COARSE), dtype=np.float32)
-    for start in range(0, len(thumbs), CHUNK):
-        x = _blur(_as_float(thumbs[start:start + CHUNK]), 2.0)
+        registered = align(template[None], x, identity, half=0.7, levels=REGISTER_LEVELS)
+        theta[:, start:start + len(x)] = torch.stack([identity, _moment_frames(blurred), registered])
         for view, frame in enumerate(theta[:, start:start + len(x)]):
-            out[view, start:start + len(x)] = _standardise(_sample(x, frame, COARSE, 0.8)).flatten(1).numpy()
-    return out
+            out[view, start:start + len(x)] = _standardise(_sample(blurred, frame, COARSE, 0.8)).flatten(1).numpy()
+    return theta, out
 
 
 @dataclasses.dataclass
@@ -400,9 +400,9 @@ def _smoothed(pictures, sigma: float):
 
 
 def prepare(thumbs: np.ndarray, template) -> Prepared:
-    theta = frames(thumbs, template)
+    theta, found_by = frames_and_descriptors(thumbs, template)
     usable = thumbs.reshape(len(thumbs), -1).max(axis=1) > 0 if len(thumbs) else np.zeros(0, dtype=bool)
-    return Prepared(thumbs, theta, list(descriptors(thumbs, theta)), usable)
+    return Prepared(thumbs, theta, list(found_by), usable)
 
 
 def template_of(*thumbs_sets):
@@ -430,18 +430,21 @@ def _relative(theta_q, theta_d):
     return torch.cat([scale, shift], dim=1)
 
 
-def _gradients(images):
-    """d/dx and d/dy of (N, H, W) in normalised picture coordinates (central differences)."""
-    import torch.nn.functional as F
+def _with_gradients(images):
+    """(N, H, W) -> (N, 3, H, W): the pictures, d/dx and d/dy in normalised picture coordinates (central
+    differences, one-sided at the edges: the edges replicated), in one tensor that grid_sample reads."""
+    out = images.new_empty(len(images), 3, *images.shape[-2:])
+    out[:, 0] = images
+    gx, gy = out[:, 1], out[:, 2]
+    gx[:, :, 1:-1] = images[:, :, 2:] - images[:, :, :-2]
+    gx[:, :, 0], gx[:, :, -1] = images[:, :, 1] - images[:, :, 0], images[:, :, -1] - images[:, :, -2]
+    gy[:, 1:-1] = images[:, 2:] - images[:, :-2]
+    gy[:, 0], gy[:, -1] = images[:, 1] - images[:, 0], images[:, -1] - images[:, -2]
+    out[:, 1:] *= images.shape[-1] / 4  # half the difference, per half a picture's width
+    return out
 
-    n = images.shape[-1]
-    padded = F.pad(images[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    gx = (padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]) / 2 * (n / 2)
-    gy = (padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]) / 2 * (n / 2)
-    return gx, gy
 
-
-ALIGN_LEVELS = ((4.0, 3, 12), (2.0, 3, 16), (1.0, 3, 24), (0.5, 2, 32))  # (blur sigma px, iterations, grid n)
+ALIGN_LEVELS = ((4.0, 2, 12), (2.0, 2, 16), (1.0, 2, 24))  # (blur sigma px, iterations, grid n)
 
 
 def align(query, database, theta, *, half: float = 0.85, levels=ALIGN_LEVELS):
@@ -461,8 +464,7 @@ def align(query, database, theta, *, half: float = 0.85, levels=ALIGN_LEVELS):
         q = _smoothed(query, sigma)
         q = _sample(q, one[:len(q)], n, half).flatten(1).expand(len(theta), -1)
         q = q - q.mean(1, keepdim=True)
-        d_img = _smoothed(database, sigma)
-        stacked = torch.cat([d_img[:, None], *(g[:, None] for g in _gradients(d_img))], dim=1)
+        stacked = _with_gradients(_smoothed(database, sigma))
         for _ in range(iterations):
             sampled = F.grid_sample(stacked, _grid(theta, n, half), mode="bilinear", padding_mode="border",
                                     align_corners=False).flatten(2)  # (P, 3, n*n): picture, d/dx, d/dy
@@ -520,7 +522,7 @@ MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.80, "other": 0.52}
 FINE = (0.7, 2.0, 32, 1.0)
 MATCH_SCALES = {"hwsi": (FINE, (2.0, 6.0, 24, 1.3), (3.0, 8.0, 16, 1.6))}
 COARSE_SCALE = (2.0, 4.0, 16, 1.0)  # after the coarse alignment levels, with the domain's coarse scales
-REJECT_EARLY = 1.5  # a pair this many times over the threshold after the coarse alignment levels is dropped
+REJECT_EARLY = 1.25  # a pair this many times over the threshold after the coarse alignment levels is dropped
 MEASURED = 0.25     # the least share of the grid left after saturated pixels for a distance (else inf: no match)
 
 
