@@ -13,13 +13,15 @@ and how long the full study's check takes on 2 CPU cores.
    (two ChestX-ray14 radiographs in COVID-19 Radiography, one COVID twin), and the scale test's targets;
    with --real, the real samples, where COVID-18.png and COVID-21.png are one picture and every other
    image is distinct.
-3. Scale: --sources x --targets generated radiograph thumbnails (1 % of the targets altered copies of
-   sources): the search from stored thumbnails (what a study run costs once the thumbnails exist: the
-   preprocessing cache build makes them from the pictures it decodes anyway), its peak memory, and the
-   extrapolation to the full study (169,198 source and ~30,000 target images); plus the cost of a
-   thumbnail made from the files, per image at the real data sets' sizes, and the full study from raw files.
-Lines: recall per alteration, false-match shares, times; the last lines are recall_min=, false_share_max=,
-full_study_minutes_from_thumbnails= and full_study_minutes_from_files=.
+3. Scale: --sources x --targets generated radiograph thumbnails (2 % of the targets copies of sources,
+   the alterations in turn, each looked for among all the sources): the share of copies found, the search
+   from stored thumbnails (what a study run costs once the thumbnails exist: the preprocessing cache
+   build makes them from the pictures it decodes anyway), its peak memory, and the extrapolation to the
+   full study (169,198 source and ~30,000 target images); plus the cost of a thumbnail made from the
+   files, per image at the real data sets' sizes, and the full study from raw files.
+Lines: recall per alteration, false-match shares, times; the last lines are recall_min=,
+recall_at_scale_min=, false_share_max=, full_study_minutes_from_thumbnails= and
+full_study_minutes_from_files=.
 """
 import argparse
 import resource
@@ -144,16 +146,18 @@ def real_samples(folder):
 
 
 def scale(args):
-    """Seconds of each part of the search from stored thumbnails, and the peak memory."""
+    """Seconds of each part of the search from stored thumbnails, the peak memory, the share of targets
+    falsely paired, and the share of planted copies found per alteration."""
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     sources = np.stack([overlap.thumbnail(render("cxr", 10_000 + i)) for i in range(args.sources)])
     targets = np.stack([overlap.thumbnail(render("cxr", 100_000 + i)) for i in range(args.targets)])
-    copies = rng.choice(args.sources, args.targets // 100, replace=False)
+    copies = rng.choice(args.sources, args.targets // 50, replace=False)
+    names = list(overlap.ALTERATIONS)
     with tempfile.TemporaryDirectory() as tmp:
-        for k, i in enumerate(copies):  # 1 % of the targets: a resized, re-encoded copy of a source
-            Image.fromarray(sources[i]).resize((80, 80)).save(f"{tmp}/{k}.jpg", quality=70)
-            targets[k] = overlap.read_thumbnail(f"{tmp}/{k}.jpg")[0]
+        for k, i in enumerate(copies):  # 2 % of the targets: a copy of a source, the alterations in turn
+            Image.fromarray(render("cxr", 10_000 + int(i))).save(f"{tmp}/{k}.png")
+            targets[k] = overlap.read_thumbnail(overlap.write_altered(f"{tmp}/{k}.png", tmp, str(k))[names[k % len(names)]])[0]
     print(f"  generated {args.sources:,} + {args.targets:,} radiograph thumbnails in {time.perf_counter() - start:.0f} s")
     parts, across, inside = {}, {}, {}
     start = time.perf_counter()
@@ -165,11 +169,15 @@ def scale(args):
     parts |= {"search, targets x sources": across["search"], "align, targets x sources": across["align"],
               "search, targets x targets": inside["search"], "align, targets x targets": inside["align"]}
     hits = {(int(i), int(j)) for i, j, _ in found}
-    recovered = sum((k, int(i)) in hits for k, i in enumerate(copies))
-    false = {i for i, j in hits if (i, j) not in set(enumerate(copies.tolist()))} | {int(i) for i, _, _ in within} \
-        | {int(j) for _, j, _ in within}
-    print(f"  planted copies found: {recovered} of {len(copies)}; target images in a pair that is not one picture: "
-          f"{len(false)} of {args.targets:,} ({len(false) / args.targets:.3%})")
+    planted = set(enumerate(copies.tolist()))
+    recall = {}
+    for n, name in enumerate(names):
+        found_copies = [(k, int(i)) in hits for k, i in enumerate(copies) if k % len(names) == n]
+        recall[name] = np.mean(found_copies)
+        print(f"  recall at scale {name:24s} {recall[name]:7.1%} of {len(found_copies)}")
+    false = {i for i, j in hits if (i, j) not in planted} | {int(i) for i, _, _ in within} | {int(j) for _, j, _ in within}
+    print(f"  planted copies found: {sum(p in hits for p in planted)} of {len(copies)}; target images in a pair that "
+          f"is not one picture: {len(false)} of {args.targets:,} ({len(false) / args.targets:.3%})")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     for name, seconds in parts.items():
         print(f"  {name:28s} {seconds:7.1f} s")
@@ -177,7 +185,7 @@ def scale(args):
         print(f"  {name}: {timings.get('pairs', 0):,} candidate pairs aligned coarsely, "
               f"{timings.get('fine pairs', 0):,} of them finely")
     print(f"  peak memory (whole bench process) {peak:.2f} GB")
-    return parts, peak, len(false) / args.targets
+    return parts, peak, len(false) / args.targets, recall
 
 
 def file_costs(folder):
@@ -215,7 +223,7 @@ def main(args):
         if real_wrong is not None:
             print(f"  real samples: {real_wrong} pair(s) other than expected")
         print(f"3. scale: {args.sources:,} sources x {args.targets:,} targets, from stored thumbnails")
-        parts, peak, false_at_scale = scale(args)
+        parts, peak, false_at_scale, recall_at_scale = scale(args)
         (tmp / "files").mkdir()
         costs = file_costs(tmp / "files")
     # extrapolation: frames and descriptors grow with the images, the exact nearest-neighbour search with
@@ -234,6 +242,7 @@ def main(args):
           f"{TARGETS_FULL + 1:,} images (each target against the sources of its domain and itself): {full / 60:.1f} min from stored thumbnails, + {raw / 60:.1f} min to make "
           f"the thumbnails from the files on 2 cores")
     print(f"recall_min={min(worst.values()):.3f}")
+    print(f"recall_at_scale_min={min(recall_at_scale.values()):.3f}")
     print(f"false_share_max={max(*shares.values(), false_at_scale):.4f}")
     print(f"full_study_minutes_from_thumbnails={full / 60:.1f}")
     print(f"full_study_minutes_from_files={(full + raw) / 60:.1f}")

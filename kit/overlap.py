@@ -324,13 +324,14 @@ def _moment_frames(x):
 
 CHUNK = 4096  # thumbnails per step: float copies of 200,000 at once would take gigabytes
 REGISTER_LEVELS = ((6.0, 3, 12), (3.0, 3, 16), (2.0, 2, 16))  # align()'s levels for the registered frame
+DESCRIBED = 0.6  # the central part of a frame that a descriptor covers: a picture cropped by 5 % a side still fills it
 
 
 def frames_and_descriptors(thumbs, template) -> tuple:
     """Each picture's frames, (3, N, 4): as stored, centred and scaled by its intensity moments, and
     registered to `template`; and its descriptors, (3, N, COARSE^2) float32 unit vectors: the thumbnail
-    blurred by 2 px, sampled on a COARSE x COARSE grid of each frame, standardised (brightness and
-    contrast drop out)."""
+    blurred by 2 px, sampled on a COARSE x COARSE grid over the central part of each frame (DESCRIBED),
+    standardised (brightness and contrast drop out)."""
     import torch
 
     theta = torch.zeros(3, len(thumbs), 4)
@@ -342,7 +343,7 @@ def frames_and_descriptors(thumbs, template) -> tuple:
         registered = align(template[None], x, identity, half=0.7, levels=REGISTER_LEVELS)
         theta[:, start:start + len(x)] = torch.stack([identity, _moment_frames(blurred), registered])
         for view, frame in enumerate(theta[:, start:start + len(x)]):
-            out[view, start:start + len(x)] = _standardise(_sample(blurred, frame, COARSE, 0.8)).flatten(1).numpy()
+            out[view, start:start + len(x)] = _standardise(_sample(blurred, frame, COARSE, DESCRIBED)).flatten(1).numpy()
     return theta, out
 
 
