@@ -185,12 +185,11 @@ def overlap_facts(runs_dir, runs, targets, study, checkpoint) -> dict:
 def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out=()) -> str:
     """Tables, figures and report.md of the runs of one fine-tuning strategy, into `out`; returns
     the report's text. `left_out`: the evaluations not of the checkpoints now in their run folders."""
-    import pandas as pd
-
-    from kit import claims, figures, files, results, tables
-    from kit.paper import ARMS, fraction_label, paper_sorted, target_title
+    from kit import claims, files, results, tables
+    from kit.paper import ARMS, fraction_label
     from kit.report import Study, epoch_note, report_markdown, table2_markdown
 
+    # --- what was run: the metric of each target (and its curves), arms, seeds, train fractions
     targets = list(dict.fromkeys(r["target"] for r in runs))
     metrics = {t: (results.headline_metric(t, [r["dir"] for r in runs if r["target"] == t]) if args.metric == "auto"
                    else args.metric) for t in targets}
@@ -203,10 +202,7 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out
     seeds = sorted({r["seed"] for r in runs})
     fractions = sorted({r["fraction"] for r in runs})
     runs_arms = {t: {r["arm"] for r in runs if r["target"] == t and r["fraction"] == main_fraction[t]} for t in targets}
-    missing_reason = missing_short = None  # said in full once, at the top of the report; elsewhere in a few words
-    if study is not None and not study.get("imagenet_found", True):
-        missing_short = "no ImageNet weights"
-        missing_reason = f"{missing_short} ({study.get('imagenet_missing_reason') or 'not found'})"
+    missing_reason, missing_short = imagenet_missing(study)
     print(f"{len(runs)} runs: {', '.join(f'{t} ({metrics[t]})' for t in targets)}; seeds {seeds}; "
           f"train fractions {[fraction_label(f) for f in fractions]}")
 
@@ -220,14 +216,9 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out
     notes = {target: epoch_note(target, at_main.loc[at_main["target"] == target, "epoch"].tolist(), sizes[target])
              for target in targets}
     table = tables.table2_frame(at_main, summary, table_arms, metrics, main_fraction)
+    table2_md = table2_markdown(table, table_arms, notes, args.ci)
     convergence = tables.convergence_frame(at_main, runs)
-    curves = {}  # seed-mean learning curves per target and arm, at the largest fraction
-    for target in targets:
-        by_arm = {}
-        for run in runs:
-            if run["target"] == target and run["fraction"] == main_fraction[target]:
-                by_arm.setdefault(run["arm"], []).append(run["curves"])
-        curves[target] = {arm: tables.mean_curves(by_arm[arm]) for arm in paper_sorted(by_arm, ARMS)}
+    curves = seed_mean_curves(runs, targets, main_fraction)
 
     # --- the paper's question and claims, at the claims checkpoint and each target's largest fraction
     at_claims = paired[(paired["checkpoint"] == args.claims_checkpoint)
@@ -236,64 +227,20 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out
                                curves=curves, sizes=sizes, metrics=metrics)
     comparison = tables.paper_vs_run_frame(table, args.claims_checkpoint)
     rankings = tables.rankings_frame(comparison)
-    prefix = "test" if args.claims_checkpoint == "best" else "test_last"
-    answers = {}
-    for target in targets:
-        rows = table[table["target"] == target].set_index("arm")
-        values = {arm: (rows.at[arm, prefix], rows.at[arm, f"{prefix}_ci_low"], rows.at[arm, f"{prefix}_ci_high"])
-                  for arm in rows.index if pd.notna(rows.at[arm, prefix])}
-        answers[target] = claims.answer(target, at_claims, values, runs_arms[target], 1 - args.ci, metrics[target],
-                                        missing_short)
+    answers = {target: target_answer(args, target, table, at_claims, runs_arms[target], metrics[target], missing_short)
+               for target in targets}
 
-    # --- write the tables
-    tables_dir = out / "tables"
-    tables_dir.mkdir(parents=True, exist_ok=True)
+    # --- tables, figures, the report
     written = {"runs.csv": runs_table, "table2.csv": table, "convergence.csv": convergence, "claims.csv": verdicts,
                "paper_vs_run.csv": comparison, "rankings.csv": rankings}
     if not summary.empty:
         written |= {"test_summary.csv": summary, "paired.csv": paired}
-    for name, frame in written.items():
-        files.write_text_atomic(tables_dir / name, frame.round(4).to_csv(index=False))
-    markdown = table2_markdown(table, table_arms, notes, args.ci)
-    files.write_text_atomic(tables_dir / "table2.md", markdown + "\n")
-
-    # --- figures (Agg: no display needed; set here so importing this file changes nothing)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    n_seeds = int(table["n_seeds"].max())
-    written_figures = [("learning_curves.png", "Learning curves, all targets")]
-    for target, arm_curves in curves.items():
-        figures.plot_target(target, arm_curves, metrics[target], "value", figures_dir / f"{target}.png", args.dpi,
-                            extra_arms, n_seeds)
-        written_figures.append((f"{target}.png", f"{target_title(target)}: learning curves"))
-        if args.loss_plots:
-            figures.plot_target(target, arm_curves, metrics[target], "loss", figures_dir / f"{target}_loss.png",
-                                args.dpi, extra_arms, n_seeds)
-            written_figures.append((f"{target}_loss.png", f"{target_title(target)}: loss curves"))
-    figures.plot_overview(curves, metrics, figures_dir / "learning_curves.png", args.dpi, extra_arms, n_seeds)
-    forest_rows = at_claims[at_claims["method"] != "DeLong"]
-    if not forest_rows.empty:
-        figures.plot_forest(forest_rows, figures_dir / "forest.png", args.dpi, extra_arms, args.ci)
-        written_figures.append(("forest.png", "Paired arm differences on the test split (forest plot)"))
-    efficiency = summary[summary["checkpoint"] == "best"]
-    efficiency = efficiency[efficiency.groupby("target")["train_fraction"].transform("nunique") > 1]
-    if not efficiency.empty:
-        figures.plot_label_efficiency(efficiency, metrics, figures_dir / "label_efficiency.png", args.dpi, extra_arms)
-        written_figures.append(("label_efficiency.png", "Label efficiency: test metric vs train fraction"))
-
-    # --- the report
-    settings = (f"{len(runs)} fine-tuning runs; seeds {', '.join(map(str, seeds))}; train fractions "
-                 f"{', '.join(fraction_label(f) for f in fractions)}. Test values: "
-                 + (f"mean over seeds ± sd across seeds [{100 * args.ci:g} % CI: the seeds' spread and a patient "
-                    f"bootstrap, {args.bootstrap} resamples]." if len(seeds) > 1 else
-                    f"one seed [{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} "
-                    "resamples]."))
+    write_tables(out / "tables", written, table2_md)
+    written_figures = plot_figures(args, out / "figures", curves, metrics, int(table["n_seeds"].max()), at_claims,
+                                   summary, extra_arms)
     report = report_markdown(Study(
-        reporting=reporting(args), metrics=metrics, table2_md=table2_markdown(table, table_arms, notes, args.ci),
-        paired=at_claims, convergence=convergence, summary=summary, sizes=sizes, settings=settings,
+        reporting=reporting(args), metrics=metrics, table2_md=table2_md, paired=at_claims, convergence=convergence,
+        summary=summary, sizes=sizes, settings=settings_text(args, len(runs), seeds, fractions),
         figures=written_figures, claims=verdicts, comparison=comparison, rankings=rankings, answers=answers,
         record=study, runs_arms=runs_arms, seeds=seeds, sources=results.source_manifests(args.runs),
         run_args=results.run_arguments(args.runs, runs), missing_reason=missing_reason,
@@ -311,6 +258,98 @@ def analyse(args, runs, out: Path, study, strategy: str, several: bool, left_out
     print()
     print(verdicts[["claim", "dataset", "verdict", "this_run"]].to_string(index=False))
     return report
+
+
+def imagenet_missing(study):
+    """(why ImageNet weights were missing, said in full once at the top of the report; the same in a few words
+    elsewhere), or (None, None)."""
+    if study is None or study.get("imagenet_found", True):
+        return None, None
+    short = "no ImageNet weights"
+    return f"{short} ({study.get('imagenet_missing_reason') or 'not found'})", short
+
+
+def seed_mean_curves(runs, targets, main_fraction) -> dict:
+    """{target: {arm: learning curves averaged over seeds}} at each target's largest train fraction, arms in
+    paper order."""
+    from kit import tables
+    from kit.paper import ARMS, paper_sorted
+
+    curves = {}
+    for target in targets:
+        by_arm = {}
+        for run in runs:
+            if run["target"] == target and run["fraction"] == main_fraction[target]:
+                by_arm.setdefault(run["arm"], []).append(run["curves"])
+        curves[target] = {arm: tables.mean_curves(by_arm[arm]) for arm in paper_sorted(by_arm, ARMS)}
+    return curves
+
+
+def target_answer(args, target, table, at_claims, runs_arms, metric, missing_short) -> str:
+    """The answer to the paper's question for one target, from its Table 2 test values at the claims checkpoint."""
+    import pandas as pd
+
+    from kit import claims
+
+    prefix = "test" if args.claims_checkpoint == "best" else "test_last"
+    rows = table[table["target"] == target].set_index("arm")
+    values = {arm: (rows.at[arm, prefix], rows.at[arm, f"{prefix}_ci_low"], rows.at[arm, f"{prefix}_ci_high"])
+              for arm in rows.index if pd.notna(rows.at[arm, prefix])}
+    return claims.answer(target, at_claims, values, runs_arms, 1 - args.ci, metric, missing_short)
+
+
+def write_tables(tables_dir: Path, frames: dict, table2_md: str) -> None:
+    """tables/: every frame as CSV (values rounded to 4 decimals) and table2.md."""
+    from kit import files
+
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        files.write_text_atomic(tables_dir / name, frame.round(4).to_csv(index=False))
+    files.write_text_atomic(tables_dir / "table2.md", table2_md + "\n")
+
+
+def plot_figures(args, figures_dir: Path, curves, metrics, n_seeds, at_claims, summary, extra_arms) -> list:
+    """figures/: learning (and loss) curves per target and of all targets, the forest plot of the paired
+    differences, label efficiency where there are several train fractions; returns [(file, caption)]."""
+    import matplotlib
+
+    from kit import figures
+    from kit.paper import target_title
+
+    matplotlib.use("Agg")  # no display needed; set here so importing this file changes nothing
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    written = [("learning_curves.png", "Learning curves, all targets")]
+    for target, arm_curves in curves.items():
+        figures.plot_target(target, arm_curves, metrics[target], "value", figures_dir / f"{target}.png", args.dpi,
+                            extra_arms, n_seeds)
+        written.append((f"{target}.png", f"{target_title(target)}: learning curves"))
+        if args.loss_plots:
+            figures.plot_target(target, arm_curves, metrics[target], "loss", figures_dir / f"{target}_loss.png",
+                                args.dpi, extra_arms, n_seeds)
+            written.append((f"{target}_loss.png", f"{target_title(target)}: loss curves"))
+    figures.plot_overview(curves, metrics, figures_dir / "learning_curves.png", args.dpi, extra_arms, n_seeds)
+    forest_rows = at_claims[at_claims["method"] != "DeLong"]
+    if not forest_rows.empty:
+        figures.plot_forest(forest_rows, figures_dir / "forest.png", args.dpi, extra_arms, args.ci)
+        written.append(("forest.png", "Paired arm differences on the test split (forest plot)"))
+    efficiency = summary[summary["checkpoint"] == "best"]
+    efficiency = efficiency[efficiency.groupby("target")["train_fraction"].transform("nunique") > 1]
+    if not efficiency.empty:
+        figures.plot_label_efficiency(efficiency, metrics, figures_dir / "label_efficiency.png", args.dpi, extra_arms)
+        written.append(("label_efficiency.png", "Label efficiency: test metric vs train fraction"))
+    return written
+
+
+def settings_text(args, n_runs, seeds, fractions) -> str:
+    """The report's line on what the test values are: runs, seeds, train fractions, spread and CI."""
+    from kit.paper import fraction_label
+
+    return (f"{n_runs} fine-tuning runs; seeds {', '.join(map(str, seeds))}; train fractions "
+            f"{', '.join(fraction_label(f) for f in fractions)}. Test values: "
+            + (f"mean over seeds ± sd across seeds [{100 * args.ci:g} % CI: the seeds' spread and a patient "
+               f"bootstrap, {args.bootstrap} resamples]." if len(seeds) > 1 else
+               f"one seed [{100 * args.ci:g} % percentile bootstrap CI over test patients, {args.bootstrap} "
+               "resamples]."))
 
 
 if __name__ == "__main__":

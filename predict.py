@@ -48,6 +48,55 @@ def get_args_parser():
     return parser
 
 
+def predict_batches(model, loader, images, meta, device, *, amp_dtype, memory_format, explain, cam_dir, cam_staging):
+    """Every readable image through the model, with `explain` (Grad-CAM) the heat map of its predicted class into
+    `cam_staging`: (input indices predicted, their probability batches, (index, reason) of the images skipped,
+    {index: DICOM ids and cam path})."""
+    import torch
+    from tqdm import tqdm
+
+    from kit import cam, loop, losses
+
+    rows, probs, skipped, ids, taken = [], [], [], {}, set()
+    with torch.no_grad():
+        for indices, pixels, tails, batch_ids, failed in tqdm(loader, desc="predict", unit="batch",
+                                                              dynamic_ncols=True):
+            ids.update(batch_ids)
+            skipped += failed
+            if not indices:
+                continue
+            logits = loop.forward(model, pixels, tails, device, amp_dtype=amp_dtype, memory_format=memory_format)
+            batch_probs = losses.to_probs(logits.float(), meta["task"]).cpu()
+            rows += indices
+            probs.append(batch_probs)
+            if explain is not None:  # the map of the predicted class, captioned with it and its probability
+                explained = batch_probs.argmax(dim=1)
+                heat = explain(cam.normalised(pixels, tails, device), explained)
+                for i, picture, heat_map, c, p in zip(indices, pixels, heat, explained.tolist(), batch_probs):
+                    name = cam.file_name(images[i], taken)
+                    ids.setdefault(i, {})["cam"] = str(Path(cam_dir) / name)
+                    cam.save_overlay(cam_staging / name, picture, heat_map, class_name=meta["classes"][c],
+                                     prob=float(p[c]))
+    return rows, probs, skipped, ids
+
+
+def prediction_columns(images, rows, probs, ids, meta) -> dict:
+    """predictions.csv's columns: image, the prediction and per-class probabilities, then the DICOM ids and the
+    heat map's path where any row has them."""
+    import numpy as np
+    import torch
+
+    from kit import inputs, metrics
+
+    probs = torch.cat(probs).numpy().astype(np.float64)
+    columns = {"image": [images[i] for i in rows],
+               **metrics.prediction_columns(meta["task"], meta["classes"], probs)}
+    extra = [key for key in (*inputs.DICOM_IDS, "cam") if any(key in ids.get(i, {}) for i in rows)]
+    for key in extra:
+        columns[key] = [ids.get(i, {}).get(key, "") for i in rows]
+    return columns
+
+
 def main(args):
     from kit import inputs
 
@@ -55,11 +104,9 @@ def main(args):
     for note in notes:
         print(f"note: {note}")
 
-    import numpy as np
     import torch
-    from tqdm import tqdm
 
-    from kit import cam, files, locks, loop, losses, metrics, models, runtime
+    from kit import cam, files, locks, models, runtime
 
     model, meta, _ = models.model_from_checkpoint(args.checkpoint)
     if meta["domain"] not in ("cxr", "hwsi", "efi"):
@@ -81,26 +128,9 @@ def main(args):
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                              num_workers=args.workers, collate_fn=inputs.collate,
                                              pin_memory=device.type == "cuda")
-        rows, probs, skipped, ids, taken = [], [], [], {}, set()
-        with torch.no_grad():
-            for indices, pixels, tails, batch_ids, failed in tqdm(loader, desc="predict", unit="batch",
-                                                                  dynamic_ncols=True):
-                ids.update(batch_ids)
-                skipped += failed
-                if not indices:
-                    continue
-                logits = loop.forward(model, pixels, tails, device, amp_dtype=amp_dtype, memory_format=memory_format)
-                batch_probs = losses.to_probs(logits.float(), meta["task"]).cpu()
-                rows += indices
-                probs.append(batch_probs)
-                if explain is not None:  # the map of the predicted class, captioned with it and its probability
-                    explained = batch_probs.argmax(dim=1)
-                    heat = explain(cam.normalised(pixels, tails, device), explained)
-                    for i, picture, heat_map, c, p in zip(indices, pixels, heat, explained.tolist(), batch_probs):
-                        name = cam.file_name(images[i], taken)
-                        ids.setdefault(i, {})["cam"] = str(Path(args.cam) / name)
-                        cam.save_overlay(cam_staging / name, picture, heat_map, class_name=meta["classes"][c],
-                                         prob=float(p[c]))
+        rows, probs, skipped, ids = predict_batches(model, loader, images, meta, device, amp_dtype=amp_dtype,
+                                                    memory_format=memory_format, explain=explain, cam_dir=args.cam,
+                                                    cam_staging=cam_staging)
 
         # --- predictions.csv and skipped.csv, in input order
         out.mkdir(parents=True, exist_ok=True)
@@ -110,12 +140,7 @@ def main(args):
             first = skipped[0]["reason"]
             raise ValueError(first if len(images) == 1 else f"none of the {len(images)} images could be predicted "
                              f"(reasons: {out / 'skipped.csv'}); the first: {first}")
-        probs = torch.cat(probs).numpy().astype(np.float64)
-        columns = {"image": [images[i] for i in rows],
-                   **metrics.prediction_columns(meta["task"], meta["classes"], probs)}
-        extra = [key for key in (*inputs.DICOM_IDS, "cam") if any(key in ids.get(i, {}) for i in rows)]
-        for key in extra:
-            columns[key] = [ids.get(i, {}).get(key, "") for i in rows]
+        columns = prediction_columns(images, rows, probs, ids, meta)
         with files.ctrl_c_after_writes():  # the maps, skipped.csv and predictions.csv: all of them, or none
             if cam_staging is not None:
                 files.move_into(cam_staging, args.cam)
@@ -128,7 +153,6 @@ def main(args):
         print(f"  skipped: {row['reason']}")
     if len(skipped) > 5:
         print(f"  ... and {len(skipped) - 5} more")
-
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()

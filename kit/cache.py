@@ -39,6 +39,7 @@ change and does nothing otherwise. Readers check every row they use against the 
 current size and mtime, so a stale cache never feeds old pixels (it is ignored, with one
 warning line).
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -168,36 +169,14 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
     thumbs = np.zeros((len(paths), overlap.THUMB, overlap.THUMB), dtype=np.uint8) if make_thumbs else None
     bad = [(path, "file not found") for path, stat in zip(paths, stats) if stat is None]
     todo = [(path, stat) for path, stat in zip(paths, stats) if stat is not None]
-    position = {path: i for i, path in enumerate(paths)}
-    rows = {"images": [], "offsets": [], "shapes": [], "stats": []}
     with write_atomic(pixels_path) as f:
         f.write(b"\0" * HEADER_BYTES)
-        offset = 0
-        if workers > 1:
-            pool = multiprocessing.Pool(workers, _start_worker, (domain, image_size, make_thumbs))
-            results = pool.imap(_run_head, [path for path, _ in todo], chunksize=8)
-        else:
-            pool = None
-            _start_worker(domain, image_size, make_thumbs, in_pool=False)
-            results = map(_run_head, [path for path, _ in todo])
-        try:
+        with _heads([path for path, _ in todo], domain=domain, image_size=image_size, thumbnails=make_thumbs,
+                    workers=workers) as results:
             bar = tqdm(results, total=len(todo), desc=f"cache {key} {domain} {image_size}px",
                        disable=not progress, dynamic_ncols=True)
-            for (path, stat), (pixels, reason, thumb) in zip(todo, bar):
-                if pixels is None:
-                    bad.append((path, reason))
-                    continue
-                if thumb is not None:
-                    thumbs[position[path]] = thumb
-                f.write(pixels.tobytes())
-                rows["images"].append(path)
-                rows["offsets"].append(offset)
-                rows["shapes"].append(list(pixels.shape))
-                rows["stats"].append(list(stat))
-                offset += pixels.size
-        finally:
-            if pool is not None:
-                pool.terminate()
+            rows, offset = _append_pixels(f, zip(todo, bar), bad=bad, thumbs=thumbs,
+                                          position={path: i for i, path in enumerate(paths)})
         _write_npy_header(f, offset)
     index = {"format": FORMAT, "head_version": transforms.HEAD_VERSION, "domain": domain,
              "image_size": image_size, "manifest": str(manifest_csv), "pixels": pixels_path.name, **rows,
@@ -211,6 +190,42 @@ def build_cache(manifest_csv, *, image_size, workers=None, domain=None, progress
             old.with_suffix(".npy").unlink(missing_ok=True)
     return {"pixels": pixels_path, "index": index_path, "images": len(rows["images"]), "bad": bad,
             "built": True, "seconds": round(time.time() - start, 2)}
+
+
+@contextlib.contextmanager
+def _heads(paths, *, domain, image_size, thumbnails, workers):
+    """The cache head's (pixels, reason, thumbnail) of each path, in order: from a pool of `workers` processes
+    (terminated when the block ends) or, with one worker, from this process."""
+    if workers > 1:
+        pool = multiprocessing.Pool(workers, _start_worker, (domain, image_size, thumbnails))
+        try:
+            yield pool.imap(_run_head, paths, chunksize=8)
+        finally:
+            pool.terminate()
+    else:
+        _start_worker(domain, image_size, thumbnails, in_pool=False)
+        yield map(_run_head, paths)
+
+
+def _append_pixels(f, results, *, bad: list, thumbs, position: dict) -> tuple[dict, int]:
+    """Each decoded image's pixels appended to the open .npy `f`, its thumbnail put into `thumbs` (at
+    `position[path]`); an image that failed goes to `bad`. `results`: ((path, stat), head result) pairs.
+    Returns (the index's per-image rows, the number of bytes written)."""
+    rows = {"images": [], "offsets": [], "shapes": [], "stats": []}
+    offset = 0
+    for (path, stat), (pixels, reason, thumb) in results:
+        if pixels is None:
+            bad.append((path, reason))
+            continue
+        if thumb is not None:
+            thumbs[position[path]] = thumb
+        f.write(pixels.tobytes())
+        rows["images"].append(path)
+        rows["offsets"].append(offset)
+        rows["shapes"].append(list(pixels.shape))
+        rows["stats"].append(list(stat))
+        offset += pixels.size
+    return rows, offset
 
 
 # --------------------------------------------------------------------------- reading

@@ -378,6 +378,10 @@ def paper_curve_note(target):
 
 # --------------------------------------------------------------------------- verdicts
 
+class _NotTested(Exception):
+    """A claim that cannot be judged on a target; the message is the row's evidence."""
+
+
 def judge(claim, target, pairs, curve_rows, curves, sizes, arms_run, alpha, missing_reason, metric):
     """One row of tables/claims.csv: the claim on one target."""
     better, worse = claim.scope[target]
@@ -395,68 +399,90 @@ def judge(claim, target, pairs, curve_rows, curves, sizes, arms_run, alpha, miss
         why = f" ({missing_reason}: {SEE_TOP})" if missing_reason and set(absent) & {"IN", "Domain_IN", "All_IN"} else ""
         return row | {"verdict": "not tested", "evidence": f"not run: {', '.join(absent)}{why}"}
     level = alpha / len(claim.scope) if claim.across else alpha
-    pairs_needed = pairs_of(claim, target)
-    m = len(pairs_needed)
-
-    if claim.measure == "test":
-        found = {}
-        for x, y in pairs_needed:
-            pair, sign = find_pair(pairs, target, x, y)
-            if pair is None:
-                return row | {"verdict": "not tested", "evidence": f"{x} vs {y}: not compared"}
-            found[x, y] = (pair, sign)
-        fewest = min(_value(p, "min_class_patients") for p, _ in found.values())
-        if fewest < stats.MIN_PATIENTS_PER_CLASS:
-            return row | {"verdict": "not tested", "evidence": f"too few test patients for an interval (fewest per "
-                          f"class {fewest:.0f} < {stats.MIN_PATIENTS_PER_CLASS})"}
-        n_seeds = min(int(p.n_seeds) for p, _ in found.values())
-        delta = margin(target, found[pairs_needed[0]][0].metric)
-        judged = {k: performance_direction(claim.kind, p, s, level, m, delta) for k, (p, s) in found.items()}
-        directions = {k: d for k, (d, _) in judged.items()}
-        evidence = "; ".join(text for _, text in judged.values())
-        verdict, where = combine(claim.kind, directions), "on the test set"
-    else:
-        metric = metric or TARGETS.get(target, (None,) * 4)[3]
-        have = {a: curve_rows.get((target, a)) for a in needed}
-        epochs = min((int(r.epochs) for r in have.values() if r is not None), default=0)
-        if epochs < MIN_CURVE_EPOCHS:
-            return row | {"verdict": "not tested", "evidence": f"curves of {epochs} epoch(s): too short to tell how "
-                          f"they converge (needs >= {MIN_CURVE_EPOCHS})"}
-        se, split, n = curve_noise(claim, target, metric, sizes)
-        if math.isnan(se):
-            return row | {"verdict": "not tested", "evidence": f"the {split} split's size is unknown (no "
-                          f"manifests/{target}.json): no noise bound for its curves"}
-        n_seeds = min(int(r.n_seeds) for r in have.values() if r is not None)
-        noise = f"noise: {n:,} {split} images (binomial se ≤ {se:.1f} pp per value), {n_seeds} seed(s)"
-        if claim.measure == "epochs_to_threshold":
-            directions, evidence = earlier(claim, target, have, curves, se, level / m, noise)
+    try:
+        if claim.measure == "test":
+            directions, evidence, n_seeds = _on_test_set(claim, target, pairs, level)
+            verdict, where = combine(claim.kind, directions), "on the test set"
         else:
-            directions = {(x, y): measure_direction(have[x], have[y], claim.measure, se, level / m)
-                          for x, y in pairs_needed}
-            evidence = f"{claim.label}: " + ", ".join(
-                f"{a} {_value(have[a], claim.measure):.1f}" + (f" ± {_value(have[a], claim.measure + '_sd'):.1f}"
-                                                                if n_seeds > 1 else "")
-                for a in ARMS if a in needed and have[a] is not None) + f"; {noise}"
-        if any(d is None for d in directions.values()):
-            return row | {"verdict": "not tested", "evidence": evidence}
-        verdict, where = combine(claim.kind, directions), "on the curves"
-        if claim.still_rising:  # e1: IN's own training curve still rising, or levelled off
-            own = have[claim.still_rising]
-            variance, df = welch([seed_part(own, claim.measure)])
-            gain = _value(own, claim.measure)
-            se_own = math.sqrt(variance + 2 * se ** 2)
-            df = df if math.isfinite(df) else math.inf
-            if stats.one_sided_p(-gain, -LEVELLED_OFF, se_own, df) < level:
-                verdict = "contradicted"
-                evidence += f"; {claim.still_rising}'s gain shown below {LEVELLED_OFF:g} pp: levelled off"
-            elif verdict == "supported" and not stats.one_sided_p(gain, 0.0, se_own, df) < level:
-                verdict = "inconclusive"
-                evidence += f"; {claim.still_rising}'s gain not shown above 0"
+            metric = metric or TARGETS.get(target, (None,) * 4)[3]
+            directions, evidence, n_seeds, se = _on_curves(claim, target, needed, curve_rows, curves, sizes, metric,
+                                                           level)
+            verdict, where = combine(claim.kind, directions), "on the curves"
+            if claim.still_rising:
+                own = curve_rows.get((target, claim.still_rising))
+                verdict, evidence = _still_rising(claim, own, verdict, evidence, se, level)
+    except _NotTested as why:
+        return row | {"verdict": "not tested", "evidence": str(why)}
     if n_seeds < 2:  # one network per arm: what this run shows, never a verdict about the arms
         return row | {"verdict": "not tested", "this_run": TABLE_WORDS.get(verdict, verdict),
                       "replication": ONE_NETWORK,
                       "evidence": f"{ONE_NETWORK}; {relations(claim, directions, where)}; {evidence}"}
     return row | {"verdict": verdict, "evidence": evidence, "replication": f"{n_seeds} seeds"}
+
+
+def _on_test_set(claim, target, pairs, level):
+    """The claim's pairs of arms on the test set (their paired comparisons): ({pair: direction}, evidence,
+    fewest seeds); _NotTested without a comparison or enough test patients."""
+    pairs_needed = pairs_of(claim, target)
+    found = {}
+    for x, y in pairs_needed:
+        pair, sign = find_pair(pairs, target, x, y)
+        if pair is None:
+            raise _NotTested(f"{x} vs {y}: not compared")
+        found[x, y] = (pair, sign)
+    fewest = min(_value(p, "min_class_patients") for p, _ in found.values())
+    if fewest < stats.MIN_PATIENTS_PER_CLASS:
+        raise _NotTested(f"too few test patients for an interval (fewest per class {fewest:.0f} < "
+                         f"{stats.MIN_PATIENTS_PER_CLASS})")
+    n_seeds = min(int(p.n_seeds) for p, _ in found.values())
+    delta = margin(target, found[pairs_needed[0]][0].metric)
+    m = len(pairs_needed)
+    judged = {k: performance_direction(claim.kind, p, s, level, m, delta) for k, (p, s) in found.items()}
+    return {k: d for k, (d, _) in judged.items()}, "; ".join(text for _, text in judged.values()), n_seeds
+
+
+def _on_curves(claim, target, needed, curve_rows, curves, sizes, metric, level):
+    """The claim's pairs of arms on the learning curves, against the validation split's binomial noise:
+    ({pair: direction}, evidence, fewest seeds, the noise's se in pp); _NotTested for curves too short, a
+    split of unknown size, or a pair that cannot be told apart."""
+    pairs_needed = pairs_of(claim, target)
+    m = len(pairs_needed)
+    have = {a: curve_rows.get((target, a)) for a in needed}
+    epochs = min((int(r.epochs) for r in have.values() if r is not None), default=0)
+    if epochs < MIN_CURVE_EPOCHS:
+        raise _NotTested(f"curves of {epochs} epoch(s): too short to tell how they converge (needs >= "
+                         f"{MIN_CURVE_EPOCHS})")
+    se, split, n = curve_noise(claim, target, metric, sizes)
+    if math.isnan(se):
+        raise _NotTested(f"the {split} split's size is unknown (no manifests/{target}.json): no noise bound for its "
+                         f"curves")
+    n_seeds = min(int(r.n_seeds) for r in have.values() if r is not None)
+    noise = f"noise: {n:,} {split} images (binomial se ≤ {se:.1f} pp per value), {n_seeds} seed(s)"
+    if claim.measure == "epochs_to_threshold":
+        directions, evidence = earlier(claim, target, have, curves, se, level / m, noise)
+    else:
+        directions = {(x, y): measure_direction(have[x], have[y], claim.measure, se, level / m)
+                      for x, y in pairs_needed}
+        evidence = f"{claim.label}: " + ", ".join(
+            f"{a} {_value(have[a], claim.measure):.1f}" + (f" ± {_value(have[a], claim.measure + '_sd'):.1f}"
+                                                            if n_seeds > 1 else "")
+            for a in ARMS if a in needed and have[a] is not None) + f"; {noise}"
+    if any(d is None for d in directions.values()):
+        raise _NotTested(evidence)
+    return directions, evidence, n_seeds, se
+
+
+def _still_rising(claim, own, verdict, evidence, se, level):
+    """e1: the arm's own training curve (`own`) still rising, or levelled off: (verdict, evidence) revised."""
+    variance, df = welch([seed_part(own, claim.measure)])
+    gain = _value(own, claim.measure)
+    se_own = math.sqrt(variance + 2 * se ** 2)
+    df = df if math.isfinite(df) else math.inf
+    if stats.one_sided_p(-gain, -LEVELLED_OFF, se_own, df) < level:
+        return "contradicted", evidence + f"; {claim.still_rising}'s gain shown below {LEVELLED_OFF:g} pp: levelled off"
+    if verdict == "supported" and not stats.one_sided_p(gain, 0.0, se_own, df) < level:
+        return "inconclusive", evidence + f"; {claim.still_rising}'s gain not shown above 0"
+    return verdict, evidence
 
 
 def earlier(claim, target, have, curves, se, level, noise):

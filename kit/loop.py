@@ -207,18 +207,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     log(f"model: DenseNet-121, {meta['init_description']}")
 
     # --- the model on its device with its training state (restored on resume), then DDP / compile
-    if settings.sync_bn and dist_info.enabled:
-        if device.type != "cuda":
-            raise SystemExit("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state_dict keys
-    model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.preserve_format)
-    criterion.to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    state = _restore(run, model, optimizer, scheduler, scaler, dist_info, seed=settings.seed, epochs=settings.epochs)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist_info.enabled else model
-    if settings.compile:
-        net = torch.compile(net)
+    model, net, scaler, state = _placed(model, criterion, optimizer, scheduler, run, settings, device, dist_info,
+                                        amp_dtype)
     steps_per_epoch = len(train_loader)
     log(f"{_name(out_dir)}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
         f"{meta['num_outputs']} {task} outputs, {settings.epochs} epochs x {steps_per_epoch} steps of {settings.batch_size} "
@@ -236,34 +226,20 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
             _seed_epoch(train_loader, val_loader, seed=settings.seed, epoch=epoch, rank=dist_info.rank,
                         workers=settings.workers)
             lr = optimizer.param_groups[0]["lr"]
-            rows = []
-            for split, (module, loader, training) in passes.items():
-                start = time.time()
-                if split == "val" and dist_info.enabled:
-                    for buffer in model.buffers():  # BatchNorm statistics of rank 0, those its checkpoint holds
-                        dist.broadcast(buffer, src=0)
-                loss, probs, targets = _checked_pass(
-                    module, loader, criterion, device, out_dir=out_dir, epoch=epoch, split=split, task=task,
-                    amp_dtype=amp_dtype, channels_last=settings.channels_last, log_every=settings.log_every,
-                    first_step=(epoch - 1) * steps_per_epoch, dist_info=dist_info, **training)
-                rows.append(runs.plain({"epoch": epoch, "split": split, "loss": loss,
-                                        **metrics.compute_metrics(task, probs, np.nan_to_num(targets)),
-                                        "seconds": round(time.time() - start, 3), "lr": lr}))
+            rows = [_pass_row(split, module, loader, model, criterion, device, out_dir=out_dir, epoch=epoch, lr=lr,
+                              task=task, amp_dtype=amp_dtype, settings=settings, steps_per_epoch=steps_per_epoch,
+                              dist_info=dist_info, training=training)
+                    for split, (module, loader, training) in passes.items()]
             history += rows
             improved = _score(rows[1], headline) > state["best_score"] or state["best_epoch"] == 0  # epoch 1 always
             if improved:
                 state["best_score"], state["best_epoch"] = _score(rows[1], headline), epoch
             rng = gather(rng_state(), dist_info)
             if main_process:
-                checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                              "best_metric": state["best_score"], "best_epoch": state["best_epoch"], "history": history,
-                              "rng": rng, "seconds": state["seconds"] + time.time() - run_start,
-                              "resume": run.fingerprint, "meta": meta,
-                              "trained_on": {name: torch.from_numpy(keys) for name, keys in run.trained_on.items()},
-                              "finished": False}
-                if epoch == settings.epochs:  # the run is done: what only resuming needs goes
-                    checkpoint = finished(checkpoint)
+                seconds = state["seconds"] + time.time() - run_start
+                checkpoint = _epoch_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, state=state,
+                                               history=history, rng=rng, seconds=seconds, run=run, meta=meta,
+                                               last=epoch == settings.epochs)
                 # metrics.csv follows the checkpoint: after a kill it never holds an epoch last.pt lacks
                 with files.ctrl_c_after_writes():
                     save_checkpoint(checkpoint, out_dir / "last.pt")
@@ -276,15 +252,76 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
                              for row in rows) + f" | {rows[0]['seconds'] + rows[1]['seconds']:.1f} s")
     except KeyboardInterrupt:
         if main_process:
-            where = f"after epoch {saved}" if saved == epoch else f"during epoch {epoch}"
-            kept = (f"{out_dir / 'last.pt'} holds epoch {saved}, written whole; run the same command again to "
-                    "continue from there") if saved else "no epoch had finished, so nothing was saved"
-            print(f"{out_dir}: interrupted (Ctrl-C) {where}; {kept}", file=sys.stderr, flush=True)
+            _say_interrupted(out_dir, saved=saved, epoch=epoch)
         raise SystemExit(130) from None
+    return _close_run(run, history, state, columns, settings=settings, headline=headline,
+                      seconds=state["seconds"] + time.time() - run_start, meta=meta, dist_info=dist_info)
 
+
+def _placed(model, criterion, optimizer, scheduler, run: runs.Run, settings: Settings, device, dist_info: Distributed,
+            amp_dtype):
+    """The model on its device (SyncBatchNorm under torchrun with --sync-bn), its training state restored
+    (runs.Run's last.pt) or fresh: (model, the module to train: DDP-wrapped and/or compiled, scaler, state)."""
+    if settings.sync_bn and dist_info.enabled:
+        if device.type != "cuda":
+            raise SystemExit("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state_dict keys
+    model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.preserve_format)
+    criterion.to(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    state = _restore(run, model, optimizer, scheduler, scaler, dist_info, seed=settings.seed, epochs=settings.epochs)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    if settings.compile:
+        net = torch.compile(net)
+    return model, net, scaler, state
+
+
+def _pass_row(split: str, module, loader, model, criterion, device, *, out_dir: Path, epoch: int, lr: float, task: str,
+              amp_dtype, settings: Settings, steps_per_epoch: int, dist_info: Distributed, training: dict) -> dict:
+    """One pass over a split (training when `training` holds the optimizer, scheduler and scaler) -> its
+    metrics.csv row."""
+    start = time.time()
+    if split == "val" and dist_info.enabled:
+        for buffer in model.buffers():  # BatchNorm statistics of rank 0, those its checkpoint holds
+            dist.broadcast(buffer, src=0)
+    loss, probs, targets = _checked_pass(
+        module, loader, criterion, device, out_dir=out_dir, epoch=epoch, split=split, task=task,
+        amp_dtype=amp_dtype, channels_last=settings.channels_last, log_every=settings.log_every,
+        first_step=(epoch - 1) * steps_per_epoch, dist_info=dist_info, **training)
+    return runs.plain({"epoch": epoch, "split": split, "loss": loss,
+                       **metrics.compute_metrics(task, probs, np.nan_to_num(targets)),
+                       "seconds": round(time.time() - start, 3), "lr": lr})
+
+
+def _epoch_checkpoint(model, optimizer, scheduler, scaler, *, epoch: int, state: dict, history: list, rng,
+                      seconds: float, run: runs.Run, meta: dict, last: bool) -> dict:
+    """What last.pt holds after `epoch`; after the `last` epoch, `finished` (what only resuming needs goes)."""
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                  "best_metric": state["best_score"], "best_epoch": state["best_epoch"], "history": history,
+                  "rng": rng, "seconds": seconds, "resume": run.fingerprint, "meta": meta,
+                  "trained_on": {name: torch.from_numpy(keys) for name, keys in run.trained_on.items()},
+                  "finished": False}
+    return finished(checkpoint) if last else checkpoint
+
+
+def _say_interrupted(out_dir: Path, *, saved: int, epoch: int) -> None:
+    """Ctrl-C: when it came and what last.pt holds (`saved`: its epoch, 0 = none written)."""
+    where = f"after epoch {saved}" if saved == epoch else f"during epoch {epoch}"
+    kept = (f"{out_dir / 'last.pt'} holds epoch {saved}, written whole; run the same command again to "
+            "continue from there") if saved else "no epoch had finished, so nothing was saved"
+    print(f"{out_dir}: interrupted (Ctrl-C) {where}; {kept}", file=sys.stderr, flush=True)
+
+
+def _close_run(run: runs.Run, history: list, state: dict, columns: list, *, settings: Settings, headline: str,
+               seconds: float, meta: dict, dist_info: Distributed) -> dict:
+    """summary.json and the final metrics.csv (rank 0; a complete run resumed from a last.pt that was not yet
+    `finished` gets its finished last.pt); returns the summary once every process is here."""
+    out_dir = run.out_dir
     result = runs.summary(history, epochs=settings.epochs, best_epoch=state["best_epoch"], best_score=state["best_score"],
-                          headline=headline, seconds=state["seconds"] + time.time() - run_start, meta=meta)
-    if main_process:
+                          headline=headline, seconds=seconds, meta=meta)
+    if dist_info.is_main_process:
         if run.resume_from and state["start_epoch"] > settings.epochs and not run.resume_from.get("finished"):
             save_checkpoint(finished(run.resume_from), out_dir / "last.pt")  # complete, but kept what resuming needs
         files.write_csv(history, out_dir / "metrics.csv", columns)  # also for a run that was complete already

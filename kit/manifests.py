@@ -175,17 +175,10 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
         raise ValueError("make_splits: no images")
     if df["patient"].isna().any():
         raise ValueError("make_splits: empty patient id")
-    n = len(df)
     membership = _indicator(df)
     patient_code, _ = pd.factorize(df["patient"].astype(str).map(linked_patients(together)), sort=True)
     n_patients = int(patient_code.max()) + 1
-    if "official_split" in df.columns:
-        official = df["official_split"].fillna("").astype(str).str.strip().to_numpy()
-        unknown = sorted(set(official) - {"", *SPLITS})
-        if unknown:
-            raise ValueError(f"make_splits: official_split values {unknown} not in {SPLITS} or empty")
-    else:
-        official = np.full(n, "")
+    official = _official_splits(df)
 
     # --- fixed rows (official val/test) and the splits left to carve from the pool
     official_has = {s: bool((official == s).any()) for s in ("val", "test")}
@@ -204,40 +197,54 @@ def make_splits(df: pd.DataFrame, *, val_frac: float = 0.15, test_frac: float = 
         pos[pool_patients] = np.arange(len(pool_patients))
         weights, class_counts, rank, stratum = _patient_strata(
             membership[pool_rows], pos[patient_code[pool_rows]], len(pool_patients))
-        presence = class_counts > 0
-
-        # --- shuffle within strata and cut by cumulative image count
+        # --- shuffle within strata and cut by cumulative image count, then spread every class
         rng = np.random.default_rng(seed)
+        priority = rng.permutation(len(pool_patients))  # tie-breaker for the repair pass
         cuts = [(i, fracs[s]) for i, s in enumerate(targets[:-1])]
         assigned = np.empty(len(pool_patients), dtype=np.int64)
-        priority = rng.permutation(len(pool_patients))  # tie-breaker for the repair pass
         for value in np.unique(stratum):
             members = np.flatnonzero(stratum == value)
             members = members[rng.permutation(len(members))]
             assigned[members] = _allocate(weights[members], cuts, len(targets))
-
-        # --- repair: every class present gets a patient in every target split if it can
-        counts = np.stack([presence[assigned == t].sum(axis=0) for t in range(len(targets))])
-        for c in np.argsort(rank):
-            for t in range(len(targets)):
-                if counts[t, c] > 0:
-                    continue
-                donor = int(counts[:, c].argmax())
-                if counts[donor, c] < 2:
-                    break  # the class has a single patient: nothing to spread
-                candidates = np.flatnonzero((assigned == donor) & presence[:, c])
-                for p in candidates[np.argsort(priority[candidates])]:
-                    if (counts[donor, presence[p]] >= 2).all():  # the donor keeps every class it had
-                        assigned[p] = t
-                        counts[donor] -= presence[p]
-                        counts[t] += presence[p]
-                        break
+        _spread_classes(assigned, class_counts > 0, rank, priority, len(targets))
         split_of_patient[pool_patients] = [SPLITS.index(targets[t]) for t in assigned]
 
     out = df.copy()
     out["split"] = np.asarray(SPLITS)[split_of_patient[patient_code]]
     first = [c for c in ("image", "label", "labels", "patient", "split") if c in out.columns]
     return out[first + [c for c in out.columns if c not in first]]
+
+
+def _official_splits(df: pd.DataFrame) -> np.ndarray:
+    """Each row's official split (train/val/test, "" = none; all "" without an ``official_split`` column)."""
+    if "official_split" not in df.columns:
+        return np.full(len(df), "")
+    official = df["official_split"].fillna("").astype(str).str.strip().to_numpy()
+    unknown = sorted(set(official) - {"", *SPLITS})
+    if unknown:
+        raise ValueError(f"make_splits: official_split values {unknown} not in {SPLITS} or empty")
+    return official
+
+
+def _spread_classes(assigned: np.ndarray, presence: np.ndarray, rank, priority, n_targets: int) -> None:
+    """The repair pass, in place on `assigned` (pool patient -> target split): every class present gets a
+    patient in every target split where it can, rarest class first; a patient moves only when its split keeps
+    every class it had, the lowest `priority` first."""
+    counts = np.stack([presence[assigned == t].sum(axis=0) for t in range(n_targets)])
+    for c in np.argsort(rank):
+        for t in range(n_targets):
+            if counts[t, c] > 0:
+                continue
+            donor = int(counts[:, c].argmax())
+            if counts[donor, c] < 2:
+                break  # the class has a single patient: nothing to spread
+            candidates = np.flatnonzero((assigned == donor) & presence[:, c])
+            for p in candidates[np.argsort(priority[candidates])]:
+                if (counts[donor, presence[p]] >= 2).all():  # the donor keeps every class it had
+                    assigned[p] = t
+                    counts[donor] -= presence[p]
+                    counts[t] += presence[p]
+                    break
 
 
 def linked_patients(groups):
@@ -322,6 +329,25 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
     json_path = csv_path.with_suffix(".json")
     if not csv_path.is_file():
         raise ValueError(f"{csv_path}: manifest not found (write it with prepare_data.py)")
+    meta = _read_sidecar(json_path)
+    task = meta["task"]
+    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "shipped_split",
+                                     "label_name")}
+    df = files.read_table(csv_path, dtype=text_columns, keep_default_na=False, na_values=[""])
+    label_column = "label" if task == "multiclass" else "labels"
+    files.require_columns(df, ("image", label_column, "patient", "split"), csv_path)
+    if df.empty:
+        raise ValueError(f"{csv_path}: manifest has no rows")
+    for column in ("labels", "official_split", "shipped_split", "label_name"):
+        if column in df.columns:
+            df[column] = df[column].fillna("")
+    _check_rows(df, csv_path, task, meta["classes"])
+    _check_no_leak(df, csv_path)
+    return df, meta
+
+
+def _read_sidecar(json_path: Path) -> dict:
+    """The manifest's JSON sidecar, checked: a JSON object with key, domain, task and classes."""
     if not json_path.is_file():
         raise ValueError(f"{json_path}: manifest sidecar not found (prepare_data.py writes it next to the CSV)")
     try:
@@ -338,17 +364,12 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
         raise ValueError(f"{json_path}: task {task!r} is not multiclass or multilabel")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"{json_path}: 'classes' must be a non-empty list of names")
+    return meta
 
-    text_columns = {c: str for c in ("image", "labels", "patient", "split", "official_split", "shipped_split",
-                                     "label_name")}
-    df = files.read_table(csv_path, dtype=text_columns, keep_default_na=False, na_values=[""])
-    label_column = "label" if task == "multiclass" else "labels"
-    files.require_columns(df, ("image", label_column, "patient", "split"), csv_path)
-    if df.empty:
-        raise ValueError(f"{csv_path}: manifest has no rows")
-    for column in ("labels", "official_split", "shipped_split", "label_name"):
-        if column in df.columns:
-            df[column] = df[column].fillna("")
+
+def _check_rows(df: pd.DataFrame, csv_path: Path, task: str, classes: list) -> None:
+    """Every row has an image, a patient, a known split and a label of the sidecar's classes (the first bad row
+    is named); multiclass labels become int64 in place."""
     row_number = df.index.to_numpy() + 2
 
     def fail(mask, problem):
@@ -374,7 +395,11 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
             if unknown:
                 fail((df["labels"] == value).to_numpy(),
                      lambda i: f"label {unknown[0]!r} is not one of the sidecar's classes")
-    # a hand edit must not leak across splits; an image by its real path (a symlink and its target are one file)
+
+
+def _check_no_leak(df: pd.DataFrame, csv_path: Path) -> None:
+    """A hand edit must not leak across splits: no image (by its real path: a symlink and its target are one
+    file) and no patient in two splits."""
     for keys, what in ((real_paths(df["image"]), "image"), (df["patient"], "patient")):
         splits_of = df["split"].groupby(keys.to_numpy(), sort=False).nunique()
         leaked = splits_of[splits_of > 1]
@@ -387,7 +412,6 @@ def load_manifest(csv_path) -> tuple[pd.DataFrame, dict]:
             raise ValueError(f"{csv_path}: {what} {shown} is in the {' and '.join(found)} splits (rows "
                              f"{', '.join(map(str, rows[:5]))}); a {what} must stay in one split "
                              f"({len(leaked)} {what}s affected); re-run prepare_data.py")
-    return df, meta
 
 
 def real_paths(images: pd.Series) -> pd.Series:

@@ -261,13 +261,18 @@ def run_arguments(runs_dir, runs):
     return found
 
 
-def target_domain(runs_dir, target):
-    """The domain (cxr, hwsi, efi, other) in OUT/manifests/<target>.json, or None."""
-    path = Path(runs_dir) / "manifests" / f"{target}.json"
+def _sidecar_field(runs_dir, key, field):
+    """`field` of OUT/manifests/<key>.json; None where it is missing, unreadable or not a JSON object."""
+    path = Path(runs_dir) / "manifests" / f"{key}.json"
     try:
-        return json.loads(path.read_text()).get("domain")
+        return json.loads(path.read_text()).get(field)
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def target_domain(runs_dir, target):
+    """The domain (cxr, hwsi, efi, other) in OUT/manifests/<target>.json, or None."""
+    return _sidecar_field(runs_dir, target, "domain")
 
 
 def read_overlap(runs_dir):
@@ -283,11 +288,7 @@ def read_overlap(runs_dir):
 
 def manifest_twins(runs_dir, target):
     """The sidecar's record of the pictures prepare_data.py found twice in a target (None: not looked for)."""
-    path = Path(runs_dir) / "manifests" / f"{target}.json"
-    try:
-        return json.loads(path.read_text()).get("twins")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+    return _sidecar_field(runs_dir, target, "twins")
 
 
 def seen_in_pretraining(runs, kind):

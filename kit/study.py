@@ -255,20 +255,8 @@ def run_name(strategy: str, fraction: float, seed: int) -> str:
     return name if strategy == "full" else f"{strategy}_{name}"
 
 
-def pretraining_seeds(s: Settings) -> tuple:
-    return s.seeds if s.pretrain_seed is None else (s.pretrain_seed,)
-
-
 def inits(have_imagenet: bool) -> tuple:
     return ("RI", "IN") if have_imagenet else ("RI",)
-
-
-def pretrained_models(s: Settings, have_imagenet: bool) -> list:
-    """(NAME, seed) of every pretrained model: NAME = <AREA>_<RI|IN>, All_<RI|IN> and, with balanced_all,
-    All_<RI|IN>_bal."""
-    names = [f"{area}_{init}" for init in inits(have_imagenet) for area in ("CXR", "HWSI", "EFI", "All")]
-    names += [f"All_{init}_bal" for init in inits(have_imagenet)] if s.balanced_all != "none" else []
-    return [(name, seed) for seed in pretraining_seeds(s) for name in names]
 
 
 def arm_names(s: Settings) -> tuple:

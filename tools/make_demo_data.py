@@ -183,138 +183,198 @@ def to_uint8(array):
 # ----------------------------------------------------------------------------------------------
 # Chest X-ray: body, two lungs with ribs, heart, diaphragm; findings add structure
 
-def render_cxr(rng, width, height, findings=(), mask_size=None):
-    """Grey chest radiograph (uint8 H x W); with `mask_size` also a 0/255 lung mask of that size."""
-    findings = set(findings)
-    shift_x, shift_y = rng.uniform(-0.035, 0.035, 2).tolist()
-    scale = rng.uniform(0.92, 1.04)
-    yy, xx = np.ogrid[0:height, 0:width]
-    u = ((xx.astype(np.float32) / width - 0.5 - shift_x) / scale + 0.5)    # normalised, patient centred
-    v = ((yy.astype(np.float32) / height - 0.5 - shift_y) / scale + 0.5)
-    u, v = np.broadcast_arrays(u, v)
+SIDES = (-1, 1)   # patient's right (left of the picture), patient's left
 
-    emphysema = "Emphysema" in findings
-    lung_rx, lung_ry = (0.175, 0.34) if emphysema else (0.16, 0.31)
-    lung_cy = 0.47 + rng.uniform(-0.015, 0.015)
-    lungs = {side: (0.5 + side * (0.185 + rng.uniform(-0.01, 0.01)), lung_cy) for side in (-1, 1)}
 
-    def lung_rho(side, grow=1.0):      # egg-shaped lung: narrow apex, wide base
-        cx, cy = lungs[side]
-        taper = 0.7 + 0.3 * np.clip((v - cy + lung_ry) / (1.4 * lung_ry), 0, 1)
-        return np.sqrt(((u - cx) / (lung_rx * grow * taper)) ** 2 + ((v - cy) / (lung_ry * grow)) ** 2)
+class Chest:
+    """One drawn chest: normalised coordinates u, v (patient centred) and the lungs (outline, mask,
+    texture, ribs). All its random draws happen here, before anything is painted."""
 
-    def in_lung(side, edge=0.25):
-        return np.clip((1.0 - lung_rho(side)) / edge, 0, 1)
+    def __init__(self, rng, width, height, emphysema):
+        self.rng, self.width, self.height = rng, width, height
+        shift_x, shift_y = rng.uniform(-0.035, 0.035, 2).tolist()
+        scale = rng.uniform(0.92, 1.04)
+        yy, xx = np.ogrid[0:height, 0:width]
+        u = ((xx.astype(np.float32) / width - 0.5 - shift_x) / scale + 0.5)
+        v = ((yy.astype(np.float32) / height - 0.5 - shift_y) / scale + 0.5)
+        self.u, self.v = u, v = np.broadcast_arrays(u, v)
+        self.lung_rx, self.lung_ry = (0.175, 0.34) if emphysema else (0.16, 0.31)   # emphysema: hyperinflated
+        self.lung_cy = 0.47 + rng.uniform(-0.015, 0.015)
+        self.lungs = {side: (0.5 + side * (0.185 + rng.uniform(-0.01, 0.01)), self.lung_cy) for side in SIDES}
+        self.lung_mask = np.maximum(self.in_lung(-1, 0.2), self.in_lung(1, 0.2))
+        self.texture = 0.035 * self.noise(36) + 0.03 * self.noise(10)
+        rib_freq = 6.0 if emphysema else 7.5   # posterior ribs: arcs sloping down laterally
+        phase = rib_freq * (v - 0.9 * (np.abs(u - 0.5) - 0.05) ** 2 - 0.25 * np.abs(u - 0.5)) + rng.uniform(0, 1)
+        self.ribs = np.clip((np.cos(2 * np.pi * phase) - 0.3) / 0.7, 0, 1)
 
-    def lung_point(side, v_lo, v_hi):
-        cx, cy = lungs[side]
-        return cx + side * rng.uniform(-0.05, 0.07), rng.uniform(v_lo, v_hi)
+    def noise(self, cells):
+        return smooth_noise(self.rng, self.height, self.width, cells)
 
-    body = soft_ellipse(u, v, 0.5, 0.64, 0.50, 0.70, edge=0.10)
+    def ellipse(self, cx, cy, rx, ry, edge):
+        return soft_ellipse(self.u, self.v, cx, cy, rx, ry, edge=edge)
+
+    def lung_rho(self, side, grow=1.0):      # egg-shaped lung: narrow apex, wide base
+        (cx, cy), rx, ry = self.lungs[side], self.lung_rx, self.lung_ry
+        taper = 0.7 + 0.3 * np.clip((self.v - cy + ry) / (1.4 * ry), 0, 1)
+        return np.sqrt(((self.u - cx) / (rx * grow * taper)) ** 2 + ((self.v - cy) / (ry * grow)) ** 2)
+
+    def in_lung(self, side, edge=0.25):
+        return np.clip((1.0 - self.lung_rho(side)) / edge, 0, 1)
+
+    def lung_point(self, side, v_lo, v_hi):
+        cx, cy = self.lungs[side]
+        return cx + side * self.rng.uniform(-0.05, 0.07), self.rng.uniform(v_lo, v_hi)
+
+
+def draw_body(chest):
+    """The chest wall: soft tissue, abdomen, spine and mediastinum, clavicles (a new float image)."""
+    u, v = chest.u, chest.v
+    body = chest.ellipse(0.5, 0.64, 0.50, 0.70, edge=0.10)
     image = 0.05 + 0.50 * body
     image += 0.15 * body * sigmoid((v - 0.78) / 0.025)                        # abdomen below the diaphragm
-    image += 0.20 * soft_ellipse(u, v, 0.5, 0.45, 0.06, 0.7, edge=0.6)         # spine and mediastinum
-    for side in (-1, 1):                                                       # clavicles, lateral ends higher
+    image += 0.20 * chest.ellipse(0.5, 0.45, 0.06, 0.7, edge=0.6)              # spine and mediastinum
+    for side in SIDES:                                                         # clavicles, lateral ends higher
         dv = v - (0.19 - 0.12 * np.abs(u - 0.5))
         image += 0.12 * np.exp(-(dv / 0.02) ** 2) * (np.abs(u - 0.5 - side * 0.17) < 0.15)
+    return image
 
-    lung_mask = np.maximum(in_lung(-1, 0.2), in_lung(1, 0.2))
-    texture = 0.035 * smooth_noise(rng, height, width, 36) + 0.03 * smooth_noise(rng, height, width, 10)
-    image -= (0.36 + (0.07 if emphysema else 0.0)) * lung_mask
-    image += texture * lung_mask
-    rib_freq = 6.0 if emphysema else 7.5   # posterior ribs: arcs sloping down laterally
-    phase = rib_freq * (v - 0.9 * (np.abs(u - 0.5) - 0.05) ** 2 - 0.25 * np.abs(u - 0.5)) + rng.uniform(0, 1)
-    ribs = np.clip((np.cos(2 * np.pi * phase) - 0.3) / 0.7, 0, 1)
-    image += 0.10 * ribs * lung_mask
 
-    heart_rx, heart_ry = (0.23, 0.17) if "Cardiomegaly" in findings else (0.145, 0.13)
-    if emphysema:
+def draw_lungs(chest, image, emphysema):
+    """Air (darker when hyperinflated), lung texture and the ribs over the lungs."""
+    image -= (0.36 + (0.07 if emphysema else 0.0)) * chest.lung_mask
+    image += chest.texture * chest.lung_mask
+    image += 0.10 * chest.ribs * chest.lung_mask
+
+
+def draw_heart(chest, image, cardiomegaly, emphysema):
+    heart_rx, heart_ry = (0.23, 0.17) if cardiomegaly else (0.145, 0.13)
+    if emphysema:    # a narrow heart between hyperinflated lungs
         heart_rx *= 0.85
-    heart = soft_ellipse(u, v, 0.535 + rng.uniform(-0.01, 0.01), 0.63, heart_rx, heart_ry, edge=0.35)
-    image += 0.32 * heart
+    image += 0.32 * chest.ellipse(0.535 + chest.rng.uniform(-0.01, 0.01), 0.63, heart_rx, heart_ry, edge=0.35)
 
-    sides = (-1, 1)
-    for finding in sorted(findings):
-        side = sides[rng.integers(2)]
-        if finding == "Atelectasis":                                           # plate-like band, lower zone
-            cx, cy = lungs[side]
-            band = np.exp(-((v - (cy + 0.13) - 0.2 * (u - cx)) / 0.03) ** 2)
-            image += 0.32 * band * in_lung(side)
-        elif finding == "Consolidation":                                       # dense lower-lobe patch
-            px, py = lung_point(side, 0.54, 0.64)
-            image += 0.42 * soft_ellipse(u, v, px, py, 0.10, 0.09, edge=0.5) * in_lung(side)
-        elif finding == "Edema":                                               # bilateral perihilar haze
-            for s in sides:
-                haze = np.exp(-(((u - 0.5 - s * 0.14) / 0.09) ** 2 + ((v - 0.50) / 0.14) ** 2))
-                image += 0.28 * haze * in_lung(s)
-        elif finding == "Effusion":                                            # fluid level with meniscus
-            for s in ((side,) if rng.random() < 0.6 else sides):
-                cx, cy = lungs[s]
-                level = cy + 0.12 - 0.10 * ((u - cx) / lung_rx) ** 2 + rng.uniform(-0.03, 0.02)
-                image += 0.36 * sigmoid((v - level) / 0.012) * in_lung(s, 0.2)
-        elif finding == "Fibrosis":                                            # reticular net, bases and periphery
-            net = np.exp(-(smooth_noise(rng, height, width, 18) / 0.1) ** 2)
-            weight = sigmoid((v - lung_cy + 0.05) / 0.06) * sigmoid((np.abs(u - 0.5) - 0.12) / 0.04)
-            image += 0.28 * net * weight * lung_mask
-        elif finding == "Hernia":                                              # round mass with gas behind the heart
-            hx, hy = 0.5 + rng.uniform(-0.03, 0.03), 0.70
-            image += 0.28 * soft_ellipse(u, v, hx, hy, 0.09, 0.08, edge=0.3)
-            image -= 0.25 * soft_ellipse(u, v, hx, hy - 0.02, 0.045, 0.03, edge=0.4)
-        elif finding == "Infiltration":                                        # several ill-defined patches
-            for _ in range(rng.integers(3, 6)):
-                s = sides[rng.integers(2)]
-                px, py = lung_point(s, 0.30, 0.62)
-                image += 0.22 * soft_ellipse(u, v, px, py, 0.05, 0.05, edge=0.8) * in_lung(s)
-        elif finding == "Mass":                                                # one large sharp round blob
-            px, py = lung_point(side, 0.32, 0.58)
-            r = rng.uniform(0.06, 0.08)
-            image += 0.42 * soft_ellipse(u, v, px, py, r, r, edge=0.15)
-        elif finding == "Nodule":                                              # several small sharp dots
-            for _ in range(rng.integers(3, 6)):
-                s = sides[rng.integers(2)]
-                px, py = lung_point(s, 0.28, 0.62)
-                r = rng.uniform(0.022, 0.03)
-                image += 0.42 * soft_ellipse(u, v, px, py, r, r, edge=0.2)
-        elif finding == "Pleural_Thickening":                                  # bright rim at the lateral edge
-            cx, cy = lungs[side]
-            rim = np.exp(-((lung_rho(side) - 0.88) / 0.08) ** 2) * sigmoid(side * (u - cx) / 0.03)
-            image += 0.34 * rim * sigmoid((cy + 0.2 - v) / 0.03)
-        elif finding == "Pneumonia":                                           # mottled mid/upper patch
-            px, py = lung_point(side, 0.36, 0.50)
-            mottle = 0.7 + 0.3 * smooth_noise(rng, height, width, 30)
-            image += 0.36 * mottle * soft_ellipse(u, v, px, py, 0.09, 0.10, edge=0.6) * in_lung(side)
-        elif finding == "Pneumothorax":                                        # collapsed lung inside a rim of air
-            cx, cy = lungs[side]
-            shrink = rng.uniform(0.62, 0.78)
-            collapsed = np.sqrt(((u - cx + side * (1 - shrink) * lung_rx) / (shrink * lung_rx)) ** 2
-                                + ((v - cy - (1 - shrink) * 0.5 * lung_ry) / (lung_ry * (0.5 + 0.5 * shrink))) ** 2)
-            air = sigmoid((collapsed - 1.0) / 0.02) * in_lung(side, 0.08)
-            image -= air * (0.10 + 0.10 * ribs + texture)
-            image += 0.25 * np.exp(-((collapsed - 1.0) / 0.03) ** 2) * in_lung(side)   # visceral pleural line
-        elif finding == "tuberculosis":                                        # upper-lobe patches and cavities
-            for s in ((side,) if rng.random() < 0.5 else sides):
-                for _ in range(rng.integers(3, 6)):
-                    px, py = lung_point(s, 0.24, 0.42)
-                    image += 0.28 * soft_ellipse(u, v, px, py, 0.06, 0.05, edge=0.7) * in_lung(s)
-                if rng.random() < 0.7:
-                    px, py = lung_point(s, 0.26, 0.36)
-                    r = rng.uniform(0.03, 0.045)
-                    rho = np.sqrt((u - px) ** 2 + (v - py) ** 2) / r
-                    image += 0.30 * np.exp(-((rho - 1.0) / 0.3) ** 2) - 0.10 * (rho < 0.8)
-        elif finding == "covid":                                               # bilateral peripheral lower ground glass
-            weight = sigmoid((np.abs(u - 0.5) - 0.18) / 0.03) * sigmoid((v - 0.38) / 0.05)
-            mottle = 0.75 + 0.25 * smooth_noise(rng, height, width, 25)
-            image += 0.36 * weight * mottle * lung_mask
-        elif finding == "lung_opacity":                                        # dense unilateral patch
-            px, py = lung_point(side, 0.38, 0.56)
-            image += 0.45 * soft_ellipse(u, v, px, py, rng.uniform(0.09, 0.12), rng.uniform(0.10, 0.14),
-                                         edge=0.35) * in_lung(side)
-        elif finding == "viral_pneumonia":                                     # diffuse interstitial pattern
-            net = np.exp(-(smooth_noise(rng, height, width, 16) / 0.2) ** 2)
-            image += (0.22 * net + 0.08) * lung_mask
-        elif finding not in ("Cardiomegaly", "Emphysema"):
-            raise ValueError(f"unknown chest finding {finding!r}")
 
+# One function per finding: paints it onto `image` in place; `side` is the side it is drawn on.
+
+def atelectasis(chest, image, side):           # plate-like band, lower zone
+    cx, cy = chest.lungs[side]
+    band = np.exp(-((chest.v - (cy + 0.13) - 0.2 * (chest.u - cx)) / 0.03) ** 2)
+    image += 0.32 * band * chest.in_lung(side)
+
+
+def consolidation(chest, image, side):         # dense lower-lobe patch
+    px, py = chest.lung_point(side, 0.54, 0.64)
+    image += 0.42 * chest.ellipse(px, py, 0.10, 0.09, edge=0.5) * chest.in_lung(side)
+
+
+def edema(chest, image, side):                 # bilateral perihilar haze
+    for s in SIDES:
+        haze = np.exp(-(((chest.u - 0.5 - s * 0.14) / 0.09) ** 2 + ((chest.v - 0.50) / 0.14) ** 2))
+        image += 0.28 * haze * chest.in_lung(s)
+
+
+def effusion(chest, image, side):              # fluid level with meniscus, one side or both
+    for s in ((side,) if chest.rng.random() < 0.6 else SIDES):
+        cx, cy = chest.lungs[s]
+        level = cy + 0.12 - 0.10 * ((chest.u - cx) / chest.lung_rx) ** 2 + chest.rng.uniform(-0.03, 0.02)
+        image += 0.36 * sigmoid((chest.v - level) / 0.012) * chest.in_lung(s, 0.2)
+
+
+def fibrosis(chest, image, side):              # reticular net, bases and periphery
+    net = np.exp(-(chest.noise(18) / 0.1) ** 2)
+    weight = sigmoid((chest.v - chest.lung_cy + 0.05) / 0.06) * sigmoid((np.abs(chest.u - 0.5) - 0.12) / 0.04)
+    image += 0.28 * net * weight * chest.lung_mask
+
+
+def hernia(chest, image, side):                # round mass with gas behind the heart
+    hx, hy = 0.5 + chest.rng.uniform(-0.03, 0.03), 0.70
+    image += 0.28 * chest.ellipse(hx, hy, 0.09, 0.08, edge=0.3)
+    image -= 0.25 * chest.ellipse(hx, hy - 0.02, 0.045, 0.03, edge=0.4)
+
+
+def infiltration(chest, image, side):          # several ill-defined patches
+    for _ in range(chest.rng.integers(3, 6)):
+        s = SIDES[chest.rng.integers(2)]
+        px, py = chest.lung_point(s, 0.30, 0.62)
+        image += 0.22 * chest.ellipse(px, py, 0.05, 0.05, edge=0.8) * chest.in_lung(s)
+
+
+def mass(chest, image, side):                  # one large sharp round blob
+    px, py = chest.lung_point(side, 0.32, 0.58)
+    r = chest.rng.uniform(0.06, 0.08)
+    image += 0.42 * chest.ellipse(px, py, r, r, edge=0.15)
+
+
+def nodule(chest, image, side):                # several small sharp dots
+    for _ in range(chest.rng.integers(3, 6)):
+        s = SIDES[chest.rng.integers(2)]
+        px, py = chest.lung_point(s, 0.28, 0.62)
+        r = chest.rng.uniform(0.022, 0.03)
+        image += 0.42 * chest.ellipse(px, py, r, r, edge=0.2)
+
+
+def pleural_thickening(chest, image, side):    # bright rim at the lateral edge
+    cx, cy = chest.lungs[side]
+    rim = np.exp(-((chest.lung_rho(side) - 0.88) / 0.08) ** 2) * sigmoid(side * (chest.u - cx) / 0.03)
+    image += 0.34 * rim * sigmoid((cy + 0.2 - chest.v) / 0.03)
+
+
+def pneumonia(chest, image, side):             # mottled mid/upper patch
+    px, py = chest.lung_point(side, 0.36, 0.50)
+    mottle = 0.7 + 0.3 * chest.noise(30)
+    image += 0.36 * mottle * chest.ellipse(px, py, 0.09, 0.10, edge=0.6) * chest.in_lung(side)
+
+
+def pneumothorax(chest, image, side):          # collapsed lung inside a rim of air
+    cx, cy = chest.lungs[side]
+    rx, ry = chest.lung_rx, chest.lung_ry
+    shrink = chest.rng.uniform(0.62, 0.78)
+    collapsed = np.sqrt(((chest.u - cx + side * (1 - shrink) * rx) / (shrink * rx)) ** 2
+                        + ((chest.v - cy - (1 - shrink) * 0.5 * ry) / (ry * (0.5 + 0.5 * shrink))) ** 2)
+    air = sigmoid((collapsed - 1.0) / 0.02) * chest.in_lung(side, 0.08)
+    image -= air * (0.10 + 0.10 * chest.ribs + chest.texture)
+    image += 0.25 * np.exp(-((collapsed - 1.0) / 0.03) ** 2) * chest.in_lung(side)   # visceral pleural line
+
+
+def tuberculosis(chest, image, side):          # upper-lobe patches and cavities, one side or both
+    u, v, rng = chest.u, chest.v, chest.rng
+    for s in ((side,) if rng.random() < 0.5 else SIDES):
+        for _ in range(rng.integers(3, 6)):
+            px, py = chest.lung_point(s, 0.24, 0.42)
+            image += 0.28 * chest.ellipse(px, py, 0.06, 0.05, edge=0.7) * chest.in_lung(s)
+        if rng.random() < 0.7:
+            px, py = chest.lung_point(s, 0.26, 0.36)
+            r = rng.uniform(0.03, 0.045)
+            rho = np.sqrt((u - px) ** 2 + (v - py) ** 2) / r
+            image += 0.30 * np.exp(-((rho - 1.0) / 0.3) ** 2) - 0.10 * (rho < 0.8)
+
+
+def covid(chest, image, side):                 # bilateral peripheral lower ground glass
+    weight = sigmoid((np.abs(chest.u - 0.5) - 0.18) / 0.03) * sigmoid((chest.v - 0.38) / 0.05)
+    mottle = 0.75 + 0.25 * chest.noise(25)
+    image += 0.36 * weight * mottle * chest.lung_mask
+
+
+def lung_opacity(chest, image, side):          # dense unilateral patch
+    px, py = chest.lung_point(side, 0.38, 0.56)
+    rx, ry = chest.rng.uniform(0.09, 0.12), chest.rng.uniform(0.10, 0.14)
+    image += 0.45 * chest.ellipse(px, py, rx, ry, edge=0.35) * chest.in_lung(side)
+
+
+def viral_pneumonia(chest, image, side):       # diffuse interstitial pattern
+    net = np.exp(-(chest.noise(16) / 0.2) ** 2)
+    image += (0.22 * net + 0.08) * chest.lung_mask
+
+
+# Cardiomegaly and Emphysema are no extra shapes: they change the heart and the lungs.
+CHEST_FINDINGS = {"Atelectasis": atelectasis, "Consolidation": consolidation, "Edema": edema, "Effusion": effusion,
+                  "Fibrosis": fibrosis, "Hernia": hernia, "Infiltration": infiltration, "Mass": mass,
+                  "Nodule": nodule, "Pleural_Thickening": pleural_thickening, "Pneumonia": pneumonia,
+                  "Pneumothorax": pneumothorax, "tuberculosis": tuberculosis, "covid": covid,
+                  "lung_opacity": lung_opacity, "viral_pneumonia": viral_pneumonia}
+
+
+def expose(rng, image, lung_mask, mask_size):
+    """The exposure (contrast, brightness, gamma, quantum noise) as uint8; with `mask_size` the lung mask too."""
     contrast, brightness, gamma = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05), rng.uniform(0.85, 1.2)
     image = np.clip((image - 0.4) * contrast + 0.4 + brightness, 0, 1) ** gamma
     image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(0.015)
@@ -323,6 +383,23 @@ def render_cxr(rng, width, height, findings=(), mask_size=None):
         return [picture]
     mask = Image.fromarray(to_uint8(lung_mask > 0.5)).resize(mask_size, Image.NEAREST)
     return [picture, np.asarray(mask)]
+
+
+def render_cxr(rng, width, height, findings=(), mask_size=None):
+    """Grey chest radiograph (uint8 H x W); with `mask_size` also a 0/255 lung mask of that size."""
+    findings = set(findings)
+    emphysema = "Emphysema" in findings
+    chest = Chest(rng, width, height, emphysema)
+    image = draw_body(chest)
+    draw_lungs(chest, image, emphysema)
+    draw_heart(chest, image, "Cardiomegaly" in findings, emphysema)
+    for finding in sorted(findings):
+        side = SIDES[rng.integers(2)]
+        if finding in CHEST_FINDINGS:
+            CHEST_FINDINGS[finding](chest, image, side)
+        elif finding not in ("Cardiomegaly", "Emphysema"):
+            raise ValueError(f"unknown chest finding {finding!r}")
+    return expose(rng, image, chest.lung_mask, mask_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,17 +417,6 @@ def he_to_rgb(rng, hema, eosin):
     return to_uint8(rgb + rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(0.012))
 
 
-def fibres(rng, height, width, period, angle, warp=4.0):
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period * 2 * np.pi
-    phase += warp * smooth_noise(rng, height, width, 4) + 0.3 * warp * smooth_noise(rng, height, width, 12)
-    return (0.5 + 0.5 * np.sin(phase)) ** 2 * (0.75 + 0.25 * smooth_noise(rng, height, width, 10))
-
-
-def random_points(rng, n, width, height, margin=0.0):
-    return (rng.uniform(-margin, width + margin, n), rng.uniform(-margin, height + margin, n))
-
-
 def nucleus_values(rng, n, lo, hi):
     """Haematoxylin concentration (0-2.55) -> canvas value 0-255."""
     return np.rint(rng.uniform(lo, hi, n) * 100).astype(int)
@@ -362,193 +428,260 @@ def ring_points(rng, cx, cy, radius, spacing):
     return cx + radius * np.cos(theta), cy + radius * np.sin(theta), theta
 
 
-def place_discs(rng, n, width, height, r_lo, r_hi, gap=1.0, tries=400):
-    """Up to n non-overlapping discs (cx, cy, r), rejection-sampled."""
-    discs = []
-    for _ in range(tries):
-        if len(discs) == n:
-            break
-        r = rng.uniform(r_lo, r_hi)
-        cx, cy = rng.uniform(-0.3 * r, width + 0.3 * r), rng.uniform(-0.3 * r, height + 0.3 * r)
-        if all(math.hypot(cx - x, cy - y) > (r + q) * gap for x, y, q in discs):
-            discs.append((cx, cy, r))
-    return discs
+def fill_disc(draw, cx, cy, r, value):
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=value)
 
 
-def draw_glands(rng, hema, eosin, void, discs, nucleus_r, lumen_frac=0.55, h_lo=0.85, h_hi=1.2,
-                irregular=0.12):
-    """Glands/tubules: white lumen, pale epithelial ring, nuclei along the basal side."""
-    for cx, cy, r in discs:
-        eosin[1].ellipse((cx - r, cy - r, cx + r, cy + r), fill=45)
-        lumen = r * lumen_frac
-        void[1].ellipse((cx - lumen, cy - lumen, cx + lumen, cy + lumen), fill=255)
-        xs, ys, theta = ring_points(rng, cx, cy, r - 1.3 * nucleus_r, 2.3 * nucleus_r)
-        draw_blobs(hema[1], rng, xs, ys, nucleus_r, nucleus_values(rng, len(xs), h_lo, h_hi),
-                   irregular=irregular, elong=1.6, angles=theta)
+class Tile:
+    """One histology tile being drawn: canvases for haematoxylin, eosin (concentration x 100) and
+    empty space (lumen, fat, gaps; 255 = empty), background stain maps, and the drawing tools."""
+
+    def __init__(self, rng, width, height, zoom):
+        self.rng, self.width, self.height, self.zoom = rng, width, height, zoom
+        self.area = width * height
+        # (image, draw) pairs
+        self.hema, self.eosin, self.void = canvas(width, height), canvas(width, height), canvas(width, height)
+        self.eosin_bg = 0.45 + 0.08 * self.noise(8)            # background concentrations, H x W
+        self.hema_bg = np.full((height, width), 0.04, np.float32)
+        self.angle = rng.uniform(0, np.pi)                     # direction of fibres and spindle cells
+        self.r_benign = 1.8 * zoom ** 0.75                     # nucleus radius in px at this magnification
+        self.r_malignant = 3.0 * zoom ** 0.75
+
+    def noise(self, cells):
+        return smooth_noise(self.rng, self.height, self.width, cells)
+
+    def fibre(self, period, angle, warp=4.0):
+        """Wavy stripes (collagen fibres) in [0, 1], `period` px apart along the direction `angle`."""
+        yy, xx = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
+        phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period * 2 * np.pi
+        phase += warp * self.noise(4) + 0.3 * warp * self.noise(12)
+        return (0.5 + 0.5 * np.sin(phase)) ** 2 * (0.75 + 0.25 * self.noise(10))
+
+    def points(self, n, margin=0.0):
+        return (self.rng.uniform(-margin, self.width + margin, n), self.rng.uniform(-margin, self.height + margin, n))
+
+    def discs(self, n, r_lo, r_hi, gap=1.0, tries=400):
+        """Up to n non-overlapping discs (cx, cy, r), rejection-sampled."""
+        discs = []
+        for _ in range(tries):
+            if len(discs) == n:
+                break
+            r = self.rng.uniform(r_lo, r_hi)
+            cx, cy = self.rng.uniform(-0.3 * r, self.width + 0.3 * r), self.rng.uniform(-0.3 * r, self.height + 0.3 * r)
+            if all(math.hypot(cx - x, cy - y) > (r + q) * gap for x, y, q in discs):
+                discs.append((cx, cy, r))
+        return discs
+
+    def density(self, fraction, radius):               # nuclei count covering `fraction` of the tile
+        return int(fraction * self.area / (np.pi * radius ** 2))
+
+    def nuclei(self, n, radius, lo, hi, irregular=0.2, elong=1.0, angles=None, xs=None, ys=None):
+        """Nuclei of about `radius` px and haematoxylin `lo`-`hi`: n at random places, or at xs, ys."""
+        if xs is None:
+            xs, ys = self.points(n, margin=radius)
+        radii = radius * self.rng.uniform(0.8, 1.25, len(xs))
+        draw_blobs(self.hema[1], self.rng, xs, ys, radii, nucleus_values(self.rng, len(xs), lo, hi), irregular, elong,
+                   angles)
+
+    def hole(self, cx, cy, r):
+        fill_disc(self.void[1], cx, cy, r, 255)
+
+    def glands(self, discs, nucleus_r, lumen_frac=0.55, h_lo=0.85, h_hi=1.2, irregular=0.12):
+        """Glands/tubules: white lumen, pale epithelial ring, nuclei along the basal side."""
+        for cx, cy, r in discs:
+            fill_disc(self.eosin[1], cx, cy, r, 45)
+            self.hole(cx, cy, r * lumen_frac)
+            xs, ys, theta = ring_points(self.rng, cx, cy, r - 1.3 * nucleus_r, 2.3 * nucleus_r)
+            draw_blobs(self.hema[1], self.rng, xs, ys, nucleus_r, nucleus_values(self.rng, len(xs), h_lo, h_hi),
+                       irregular=irregular, elong=1.6, angles=theta)
+
+
+# One function per tissue, drawing onto a Tile. Kather 2016 colorectal classes (150x150 at the
+# native scale):
+
+def tumor(tile):
+    tile.eosin_bg = 0.38 + 0.08 * tile.noise(6)
+    for cx, cy, r in tile.discs(tile.rng.integers(0, 3), 5, 11):
+        tile.hole(cx, cy, r)
+    tile.nuclei(tile.density(0.55, 4.5), 4.5, 1.3, 1.9, irregular=0.3, elong=1.3)
+
+
+def stroma(tile):
+    tile.eosin_bg = (0.55 + 0.30 * tile.fibre(tile.rng.uniform(6, 9), tile.angle, warp=9)
+                     + 0.10 * tile.fibre(5, tile.angle + 0.8, warp=9))
+    tile.nuclei(int(tile.rng.integers(6, 15)), 2.4, 1.0, 1.4, irregular=0.1, elong=4.0, angles=tile.angle)
+
+
+def complex_stroma(tile):     # stroma with tumour cell clusters, holes and immune cells
+    rng = tile.rng
+    tile.eosin_bg = 0.45 + 0.25 * tile.fibre(7, tile.angle, warp=10) + 0.05 * tile.noise(6)
+    for cx, cy, r in tile.discs(rng.integers(1, 4), 18, 32):
+        n = int(0.6 * r * r / 3.8 ** 2)
+        rho, phi = r * np.sqrt(rng.uniform(0, 1, n)), rng.uniform(0, 2 * np.pi, n)
+        tile.nuclei(0, 3.8, 1.2, 1.7, irregular=0.3, xs=cx + rho * np.cos(phi), ys=cy + rho * np.sin(phi))
+    for cx, cy, r in tile.discs(rng.integers(1, 4), 4, 9):
+        tile.hole(cx, cy, r)
+    tile.nuclei(int(rng.integers(30, 70)), 2.2, 1.7, 2.2, irregular=0.1)
+
+
+def lympho(tile):
+    tile.eosin_bg = 0.25 + 0.08 * tile.noise(6)
+    tile.nuclei(tile.density(0.75, 2.5), 2.5, 1.9, 2.4, irregular=0.1)
+
+
+def debris(tile):             # necrosis: nuclear and eosin fragments, gaps
+    rng = tile.rng
+    tile.eosin_bg = 0.28 + 0.15 * tile.noise(7)
+    holes = tile.noise(6) > 0.45
+    xs, ys = tile.points(260)
+    half = len(xs) // 2
+    tile.nuclei(0, 1.6, 1.2, 1.9, irregular=0.6, xs=xs[:half], ys=ys[:half])
+    draw_blobs(tile.eosin[1], rng, xs[half:], ys[half:], rng.uniform(1.0, 3.0, len(xs) - half),
+               np.rint(rng.uniform(50, 90, len(xs) - half)).astype(int), irregular=0.6)
+    tile.eosin_bg = np.where(holes, 0.05, tile.eosin_bg)
+
+
+def mucosa(tile):
+    tile.eosin_bg = 0.50 + 0.10 * tile.noise(7)
+    tile.glands(tile.discs(8, 14, 24, gap=1.05), 2.3, lumen_frac=0.5, h_lo=1.4, h_hi=1.8)
+    tile.nuclei(int(tile.rng.integers(25, 50)), 2.0, 1.5, 2.0, irregular=0.1)
+
+
+def adipose(tile):            # fat cells: thin walls between Voronoi cells
+    n = int(tile.rng.integers(6, 13))
+    seeds = np.stack(tile.points(n, margin=20), axis=1)
+    yy, xx = np.mgrid[0:tile.height, 0:tile.width].astype(np.float32)
+    dist2 = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2
+    nearest = np.argsort(dist2, axis=-1)[..., :2]
+    d2 = np.take_along_axis(dist2, nearest, axis=-1)
+    gap = np.linalg.norm(seeds[nearest[..., 0]] - seeds[nearest[..., 1]], axis=-1)
+    to_bisector = (d2[..., 1] - d2[..., 0]) / (2 * gap)      # distance to the cell wall, px
+    border = np.clip(1.2 - to_bisector / 1.2, 0, 1)
+    tile.eosin_bg = 0.75 * border + 0.02
+    tile.nuclei(int(tile.rng.integers(0, 4)), 1.8, 1.1, 1.4, elong=3.0)
+
+
+def empty(tile):              # background, now and then a faint streak
+    rng, width, height = tile.rng, tile.width, tile.height
+    tile.eosin_bg = 0.03 + 0.025 * tile.noise(5)
+    tile.hema_bg = np.full((height, width), 0.01, np.float32)
+    if rng.random() < 0.5:
+        x0, y0, x1, y1 = rng.uniform(0, 1, 4) * [width, height, width, height]
+        tile.eosin[1].line((x0, y0, x1, y1), fill=12, width=int(rng.integers(3, 10)))
+
+
+# BreakHis breast tumour subtypes (350x230 at 40X; `tile.zoom` enlarges features):
+
+def adenosis(tile):           # many small glands in pink stroma
+    zoom, r = tile.zoom, tile.r_benign
+    tile.eosin_bg = 0.55 + 0.15 * tile.fibre(8 * zoom, tile.angle) + 0.05 * tile.noise(8)
+    tile.glands(tile.discs(60, 8 * zoom, 12 * zoom, gap=1.15), r, lumen_frac=0.45)
+    tile.nuclei(tile.density(0.02, r), r, 1.0, 1.3, elong=2.5, angles=tile.angle)
+
+
+def fibroadenoma(tile):       # fibrous stroma, slit-like ducts lined by nuclei
+    rng, zoom, angle, r = tile.rng, tile.zoom, tile.angle, tile.r_benign
+    tile.eosin_bg = 0.55 + 0.3 * tile.fibre(7 * zoom, angle) + 0.05 * tile.noise(8)
+    for cx, cy, _ in tile.discs(10, 20 * zoom, 26 * zoom, gap=0.8):
+        length, phi = rng.uniform(18, 30) * zoom, angle + rng.uniform(-0.4, 0.4)
+        dx, dy = length * math.cos(phi), length * math.sin(phi)
+        tile.void[1].line((cx - dx, cy - dy, cx + dx, cy + dy), fill=255, width=max(2, int(3 * zoom)))
+        t = np.linspace(-1, 1, max(4, int(2 * length / (2.4 * r))))
+        off = 1.5 * zoom + r
+        for sign in (-1, 1):
+            xs = cx + t * dx - sign * off * math.sin(phi)
+            ys = cy + t * dy + sign * off * math.cos(phi)
+            tile.nuclei(0, r, 1.1, 1.4, irregular=0.1, elong=1.5, angles=phi, xs=xs, ys=ys)
+    tile.nuclei(tile.density(0.03, r), r, 1.0, 1.3, elong=3.0, angles=angle)
+
+
+def phyllodes_tumor(tile):    # cellular spindle stroma, leaf-like clefts
+    rng, zoom, angle, r = tile.rng, tile.zoom, tile.angle, tile.r_benign
+    tile.eosin_bg = 0.5 + 0.2 * tile.fibre(6 * zoom, angle, warp=6) + 0.05 * tile.noise(8)
+    for _ in range(int(rng.integers(3, 6))):
+        x0, y0 = rng.uniform(0, tile.width), rng.uniform(0, tile.height)
+        box = (x0 - 60 * zoom, y0 - 40 * zoom, x0 + 60 * zoom, y0 + 40 * zoom)
+        start = rng.uniform(0, 360)
+        tile.void[1].arc(box, start, start + rng.uniform(60, 140), fill=255, width=max(2, int(3 * zoom)))
+    tile.nuclei(tile.density(0.10, r), r, 1.0, 1.4, irregular=0.15, elong=2.5,
+                angles=angle + rng.uniform(-0.3, 0.3, tile.density(0.10, r)))
+
+
+def tubular_adenoma(tile):    # closely packed small tubules
+    tile.eosin_bg = 0.5 + 0.05 * tile.noise(8)
+    tile.glands(tile.discs(150, 6 * tile.zoom, 8 * tile.zoom, gap=1.02, tries=1500), tile.r_benign, lumen_frac=0.3)
+
+
+def ductal_carcinoma(tile):   # solid nests of large pleomorphic nuclei
+    width, height, r = tile.width, tile.height, tile.r_malignant
+    tile.eosin_bg = 0.55 + 0.2 * tile.fibre(7 * tile.zoom, tile.angle)
+    nests = tile.noise(9 / tile.zoom ** 0.5) > -0.25
+    n = tile.density(0.50, r)
+    xs, ys = tile.points(2 * n)
+    keep = nests[np.clip(ys.astype(int), 0, height - 1), np.clip(xs.astype(int), 0, width - 1)]
+    tile.nuclei(0, r, 1.6, 2.2, irregular=0.35, elong=1.3, xs=xs[keep][:n], ys=ys[keep][:n])
+    tile.eosin_bg = np.where(nests, 0.35, tile.eosin_bg)
+
+
+def lobular_carcinoma(tile):  # single files of dark nuclei in stroma
+    rng, zoom = tile.rng, tile.zoom
+    tile.eosin_bg = 0.5 + 0.25 * tile.fibre(8 * zoom, tile.angle)
+    r = 0.85 * tile.r_malignant
+    for _ in range(int(28 / zoom ** 0.5)):
+        x0, y0, phi = rng.uniform(0, tile.width), rng.uniform(0, tile.height), tile.angle + rng.uniform(-0.5, 0.5)
+        t = np.arange(-12, 13) * 2.3 * r
+        tile.nuclei(0, r, 1.6, 2.1, irregular=0.3, xs=x0 + t * math.cos(phi), ys=y0 + t * math.sin(phi))
+    tile.nuclei(tile.density(0.15, r), r, 1.6, 2.1, irregular=0.3)
+
+
+def mucinous_carcinoma(tile):  # pale mucin lakes with floating tumour clusters
+    rng, zoom, r = tile.rng, tile.zoom, tile.r_malignant
+    tile.eosin_bg = 0.5 + 0.2 * tile.fibre(8 * zoom, tile.angle)
+    lakes = tile.noise(6) > -0.2
+    tile.eosin_bg = np.where(lakes, 0.10, tile.eosin_bg)
+    tile.hema_bg = np.where(lakes, 0.22, tile.hema_bg).astype(np.float32)
+    for cx, cy, rad in tile.discs(14, 14 * zoom, 24 * zoom):
+        n = int(0.7 * rad * rad / r ** 2)
+        rho, phi = rad * np.sqrt(rng.uniform(0, 1, n)), rng.uniform(0, 2 * np.pi, n)
+        fill_disc(tile.eosin[1], cx, cy, rad, 35)
+        tile.nuclei(0, r, 1.6, 2.2, irregular=0.35, xs=cx + rho * np.cos(phi), ys=cy + rho * np.sin(phi))
+
+
+def papillary_carcinoma(tile):  # fibrovascular fronds lined by dark nuclei, in empty space
+    rng, zoom, r = tile.rng, tile.zoom, tile.r_malignant
+    tile.void[1].rectangle((0, 0, tile.width, tile.height), fill=200)
+    for _ in range(int(rng.integers(7, 11))):
+        x, y, phi = rng.uniform(0, tile.width), rng.uniform(0, tile.height), rng.uniform(0, 2 * np.pi)
+        for _ in range(int(36 / zoom ** 0.5)):
+            step = 5 * zoom
+            nx, ny = x + step * math.cos(phi), y + step * math.sin(phi)
+            core = max(3, int(5 * zoom))
+            tile.void[1].line((x, y, nx, ny), fill=0, width=core + int(6 * r))
+            tile.eosin[1].line((x, y, nx, ny), fill=30, width=core)
+            for sign in (-1, 1):
+                off = core / 2 + 1.2 * r
+                xs = np.array([x, nx]) - sign * off * math.sin(phi)
+                ys = np.array([y, ny]) + sign * off * math.cos(phi)
+                tile.nuclei(0, r, 1.6, 2.2, irregular=0.3, xs=xs, ys=ys)
+            x, y, phi = nx, ny, phi + rng.normal(0, 0.35)
+
+
+TISSUES = {"TUMOR": tumor, "STROMA": stroma, "COMPLEX": complex_stroma, "LYMPHO": lympho, "DEBRIS": debris,
+           "MUCOSA": mucosa, "ADIPOSE": adipose, "EMPTY": empty,
+           "A": adenosis, "F": fibroadenoma, "PT": phyllodes_tumor, "TA": tubular_adenoma,
+           "DC": ductal_carcinoma, "LC": lobular_carcinoma, "MC": mucinous_carcinoma, "PC": papillary_carcinoma}
 
 
 def render_histology(rng, width, height, tissue, zoom=1.0):
     """H&E-like RGB tile (uint8 H x W x 3) of a Kather class or a BreakHis subtype."""
-    area = width * height
-    hema, eosin, void = canvas(width, height), canvas(width, height), canvas(width, height)   # (image, draw)
-
-    def noise(cells):
-        return smooth_noise(rng, height, width, cells)
-
-    def fibre(period, direction, warp=4.0):
-        return fibres(rng, height, width, period, direction, warp)
-
-    eosin_bg = 0.45 + 0.08 * noise(8)
-    hema_bg = np.full((height, width), 0.04, np.float32)
-    angle = rng.uniform(0, np.pi)
-    r_benign = 1.8 * zoom ** 0.75            # nucleus radius in px at this magnification
-    r_malignant = 3.0 * zoom ** 0.75
-
-    def scatter(n, radius, lo, hi, irregular=0.2, elong=1.0, angles=None, xs=None, ys=None):
-        if xs is None:
-            xs, ys = random_points(rng, n, width, height, margin=radius)
-        radii = radius * rng.uniform(0.8, 1.25, len(xs))
-        draw_blobs(hema[1], rng, xs, ys, radii, nucleus_values(rng, len(xs), lo, hi), irregular, elong, angles)
-
-    def density(fraction, radius):               # nuclei count covering `fraction` of the tile
-        return int(fraction * area / (np.pi * radius ** 2))
-
-    # --- Kather 2016 colorectal tissue classes (150x150 at the native scale)
-    if tissue == "TUMOR":
-        eosin_bg = 0.38 + 0.08 * noise(6)
-        for cx, cy, r in place_discs(rng, rng.integers(0, 3), width, height, 5, 11):
-            void[1].ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-        scatter(density(0.55, 4.5), 4.5, 1.3, 1.9, irregular=0.3, elong=1.3)
-    elif tissue == "STROMA":
-        eosin_bg = (0.55 + 0.30 * fibre(rng.uniform(6, 9), angle, warp=9)
-                    + 0.10 * fibre(5, angle + 0.8, warp=9))
-        scatter(int(rng.integers(6, 15)), 2.4, 1.0, 1.4, irregular=0.1, elong=4.0, angles=angle)
-    elif tissue == "COMPLEX":
-        eosin_bg = 0.45 + 0.25 * fibre(7, angle, warp=10) + 0.05 * noise(6)
-        for cx, cy, r in place_discs(rng, rng.integers(1, 4), width, height, 18, 32):
-            n = int(0.6 * r * r / 3.8 ** 2)
-            rho, phi = r * np.sqrt(rng.uniform(0, 1, n)), rng.uniform(0, 2 * np.pi, n)
-            scatter(0, 3.8, 1.2, 1.7, irregular=0.3, xs=cx + rho * np.cos(phi), ys=cy + rho * np.sin(phi))
-        for cx, cy, r in place_discs(rng, rng.integers(1, 4), width, height, 4, 9):
-            void[1].ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-        scatter(int(rng.integers(30, 70)), 2.2, 1.7, 2.2, irregular=0.1)
-    elif tissue == "LYMPHO":
-        eosin_bg = 0.25 + 0.08 * noise(6)
-        scatter(density(0.75, 2.5), 2.5, 1.9, 2.4, irregular=0.1)
-    elif tissue == "DEBRIS":
-        eosin_bg = 0.28 + 0.15 * noise(7)
-        holes = noise(6) > 0.45
-        xs, ys = random_points(rng, 260, width, height)
-        half = len(xs) // 2
-        scatter(0, 1.6, 1.2, 1.9, irregular=0.6, xs=xs[:half], ys=ys[:half])
-        draw_blobs(eosin[1], rng, xs[half:], ys[half:], rng.uniform(1.0, 3.0, len(xs) - half),
-                   np.rint(rng.uniform(50, 90, len(xs) - half)).astype(int), irregular=0.6)
-        eosin_bg = np.where(holes, 0.05, eosin_bg)
-    elif tissue == "MUCOSA":
-        eosin_bg = 0.50 + 0.10 * noise(7)
-        discs = place_discs(rng, 8, width, height, 14, 24, gap=1.05)
-        draw_glands(rng, hema, eosin, void, discs, 2.3, lumen_frac=0.5, h_lo=1.4, h_hi=1.8)
-        scatter(int(rng.integers(25, 50)), 2.0, 1.5, 2.0, irregular=0.1)
-    elif tissue == "ADIPOSE":
-        n = int(rng.integers(6, 13))
-        seeds = np.stack(random_points(rng, n, width, height, margin=20), axis=1)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        dist2 = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2
-        nearest = np.argsort(dist2, axis=-1)[..., :2]
-        d2 = np.take_along_axis(dist2, nearest, axis=-1)
-        gap = np.linalg.norm(seeds[nearest[..., 0]] - seeds[nearest[..., 1]], axis=-1)
-        to_bisector = (d2[..., 1] - d2[..., 0]) / (2 * gap)      # distance to the cell wall, px
-        border = np.clip(1.2 - to_bisector / 1.2, 0, 1)
-        eosin_bg = 0.75 * border + 0.02
-        scatter(int(rng.integers(0, 4)), 1.8, 1.1, 1.4, elong=3.0)
-    elif tissue == "EMPTY":
-        eosin_bg = 0.03 + 0.025 * noise(5)
-        hema_bg = np.full((height, width), 0.01, np.float32)
-        if rng.random() < 0.5:
-            x0, y0, x1, y1 = rng.uniform(0, 1, 4) * [width, height, width, height]
-            eosin[1].line((x0, y0, x1, y1), fill=12, width=int(rng.integers(3, 10)))
-
-    # --- BreakHis breast tumour subtypes (350x230 at 40X; `zoom` enlarges features)
-    elif tissue == "A":           # adenosis: many small glands in pink stroma
-        eosin_bg = 0.55 + 0.15 * fibre(8 * zoom, angle) + 0.05 * noise(8)
-        discs = place_discs(rng, 60, width, height, 8 * zoom, 12 * zoom, gap=1.15)
-        draw_glands(rng, hema, eosin, void, discs, r_benign, lumen_frac=0.45)
-        scatter(density(0.02, r_benign), r_benign, 1.0, 1.3, elong=2.5, angles=angle)
-    elif tissue == "F":           # fibroadenoma: fibrous stroma, slit-like ducts
-        eosin_bg = 0.55 + 0.3 * fibre(7 * zoom, angle) + 0.05 * noise(8)
-        for cx, cy, _ in place_discs(rng, 10, width, height, 20 * zoom, 26 * zoom, gap=0.8):
-            length, phi = rng.uniform(18, 30) * zoom, angle + rng.uniform(-0.4, 0.4)
-            dx, dy = length * math.cos(phi), length * math.sin(phi)
-            void[1].line((cx - dx, cy - dy, cx + dx, cy + dy), fill=255, width=max(2, int(3 * zoom)))
-            t = np.linspace(-1, 1, max(4, int(2 * length / (2.4 * r_benign))))
-            off = 1.5 * zoom + r_benign
-            for sign in (-1, 1):
-                xs = cx + t * dx - sign * off * math.sin(phi)
-                ys = cy + t * dy + sign * off * math.cos(phi)
-                scatter(0, r_benign, 1.1, 1.4, irregular=0.1, elong=1.5, angles=phi, xs=xs, ys=ys)
-        scatter(density(0.03, r_benign), r_benign, 1.0, 1.3, elong=3.0, angles=angle)
-    elif tissue == "PT":          # phyllodes: cellular spindle stroma, leaf-like clefts
-        eosin_bg = 0.5 + 0.2 * fibre(6 * zoom, angle, warp=6) + 0.05 * noise(8)
-        for _ in range(int(rng.integers(3, 6))):
-            x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-            box = (x0 - 60 * zoom, y0 - 40 * zoom, x0 + 60 * zoom, y0 + 40 * zoom)
-            start = rng.uniform(0, 360)
-            void[1].arc(box, start, start + rng.uniform(60, 140), fill=255, width=max(2, int(3 * zoom)))
-        scatter(density(0.10, r_benign), r_benign, 1.0, 1.4, irregular=0.15, elong=2.5,
-                angles=angle + rng.uniform(-0.3, 0.3, density(0.10, r_benign)))
-    elif tissue == "TA":          # tubular adenoma: closely packed small tubules
-        eosin_bg = 0.5 + 0.05 * noise(8)
-        discs = place_discs(rng, 150, width, height, 6 * zoom, 8 * zoom, gap=1.02, tries=1500)
-        draw_glands(rng, hema, eosin, void, discs, r_benign, lumen_frac=0.3)
-    elif tissue == "DC":          # ductal carcinoma: solid nests of large pleomorphic nuclei
-        eosin_bg = 0.55 + 0.2 * fibre(7 * zoom, angle)
-        nests = noise(9 / zoom ** 0.5) > -0.25
-        n = density(0.50, r_malignant)
-        xs, ys = random_points(rng, 2 * n, width, height)
-        keep = nests[np.clip(ys.astype(int), 0, height - 1), np.clip(xs.astype(int), 0, width - 1)]
-        scatter(0, r_malignant, 1.6, 2.2, irregular=0.35, elong=1.3, xs=xs[keep][:n], ys=ys[keep][:n])
-        eosin_bg = np.where(nests, 0.35, eosin_bg)
-    elif tissue == "LC":          # lobular carcinoma: single files of dark nuclei in stroma
-        eosin_bg = 0.5 + 0.25 * fibre(8 * zoom, angle)
-        r = 0.85 * r_malignant
-        for _ in range(int(28 / zoom ** 0.5)):
-            x0, y0, phi = rng.uniform(0, width), rng.uniform(0, height), angle + rng.uniform(-0.5, 0.5)
-            t = np.arange(-12, 13) * 2.3 * r
-            scatter(0, r, 1.6, 2.1, irregular=0.3, xs=x0 + t * math.cos(phi), ys=y0 + t * math.sin(phi))
-        scatter(density(0.15, r), r, 1.6, 2.1, irregular=0.3)
-    elif tissue == "MC":          # mucinous carcinoma: pale mucin lakes with floating tumour clusters
-        eosin_bg = 0.5 + 0.2 * fibre(8 * zoom, angle)
-        lakes = noise(6) > -0.2
-        eosin_bg = np.where(lakes, 0.10, eosin_bg)
-        hema_bg = np.where(lakes, 0.22, hema_bg).astype(np.float32)
-        for cx, cy, rad in place_discs(rng, 14, width, height, 14 * zoom, 24 * zoom):
-            n = int(0.7 * rad * rad / r_malignant ** 2)
-            rho, phi = rad * np.sqrt(rng.uniform(0, 1, n)), rng.uniform(0, 2 * np.pi, n)
-            eosin[1].ellipse((cx - rad, cy - rad, cx + rad, cy + rad), fill=35)
-            scatter(0, r_malignant, 1.6, 2.2, irregular=0.35, xs=cx + rho * np.cos(phi), ys=cy + rho * np.sin(phi))
-    elif tissue == "PC":          # papillary carcinoma: fibrovascular fronds lined by dark nuclei
-        void[1].rectangle((0, 0, width, height), fill=200)
-        for _ in range(int(rng.integers(7, 11))):
-            x, y, phi = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0, 2 * np.pi)
-            for _ in range(int(36 / zoom ** 0.5)):
-                step = 5 * zoom
-                nx, ny = x + step * math.cos(phi), y + step * math.sin(phi)
-                core = max(3, int(5 * zoom))
-                void[1].line((x, y, nx, ny), fill=0, width=core + int(6 * r_malignant))
-                eosin[1].line((x, y, nx, ny), fill=30, width=core)
-                for sign in (-1, 1):
-                    off = core / 2 + 1.2 * r_malignant
-                    xs = np.array([x, nx]) - sign * off * math.sin(phi)
-                    ys = np.array([y, ny]) + sign * off * math.cos(phi)
-                    scatter(0, r_malignant, 1.6, 2.2, irregular=0.3, xs=xs, ys=ys)
-                x, y, phi = nx, ny, phi + rng.normal(0, 0.35)
-    else:
+    if tissue not in TISSUES:
         raise ValueError(f"unknown histology tissue {tissue!r}")
-
+    tile = Tile(rng, width, height, zoom)
+    TISSUES[tissue](tile)
     blur = 0.6 * max(1.0, zoom ** 0.5)
-    void_map = as_float(void[0], blur)
-    hema_map = hema_bg * (1 - void_map) + as_float(hema[0], blur) * 2.55
-    eosin_map = (eosin_bg + as_float(eosin[0], blur) * 2.55) * (1 - void_map) + 0.03 * void_map
+    void_map = as_float(tile.void[0], blur)
+    hema_map = tile.hema_bg * (1 - void_map) + as_float(tile.hema[0], blur) * 2.55
+    eosin_map = (tile.eosin_bg + as_float(tile.eosin[0], blur) * 2.55) * (1 - void_map) + 0.03 * void_map
     if tissue == "PC":  # fronds float in a pale empty space
         eosin_map += 0.05 * void_map
     return [he_to_rgb(rng, hema_map.astype(np.float32), eosin_map.astype(np.float32))]
@@ -562,6 +695,50 @@ RED_DOTS = (0, 8, 10, 12, 14)
 HAEMORRHAGES = (0, 0, 3, 7, 9)
 EXUDATES = (0, 0, 5, 10, 13)
 COTTON_WOOL = (0, 0, 0, 2, 3)
+
+
+class Fundus:
+    """Geometry of one fundus picture: the eye circle (centre, radius, soft mask) in pixel coordinates."""
+
+    def __init__(self, rng, width, height, radius_frac):
+        self.rng, self.width, self.height = rng, width, height
+        self.side = side = min(width, height)
+        self.radius = radius_frac * height * rng.uniform(0.96, 1.03)
+        self.cx = width / 2 + rng.uniform(-0.03, 0.03) * side
+        self.cy = height / 2 + rng.uniform(-0.03, 0.03) * side
+        yy, xx = np.ogrid[0:height, 0:width]
+        self.yy, self.xx = yy.astype(np.float32), xx.astype(np.float32)
+        self.rho2 = ((self.xx - self.cx) ** 2 + (self.yy - self.cy) ** 2) / np.float32(self.radius ** 2)
+        self.mask = np.clip((1.0 - np.sqrt(self.rho2)) / 0.015, 0, 1)
+
+    def inside(self, x, y):
+        return math.hypot(x - self.cx, y - self.cy) < 0.97 * self.radius
+
+    def lesion_points(self, disc, n):
+        """n points inside the eye, away from the optic disc (x, y, r)."""
+        rng, radius = self.rng, self.radius
+        rr, th = radius * np.sqrt(rng.uniform(0.02, 0.72, 4 * n + 4)), rng.uniform(0, 2 * np.pi, 4 * n + 4)
+        xs, ys = self.cx + rr * np.cos(th), self.cy + rr * np.sin(th)
+        far = np.hypot(xs - disc[0], ys - disc[1]) > 1.6 * disc[2]
+        return xs[far][:n], ys[far][:n]
+
+
+def retina(fundus):
+    """The orange-red background, darker at the rim and at the macula; and the camera's tint."""
+    rng, rho2 = fundus.rng, fundus.rho2
+    tint = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    shade = (1 + 0.06 * smooth_noise(rng, fundus.height, fundus.width, 9))
+    image = np.stack([(0.82 - 0.25 * rho2) * shade, (0.36 - 0.16 * rho2) * shade, (0.12 - 0.05 * rho2) * shade],
+                     axis=-1) * tint
+    return image, tint
+
+
+def optic_disc(fundus, nasal):
+    """(x, y, r) of the optic disc, on the nasal side (right eye: right of the picture)."""
+    rng, radius = fundus.rng, fundus.radius
+    disc_x = fundus.cx + nasal * radius * rng.uniform(0.33, 0.42)
+    disc_y = fundus.cy + radius * rng.uniform(-0.06, 0.06)
+    return disc_x, disc_y, radius * rng.uniform(0.12, 0.15)
 
 
 def grow_vessel(draw, rng, x, y, angle, width, steps, step, bend, inside, depth=0):
@@ -579,90 +756,90 @@ def grow_vessel(draw, rng, x, y, angle, width, steps, step, bend, inside, depth=
                         int((steps - i) * 0.6), step, 0.0, inside, depth + 1)
 
 
-def render_fundus(rng, width, height, severity, eye, radius_frac):
-    """Fundus photograph (uint8 H x W x 3): eye circle of radius radius_frac * height."""
-    side = min(width, height)
-    radius = radius_frac * height * rng.uniform(0.96, 1.03)
-    cx, cy = width / 2 + rng.uniform(-0.03, 0.03) * side, height / 2 + rng.uniform(-0.03, 0.03) * side
-    yy, xx = np.ogrid[0:height, 0:width]
-    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
-    rho2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / np.float32(radius ** 2)
-    eye_mask = np.clip((1.0 - np.sqrt(rho2)) / 0.015, 0, 1)
-    inside = lambda x, y: math.hypot(x - cx, y - cy) < 0.97 * radius  # noqa: E731
-
-    tint = rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    shade = (1 + 0.06 * smooth_noise(rng, height, width, 9))
-    image = np.stack([(0.82 - 0.25 * rho2) * shade, (0.36 - 0.16 * rho2) * shade, (0.12 - 0.05 * rho2) * shade],
-                     axis=-1) * tint
-
-    # optic disc on the nasal side (right eye: right of the picture), macula on the temporal side
-    nasal = 1.0 if eye == "right" else -1.0
-    disc_x = cx + nasal * radius * rng.uniform(0.33, 0.42)
-    disc_y = cy + radius * rng.uniform(-0.06, 0.06)
-    disc_r = radius * rng.uniform(0.12, 0.15)
-    macula = np.exp(-((xx - (cx - nasal * radius * 0.05)) ** 2 + (yy - cy) ** 2) / np.float32(2 * (0.12 * radius) ** 2))
-    image *= (1 - 0.3 * macula)[..., None]
-
-    vessels, draw = canvas(width, height)
+def draw_vessels(fundus, disc, nasal):
+    """Vessel canvas: two arcades around the macula and a nasal branch, up and down from the disc."""
+    rng, radius = fundus.rng, fundus.radius
+    vessels, draw = canvas(fundus.width, fundus.height)
     step = 0.05 * radius
-    for sign in (-1, 1):           # two arcades around the macula and a nasal branch, up and down
+    for sign in (-1, 1):
         for k, w in enumerate((0.028, 0.020)):
             start = sign * np.pi / 2 + rng.normal(0, 0.15) - sign * nasal * 0.25 * k
-            grow_vessel(draw, rng, disc_x, disc_y, start, w * radius, 26, step, 0.075 * sign * nasal, inside)
+            grow_vessel(draw, rng, disc[0], disc[1], start, w * radius, 26, step, 0.075 * sign * nasal, fundus.inside)
         start = math.atan2(sign * 0.8, nasal) + rng.normal(0, 0.2)
-        grow_vessel(draw, rng, disc_x, disc_y, start, 0.018 * radius, 14, step, 0.0, inside)
+        grow_vessel(draw, rng, disc[0], disc[1], start, 0.018 * radius, 14, step, 0.0, fundus.inside)
+    return vessels
 
-    red, red_draw = canvas(width, height)          # dots, blots, neovessels: dark red
-    yellow, yellow_draw = canvas(width, height)    # hard exudates: yellow
-    white, white_draw = canvas(width, height)      # cotton-wool spots: pale and fuzzy
 
-    def lesion_points(n):          # n points inside the eye, away from the optic disc
-        rr, th = radius * np.sqrt(rng.uniform(0.02, 0.72, 4 * n + 4)), rng.uniform(0, 2 * np.pi, 4 * n + 4)
-        xs, ys = cx + rr * np.cos(th), cy + rr * np.sin(th)
-        far = np.hypot(xs - disc_x, ys - disc_y) > 1.6 * disc_r
-        return xs[far][:n], ys[far][:n]
+def draw_neovessels(fundus, disc, red_draw):
+    """Proliferative retinopathy: neovascular tangles (at the disc or elsewhere), a pre-retinal haemorrhage."""
+    rng, radius = fundus.rng, fundus.radius
+    for _ in range(int(rng.integers(1, 3))):
+        tx, ty = disc[:2] if rng.random() < 0.5 else (float(p[0]) for p in fundus.lesion_points(disc, 1))
+        for _ in range(14):
+            x, y = tx + rng.normal(0, 0.05) * radius, ty + rng.normal(0, 0.05) * radius
+            phi = rng.uniform(0, 2 * np.pi)
+            for _ in range(5):
+                nx, ny = x + 0.03 * radius * math.cos(phi), y + 0.03 * radius * math.sin(phi)
+                red_draw.line((x, y, nx, ny), fill=255, width=max(1, int(0.008 * radius)))
+                x, y, phi = nx, ny, phi + rng.normal(0, 1.0)
+    xs, ys = fundus.lesion_points(disc, 1)
+    draw_blobs(red_draw, rng, xs, ys, fundus.side * 0.08, 220, irregular=0.1, elong=2.0, angles=0.0, corners=18)
 
+
+def draw_lesions(fundus, disc, severity):
+    """Canvases of the lesions of this grade: red (dots, blots, neovessels), yellow (hard exudates),
+    white (cotton-wool spots)."""
+    rng, radius, side = fundus.rng, fundus.radius, fundus.side
+    red, red_draw = canvas(fundus.width, fundus.height)
+    yellow, yellow_draw = canvas(fundus.width, fundus.height)
+    white, white_draw = canvas(fundus.width, fundus.height)
     level = int(math.floor(severity))
     jitter = lambda n: int(rng.poisson(n)) if n else 0  # noqa: E731
-    xs, ys = lesion_points(jitter(RED_DOTS[level]))
+    xs, ys = fundus.lesion_points(disc, jitter(RED_DOTS[level]))
     draw_blobs(red_draw, rng, xs, ys, side * rng.uniform(0.022, 0.03, len(xs)), 255, irregular=0.08, corners=14)
-    xs, ys = lesion_points(jitter(HAEMORRHAGES[level]))
+    xs, ys = fundus.lesion_points(disc, jitter(HAEMORRHAGES[level]))
     draw_blobs(red_draw, rng, xs, ys, side * rng.uniform(0.035, 0.055, len(xs)), 230, irregular=0.2, elong=1.5,
                corners=16)
     n_exudates = jitter(EXUDATES[level])
     for cluster in range((n_exudates + 3) // 4):   # exudates come in clusters
-        x0, y0 = lesion_points(1)
+        x0, y0 = fundus.lesion_points(disc, 1)
         if len(x0):
             k = min(4, n_exudates - 4 * cluster)
             xs, ys = x0 + rng.normal(0, 0.06, k) * radius, y0 + rng.normal(0, 0.06, k) * radius
             draw_blobs(yellow_draw, rng, xs, ys, side * rng.uniform(0.02, 0.032, k), 255, irregular=0.25, corners=12)
-    xs, ys = lesion_points(jitter(COTTON_WOOL[level]))
+    xs, ys = fundus.lesion_points(disc, jitter(COTTON_WOOL[level]))
     draw_blobs(white_draw, rng, xs, ys, side * rng.uniform(0.045, 0.065, len(xs)), 200, irregular=0.2, corners=14)
-    if severity >= 3.5:            # proliferative: neovascular tangle and a pre-retinal haemorrhage
-        for _ in range(int(rng.integers(1, 3))):
-            tx, ty = (disc_x, disc_y) if rng.random() < 0.5 else (float(p[0]) for p in lesion_points(1))
-            for _ in range(14):
-                x, y = tx + rng.normal(0, 0.05) * radius, ty + rng.normal(0, 0.05) * radius
-                phi = rng.uniform(0, 2 * np.pi)
-                for _ in range(5):
-                    nx, ny = x + 0.03 * radius * math.cos(phi), y + 0.03 * radius * math.sin(phi)
-                    red_draw.line((x, y, nx, ny), fill=255, width=max(1, int(0.008 * radius)))
-                    x, y, phi = nx, ny, phi + rng.normal(0, 1.0)
-        xs, ys = lesion_points(1)
-        draw_blobs(red_draw, rng, xs, ys, side * 0.08, 220, irregular=0.1, elong=2.0, angles=0.0, corners=18)
+    if severity >= 3.5:
+        draw_neovessels(fundus, disc, red_draw)
+    return red, yellow, white
 
-    disc = np.exp(-0.5 * (((xx - disc_x) ** 2 + (yy - disc_y) ** 2) / np.float32(disc_r ** 2)) ** 2)
-    for alpha, colour in ((disc, (1.0, 0.86, 0.55)), (as_float(vessels, 0.6 * side / 256), (0.50, 0.10, 0.07)),
+
+def render_fundus(rng, width, height, severity, eye, radius_frac):
+    """Fundus photograph (uint8 H x W x 3): eye circle of radius radius_frac * height."""
+    fundus = Fundus(rng, width, height, radius_frac)
+    xx, yy, radius, side = fundus.xx, fundus.yy, fundus.radius, fundus.side
+    nasal = 1.0 if eye == "right" else -1.0
+    image, tint = retina(fundus)
+    disc = optic_disc(fundus, nasal)
+    macula = np.exp(-((xx - (fundus.cx - nasal * radius * 0.05)) ** 2 + (yy - fundus.cy) ** 2)
+                    / np.float32(2 * (0.12 * radius) ** 2))   # on the temporal side
+    image *= (1 - 0.3 * macula)[..., None]
+    vessels = draw_vessels(fundus, disc, nasal)
+    red, yellow, white = draw_lesions(fundus, disc, severity)
+
+    # --- paint the layers over the retina, then the camera: exposure, noise, a slight blur
+    disc_x, disc_y, disc_r = disc
+    bright_disc = np.exp(-0.5 * (((xx - disc_x) ** 2 + (yy - disc_y) ** 2) / np.float32(disc_r ** 2)) ** 2)
+    for alpha, colour in ((bright_disc, (1.0, 0.86, 0.55)), (as_float(vessels, 0.6 * side / 256), (0.50, 0.10, 0.07)),
                           (as_float(red, 1.0 * side / 256), (0.42, 0.04, 0.03)),
                           (as_float(yellow, 0.6 * side / 256), (1.0, 0.88, 0.35)),
                           (as_float(white, 2.0 * side / 256), (0.95, 0.85, 0.7))):
         alpha = alpha[..., None]
         image += alpha * (np.array(colour, np.float32) * tint - image)
-    image *= np.float32(rng.uniform(0.8, 1.15)) * eye_mask[..., None]
+    image *= np.float32(rng.uniform(0.8, 1.15)) * fundus.mask[..., None]
     image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(0.012)
-    # a slight camera blur; outside the eye stays black
     picture = np.asarray(Image.fromarray(to_uint8(image)).filter(ImageFilter.GaussianBlur(0.5)))
-    return [(picture * (eye_mask[..., None] > 0)).astype(np.uint8)]
+    return [(picture * (fundus.mask[..., None] > 0)).astype(np.uint8)]   # outside the eye stays black
 
 
 # ----------------------------------------------------------------------------------------------
