@@ -52,25 +52,29 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # --------------------------------------------------------------------------- thumbnails
 
-def thumbnail(picture: np.ndarray) -> np.ndarray:
-    """(H, W) grey or (H, W, C) colour pixels of any dtype -> (THUMB, THUMB) uint8: luma (ITU-R 601),
-    resized with antialiasing, stretched to 0..255 (the same arithmetic whichever reader decoded the file;
-    8-bit pictures stay in PIL's C code: 1 ms for a 1024 px radiograph, 60 ms for a 10-megapixel photograph)."""
+def thumbnail(picture) -> np.ndarray:
+    """(H, W) grey or (H, W, C) colour pixels of any dtype, or an 8-bit grey or RGB PIL image ->
+    (THUMB, THUMB) uint8: luma (ITU-R 601), resized with antialiasing, stretched to 0..255 (the same
+    arithmetic whichever reader decoded the file; 8-bit pictures stay in PIL's C code)."""
     from PIL import Image
 
-    x = np.asarray(picture)
-    if x.ndim == 3 and x.shape[-1] in (2, 4):  # grey + alpha, RGBA: the alpha goes
-        x = x[..., :-1]
-    if x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] != 3):
-        raise ValueError(f"expected a 2-D grey or RGB picture, got pixel array shape {np.shape(picture)}")
-    if x.dtype == np.uint8:
-        image = Image.fromarray(np.ascontiguousarray(x))
-        image = (image.convert("L") if image.mode == "RGB" else image).convert("F")
+    if isinstance(picture, Image.Image) and picture.mode in ("L", "RGB"):
+        image = picture
     else:
-        x = np.nan_to_num(x.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        image = Image.fromarray(x @ np.array([0.299, 0.587, 0.114], np.float32) if x.ndim == 3 else x, "F")
+        x = np.asarray(picture)
+        if x.ndim == 3 and x.shape[-1] in (2, 4):  # grey + alpha, RGBA: the alpha goes
+            x = x[..., :-1]
+        if x.ndim == 3 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] != 3):
+            raise ValueError(f"expected a 2-D grey or RGB picture, got pixel array shape {np.shape(picture)}")
+        if x.dtype == np.uint8:
+            image = Image.fromarray(np.ascontiguousarray(x))
+        else:
+            x = np.nan_to_num(x.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            image = Image.fromarray(x @ np.array([0.299, 0.587, 0.114], np.float32) if x.ndim == 3 else x, "F")
+    if image.mode != "F":
+        image = (image.convert("L") if image.mode == "RGB" else image).convert("F")
     small = np.asarray(image.resize((THUMB, THUMB), Image.BILINEAR, reducing_gap=3.0), dtype=np.float32)
     low, high = float(small.min()), float(small.max())
     if high <= low:
@@ -78,9 +82,10 @@ def thumbnail(picture: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((small - low) / (high - low) * 255), 0, 255).astype(np.uint8)
 
 
-def _pil_pixels(path: str) -> np.ndarray | None:
-    """The picture through PIL (JPEGs decoded at a reduced size: a 64 px thumbnail needs no more), or
-    None for a file PIL cannot read (DICOM, NIfTI, float TIFF): the kit's own reader takes it."""
+def _pil_picture(path: str):
+    """The picture through PIL: an 8-bit grey or RGB image as PIL holds it (JPEGs decoded at a reduced
+    size: a 64 px thumbnail needs no more), the pixels of any other mode, or None for a file PIL cannot
+    read (DICOM, NIfTI, float TIFF): the kit's own reader takes it."""
     from PIL import Image
 
     if not path.lower().endswith(PIL_SUFFIXES):
@@ -91,6 +96,9 @@ def _pil_pixels(path: str) -> np.ndarray | None:
                 image.draft(image.mode, (4 * THUMB, 4 * THUMB))
             if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+            image.load()
+            if image.mode in ("L", "RGB"):
+                return image
             pixels = np.asarray(image)
     except Exception:
         return None
@@ -114,10 +122,8 @@ def _kit_pixels(path: str) -> np.ndarray:
 def read_thumbnail(path: str) -> tuple[np.ndarray | None, str | None]:
     """(thumbnail, None), or (None, the reason) for a file that cannot be read as one picture."""
     try:
-        pixels = _pil_pixels(path)
-        if pixels is None:
-            pixels = _kit_pixels(path)
-        return thumbnail(pixels), None
+        picture = _pil_picture(path)
+        return thumbnail(_kit_pixels(path) if picture is None else picture), None
     except Exception as err:
         return None, str(err).splitlines()[0].removeprefix(f"{path}: ") or type(err).__name__
 
