@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 THUMB = 64                  # px, side of a stored thumbnail
-THUMB_VERSION = 1           # bump when thumbnail() changes: stored thumbnails are then rebuilt
+THUMB_VERSION = 2           # bump when thumbnail() changes: stored thumbnails are then rebuilt
 COARSE = 16                 # side of a candidate descriptor (16 x 16 = 256 values)
 CANDIDATES = 5              # nearest images per query and frame that are aligned and measured
 SATURATED = 2 / 255         # thumbnail values this close to 0 or 1 are left out of the residual
@@ -92,8 +92,8 @@ def _pil_picture(path: str):
         return None
     try:
         with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft(image.mode, (4 * THUMB, 4 * THUMB))
+            if image.format == "JPEG":  # decoded at 1/2 to 1/8 size, a colour one as its luma (Y) alone
+                image.draft("L" if image.mode in ("RGB", "YCbCr") else image.mode, (4 * THUMB, 4 * THUMB))
             if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
             image.load()
