@@ -517,11 +517,11 @@ def distance(query, database, theta, *, sigma: float = 0.7, detail: float = 2.0,
 
 # --------------------------------------------------------------------------- search
 
-# The largest distance of one picture, per domain, set between the altered copies' and the look-alikes'
-# distances that bench/bench_overlap.py measures (generated pictures, 40 originals x 9 alterations, and
-# their nearest look-alikes among 240 + 20,000 pictures): radiographs, copies at most 0.16, look-alikes of
-# different patients from 0.32; fundus photographs, copies at most 0.34, look-alikes from 0.78; tissue
-# tiles, copies at most 0.65, look-alikes from 0.92 (a tile clipped white by a brightness change is missed).
+# The largest distance of one picture, per domain, set between the distances of altered copies and of
+# look-alikes on bench/bench_overlap.py's generated pictures (40 originals x 9 alterations, and the
+# candidates found among 240 + 20,000 pictures): radiographs, copies at most 0.18, look-alikes of different
+# patients from 0.30; fundus photographs, copies at most 0.35, look-alikes from 0.82; tissue tiles, copies
+# at most 0.64, look-alikes from 0.99 (a near-white tile clipped white by a brightness change is missed).
 MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.80, "other": 0.52}
 # The scales a pair is measured at: distance()'s (sigma, detail, n) and a weight; the smallest weighted
 # distance counts. Tissue tiles are also measured coarsely: a near-empty tile's fine detail is grain,
