@@ -1,7 +1,7 @@
 """The same-picture check (check_overlap.py, kit/overlap.py): how much it finds, how little it mistakes,
 and how long the full study's check takes on 2 CPU cores.
 
-    python bench/bench_overlap.py                                  # ~10 minutes on 2 CPU cores
+    python bench/bench_overlap.py                                  # ~5 minutes on 2 CPU cores
     python bench/bench_overlap.py --real sample_data               # + the real sample files (COVID-19, NIH, ...)
     python bench/bench_overlap.py --sources 40000 --targets 10000  # a larger scale test
 
