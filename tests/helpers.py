@@ -274,6 +274,19 @@ def script_error(script, *argv) -> str:
     return str(info.value.code)
 
 
+def run_main(script, *argv) -> None:
+    """`python <script> <argv>` for a command that must succeed, run in this process as the script's `__main__`
+    block runs it (a refusal fails the test with its line)."""
+    import importlib
+
+    from kit import cli
+
+    module = importlib.import_module(Path(script).stem)
+    args = module.get_args_parser().parse_args([str(a) for a in argv])
+    with cli.user_errors():
+        module.main(args)
+
+
 def masked_targets():
     """A 3-label aggregate of two sources (a: x, y; b: z), three rows: (targets, targets with --label-mask)."""
     from kit import data

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import ROOT, one_line, prepare, run_script, wait_for
+from helpers import ROOT, prepare, run_main, run_script, script_error, wait_for
 from test_overlap import demo_pictures
 
 
@@ -46,6 +46,18 @@ def check(*argv):
     return run_script("check_overlap.py", "--no-progress", *map(str, argv))
 
 
+def check_here(*argv) -> None:
+    """check_overlap.py in this process (a refusal fails the test)."""
+    run_main("check_overlap.py", "--no-progress", *argv)
+
+
+def refusal(*argv) -> str:
+    """The one line check_overlap.py refuses `argv` with (run in this process)."""
+    line = script_error("check_overlap.py", "--no-progress", *argv)
+    assert "\n" not in line, line
+    return line
+
+
 def test_finds_the_borrowed_picture_and_the_twin_in_two_splits(study):
     root, source, target, names = study
     result = check("--sources", source, "--targets", target, "--out", root / "ov")
@@ -68,19 +80,18 @@ def test_finds_the_borrowed_picture_and_the_twin_in_two_splits(study):
 
 def test_a_second_run_leaves_an_unchanged_overlap_csv_as_it_was(study):
     root, source, target, _ = study
-    assert check("--sources", source, "--targets", target, "--out", root / "again").returncode == 0
+    check_here("--sources", source, "--targets", target, "--out", root / "again")
     before = (root / "again" / "overlap.csv").stat().st_mtime_ns
-    assert check("--sources", source, "--targets", target, "--out", root / "again").returncode == 0
+    check_here("--sources", source, "--targets", target, "--out", root / "again")
     assert (root / "again" / "overlap.csv").stat().st_mtime_ns == before
 
 
 def test_bad_input_gets_one_line(study, tmp_path):
     root, source, target, _ = study
     (tmp_path / "no.csv").write_text("a,b\n1,2\n")
-    result = check("--sources", source, "--targets", tmp_path / "no.csv", "--out", tmp_path / "ov")
-    assert result.returncode != 0 and "no.json" in one_line(result, only=True)
-    result = check("--sources", target, "--targets", target, "--out", tmp_path / "ov")
-    assert result.returncode != 0 and "given as both a target and a source" in one_line(result, only=True)
+    assert "no.json" in refusal("--sources", source, "--targets", tmp_path / "no.csv", "--out", tmp_path / "ov")
+    assert "given as both a target and a source" in refusal("--sources", target, "--targets", target, "--out",
+                                                            tmp_path / "ov")
     # an unreadable image is named; --skip-bad leaves it unchecked and lists it
     broken = pd.read_csv(target)["image"].iloc[0]
     data = open(broken, "rb").read()
@@ -88,10 +99,10 @@ def test_bad_input_gets_one_line(study, tmp_path):
         open(broken, "wb").write(data[:40])
         for stale in (target.parent / "cache").glob("tgt_thumbs_*.npz"):
             stale.unlink()
-        result = check("--sources", source, "--targets", target, "--out", tmp_path / "ov")
-        assert result.returncode != 0 and broken in one_line(result, only=True) and "--skip-bad" in result.stderr
+        line = refusal("--sources", source, "--targets", target, "--out", tmp_path / "ov")
+        assert broken in line and "--skip-bad" in line
         assert not (tmp_path / "ov").exists()
-        assert check("--sources", source, "--targets", target, "--out", tmp_path / "ov", "--skip-bad").returncode == 0
+        check_here("--sources", source, "--targets", target, "--out", tmp_path / "ov", "--skip-bad")
         assert broken in json.loads((tmp_path / "ov" / "overlap.json").read_text())["unreadable"]["tgt"]
     finally:
         open(broken, "wb").write(data)

@@ -272,6 +272,7 @@ def simulated_study(rng, shift, seed_sd=0.12):
         stats.bootstrap_p_value(naive)
 
 
+@pytest.mark.slow  # 300 simulated studies
 def test_false_supported_rate_and_power_over_simulated_studies():
     rng = np.random.default_rng(2024)
     null = [simulated_study(rng, 0.0) for _ in range(100)]

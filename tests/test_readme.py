@@ -12,6 +12,7 @@
   outside the repository.
 """
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -143,6 +144,14 @@ def flags(words: list[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def help_text(kind: str, name: str) -> str:
+    """`<name> --help`: a Python script's parser asked in this process (every script builds it in
+    get_args_parser()), anything else run."""
+    if kind == "script" and name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"_help_{Path(name).stem}", ROOT / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if hasattr(module, "get_args_parser"):
+            return module.get_args_parser().format_help()
     command = [sys.executable, "-m", name, "--help"] if kind == "module" else (
         ["bash", name, "--help"] if kind == "shell" else [sys.executable, name, "--help"])
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

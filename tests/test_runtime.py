@@ -146,17 +146,23 @@ def test_a_plain_process_is_rank_0_of_1(monkeypatch, capsys):
     assert runtime.Distributed(rank=1, world_size=2).enabled and not runtime.Distributed(rank=1, world_size=2).is_main_process
 
 
-def test_threads_are_the_cores_divided_among_the_processes_that_share_them():
-    code = ("import sys; sys.path.insert(0, {root!r}); from kit import runtime, cli; import torch; "
-            "runtime.set_cpu_threads(); print(torch.get_num_threads(), cli.available_cores())")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE")}
-    alone = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))], env=env, capture_output=True,
-                           text=True)
-    threads, cores = map(int, alone.stdout.split()[-2:])
-    assert threads == cores and f"CPU threads: {cores} ({cores} cores / 1 process(es))" in alone.stdout
-    shared = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))], env={**env, "LOCAL_WORLD_SIZE": str(cores)},
-                            capture_output=True, text=True)
-    assert shared.stdout.split()[-2] == "1"
+def test_threads_are_the_cores_divided_among_the_processes_that_share_them(monkeypatch, capsys):
+    from kit import cli
+
+    cores, before = cli.available_cores(), torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        for sharing, expected in ((1, cores), (cores, 1)):  # processes on this machine (torchrun's LOCAL_WORLD_SIZE)
+            monkeypatch.setattr(runtime, "_THREADS_CHOSEN", [])  # chosen once per process: a fresh process here
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", str(sharing))
+            assert runtime.set_cpu_threads() == expected == torch.get_num_threads()
+            assert f"CPU threads: {expected} ({cores} cores / {sharing} process(es))" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    # OMP_NUM_THREADS is read as torch starts: a process of its own
+    code = ("import sys; sys.path.insert(0, {root!r}); from kit import runtime; import torch; "
+            "runtime.set_cpu_threads(); print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_WORLD_SIZE"}
     told = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT))],
                           env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-    assert told.stdout.split()[-2] == "1" and "(OMP_NUM_THREADS)" in told.stdout
+    assert told.stdout.split()[-1] == "1" and "(OMP_NUM_THREADS)" in told.stdout
