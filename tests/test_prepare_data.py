@@ -13,9 +13,9 @@ from helpers import (
     eyepacs_labels_tree,
     graded_table,
     link,
-    one_line,
     picture,
-    run_script,
+    run_main,
+    script_error,
 )
 from PIL import Image
 
@@ -384,14 +384,13 @@ def test_breakhis_manifest_keeps_subtype_slide_magnification(shared_data, tmp_pa
     assert df.groupby("slide")["split"].nunique().max() == 1  # the 4 images of slide 14-25197 stay together
 
 
-def test_prepare_data_prints_dropped_repeats_and_lists_contradictions(tmp_path):
+def test_prepare_data_prints_dropped_repeats_and_lists_contradictions(tmp_path, capsys):
     eyepacs_labels_tree(tmp_path / "ep", ["1_left,0", "1_right,0", "2_left,1", "2_right,1", "3_left,2", "3_right,2",
                                "4_left,0", "4_right,0", "5_left,1", "5_right,0", "6_left,0", "6_right,3",
                                "7_left,4", "7_right,4", "8_left,0", "8_right,0", "2_left,1", "5_right,2"])
-    result = run_script(*["prepare_data.py", "--dataset", "eyepacs", "--root", tmp_path / "ep", "--out", tmp_path / "m",
-                  "--skip-bad", "--val-frac", "0.2", "--test-frac", "0.2", "--protocol", "held-out-test"])
-    assert result.returncode == 0, result.stderr
-    assert "dropped 1 row(s) that repeat an image" in result.stdout
+    run_main("prepare_data.py", "--dataset", "eyepacs", "--root", tmp_path / "ep", "--out", tmp_path / "m",
+             "--skip-bad", "--val-frac", "0.2", "--test-frac", "0.2", "--protocol", "held-out-test")
+    assert "dropped 1 row(s) that repeat an image" in capsys.readouterr().out
     skipped = pd.read_csv(tmp_path / "m" / "eyepacs_skipped.csv")
     assert sorted(Path(p).stem for p in skipped["image"]) == ["5_right", "5_right"]
 
@@ -404,17 +403,15 @@ def test_prepare_data_prints_dropped_repeats_and_lists_contradictions(tmp_path):
 ])
 def test_a_header_only_label_table_is_an_error(tmp_path, dataset, write):
     write(tmp_path / dataset)
-    result = run_script(*["prepare_data.py", "--dataset", dataset, "--root", tmp_path / dataset, "--out", tmp_path / "m"])
-    line = one_line(result)
+    line = script_error("prepare_data.py", "--dataset", dataset, "--root", tmp_path / dataset, "--out", tmp_path / "m")
     assert str(tmp_path / dataset) in line
     assert not (tmp_path / "m" / f"{dataset}.csv").exists()
 
 
 def test_an_empty_split_is_an_error_at_prepare_time(tmp_path):
     data = colour_folder(tmp_path / "data", n=3)
-    result = run_script(*["prepare_data.py", "--dataset", "folder", "--root", data, "--name", "tiny", "--domain", "hwsi",
-                  "--out", tmp_path / "m", "--val-frac", "0"])
-    line = one_line(result)
+    line = script_error("prepare_data.py", "--dataset", "folder", "--root", data, "--name", "tiny", "--domain", "hwsi",
+                        "--out", tmp_path / "m", "--val-frac", "0")
     assert "val split would hold 0 image(s)" in line and str(data) in line
     assert not (tmp_path / "m" / "tiny.csv").exists()
 
@@ -423,18 +420,18 @@ def test_a_csv_parse_error_is_one_line(tmp_path):
     root = tmp_path / "ep"
     (root / "train").mkdir(parents=True)
     (root / "trainLabels.csv").write_text('image,level\n1_left,0\n1_right,0,extra\n"unclosed,1\n')
-    line = one_line(run_script(*["prepare_data.py", "--dataset", "eyepacs", "--root", root, "--out", tmp_path / "m"]))
+    line = script_error("prepare_data.py", "--dataset", "eyepacs", "--root", root, "--out", tmp_path / "m")
     assert "trainLabels.csv" in line and "cannot read as CSV" in line
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".xlsx"])
-def test_a_table_with_relative_paths_patients_a_split_and_grades_becomes_a_manifest(tmp_path, suffix):
+def test_a_table_with_relative_paths_patients_a_split_and_grades_becomes_a_manifest(tmp_path, suffix, capsys):
     path, table = graded_table(tmp_path, suffix)
-    result = run_script(*["prepare_data.py", "--dataset", "csv", "--root", path, "--image-col", "path", "--label-col", "grade",
-                  "--patient-col", "pid", "--split-col", "set", "--domain", "other", "--task", "ordinal",
-                  "--name", "mytask", "--out", tmp_path / "m"])
-    assert result.returncode == 0, result.stderr
-    assert "patients: column 'pid'" in result.stdout and "(patients)" in result.stdout
+    run_main("prepare_data.py", "--dataset", "csv", "--root", path, "--image-col", "path", "--label-col", "grade",
+             "--patient-col", "pid", "--split-col", "set", "--domain", "other", "--task", "ordinal",
+             "--name", "mytask", "--out", tmp_path / "m")
+    printed = capsys.readouterr().out
+    assert "patients: column 'pid'" in printed and "(patients)" in printed
     df = pd.read_csv(tmp_path / "m" / "mytask.csv")
     meta = json.loads((tmp_path / "m" / "mytask.json").read_text())
     assert meta["classes"] == ["0", "1", "2"] and meta["task"] == "multiclass" and meta["ordinal"] is True
@@ -454,9 +451,8 @@ def test_a_multilabel_table(tmp_path):
         picture(tmp_path / f"x{i}.png", seed=i)
         rows.append({"image": f"x{i}.png", "effusion": int(i % 2 == 0), "mass": int(i % 3 == 0)})
     pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
-    result = run_script(*["prepare_data.py", "--dataset", "csv", "--root", tmp_path / "t.csv", "--label-cols", "effusion",
-                  "mass", "--domain", "cxr", "--out", tmp_path / "m", "--val-frac", "0.25", "--test-frac", "0.25"])
-    assert result.returncode == 0, result.stderr
+    run_main("prepare_data.py", "--dataset", "csv", "--root", tmp_path / "t.csv", "--label-cols", "effusion",
+             "mass", "--domain", "cxr", "--out", tmp_path / "m", "--val-frac", "0.25", "--test-frac", "0.25")
     df = pd.read_csv(tmp_path / "m" / "t.csv", keep_default_na=False)
     meta = json.loads((tmp_path / "m" / "t.json").read_text())
     assert meta["task"] == "multilabel" and meta["classes"] == ["effusion", "mass"] and meta["headline_metric"] == "auroc"
@@ -473,23 +469,20 @@ def test_a_multilabel_table(tmp_path):
 ])
 def test_bad_tables_get_one_line(tmp_path, content, flags, words):
     (tmp_path / "t.csv").write_text(content)
-    result = run_script(*["prepare_data.py", "--dataset", "csv", "--root", tmp_path / "t.csv", "--domain", "other",
-                  "--out", tmp_path / "m", *flags])
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and words in line and str(tmp_path / "t.csv") in line, line
+    line = script_error("prepare_data.py", "--dataset", "csv", "--root", tmp_path / "t.csv", "--domain", "other",
+                        "--out", tmp_path / "m", *flags)
+    assert line.startswith("error: ") and "\n" not in line and words in line and str(tmp_path / "t.csv") in line, line
 
 
-def test_patients_in_class_folders_are_split_whole(tmp_path):
+def test_patients_in_class_folders_are_split_whole(tmp_path, capsys):
     root = tmp_path / "data"
     for cls in ("normal", "tb"):
         for p in range(10):
             for k in range(3):
                 picture(root / cls / f"pat{p}" / f"{k}.png", seed=p * 7 + k + (cls == "tb") * 100)
-    result = run_script(*["prepare_data.py", "--dataset", "folder", "--root", root, "--domain", "cxr", "--name", "mine",
-                  "--out", tmp_path / "m"])
-    assert result.returncode == 0, result.stderr
-    assert "patients: the sub-folder below the class folder" in result.stdout
+    run_main("prepare_data.py", "--dataset", "folder", "--root", root, "--domain", "cxr", "--name", "mine",
+             "--out", tmp_path / "m")
+    assert "patients: the sub-folder below the class folder" in capsys.readouterr().out
     df = pd.read_csv(tmp_path / "m" / "mine.csv")
     assert set(df["patient"]) == {f"pat{p}" for p in range(10)}  # pat1 under normal and under tb: one patient
     assert df.groupby("patient")["split"].nunique().max() == 1
@@ -499,9 +492,8 @@ def test_patients_in_class_folders_are_split_whole(tmp_path):
         for p in range(6):
             for k in range(2):
                 picture(flat / cls / f"P{p:02d}_{k}.png", seed=p * 3 + k + (cls == "b") * 50)
-    result = run_script(*["prepare_data.py", "--dataset", "folder", "--root", flat, "--domain", "hwsi", "--name", "flat",
-                  "--patient-regex", r"^(P\d+)_", "--out", tmp_path / "m"])
-    assert result.returncode == 0, result.stderr
+    run_main("prepare_data.py", "--dataset", "folder", "--root", flat, "--domain", "hwsi", "--name", "flat",
+             "--patient-regex", r"^(P\d+)_", "--out", tmp_path / "m")
     df = pd.read_csv(tmp_path / "m" / "flat.csv")
     assert set(df["patient"]) == {f"P{p:02d}" for p in range(6)} and df.groupby("patient")["split"].nunique().max() == 1
 
