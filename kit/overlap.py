@@ -376,17 +376,22 @@ class Picked:
     place of thumbnails when many pairs share their pictures, so that each picture is blurred once."""
     prepared: Prepared
     index: np.ndarray
+    made: dict = dataclasses.field(default_factory=dict, repr=False)  # raw and narrow blurs, for every scale measured
 
     def __len__(self):
         return len(self.index)
 
     def raw(self):
-        return _as_float(self.prepared.thumbs[self.index])
+        if "raw" not in self.made:
+            self.made["raw"] = _as_float(self.prepared.thumbs[self.index])
+        return self.made["raw"]
 
     def smooth(self, sigma: float):
         if sigma < SMOOTHED_ONCE:  # each picture once, however many pairs it is in
-            unique, inverse = np.unique(self.index, return_inverse=True)
-            return _smooth(_as_float(self.prepared.thumbs[unique]), sigma)[inverse.ravel()]
+            if sigma not in self.made:
+                unique, inverse = np.unique(self.index, return_inverse=True)
+                self.made[sigma] = _smooth(_as_float(self.prepared.thumbs[unique]), sigma)[inverse.ravel()]
+            return self.made[sigma]
         if sigma not in self.prepared.smoothed:
             import torch
 

@@ -261,22 +261,16 @@ def script_error(script, *argv) -> str:
     """`python <script> <argv>` for a command that must fail, run in this process as the script's `__main__` block
     runs it (parse, then main under cli.user_errors): the line it exits with. No interpreter to start, no torch
     to import: for the tests that try many refusals."""
-    import importlib
-
     import pytest
 
-    from kit import cli
-
-    module = importlib.import_module(Path(script).stem)
-    args = module.get_args_parser().parse_args([str(a) for a in argv])
-    with pytest.raises(SystemExit) as info, cli.user_errors():
-        module.main(args)
+    with pytest.raises(SystemExit) as info:
+        run_main(script, *argv)
     return str(info.value.code)
 
 
 def run_main(script, *argv) -> None:
-    """`python <script> <argv>` for a command that must succeed, run in this process as the script's `__main__`
-    block runs it (a refusal fails the test with its line)."""
+    """`python <script> <argv>` run in this process as the script's `__main__` block runs it (parse, then main
+    under cli.user_errors): a refusal is a SystemExit with its line, which fails a test that expects success."""
     import importlib
 
     from kit import cli
