@@ -496,37 +496,44 @@ def align(query, database, theta, *, half: float = 0.85, levels=ALIGN_LEVELS):
 
 def distance(query, database, theta, *, sigma: float = 0.7, detail: float = 2.0, n: int = 32,
              half: float = 0.85) -> np.ndarray:
-    """How far apart two aligned pictures are: the 90th percentile of |q - (a d + b)| over an n x n grid
-    of the query's central part (q, d: both blurred by `sigma` px; a, b fitted by least squares), in
-    units of the query's detail (the root mean square of q minus q blurred by `detail` px). Pixels
-    saturated (within SATURATED of 0 or 1) in either picture are left out: a brightness change clips
-    them. Measured against the detail, not the whole picture, so that two radiographs sharing their
-    anatomy and layout stay far apart. inf where less than MEASURED of the grid is left."""
+    """How far apart two aligned pictures are: the 90th percentile of |q - f(d)| over an n x n grid of
+    the query's central part (q, d: both blurred by `sigma` px; f: the increasing tone curve that maps
+    d's values onto q's by rank, so brightness, contrast, gamma and soft clipping drop out), in units
+    of the query's detail (the root mean square of q minus q blurred by `detail` px). Pixels saturated
+    (within SATURATED of 0 or 1) in either picture are left out: a brightness change clips them.
+    Measured against the detail, not the whole picture, so that two radiographs sharing their anatomy
+    and layout stay far apart. inf where less than MEASURED of the grid is left."""
     import torch
 
     one = torch.tensor(IDENTITY).repeat(len(theta), 1)
     q_raw, d_raw = _sample(_raw(query), one, n, half).flatten(1), _sample(_raw(database), theta, n, half).flatten(1)
-    keep = ((q_raw > SATURATED) & (q_raw < 1 - SATURATED) & (d_raw > SATURATED) & (d_raw < 1 - SATURATED)).float()
-    count = keep.sum(1, keepdim=True).clamp_min(1.0)
+    keep = ((q_raw > SATURATED) & (q_raw < 1 - SATURATED) & (d_raw > SATURATED) & (d_raw < 1 - SATURATED)).numpy()
+    count = keep.sum(1)
     q = _sample(_smoothed(query, sigma), one, n, half).flatten(1)
-    d = _sample(_smoothed(database, sigma), theta, n, half).flatten(1)
-    qc = (q - (q * keep).sum(1, keepdim=True) / count) * keep
-    dc = (d - (d * keep).sum(1, keepdim=True) / count) * keep
-    a = (qc * dc).sum(1, keepdim=True) / (dc * dc).sum(1, keepdim=True).clamp_min(1e-12)
-    fine = (q - _sample(_smoothed(query, detail), one, n, half).flatten(1)) * keep
-    scale = ((fine * fine).sum(1, keepdim=True) / count).sqrt().clamp_min(1e-6)
-    residual = ((qc - a * dc).abs() / scale).masked_fill(keep == 0, float("nan"))
-    out = torch.nanquantile(residual, 0.9, dim=1)
-    return out.masked_fill(keep.sum(1) < MEASURED * n * n, float("inf")).numpy()
+    fine = (q - _sample(_smoothed(query, detail), one, n, half).flatten(1)).numpy()
+    q, d = q.numpy(), _sample(_smoothed(database, sigma), theta, n, half).flatten(1).numpy()
+    # (numpy: its sorts run several times faster than torch's on a CPU)
+    # the k-th smallest kept d is mapped to the k-th smallest kept q (the left-out ones sort last)
+    mapped = np.empty_like(d)
+    np.put_along_axis(mapped, np.argsort(np.where(keep, d, 2.0), axis=1), np.sort(np.where(keep, q, 2.0), axis=1), axis=1)
+    scale = np.sqrt(np.where(keep, fine * fine, 0.0).sum(1) / np.maximum(count, 1)).clip(min=1e-6)
+    residual = np.sort(np.where(keep, np.abs(q - mapped) / scale[:, None], np.inf), axis=1)
+    # the 90th percentile of each row's kept residuals, interpolated linearly (as numpy's quantile)
+    at = 0.9 * np.maximum(count - 1, 0)
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0))
+    rows = np.arange(len(residual))
+    out = residual[rows, low] + (at - low) * (residual[rows, high] - residual[rows, low])
+    return np.where(count < MEASURED * n * n, np.inf, out).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- search
 
 # The largest distance of one picture, per domain, set between the distances of altered copies and of
 # look-alikes on bench/bench_overlap.py's generated pictures (40 originals x 9 alterations, and the
-# candidates found among 240 + 20,000 pictures): radiographs, copies at most 0.18, look-alikes of different
-# patients from 0.30; fundus photographs, copies at most 0.35, look-alikes from 0.82; tissue tiles, copies
-# at most 0.64, look-alikes from 0.99 (a near-white tile clipped white by a brightness change is missed).
+# candidates found among 240 + 20,000 pictures): radiographs, copies at most 0.17, look-alikes of different
+# patients from 0.29; fundus photographs, copies at most 0.20, look-alikes from 0.74; tissue tiles, copies
+# at most 0.44, look-alikes from 0.94.
 MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.80, "other": 0.52}
 # The scales a pair is measured at: distance()'s (sigma, detail, n) and a weight; the smallest weighted
 # distance counts. Tissue tiles are also measured coarsely: a near-empty tile's fine detail is grain,
@@ -534,8 +541,9 @@ MATCH_DISTANCE = {"cxr": 0.24, "efi": 0.52, "hwsi": 0.80, "other": 0.52}
 FINE = (0.7, 2.0, 32, 1.0)
 MATCH_SCALES = {"hwsi": (FINE, (2.0, 6.0, 24, 1.3), (3.0, 8.0, 16, 1.6))}
 COARSE_SCALE = (2.0, 4.0, 16, 1.0)  # after the coarse alignment levels, with the domain's coarse scales
-REJECT_EARLY = 1.25  # a pair this many times over the threshold after the coarse alignment levels is dropped
-MEASURED = 0.25     # the least share of the grid left after saturated pixels for a distance (else inf: no match)
+REJECT_EARLY = 1.15  # a pair this many times over the threshold after the coarse alignment levels is dropped
+MOVED = 0.05        # how far (scale, or shift in half-widths) the coarse alignment must move a frame to measure the start too
+MEASURED = 0.1      # the least share of the grid left after saturated pixels for a distance (else inf: no match)
 
 
 def measure(query, database, theta, scales) -> np.ndarray:
@@ -586,13 +594,21 @@ def same_pictures(query: Prepared, database: Prepared | None = None, *, domain: 
         theta = align(q_img, d_img, start_theta, levels=ALIGN_LEVELS[:2])
         coarse = measure(q_img, d_img, theta, (COARSE_SCALE, *(s for s in scales if s[0] >= SMOOTHED_ONCE)))
         near = (coarse <= REJECT_EARLY * threshold) | np.isinf(coarse)  # unmeasurable at 16 px: the fine grid decides
+        # a pair left far from a match by an alignment that moved its frame is also measured in the frame
+        # its candidate search found: on a copy clipped by a brightness change, Gauss-Newton can walk away
+        at_start = np.full(len(chunk), np.inf, dtype=np.float32)
+        far = ~near & ((theta - start_theta).abs().amax(1) > MOVED).numpy()
+        if far.any():
+            at_start[far] = measure(query.picked(chunk[far, 0]), database.picked(chunk[far, 1]),
+                                    start_theta[torch.from_numpy(far)], scales)
+            near |= at_start <= threshold
         if timings is not None:
             timings["pairs"] = timings.get("pairs", 0) + len(chunk)
             timings["fine pairs"] = timings.get("fine pairs", 0) + int(near.sum())
         if near.any():
             q_img, d_img = query.picked(chunk[near, 0]), database.picked(chunk[near, 1])
             theta = align(q_img, d_img, theta[torch.from_numpy(near)], levels=ALIGN_LEVELS[2:])
-            values = measure(q_img, d_img, theta, scales)
+            values = np.minimum(measure(q_img, d_img, theta, scales), at_start[near])
             rows += [(i, j, value) for (i, j, _), value in zip(chunk[near], values) if value <= threshold]
     if timings is not None:
         timings["search"] = timings.get("search", 0.0) + searched - started
