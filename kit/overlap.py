@@ -37,6 +37,7 @@ import json
 import math
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def read_thumbnail(path: str) -> tuple[np.ndarray | None, str | None]:
 
 
 def _start_worker():
-    import torch
-
-    torch.set_num_threads(1)  # one image per process at a time
+    """One image per process at a time: torch, where the kit's reader needs it in this process, takes one
+    thread (torch is not imported for it: a PIL picture needs none, and the import costs seconds)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 @dataclasses.dataclass
