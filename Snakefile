@@ -18,7 +18,7 @@ OUT/report.md (plot_results.py). Settings: config/demo.yaml and config/full.yaml
 and meaning; kit/study.py checks them before anything runs.
 
 A job's output is the file its stage writes last (a run's summary.json), so a killed job is redone by the
-same command (workflow/profiles/default: --rerun-incomplete), resuming a training run from its last.pt; a
+same command (profiles/default: --rerun-incomplete), resuming a training run from its last.pt; a
 changed setting reruns exactly the jobs it reaches (Snakemake's parameter trigger), and pretraining reruns
 only when the pictures it must leave out change. Each job's output goes to OUT/logs/.
 """
@@ -62,10 +62,10 @@ PYTHON = sys.executable
 def imagenet_weights():
     """torchvision's DenseNet-121 file (the setting, else the torch hub cache, else a download), or why not:
     without it the ImageNet-based models and arms are left out, said loudly here and in report.md."""
-    from kit import models
+    from kit import imagenet
 
     try:
-        return str(models.find_imagenet_weights(S.imagenet_weights)), None
+        return str(imagenet.find_imagenet_weights(S.imagenet_weights)), None
     except Exception as err:  # offline and no file: the reason goes to the report
         return None, cli.one_line(err)
 

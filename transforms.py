@@ -124,6 +124,23 @@ BRIGHTNESS = 0.1  # intensities multiplied by a factor in [0.9, 1.1]
 CONTRAST = 0.1  # distance from the image mean multiplied by a factor in [0.9, 1.1]
 
 
+def augmentation_record(domains, image_size):
+    """The training augmentation of these domains (the random tail's settings above) as plain values, for a
+    run's recipe record (kit/recipe.py)."""
+    per_domain = {
+        "cxr": {"affine_probability": CXR_AFFINE_PROB, "rotate_degrees": CXR_ROTATE_DEGREES, "zoom": CXR_SCALE,
+                "shift": CXR_TRANSLATE, "flips": None},
+        "hwsi": {"flip_probability": FLIP_PROB, "quarter_turn_probability": ROTATE90_PROB, "random_crop": True},
+        "efi": {"flip_probability": FLIP_PROB, "rotate_probability": EFI_ROTATE_PROB,
+                "rotate_degrees": EFI_ROTATE_DEGREES},
+    }
+    per_domain["other"] = per_domain["efi"]
+    jitter = {"jitter_probability": JITTER_PROB, "brightness": BRIGHTNESS, "contrast": CONTRAST}
+    return {"image_size": image_size, "head_version": HEAD_VERSION,
+            **{domain: {**per_domain[domain], **(jitter if domain != "cxr" else {})} for domain in sorted(domains)
+               if domain in per_domain}}
+
+
 # --- building blocks (module level, so that chains pickle) ---------------------------------
 
 def _file_name(img):

@@ -10,6 +10,7 @@
     cache        the preprocessing cache (decode and resize once; built by prepare_data.py)
     overlap      the same picture in two data sets: thumbnails, candidates, twins (check_overlap.py)
     models       DenseNet-121 + head and its initialisations
+    imagenet     where torchvision's ImageNet DenseNet-121 file is (path, hub cache, download); no torch
     backbones    DenseNet-121 files of other libraries (torchvision, CheXNet, torchxrayvision, MONAI): layout, strict key map
     checkpoints  checkpoint files: atomic saves, loads that cannot run code
     losses       the losses and their class weights

@@ -200,7 +200,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     task, headline = meta["task"], meta["headline_metric"]
     meta = {**meta, "recipe": recipe.record(model, optimizer, scheduler, criterion,
                                             strategy=run.arguments.get("strategy", "full"),
-                                            augmentation=recipe.augmentation(meta))}
+                                            augmentation=transforms.augmentation_record(
+                                                set((meta.get("domains") or {}).values()) or {meta["domain"]},
+                                                meta["image_size"]))}
     run.check_recipe(meta["recipe"])  # another recipe's last.pt: refused, or started over
     if main_process:
         _start_run_folder(out_dir, meta, run.arguments, device, dist_info, run.resume_from)

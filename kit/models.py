@@ -30,7 +30,6 @@ Usage::
 checkpoint of this kit into MONAI's DenseNet-121 feature extractor, to use as your ImageNet;
 ``initialise`` (``finetune_target.py --init``) takes the same files.
 """
-import socket
 from collections import OrderedDict
 from pathlib import Path
 
@@ -41,17 +40,10 @@ from monai.networks.nets import DenseNet121
 
 from . import backbones
 from .checkpoints import CheckpointError, first_keys, load_checkpoint, torch_load
-from .files import first_line
+from .imagenet import find_imagenet_weights
 from .paper import STRATEGIES
 
 NUM_FEATURES = 1024  # channels out of DenseNet-121's last dense block
-IMAGENET_FILE = "densenet121-a639ec97.pth"  # torchvision's ImageNet DenseNet-121 weights
-DOWNLOAD_TIMEOUT = 30  # seconds without an answer before the download counts as failed
-IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
-
-
-class ImageNetWeightsUnavailable(FileNotFoundError):
-    """The ImageNet weights file is neither on disk nor downloadable; the message says how to supply it."""
 
 
 class DenseNetClassifier(nn.Module):
@@ -168,43 +160,6 @@ def load_backbone(path, out_channels=None):
 
 
 # --- initialisation ----------------------------------------------------------------------------
-
-def _how_to_supply(dst):
-    return (f"Download {IMAGENET_URL} on a machine with internet access and put it at {dst} "
-            "(the torch hub cache; set TORCH_HOME to move it), or pass its path: --imagenet-weights PATH "
-            "to the training scripts, imagenet_weights=PATH to the study workflow (--config).")
-
-
-def find_imagenet_weights(path=None, *, download=True):
-    """The path of torchvision's ImageNet DenseNet-121 weights.
-
-    An explicit ``path`` must exist. Otherwise the torch hub cache
-    (``$TORCH_HOME/hub/checkpoints/densenet121-a639ec97.pth``) is used, downloading the
-    file there when ``download`` is true. Raises ImageNetWeightsUnavailable otherwise.
-    """
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise ImageNetWeightsUnavailable(f"{path}: ImageNet weights file not found. {_how_to_supply(dst)}")
-        return path
-    if dst.is_file():
-        return dst
-    if not download:
-        raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found (download disabled). "
-                                         f"{_how_to_supply(dst)}")
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # an offline machine that drops packets must not hang the study
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(IMAGENET_URL, str(dst), progress=False)  # temp file, then rename
-    except Exception as err:
-        raise ImageNetWeightsUnavailable(f"{dst}: ImageNet weights not found and the download failed "
-                                         f"({first_line(err)}). {_how_to_supply(dst)}") from None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
-    return dst
-
 
 def torchvision_key_map(model):
     """{torchvision key: model key} for the backbone, in both torchvision spellings.

@@ -6,8 +6,6 @@ and a resume with another recipe is refused, naming what changed.
 """
 import math
 
-import transforms
-
 # Optimizer options that say how a step is computed on the hardware, not what it computes.
 IMPLEMENTATION = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
@@ -79,25 +77,6 @@ def trains(model) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     return {"trainable_parameters": trainable, "frozen_parameters": frozen}
-
-
-def augmentation(meta: dict) -> dict:
-    """The training augmentation of each domain the run reads (transforms.py's random tail), at its image size."""
-    per_domain = {
-        "cxr": {"affine_probability": transforms.CXR_AFFINE_PROB, "rotate_degrees": transforms.CXR_ROTATE_DEGREES,
-                "zoom": transforms.CXR_SCALE, "shift": transforms.CXR_TRANSLATE, "flips": None},
-        "hwsi": {"flip_probability": transforms.FLIP_PROB, "quarter_turn_probability": transforms.ROTATE90_PROB,
-                 "random_crop": True},
-        "efi": {"flip_probability": transforms.FLIP_PROB, "rotate_probability": transforms.EFI_ROTATE_PROB,
-                "rotate_degrees": transforms.EFI_ROTATE_DEGREES},
-    }
-    per_domain["other"] = per_domain["efi"]
-    jitter = {"jitter_probability": transforms.JITTER_PROB, "brightness": transforms.BRIGHTNESS,
-              "contrast": transforms.CONTRAST}
-    domains = sorted(set((meta.get("domains") or {}).values()) or {meta["domain"]})
-    return {"image_size": meta["image_size"], "head_version": transforms.HEAD_VERSION,
-            **{domain: {**per_domain[domain], **(jitter if domain != "cxr" else {})} for domain in domains
-               if domain in per_domain}}
 
 
 def record(model, opt, scheduler, criterion, *, strategy: str, augmentation: dict) -> dict:

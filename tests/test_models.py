@@ -1,21 +1,20 @@
 """kit.models: the network, ImageNet and checkpoint initialisation, rebuilding a trained model
 from its checkpoint."""
+import os
+import subprocess
+import sys
 import urllib.error
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import ROOT
 from monai.networks.nets import DenseNet121
 
 from kit import cli, models
 from kit.checkpoints import CheckpointError, save_checkpoint
-from kit.models import (
-    ImageNetWeightsUnavailable,
-    backbone_keys,
-    build_model,
-    find_imagenet_weights,
-    initialise,
-)
+from kit.imagenet import ImageNetWeightsUnavailable, find_imagenet_weights
+from kit.models import backbone_keys, build_model, initialise
 
 IMAGENET_FILE = "densenet121-a639ec97.pth"
 # Names as they appear in the real torchvision file densenet121-a639ec97.pth (old spelling).
@@ -181,6 +180,20 @@ def test_imagenet_bad_file_fails_loudly(damage, words, backbone, tmp_path):
     with pytest.raises(CheckpointError) as info:
         initialise(build_model(2), "imagenet", imagenet_weights=path)
     assert str(path) in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("env", [{"TORCH_HOME": "/data/th"}, {"XDG_CACHE_HOME": "/data/xdg"},
+                                 {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/data/xdg"}, {}],
+                         ids=["TORCH_HOME", "XDG_CACHE_HOME", "both", "neither"])
+def test_the_hub_folder_is_torchs_without_loading_torch(env, tmp_path):
+    """kit.imagenet.hub_dir (the study workflow's, no torch import) names the folder torch.hub.get_dir does."""
+    code = ("import sys; from kit import imagenet; mine = imagenet.hub_dir(); assert 'torch' not in sys.modules; "
+            "import torch.hub; print(mine == __import__('pathlib').Path(torch.hub.get_dir()), mine)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**clean, "HOME": str(tmp_path), **env}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("True "), result.stdout
 
 
 def test_imagenet_unavailable_without_download(torch_home):
