@@ -42,10 +42,3 @@ def hold(lock_path, *, what: str) -> None:
                  f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
     handle.flush()
     _HELD[lock_path] = handle
-
-
-def release(lock_path) -> None:
-    """Give a lock back before the process ends (tests; a long-lived process that is done)."""
-    handle = _HELD.pop(Path(lock_path).resolve(), None)
-    if handle is not None:
-        handle.close()

@@ -148,10 +148,6 @@ class Thumbnails:
     thumbs: np.ndarray
     bad: dict
 
-    @property
-    def readable(self) -> np.ndarray:
-        return np.array([path not in self.bad for path in self.images], dtype=bool)
-
 
 def thumbnail_file(manifest_csv, images) -> Path:
     """Where the thumbnails of a manifest's images are kept: <manifest folder>/cache/<key>_thumbs_<hash>.npz,
