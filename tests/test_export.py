@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import run_main, script_error
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +55,16 @@ def bars_folder(root, n=16, seed=0):
 def runs(tmp_path_factory):
     """A pretrained checkpoint (pretrain_source.py) and a model fine-tuned from it, with its evaluation."""
     tmp = tmp_path_factory.mktemp("runs")
-    ok(run(["prepare_data.py", "--dataset", "folder", "--root", bars_folder(tmp / "data"), "--name", "bars",
-            "--domain", "cxr", "--out", tmp / "m", "--val-frac", "0.25", "--test-frac", "0.25"]))
+    run_main("prepare_data.py", "--dataset", "folder", "--root", bars_folder(tmp / "data"), "--name", "bars",
+             "--domain", "cxr", "--out", tmp / "m", "--val-frac", "0.25", "--test-frac", "0.25")
     common = ["--image-size", SIZE, "--epochs", "1", "--batch-size", "8", "--hidden-dim", "16", "--workers", "0",
               "--device", "cpu"]
-    ok(run(["pretrain_source.py", "--manifest", tmp / "m" / "bars.csv", "--init", "random", "--out", tmp / "pretrain",
-            *common], timeout=1800))
-    ok(run(["finetune_target.py", "--manifest", tmp / "m" / "bars.csv", "--init", tmp / "pretrain" / "last.pt",
-            "--out", tmp / "finetune", *common], timeout=1800))
-    ok(run(["evaluate.py", "--checkpoint", tmp / "finetune" / "best.pt", "--manifest", tmp / "m" / "bars.csv",
-            "--split", "test", "--out", tmp / "eval", "--workers", "0", "--device", "cpu", "--bootstrap", "50"]))
+    run_main("pretrain_source.py", "--manifest", tmp / "m" / "bars.csv", "--init", "random", "--out", tmp / "pretrain",
+             *common)
+    run_main("finetune_target.py", "--manifest", tmp / "m" / "bars.csv", "--init", tmp / "pretrain" / "last.pt",
+             "--out", tmp / "finetune", *common)
+    run_main("evaluate.py", "--checkpoint", tmp / "finetune" / "best.pt", "--manifest", tmp / "m" / "bars.csv",
+             "--split", "test", "--out", tmp / "eval", "--workers", "0", "--device", "cpu", "--bootstrap", "50")
     test_images = pd.read_csv(tmp / "m" / "bars.csv").query("split == 'test'")["image"].tolist()
     return {"tmp": tmp, "pretrained": tmp / "pretrain" / "last.pt", "finetuned": tmp / "finetune" / "best.pt",
             "manifest": tmp / "m" / "bars.csv", "metrics": tmp / "eval" / "metrics.csv", "test_images": test_images}
@@ -108,7 +109,7 @@ def test_torchscript_runs_with_torch_alone_and_equals_the_eager_model(runs, tmp_
     from kit import models
     from transforms import apply_tail, loader_transforms
 
-    ok(run(["export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--formats", "torchscript"]))
+    run_main("export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--formats", "torchscript")
     model, meta = models.load_model(runs["finetuned"])
     chain = loader_transforms("cxr", image_size=SIZE, train=False)
     items = [chain({"image": path}) for path in runs["test_images"]]
@@ -257,14 +258,13 @@ print(json.dumps({"probs": probs.tolist(), "network": type(network).__name__,
 def test_bundle_runs_with_monai_alone_and_predicts_what_predict_py_predicts(runs, tmp_path):
     import transforms
 
-    ok(run(["export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--metrics",
-            runs["metrics"]]))
+    run_main("export.py", "--checkpoint", runs["finetuned"], "--out", tmp_path / "export", "--metrics", runs["metrics"])
     bundle = tmp_path / "export" / "bundle"
     assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
         "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"]
     pd.DataFrame({"image": runs["test_images"]}).to_csv(tmp_path / "test.csv", index=False)
-    ok(run(["predict.py", "--checkpoint", runs["finetuned"], tmp_path / "test.csv", "--out", tmp_path / "pred",
-            "--workers", "0", "--device", "cpu", "--no-amp"]))
+    run_main("predict.py", "--checkpoint", runs["finetuned"], tmp_path / "test.csv", "--out", tmp_path / "pred",
+             "--workers", "0", "--device", "cpu", "--no-amp")
     predicted = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     reference = predicted[["prob_horizontal", "prob_vertical"]].to_numpy()
 
@@ -311,16 +311,15 @@ def test_bundle_runs_with_monai_alone_and_predicts_what_predict_py_predicts(runs
 # --------------------------------------------------------------------------- backbone
 
 @pytest.mark.slow
-def test_a_backbone_exported_from_a_pretrained_model_loads_in_monai_and_fine_tunes(runs, tmp_path):
+def test_a_backbone_exported_from_a_pretrained_model_loads_in_monai_and_fine_tunes(runs, tmp_path, capsys):
     from monai.networks.nets import DenseNet121
 
     from kit import models
     from kit.checkpoints import load_checkpoint
 
-    result = ok(run(["export.py", "--checkpoint", runs["pretrained"], "--out", tmp_path / "CXR_RI", "--formats",
-                     "backbone"]))
+    run_main("export.py", "--checkpoint", runs["pretrained"], "--out", tmp_path / "CXR_RI", "--formats", "backbone")
     backbone = tmp_path / "CXR_RI" / "backbone.pt"
-    assert "backbone.pt" in result.stdout and not (tmp_path / "CXR_RI" / "model.ts").exists()
+    assert "backbone.pt" in capsys.readouterr().out and not (tmp_path / "CXR_RI" / "model.ts").exists()
     saved = load_checkpoint(backbone)
     assert saved["meta"]["kind"] == "backbone" and all(k.startswith("features.") for k in saved["model"])
     pretrained = load_checkpoint(runs["pretrained"])["model"]
@@ -333,9 +332,8 @@ def test_a_backbone_exported_from_a_pretrained_model_loads_in_monai_and_fine_tun
     assert isinstance(net, DenseNet121) and net.class_layers.out.out_features == 5
 
     run_dir = tmp_path / "target"
-    ok(run(["finetune_target.py", "--manifest", runs["manifest"], "--init", backbone, "--out", run_dir, "--image-size",
-            SIZE, "--epochs", "1", "--batch-size", "8", "--hidden-dim", "16", "--workers", "0", "--device", "cpu"],
-           timeout=1800))
+    run_main("finetune_target.py", "--manifest", runs["manifest"], "--init", backbone, "--out", run_dir, "--image-size",
+             SIZE, "--epochs", "1", "--batch-size", "8", "--hidden-dim", "16", "--workers", "0", "--device", "cpu")
     meta = load_checkpoint(run_dir / "last.pt")["meta"]
     assert meta["init_description"].startswith(f"backbone file {backbone.resolve()} (backbone only, new head; "
                                                "pretrained on bars)")
@@ -345,10 +343,10 @@ def test_a_backbone_exported_from_a_pretrained_model_loads_in_monai_and_fine_tun
     # the strict key checks hold for backbone files: one tensor missing is refused, in one line
     broken = dict(saved, model={k: v for k, v in saved["model"].items() if k != "features.norm5.weight"})
     torch.save(broken, tmp_path / "broken.pt")
-    result = run(["finetune_target.py", "--manifest", runs["manifest"], "--init", tmp_path / "broken.pt", "--out",
-                  tmp_path / "refused", "--image-size", SIZE, "--epochs", "1", "--workers", "0", "--device", "cpu"])
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "backbone is not this kit's DenseNet-121: 1 missing (features.norm5.weight)" in result.stderr
+    line = script_error("finetune_target.py", "--manifest", runs["manifest"], "--init", tmp_path / "broken.pt",
+                        "--out", tmp_path / "refused", "--image-size", SIZE, "--epochs", "1", "--workers", "0",
+                        "--device", "cpu")
+    assert "backbone is not this kit's DenseNet-121: 1 missing (features.norm5.weight)" in line
     with pytest.raises(ValueError, match="backbone is not this kit's DenseNet-121"):
         models.load_backbone(tmp_path / "broken.pt")
 
@@ -358,9 +356,8 @@ def test_export_refuses_a_bundle_of_a_mixed_domain_model_in_one_line(runs, tmp_p
     ckpt = torch.load(runs["pretrained"], weights_only=True)
     ckpt["meta"]["domain"] = "mixed"
     torch.save(ckpt, tmp_path / "all.pt")
-    result = run(["export.py", "--checkpoint", tmp_path / "all.pt", "--out", tmp_path / "out"])
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith("export it with --formats torchscript backbone")
+    line = script_error("export.py", "--checkpoint", tmp_path / "all.pt", "--out", tmp_path / "out")
+    assert line.endswith("export it with --formats torchscript backbone")
 
 
 # --------------------------------------------------------------------------- the installed package

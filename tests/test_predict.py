@@ -19,7 +19,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-from helpers import ROOT, run_script, write_dicom
+from helpers import ROOT, run_script, script_error, write_dicom
 from PIL import Image
 
 sys.path.insert(0, str(ROOT))
@@ -59,11 +59,6 @@ def same_picture_in_every_format(picture, folder):
 
 def run(argv, **kw):
     return run_script(*argv, **kw)
-
-
-def one_line(result):
-    """The command failed with one line on stderr and no traceback."""
-    return helpers.one_line(result, only=True)
 
 
 # --------------------------------------------------------------------------- the tiny model (slow)
@@ -177,9 +172,8 @@ def test_unreadable_volume_and_wrong_domain_files_are_skipped_with_a_reason(corn
 
     # the only input refused: one line, the reason; skipped.csv still says it
     for name in ("volume.nii.gz", "ct_slice.dcm", "fundus.png", "truncated.png"):
-        result = run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "in" / name, "--out",
-                      tmp_path / "alone", "--workers", "0", "--device", "cpu"])
-        line = one_line(result)
+        line = script_error("predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "in" / name,
+                            "--out", tmp_path / "alone", "--workers", "0", "--device", "cpu")
         assert line == f"error: {reasons[name]}", line
         assert not (tmp_path / "alone" / "predictions.csv").exists()
     # --no-check-domain predicts a colour picture with the grey model; a volume stays refused
@@ -193,15 +187,15 @@ def test_unreadable_volume_and_wrong_domain_files_are_skipped_with_a_reason(corn
 
 @pytest.mark.slow
 def test_a_missing_input_or_a_mixed_domain_checkpoint_is_one_line(corner_model, tmp_path):
-    line = one_line(run(["predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "nope.png", "--out",
-                         tmp_path / "out"]))
+    line = script_error("predict.py", "--checkpoint", corner_model["checkpoint"], tmp_path / "nope.png", "--out",
+                        tmp_path / "out")
     assert line == f"error: {tmp_path / 'nope.png'}: no such file or folder"
     ckpt = torch.load(corner_model["checkpoint"], weights_only=True)
     ckpt["meta"]["domain"] = "mixed"
     torch.save(ckpt, tmp_path / "mixed.pt")
     (tmp_path / "x.png").write_bytes((corner_model["data"] / "none" / "none_00.png").read_bytes())
-    line = one_line(run(["predict.py", "--checkpoint", tmp_path / "mixed.pt", tmp_path / "x.png", "--out",
-                         tmp_path / "out", "--device", "cpu"]))
+    line = script_error("predict.py", "--checkpoint", tmp_path / "mixed.pt", tmp_path / "x.png", "--out",
+                        tmp_path / "out", "--device", "cpu")
     assert "a model of mixed domains" in line
 
 
