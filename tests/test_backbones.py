@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, folder_manifest, reference_densenet, run_finetune, run_script, write_layout
+from helpers import TINY, folder_manifest, reference_densenet, run_finetune, run_main, script_error, write_layout
 from monai.networks.nets import DenseNet121, DenseNet169
 
 import transforms
@@ -121,12 +121,10 @@ def test_published_layouts_fine_tune_and_evaluate_through_the_ordinary_commands(
         assert meta["pretraining"]["sha256"] == backbones.record_of(weights)["sha256"]
         assert meta["init_description"].startswith(f"{layout} DenseNet-121")
         assert json.loads((out / "args.json").read_text())["meta"]["pretraining"]["layout"] == layout
-        done = run_script("evaluate.py", "--checkpoint", out / "best.pt", "--manifest", manifest, "--split", "test",
-                          "--out", tmp_path / "eval" / layout, "--device", "cpu")
-        assert done.returncode == 0, done.stderr
+        run_main("evaluate.py", "--checkpoint", out / "best.pt", "--manifest", manifest, "--split", "test",
+                 "--out", tmp_path / "eval" / layout, "--device", "cpu")
         assert (tmp_path / "eval" / layout / "metrics.csv").is_file()
     wrong = tmp_path / "resnet.pth"
     torch.save({"layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, wrong)
-    done = run_script("finetune_target.py", "--manifest", manifest, "--init", wrong, "--out", tmp_path / "bad", *TINY)
-    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == \
-        f"error: {wrong}: not a DenseNet-121: a ResNet (layer1.0.conv1.weight ...)"
+    assert script_error("finetune_target.py", "--manifest", manifest, "--init", wrong, "--out", tmp_path / "bad",
+                        *TINY) == f"error: {wrong}: not a DenseNet-121: a ResNet (layer1.0.conv1.weight ...)"

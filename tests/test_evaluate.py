@@ -14,10 +14,9 @@ from helpers import (
     TINY,
     colour_folder,
     folder_manifest,
-    one_line,
     prepare_colour,
     run_finetune,
-    run_script,
+    run_main,
     script_error,
     train_argv,
 )
@@ -199,7 +198,7 @@ def test_an_evaluation_killed_between_files_leaves_the_previous_folder_whole(tmp
 
 
 @pytest.mark.slow
-def test_a_test_picture_the_pretraining_saw_is_refused_or_counted(tmp_path):
+def test_a_test_picture_the_pretraining_saw_is_refused_or_counted(tmp_path, capsys):
     """overlap.csv pairs a target test image with a source train image: a fine-tuned arm whose backbone was
     pretrained on that image is refused, unless --allow-pretraining-overlap (then counted); pretrained with
     --exclude-overlap, it is evaluated."""
@@ -223,20 +222,26 @@ def test_a_test_picture_the_pretraining_saw_is_refused_or_counted(tmp_path):
     meta = json.loads((tmp_path / "pre_dropped" / "args.json").read_text())["meta"]
     assert meta["overlap"]["left_out"] == {"train": 1, "val": 0} and meta["overlap"]["by_target"] == {"tgt": 1}
 
-    def evaluate_run(name, *extra):
-        return run_script("evaluate.py", "--checkpoint", tmp_path / f"ft_{name}" / "best.pt", "--manifest", target,
-                          "--out", tmp_path / f"eval_{name}", "--bootstrap", "10", *EVAL, *extra)
+    def evaluate_argv(name, *extra):
+        return ["evaluate.py", "--checkpoint", tmp_path / f"ft_{name}" / "best.pt", "--manifest", target,
+                "--out", tmp_path / f"eval_{name}", "--bootstrap", "10", *EVAL, *extra]
 
-    refused = evaluate_run("kept", "--overlap", overlap_csv)
-    assert "1 of the 4 test images are pictures that the pretraining" in one_line(refused)
-    assert "--allow-pretraining-overlap" in one_line(refused) and not (tmp_path / "eval_kept").exists()
+    def evaluate_run(name, *extra):
+        """Run in this process; what it printed."""
+        capsys.readouterr()
+        run_main(*evaluate_argv(name, *extra))
+        return capsys.readouterr().out
+
+    refused = script_error(*evaluate_argv("kept", "--overlap", overlap_csv))
+    assert "1 of the 4 test images are pictures that the pretraining" in refused
+    assert "--allow-pretraining-overlap" in refused and not (tmp_path / "eval_kept").exists()
     # the overlap.csv its pretraining left out is found without --overlap
-    assert evaluate_run("dropped").returncode == 0
+    evaluate_run("dropped")
     assert pd.read_csv(tmp_path / "eval_dropped" / "metrics.csv")["seen_in_pretraining"].tolist() == [0]
     counted = evaluate_run("kept", "--overlap", overlap_csv, "--allow-pretraining-overlap")
-    assert counted.returncode == 0 and "1 test image(s) were seen in pretraining" in counted.stdout
+    assert "1 test image(s) were seen in pretraining" in counted
     assert pd.read_csv(tmp_path / "eval_kept" / "metrics.csv")["seen_in_pretraining"].tolist() == [1]
     # no overlap.csv anywhere: evaluated, the column empty and a note saying what was not checked
     plain = evaluate_run("kept")
-    assert plain.returncode == 0 and "not checked whether its pretraining saw pictures" in plain.stdout
+    assert "not checked whether its pretraining saw pictures" in plain
     assert pd.read_csv(tmp_path / "eval_kept" / "metrics.csv")["seen_in_pretraining"].isna().all()

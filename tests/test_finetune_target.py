@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, TINY, folder_manifest, run_finetune, run_script
+from helpers import ROOT, TINY, folder_manifest, run_finetune, run_main, script_error
 from PIL import Image
 
 import finetune_target
@@ -122,9 +122,9 @@ def test_the_recipe_is_editable_in_the_script_alone(tmp_path):
     recorded = json.loads((sgd_run / "args.json").read_text())["meta"]["recipe"]
     assert recorded["optimizer"]["class"] == "SGD" and recorded["optimizer"]["param_groups"][0]["momentum"] == 0.9
     assert recorded["schedule"]["class"] == "CosineAnnealingLR" and recorded["loss"]["class"] == "CrossEntropyLoss"
-    refused = run_script("finetune_target.py", "--manifest", manifest, "--init", "random", "--out", sgd_run, *TINY)
-    assert refused.returncode != 0 and "optimizer SGD -> AdamW" in refused.stderr, refused.stderr[-2000:]
-    assert run_script("plot_results.py", "--runs", tmp_path / "OUT", "--out", tmp_path / "OUT").returncode == 0
+    refused = script_error("finetune_target.py", "--manifest", manifest, "--init", "random", "--out", sgd_run, *TINY)
+    assert "optimizer SGD -> AdamW" in refused, refused
+    run_main("plot_results.py", "--runs", tmp_path / "OUT", "--out", tmp_path / "OUT")
     report = (tmp_path / "OUT" / "report.md").read_text()
     line = next(line for line in report.splitlines() if line.startswith("- **optimizer and learning rate**"))
     assert "this study trained with SGD: lr 0.0001, momentum 0.9" in line, line
@@ -158,16 +158,15 @@ def test_a_frozen_part_keeps_every_weight_and_batchnorm_statistic(tmp_path, stra
             pixels = np.clip(np.array(colour) + np.random.default_rng(i).normal(0, 40, (40, 48, 3)), 0, 255)
             (root / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels.astype(np.uint8)).save(root / cls / f"{i}.png")
-    assert run_script(*["prepare_data.py", "--dataset", "folder", "--root", root, "--domain", "hwsi", "--name", "t",
-                "--out", tmp_path / "m"]).returncode == 0
+    run_main("prepare_data.py", "--dataset", "folder", "--root", root, "--domain", "hwsi", "--name", "t", "--out",
+             tmp_path / "m")
     init = tmp_path / "init.pt"
     torch.manual_seed(3)
     start = models.build_model(2)
     torch.save({"model": start.state_dict(), "meta": {}}, init)
-    result = run_script(*["finetune_target.py", "--manifest", tmp_path / "m" / "t.csv", "--init", init, "--out", tmp_path / "r",
-                  "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu",
-                  "--strategy", strategy])
-    assert result.returncode == 0, result.stderr
+    run_main("finetune_target.py", "--manifest", tmp_path / "m" / "t.csv", "--init", init, "--out", tmp_path / "r",
+             "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+             "--strategy", strategy)
     trained = models.load_checkpoint(tmp_path / "r" / "last.pt")["model"]
     before = start.state_dict()
     kept = [k for k in trained if k.startswith(frozen)]
