@@ -609,10 +609,9 @@ def colour_folder(root, n=16, size=(40, 48), seed=0) -> Path:
 
 
 def prepare_colour(data, out, *extra, name="tiny") -> Path:
-    """prepare_data.py (a subprocess) on a colour_folder: 25 % val, 20 % test."""
-    result = run_script("prepare_data.py", "--dataset", "folder", "--root", data, "--name", name, "--domain", "hwsi",
-                        "--out", out, "--val-frac", "0.25", "--test-frac", "0.2", *extra)
-    assert result.returncode == 0, result.stderr
+    """prepare_data.py (in this process) on a colour_folder: 25 % val, 20 % test."""
+    run_main("prepare_data.py", "--dataset", "folder", "--root", data, "--name", name, "--domain", "hwsi", "--out", out,
+             "--val-frac", "0.25", "--test-frac", "0.2", *extra)
     return Path(out) / f"{name}.csv"
 
 

@@ -24,7 +24,7 @@ from helpers import (
     prepare_colour,
     read_metrics,
     run_finetune,
-    run_script,
+    run_main,
     script_error,
     start_script,
     train_argv,
@@ -274,16 +274,16 @@ def test_run_meta_summary_and_plain_values(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_the_manifest_was_re_split_is_refused(tmp_path):
+def test_resume_after_the_manifest_was_re_split_is_refused(tmp_path, capsys):
     data = colour_folder(tmp_path / "data", n=20)
     manifest = prepare_colour(data, tmp_path / "m")
-    assert run_script(*train_argv(manifest, tmp_path / "run")).returncode == 0
+    run_main(*train_argv(manifest, tmp_path / "run"))
     prepare_colour(data, tmp_path / "m", "--seed", "3", "--val-frac", "0.4")
-    result = run_script(*train_argv(manifest, tmp_path / "run"))
-    line = one_line(result)
+    capsys.readouterr()
+    line = script_error(*train_argv(manifest, tmp_path / "run"))
     assert "data: the manifest's train/val rows changed (train 22 -> 16, val 10 -> 16 images" in line, line
     assert line.count(" -> ") == 3, line  # the data (train, val, content) and nothing else changed
-    assert "resuming" not in result.stdout
+    assert "resuming" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
