@@ -198,11 +198,10 @@ def fit(model: nn.Module, train_loader, val_loader, *, criterion: nn.Module, opt
     out_dir, main_process = run.out_dir, dist_info.is_main_process
     amp_dtype = autocast_dtype(device, settings.amp)
     task, headline = meta["task"], meta["headline_metric"]
+    domains = set((meta.get("domains") or {}).values()) or {meta["domain"]}  # an aggregate's sources', else one
     meta = {**meta, "recipe": recipe.record(model, optimizer, scheduler, criterion,
                                             strategy=run.arguments.get("strategy", "full"),
-                                            augmentation=transforms.augmentation_record(
-                                                set((meta.get("domains") or {}).values()) or {meta["domain"]},
-                                                meta["image_size"]))}
+                                            augmentation=transforms.augmentation_record(domains, meta["image_size"]))}
     run.check_recipe(meta["recipe"])  # another recipe's last.pt: refused, or started over
     if main_process:
         _start_run_folder(out_dir, meta, run.arguments, device, dist_info, run.resume_from)
