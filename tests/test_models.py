@@ -3,6 +3,7 @@ from its checkpoint."""
 import os
 import subprocess
 import sys
+import textwrap
 import urllib.error
 
 import pytest
@@ -182,18 +183,38 @@ def test_imagenet_bad_file_fails_loudly(damage, words, backbone, tmp_path):
     assert str(path) in str(info.value) and words in str(info.value)
 
 
-@pytest.mark.parametrize("env", [{"TORCH_HOME": "/data/th"}, {"XDG_CACHE_HOME": "/data/xdg"},
-                                 {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/data/xdg"}, {}],
-                         ids=["TORCH_HOME", "XDG_CACHE_HOME", "both", "neither"])
-def test_the_hub_folder_is_torchs_without_loading_torch(env, tmp_path):
-    """kit.imagenet.hub_dir (the study workflow's, no torch import) names the folder torch.hub.get_dir does."""
-    code = ("import sys; from kit import imagenet; mine = imagenet.hub_dir(); assert 'torch' not in sys.modules; "
-            "import torch.hub; print(mine == __import__('pathlib').Path(torch.hub.get_dir()), mine)")
-    clean = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
+HUB_CASES = """[{"TORCH_HOME": "/data/th"}, {"XDG_CACHE_HOME": "/data/xdg"},
+                {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/data/xdg"}, {}]"""
+
+
+def test_the_hub_folder_is_torchs_without_loading_torch(tmp_path):
+    """kit.imagenet.hub_dir (the study workflow's, no torch import) names the folder torch.hub.get_dir does,
+    with TORCH_HOME, XDG_CACHE_HOME, both or neither set: one new process, torch loaded after kit's answers."""
+    code = textwrap.dedent(f"""\
+        import os, sys
+        from pathlib import Path
+        from kit import imagenet
+        cases = {HUB_CASES}
+        def use(env):
+            for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+                os.environ.pop(name, None)
+            os.environ.update(env)
+        mine = []
+        for env in cases:
+            use(env)
+            mine.append(imagenet.hub_dir())
+        assert "torch" not in sys.modules
+        import torch.hub
+        for env, path in zip(cases, mine):
+            use(env)
+            print(env, path, Path(torch.hub.get_dir()))
+        """)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={**clean, "HOME": str(tmp_path), **env}, timeout=120)
+                            env={**os.environ, "HOME": str(tmp_path)}, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("True "), result.stdout
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all(line.split()[-2] == line.split()[-1] for line in lines), lines
+    assert lines[-1].split()[-1] == str(tmp_path / ".cache" / "torch" / "hub")
 
 
 def test_imagenet_unavailable_without_download(torch_home):
