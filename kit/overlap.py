@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 import multiprocessing
 import os
 import sys

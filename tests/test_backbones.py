@@ -8,7 +8,7 @@ from helpers import TINY, folder_manifest, reference_densenet, run_finetune, run
 from monai.networks.nets import DenseNet121, DenseNet169
 
 import transforms
-from kit import backbones, models
+from kit import backbones
 from kit.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from kit.models import build_model, initialise
 

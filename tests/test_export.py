@@ -4,7 +4,6 @@ grey pictures of two classes), and the installs go into virtual environments tha
 packages (torch, MONAI) but not its copy of the kit."""
 import ast
 import json
-import os
 import shutil
 import subprocess
 import sys

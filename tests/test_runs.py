@@ -20,7 +20,6 @@ from helpers import (
     checkpoint_weights,
     colour_folder,
     finetune_argv,
-    one_line,
     prepare_colour,
     read_metrics,
     run_finetune,
