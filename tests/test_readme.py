@@ -517,18 +517,32 @@ def test_readme_own_task_block_runs_as_written(tmp_path):
     env.pop("OMP_NUM_THREADS", None)
     printed = run_block(own, repo, env, "own-task block").stdout
     meta = json.loads((repo / "mydata/manifests/mytask.json").read_text())
-    assert meta["ordinal"] and meta["classes"] == ["0", "1", "2", "3"] and meta["domain"] == "efi"
-    report = (repo / "runs/demo/report.md").read_text()
+    assert meta["ordinal"] and meta["classes"] == ["0", "1", "2", "3"] and meta["domain"] == "other"
+    out = repo / "runs/demo"
+    report = (out / "report.md").read_text()
     assert printed.endswith("".join(report.splitlines(keepends=True)[:40]))  # head shows the report
-    assert "## Fine-tuning strategies side by side" in report and "| mytask |" in report
-    for folder in ("runs/demo", "runs/demo/strategies/linear"):
-        table = pd.read_csv(repo / folder / "tables/table2.csv")
-        assert table.loc[table["target"] == "mytask", "test_last"].notna().any(), folder
+    assert "## Fine-tuning strategies side by side" in report and "| mytask | All_RI |" in report
+    assert "mytask is of domain *other*" in report
+    for folder in (out, out / "strategies" / "linear"):  # full fine-tuning, and the linear probe of every arm
+        table = pd.read_csv(folder / "tables/table2.csv")
+        ran = table[table["test_last"].notna()]
+        # domain other: no Domain arms, RI is the floor (no ImageNet weights here: no IN arms)
+        assert set(ran.loc[ran["target"] == "mytask", "arm"]) == {"RI", "All_RI"}, folder
+        assert set(ran.loc[ran["target"] == "shenzhen", "arm"]) == {"Domain_RI", "All_RI"}, folder
+        paired = pd.read_csv(folder / "tables/paired.csv")
+        mine = paired[paired["target"] == "mytask"]
+        assert ("All_RI", "RI") in set(zip(mine["arm"], mine["reference"])), folder
+        assert (folder / "figures/forest.png").stat().st_size > 10_000 and (folder / "figures/mytask.png").is_file()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "finetune" / "shenzhen").glob("*/*/summary.json")}
+    assert len(kept) == 4, kept  # two arms, two strategies
 
     # "Compare a published backbone": its block as written, with a CheXNet-style stand-in where it names one
     write_layout(repo / "chexnet.pth.tar", "chexnet", reference_densenet(out_channels=14))
     run_block(block_after(README.read_text(), BACKBONE_MARKER, "bash"), repo, env, "backbone block")
-    table = pd.read_csv(repo / "runs/demo/tables/table2.csv")
+    table = pd.read_csv(out / "tables/table2.csv")
     assert table.loc[(table["target"] == "shenzhen") & (table["arm"] == "CheXNet"), "test_last"].notna().all()
-    report = (repo / "runs/demo/report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "CheXNet = chexnet DenseNet-121 `chexnet.pth.tar`" in report and "CheXNet beats IN" in report
+    # the CheXNet arm alone was trained: the shenzhen runs of the block before are kept as they were
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert sorted(p.name for p in (out / "finetune" / "shenzhen").iterdir()) == ["All_RI", "CheXNet", "Domain_RI"]

@@ -1,8 +1,8 @@
 """The study workflow (Snakefile, kit/study.py) end to end on a tiny demo (32 px, two epochs): every stage's
 files of the whole study, no target picture in pretraining, the ImageNet arms from a stand-in file, a plan
 without running (-n), a bad setting, Ctrl-C. The tiny study on one core and two, a killed study, a failed job
-and a study without ImageNet weights: test_study_tiny.py; your own target and published backbones as arms:
-test_study_arms.py.
+and a study without ImageNet weights: test_study_tiny.py; published backbones and the balanced All models as
+arms: test_study_arms.py; your own target: the README's own-task block (test_readme.py).
 
 A stand-in for torchvision's ImageNet DenseNet-121 file (real key names and shapes, old key style like
 densenet121-a639ec97.pth, freshly initialised values) is written into a temporary TORCH_HOME, so the IN-based
