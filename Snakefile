@@ -206,16 +206,35 @@ if ADOPTED:
             manifests.adopt(input[0], wildcards.key, f"{OUT}/manifests")
 
 
-rule cache:  # each image decoded, cropped and resized once (kit/cache.py); the overlap thumbnails on the way
-    input:
-        manifest("{key}"),
-    output:
-        touch(f"{OUT}/manifests/cache/{{key}}_{S.image_size}.ready"),
-    threads: workflow.cores
-    log:
-        f"{OUT}/logs/cache/{{key}}.log",
-    shell:
-        "{PYTHON} prepare_data.py --manifest {input} --cache-size {S.image_size} --no-progress > {log} 2>&1"
+# the preprocessing caches (kit/cache.py): each image decoded, cropped and resized once, the overlap thumbnails on
+# the way; the three sources' in one process, each target's in one of its own
+CACHE = "{PYTHON} prepare_data.py --manifest {input} --cache-size {S.image_size} --no-progress > {log} 2>&1"
+
+if S.cache:
+
+    rule cache_sources:
+        input:
+            [manifest(key) for key in study.SOURCES],
+        output:
+            [touch(flag) for flag in cached(study.SOURCES)],
+        threads: workflow.cores
+        log:
+            f"{OUT}/logs/cache/sources.log",
+        shell:
+            CACHE
+
+    rule cache:
+        input:
+            manifest("{key}"),
+        output:
+            touch(f"{OUT}/manifests/cache/{{key}}_{S.image_size}.ready"),
+        wildcard_constraints:
+            key="|".join(TARGETS),
+        threads: workflow.cores
+        log:
+            f"{OUT}/logs/cache/{{key}}.log",
+        shell:
+            CACHE
 
 
 checkpoint overlap:  # before any pretraining: which source images are pictures of a target (docs/data.md)
