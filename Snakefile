@@ -227,7 +227,7 @@ if S.cache:
         input:
             manifest("{key}"),
         output:
-            touch(f"{OUT}/manifests/cache/{{key}}_{S.image_size}.ready"),
+            touch(cached(["{key}"])[0]),
         wildcard_constraints:
             key="|".join(TARGETS),
         threads: workflow.cores

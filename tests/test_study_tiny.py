@@ -42,8 +42,8 @@ def test_without_imagenet_weights_the_in_arms_are_left_out_not_faked(one_job_at_
                         "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))\n"
                         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     result = run_study(out, data=one_job_at_a_time / "demo_data", targets=["covid19_radiography"],
-                       arms=["IN", "Domain_RI"], seeds=[3], train_fractions=[0.5, 1], launch=f"{os.sys.executable} {launcher}", overlap="keep",
-                       torch_home=tmp_path / "empty",
+                       arms=["IN", "Domain_RI"], seeds=[3], train_fractions=[0.5, 1],
+                       launch=f"{os.sys.executable} {launcher}", overlap="keep", torch_home=tmp_path / "empty",
                        env={"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})  # offline
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     loud = [line for line in result.stderr.splitlines() if line.startswith("!!! NO IMAGENET WEIGHTS")]
